@@ -1,0 +1,257 @@
+//! Admin API (axum): health, readiness, Prometheus metrics, targets, plugins,
+//! and the capacity push endpoint for application servers.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 once the consumer joined its group, else 503 |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/v1/targets` | the current target snapshot (JSON) |
+//! | PUT | `/v1/targets/{id}/capacity` | a [`CapacityReport`]; bearer token if configured |
+//! | GET | `/v1/plugins` | loaded plugins: name, kind, version (sha256) |
+//!
+//! Errors are JSON `{"error": "..."}` naming the field and what is valid.
+
+use crate::capacity::{CapacityReport, Registry, ReportError};
+use crate::metrics::Metrics;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Json;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A loaded plugin as listed by `GET /v1/plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub version: String,
+}
+
+/// What the handlers share.
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub token: Option<String>,
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// The admin routes.
+pub fn router(state: Arc<AdminState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/targets", get(targets))
+        .route("/v1/targets/{id}/capacity", put(push_capacity))
+        .route("/v1/plugins", get(plugins))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: consumer has not joined its group yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn targets(State(s): State<Arc<AdminState>>) -> Response {
+    Json(&*s.registry.snapshot()).into_response()
+}
+
+async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
+    Json(&s.plugins).into_response()
+}
+
+fn authorized(s: &AdminState, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.token else { return true };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == token)
+}
+
+/// Largest accepted capacity report body, bytes.
+const MAX_REPORT_BYTES: usize = 4096;
+
+async fn push_capacity(
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
+        );
+    }
+    let reject = |status, msg: String| {
+        s.metrics
+            .capacity_reports
+            .with_label_values(&["rejected"])
+            .inc();
+        tracing::debug!(target_id = %id, %msg, "capacity report rejected");
+        error(status, msg)
+    };
+    if body.len() > MAX_REPORT_BYTES {
+        return reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "report is {} bytes; the limit is {MAX_REPORT_BYTES}",
+                body.len()
+            ),
+        );
+    }
+    let report: CapacityReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid capacity report: {e}; expected JSON {{\"capacity\": u32, \"inflight\": u32, \
+                     \"queue_depth\": u32, \"cpu_permille\": 0..=1000, \"draining\": bool}}"
+                ),
+            )
+        }
+    };
+    match s.registry.report(&id, report) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ ReportError::UnknownTarget(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CapacityConfig, TargetConfig};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app(token: Option<&str>) -> (axum::Router, Arc<AdminState>) {
+        let metrics = Arc::new(Metrics::new());
+        let t = TargetConfig {
+            id: "a".into(),
+            url: "http://127.0.0.1:1/".into(),
+            capacity: 5,
+            weight: 100,
+            zone: None,
+            labels: Default::default(),
+        };
+        let registry = Arc::new(Registry::new(
+            CapacityConfig::default(),
+            &[t],
+            metrics.clone(),
+        ));
+        let state = Arc::new(AdminState {
+            registry,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            token: token.map(str::to_string),
+            plugins: vec![],
+        });
+        (router(state.clone()), state)
+    }
+
+    async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn put_capacity(id: &str, body: &str, token: Option<&str>) -> Request<Body> {
+        let mut b = Request::put(format!("/v1/targets/{id}/capacity"));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Body::from(body.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn capacity_push_updates_the_snapshot_and_rejects_bad_reports() {
+        let (app, state) = app(None);
+        let (s, _) = send(
+            &app,
+            put_capacity("a", r#"{"capacity":42,"inflight":1}"#, None),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert_eq!(state.registry.snapshot().targets[0].capacity, 42);
+
+        let (s, body) = send(&app, put_capacity("a", r#"{"capacity":-3}"#, None)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("capacity"), "{body}");
+        let (s, body) = send(
+            &app,
+            put_capacity("a", r#"{"capacity":1,"cpu_permille":5000}"#, None),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("cpu_permille"), "{body}");
+        let (s, _) = send(&app, put_capacity("nope", r#"{"capacity":1}"#, None)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(
+            state.registry.snapshot().targets[0].capacity,
+            42,
+            "last good state kept"
+        );
+
+        let (s, body) = send(
+            &app,
+            Request::get("/v1/targets").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains("\"capacity\":42"), "{body}");
+        let (s, body) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            body.contains("cdrs_capacity_reports_total{result=\"rejected\"} 2"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn mutations_need_the_token_and_readiness_follows_the_group() {
+        let (app, state) = app(Some("s3cret"));
+        let (s, _) = send(&app, put_capacity("a", r#"{"capacity":1}"#, None)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = send(&app, put_capacity("a", r#"{"capacity":1}"#, Some("wrong"))).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = send(&app, put_capacity("a", r#"{"capacity":1}"#, Some("s3cret"))).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _) = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Relaxed);
+        let (s, _) = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+}

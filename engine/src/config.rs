@@ -1,0 +1,653 @@
+//! Configuration: one TOML file, parsed into raw serde structs
+//! (`deny_unknown_fields`), then validated as a whole.
+//!
+//! Validation reports every problem at once, each naming the key, what is
+//! wrong and what would be valid. Environment overrides (for secrets and
+//! per-host values): `CDRS_KAFKA_BROKERS`, `CDRS_ADMIN_TOKEN`.
+//!
+//! Every default is a named constant below, documented on its field.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default `admin.listen`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default `kafka.dead_letter_topic`.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "cdrs-dead-letter";
+/// Default `pipeline.batch_size` (records per plugin call).
+pub const DEFAULT_BATCH_SIZE: usize = 256;
+/// Default `pipeline.batch_linger_ms`.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
+/// Default `pipeline.partition_queue` (records buffered per partition).
+pub const DEFAULT_PARTITION_QUEUE: usize = 2048;
+/// Default `plugins.call_timeout_ms`.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 200;
+/// Default `plugins.max_memory_bytes` (64 MiB).
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 64 << 20;
+/// Default `plugins.instances` (instances per plugin; one per worker thread).
+pub const DEFAULT_INSTANCES: usize = 2;
+/// Default `targets[].weight`.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Default `capacity.report_expiry_ms`.
+pub const DEFAULT_REPORT_EXPIRY_MS: u64 = 10_000;
+/// Default `capacity.failure_cooldown_ms`.
+pub const DEFAULT_FAILURE_COOLDOWN_MS: u64 = 2_000;
+/// Default `capacity.refresh_interval_ms`.
+pub const DEFAULT_REFRESH_INTERVAL_MS: u64 = 100;
+/// Default `delivery.timeout_ms`.
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 5_000;
+/// Default `delivery.max_batch`.
+pub const DEFAULT_DELIVERY_MAX_BATCH: usize = 500;
+/// Default `delivery.retry_initial_ms`.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 50;
+/// Default `delivery.retry_max_ms`.
+pub const DEFAULT_RETRY_MAX_MS: u64 = 2_000;
+/// Largest accepted `capacity` (records in flight) for a target.
+pub const MAX_CAPACITY: u32 = 10_000_000;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub plugins: PluginRuntimeConfig,
+    /// Filter chain, applied in this order (`[[filters]]`, may be empty).
+    #[serde(default)]
+    pub filters: Vec<PluginConfig>,
+    /// The router plugin (`[router]`).
+    pub router: PluginConfig,
+    /// Application servers (`[[targets]]`).
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `[kafka]`: where records come from and where dead letters go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `"127.0.0.1:9092"`. Env: `CDRS_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// Consumer group id. Restart-only.
+    pub group_id: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Topic for dead letters. Default `"cdrs-dead-letter"`.
+    #[serde(default = "default_dlq")]
+    pub dead_letter_topic: String,
+    /// Raw librdkafka settings passed to the consumer and producer as given,
+    /// e.g. `"session.timeout.ms" = "6000"`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_dlq() -> String {
+    DEFAULT_DEAD_LETTER_TOPIC.into()
+}
+
+/// `[admin]`: the HTTP admin API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Default `"127.0.0.1:9090"`; port 0 picks a free one.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Bearer token required by mutating endpoints (capacity push). Env:
+    /// `CDRS_ADMIN_TOKEN`. Unset: mutating endpoints are open (logged at start).
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+}
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+/// `[pipeline]`: batching.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Records per batch handed to the plugins (1..=65536). Default 256.
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// How long a partition waits to fill a batch, ms. Default 5.
+    #[serde(default = "d_linger")]
+    pub batch_linger_ms: u64,
+    /// Records buffered per partition before the consumer waits. Default 2048.
+    #[serde(default = "d_partition_queue")]
+    pub partition_queue: usize,
+}
+
+fn d_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+fn d_linger() -> u64 {
+    DEFAULT_BATCH_LINGER_MS
+}
+fn d_partition_queue() -> usize {
+    DEFAULT_PARTITION_QUEUE
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
+            partition_queue: DEFAULT_PARTITION_QUEUE,
+        }
+    }
+}
+
+/// `[plugins]`: sandbox limits shared by all plugins.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRuntimeConfig {
+    /// Wall-clock deadline of one plugin call, ms (epoch interruption). Default 200.
+    #[serde(default = "d_call_timeout")]
+    pub call_timeout_ms: u64,
+    /// Linear memory cap per plugin instance, bytes. Default 64 MiB.
+    #[serde(default = "d_max_memory")]
+    pub max_memory_bytes: usize,
+    /// Instances kept per plugin (parallel calls). Default 2.
+    #[serde(default = "d_instances")]
+    pub instances: usize,
+}
+
+fn d_call_timeout() -> u64 {
+    DEFAULT_CALL_TIMEOUT_MS
+}
+fn d_max_memory() -> usize {
+    DEFAULT_MAX_MEMORY_BYTES
+}
+fn d_instances() -> usize {
+    DEFAULT_INSTANCES
+}
+
+impl Default for PluginRuntimeConfig {
+    fn default() -> Self {
+        PluginRuntimeConfig {
+            call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            instances: DEFAULT_INSTANCES,
+        }
+    }
+}
+
+/// One plugin: `[[filters]]` or `[router]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name used in logs, metrics and dead-letter headers.
+    pub name: String,
+    /// Path of the `.wasm` component, relative to the config file.
+    pub path: PathBuf,
+    /// Passed to the plugin's `init` as JSON. Default `{}`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl PluginConfig {
+    /// The plugin's `config` table as the JSON string given to `init`.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// One application server (`[[targets]]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Unique id, e.g. `"blotter-1"`: `[A-Za-z0-9._-]`, 1..=64 chars.
+    pub id: String,
+    /// URL records are POSTed to, `http://host:port/path`.
+    pub url: String,
+    /// Records it can hold in flight until it reports its own (1..=10,000,000).
+    pub capacity: u32,
+    /// Static weight, multiplies capacity in routing. Default 100.
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn d_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+/// `[capacity]`: the live view of targets.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// A target whose last capacity report is older than this is down, ms.
+    /// Targets that never reported are judged by deliveries only. Default 10000.
+    #[serde(default = "d_expiry")]
+    pub report_expiry_ms: u64,
+    /// How long a failed delivery keeps a target down, ms. Default 2000.
+    #[serde(default = "d_cooldown")]
+    pub failure_cooldown_ms: u64,
+    /// How often the snapshot is rebuilt for in-flight and expiry, ms. Default 100.
+    #[serde(default = "d_refresh")]
+    pub refresh_interval_ms: u64,
+}
+
+fn d_expiry() -> u64 {
+    DEFAULT_REPORT_EXPIRY_MS
+}
+fn d_cooldown() -> u64 {
+    DEFAULT_FAILURE_COOLDOWN_MS
+}
+fn d_refresh() -> u64 {
+    DEFAULT_REFRESH_INTERVAL_MS
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            report_expiry_ms: DEFAULT_REPORT_EXPIRY_MS,
+            failure_cooldown_ms: DEFAULT_FAILURE_COOLDOWN_MS,
+            refresh_interval_ms: DEFAULT_REFRESH_INTERVAL_MS,
+        }
+    }
+}
+
+/// `[delivery]`: HTTP delivery to targets.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Timeout of one POST, ms. Default 5000.
+    #[serde(default = "d_delivery_timeout")]
+    pub timeout_ms: u64,
+    /// Records per POST at most. Default 500.
+    #[serde(default = "d_delivery_batch")]
+    pub max_batch: usize,
+    /// First wait when no target can take a record, ms (exponential backoff
+    /// with jitter, capped by `retry_max_ms`). Default 50.
+    #[serde(default = "d_retry_initial")]
+    pub retry_initial_ms: u64,
+    /// Longest such wait, ms. Default 2000.
+    #[serde(default = "d_retry_max")]
+    pub retry_max_ms: u64,
+}
+
+fn d_delivery_timeout() -> u64 {
+    DEFAULT_DELIVERY_TIMEOUT_MS
+}
+fn d_delivery_batch() -> usize {
+    DEFAULT_DELIVERY_MAX_BATCH
+}
+fn d_retry_initial() -> u64 {
+    DEFAULT_RETRY_INITIAL_MS
+}
+fn d_retry_max() -> u64 {
+    DEFAULT_RETRY_MAX_MS
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
+            max_batch: DEFAULT_DELIVERY_MAX_BATCH,
+            retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
+            retry_max_ms: DEFAULT_RETRY_MAX_MS,
+        }
+    }
+}
+
+/// One problem in a config file: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} problem(s) in config \"{}\":",
+            self.problems.len(),
+            self.file
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`. Plugin paths are made
+    /// absolute relative to the file's folder.
+    ///
+    /// Errors: [`ConfigError`] listing every problem (unreadable file, TOML
+    /// syntax, unknown or mistyped keys, invalid values).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![ConfigProblem {
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base, &file)
+    }
+
+    /// Parses and validates TOML `text`; relative plugin paths are resolved
+    /// against `base`. `file` names the source in errors.
+    pub fn parse(text: &str, base: &Path, file: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            problems: vec![toml_problem(&e)],
+        })?;
+        config.apply_env();
+        for p in config
+            .filters
+            .iter_mut()
+            .chain(std::iter::once(&mut config.router))
+        {
+            if p.path.is_relative() {
+                p.path = base.join(&p.path);
+            }
+        }
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.into(),
+                problems,
+            })
+        }
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(b) = std::env::var("CDRS_KAFKA_BROKERS") {
+            self.kafka.brokers = b;
+        }
+        if let Ok(t) = std::env::var("CDRS_ADMIN_TOKEN") {
+            self.admin.token = Some(t);
+        }
+    }
+
+    /// Checks every value; returns all problems found (empty when valid).
+    /// Plugin files are checked to exist here; compiling them is
+    /// `cdrs check`'s job.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut bad = |key: String, message: String| out.push(ConfigProblem { key, message });
+
+        if self.kafka.brokers.trim().is_empty() {
+            bad(
+                "kafka.brokers".into(),
+                "is empty; give host:port[,host:port]".into(),
+            );
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            bad(
+                "kafka.group_id".into(),
+                "is empty; give a consumer group id".into(),
+            );
+        }
+        if self.kafka.topics.is_empty() {
+            bad(
+                "kafka.topics".into(),
+                "is empty; give at least one topic to consume".into(),
+            );
+        }
+        for (i, t) in self.kafka.topics.iter().enumerate() {
+            if !valid_topic(t) {
+                bad(
+                    format!("kafka.topics[{i}]"),
+                    format!("{t:?} is not a valid topic name: 1..=249 chars of [A-Za-z0-9._-]"),
+                );
+            }
+            if *t == self.kafka.dead_letter_topic {
+                bad(
+                    "kafka.dead_letter_topic".into(),
+                    format!("{t:?} is also consumed (kafka.topics[{i}]); use a separate topic"),
+                );
+            }
+        }
+        if !valid_topic(&self.kafka.dead_letter_topic) {
+            bad(
+                "kafka.dead_letter_topic".into(),
+                format!(
+                    "{:?} is not a valid topic name: 1..=249 chars of [A-Za-z0-9._-]",
+                    self.kafka.dead_letter_topic
+                ),
+            );
+        }
+        for k in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
+            if self.kafka.options.contains_key(k) {
+                bad(
+                    format!("kafka.options.\"{k}\""),
+                    "is set by CDRS itself; use kafka.brokers / kafka.group_id, or remove it"
+                        .into(),
+                );
+            }
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an ip:port address, e.g. \"127.0.0.1:9090\"",
+                    self.admin.listen
+                ),
+            );
+        }
+        if !(1..=65_536).contains(&self.pipeline.batch_size) {
+            bad(
+                "pipeline.batch_size".into(),
+                format!("{} is out of range 1..=65536", self.pipeline.batch_size),
+            );
+        }
+        if self.pipeline.partition_queue < 1 {
+            bad(
+                "pipeline.partition_queue".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(1..=60_000).contains(&self.plugins.call_timeout_ms) {
+            bad(
+                "plugins.call_timeout_ms".into(),
+                format!("{} is out of range 1..=60000", self.plugins.call_timeout_ms),
+            );
+        }
+        if self.plugins.max_memory_bytes < (1 << 20) {
+            bad(
+                "plugins.max_memory_bytes".into(),
+                format!(
+                    "{} is below the 1 MiB minimum (1048576)",
+                    self.plugins.max_memory_bytes
+                ),
+            );
+        }
+        if !(1..=64).contains(&self.plugins.instances) {
+            bad(
+                "plugins.instances".into(),
+                format!("{} is out of range 1..=64", self.plugins.instances),
+            );
+        }
+        let mut names = HashSet::new();
+        let plugins = self
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("filters[{i}]"), p))
+            .chain(std::iter::once(("router".to_string(), &self.router)));
+        for (key, p) in plugins {
+            if !valid_id(&p.name) {
+                bad(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is not a valid name: 1..=64 chars of [A-Za-z0-9._-]",
+                        p.name
+                    ),
+                );
+            } else if !names.insert(p.name.clone()) {
+                bad(
+                    format!("{key}.name"),
+                    format!("{:?} is used by another plugin", p.name),
+                );
+            }
+            if !p.path.is_file() {
+                bad(
+                    format!("{key}.path"),
+                    format!("plugin file \"{}\" does not exist", p.path.display()),
+                );
+            }
+        }
+        if self.targets.is_empty() {
+            bad(
+                "targets".into(),
+                "no [[targets]] given; declare at least one application server".into(),
+            );
+        }
+        let mut ids = HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if !valid_id(&t.id) {
+                bad(
+                    format!("targets[{i}].id"),
+                    format!(
+                        "{:?} is not a valid id: 1..=64 chars of [A-Za-z0-9._-]",
+                        t.id
+                    ),
+                );
+            } else if !ids.insert(t.id.clone()) {
+                bad(
+                    format!("targets[{i}].id"),
+                    format!("{:?} is declared twice", t.id),
+                );
+            }
+            match reqwest::Url::parse(&t.url) {
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) => bad(
+                    format!("targets[{i}].url"),
+                    format!(
+                        "{:?} has scheme {:?}; only http://host:port/path is supported",
+                        t.url,
+                        u.scheme()
+                    ),
+                ),
+                Err(e) => bad(
+                    format!("targets[{i}].url"),
+                    format!(
+                        "{:?} is not a URL ({e}); e.g. \"http://10.0.0.5:8080/records\"",
+                        t.url
+                    ),
+                ),
+            }
+            if !(1..=MAX_CAPACITY).contains(&t.capacity) {
+                bad(
+                    format!("targets[{i}].capacity"),
+                    format!("{} is out of range 1..={MAX_CAPACITY}", t.capacity),
+                );
+            }
+            if !(1..=10_000).contains(&t.weight) {
+                bad(
+                    format!("targets[{i}].weight"),
+                    format!("{} is out of range 1..=10000", t.weight),
+                );
+            }
+        }
+        if self.capacity.report_expiry_ms < 100 {
+            bad(
+                "capacity.report_expiry_ms".into(),
+                format!(
+                    "{} is below the 100 ms minimum",
+                    self.capacity.report_expiry_ms
+                ),
+            );
+        }
+        if !(10..=10_000).contains(&self.capacity.refresh_interval_ms) {
+            bad(
+                "capacity.refresh_interval_ms".into(),
+                format!(
+                    "{} is out of range 10..=10000",
+                    self.capacity.refresh_interval_ms
+                ),
+            );
+        }
+        if self.delivery.timeout_ms == 0 {
+            bad("delivery.timeout_ms".into(), "must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&self.delivery.max_batch) {
+            bad(
+                "delivery.max_batch".into(),
+                format!("{} is out of range 1..=100000", self.delivery.max_batch),
+            );
+        }
+        if self.delivery.retry_initial_ms == 0
+            || self.delivery.retry_initial_ms > self.delivery.retry_max_ms
+        {
+            bad(
+                "delivery.retry_initial_ms".into(),
+                format!(
+                    "{} must be at least 1 and at most delivery.retry_max_ms ({})",
+                    self.delivery.retry_initial_ms, self.delivery.retry_max_ms
+                ),
+            );
+        }
+        out
+    }
+}
+
+fn toml_problem(e: &toml::de::Error) -> ConfigProblem {
+    // toml's message names the key, the line and what was expected.
+    ConfigProblem {
+        key: "(toml)".into(),
+        message: e.to_string().trim().replace('\n', "\n    "),
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn valid_topic(s: &str) -> bool {
+    (1..=249).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+use super::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/config")
+        .join(name)
+}
+
+#[test]
+fn three_mistakes_give_three_named_errors() {
+    let e = Config::load(&fixture("three-mistakes.toml")).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"kafka.topics"), "{e}");
+    assert!(keys.contains(&"targets[1].id"), "{e}");
+    assert!(keys.contains(&"targets[1].url"), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("\"blotter-1\" is declared twice"), "{text}");
+    assert!(
+        text.contains("only http://host:port/path is supported"),
+        "{text}"
+    );
+    // The plugin path may or may not exist in this checkout; nothing else.
+    assert!(
+        e.problems.len() == 3 || (e.problems.len() == 4 && keys.contains(&"router.path")),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_named_with_what_is_valid() {
+    let e = Config::load(&fixture("unknown-key.toml")).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("unknown field `batch`"), "{text}");
+    assert!(text.contains("group_id"), "valid keys listed: {text}");
+}
+
+#[test]
+fn missing_plugin_files_are_reported() {
+    let e = Config::load(&fixture("missing-plugin.toml")).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("router.path"), "{text}");
+    assert!(
+        text.contains("no-such-plugin.wasm\" does not exist"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid_apart_from_plugin_builds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cdrs.toml");
+    match Config::load(&path) {
+        Ok(c) => assert_eq!(c.targets.len(), 3),
+        Err(e) => assert!(
+            e.problems.iter().all(|p| p.key.ends_with(".path")),
+            "only unbuilt plugins may be missing: {e}"
+        ),
+    }
+}
+
+#[test]
+fn defaults_are_the_documented_constants() {
+    let text = r#"
+        [kafka]
+        brokers = "b:9092"
+        group_id = "g"
+        topics = ["t"]
+        [router]
+        name = "r"
+        path = "/dev/null"
+        [[targets]]
+        id = "a"
+        url = "http://127.0.0.1:1/"
+        capacity = 1
+    "#;
+    let c = Config::parse(text, Path::new("."), "inline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pipeline.batch_size, DEFAULT_BATCH_SIZE);
+    assert_eq!(c.kafka.dead_letter_topic, DEFAULT_DEAD_LETTER_TOPIC);
+    assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.targets[0].weight, DEFAULT_WEIGHT);
+    assert_eq!(c.capacity.report_expiry_ms, DEFAULT_REPORT_EXPIRY_MS);
+    assert_eq!(c.router.config_json(), "{}");
+}

@@ -1,0 +1,206 @@
+//! Wiring of a running CDRS process: plugins, target registry, admin API,
+//! consumer and partition workers, and an orderly stop.
+
+use crate::admin::{self, AdminState, PluginInfo};
+use crate::capacity::Registry;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::plugin::filter::FilterPlugin;
+use crate::plugin::router::RouterPlugin;
+use crate::plugin::{PluginError, Runtime};
+use crate::sink::http::HttpSink;
+use crate::sink::kafka::DeadLetterSink;
+use crate::source;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long shutdown waits for partition workers to finish what they hold.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// The loaded plugins of a config.
+pub struct Plugins {
+    pub filters: Vec<FilterPlugin>,
+    pub router: RouterPlugin,
+}
+
+/// Compiles, links and initialises every plugin of `config`.
+///
+/// Errors: every plugin that failed, one [`PluginError`] each.
+pub fn load_plugins(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Plugins, Vec<PluginError>> {
+    let mut errors = Vec::new();
+    let mut filters = Vec::new();
+    for f in &config.filters {
+        match FilterPlugin::load(runtime, f, metrics.clone()) {
+            Ok(p) => filters.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    let router =
+        RouterPlugin::load(runtime, &config.router, metrics.clone()).map_err(|e| errors.push(e));
+    match router {
+        Ok(router) if errors.is_empty() => Ok(Plugins { filters, router }),
+        _ => Err(errors),
+    }
+}
+
+/// A running CDRS instance.
+pub struct Daemon {
+    /// Where the admin API listens (resolved if the config said port 0).
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+    admin: JoinHandle<()>,
+    refresher: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Loads plugins, binds the admin API, joins the consumer group and
+    /// starts consuming. Returns once all of that succeeded.
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
+        let plugins = {
+            let (runtime, config, metrics) = (runtime.clone(), config.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || load_plugins(&runtime, &config, &metrics)).await?
+        }
+        .map_err(|errs| {
+            let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+            anyhow::anyhow!("failed to load plugins:\n{}", list.join("\n"))
+        })?;
+        let registry = Arc::new(Registry::new(
+            config.capacity.clone(),
+            &config.targets,
+            metrics.clone(),
+        ));
+        let mut infos: Vec<PluginInfo> = plugins
+            .filters
+            .iter()
+            .map(|f| PluginInfo {
+                name: f.name.to_string(),
+                kind: "filter",
+                version: f.hash.clone(),
+            })
+            .collect();
+        infos.push(PluginInfo {
+            name: plugins.router.name.to_string(),
+            kind: "router",
+            version: plugins.router.hash.clone(),
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        if config.admin.token.is_none() {
+            tracing::warn!(
+                "admin.token is not set: capacity pushes are accepted without authentication"
+            );
+        }
+        let state = Arc::new(AdminState {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            token: config.admin.token.clone(),
+            plugins: infos,
+        });
+        let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+            .await
+            .with_context(|| format!("failed to bind admin.listen {:?}", config.admin.listen))?;
+        let admin_addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let admin = {
+            let mut stop = shutdown_rx.clone();
+            let app = admin::router(state);
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            })
+        };
+        tracing::info!(%admin_addr, "admin API listening");
+        let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
+
+        let pipeline = Arc::new(Pipeline {
+            filters: plugins.filters,
+            router: plugins.router,
+            registry: registry.clone(),
+            http: HttpSink::new(&config.delivery)?,
+            dead_letters: DeadLetterSink::new(
+                &config.kafka.brokers,
+                &config.kafka.dead_letter_topic,
+                &config.kafka.options,
+            )
+            .context("failed to create the dead-letter producer")?,
+            metrics: metrics.clone(),
+            max_post: config.delivery.max_batch,
+            retry_initial: Duration::from_millis(config.delivery.retry_initial_ms),
+            retry_max: Duration::from_millis(config.delivery.retry_max_ms),
+        });
+        let consumer = Arc::new(
+            source::consumer(&config.kafka, ready.clone())
+                .context("failed to create the consumer")?,
+        );
+        tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.topics, "consuming");
+        let task = tokio::spawn(source::run(
+            consumer,
+            pipeline,
+            config.pipeline.clone(),
+            SHUTDOWN_GRACE,
+            shutdown_rx,
+        ));
+        Ok(Daemon {
+            admin_addr,
+            metrics,
+            registry,
+            ready,
+            shutdown,
+            task,
+            admin,
+            refresher,
+        })
+    }
+
+    /// Whether the consumer has joined its group.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the consumer joined its group, at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("consumer did not join its group within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Asks the daemon to stop (returns at once).
+    pub fn request_stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops consuming, drains, commits offsets, stops the admin API.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.request_stop();
+        let result = self.task.await.context("source task panicked")?;
+        let _ = self.admin.await;
+        let _ = self.refresher.await;
+        result
+    }
+}

@@ -1,0 +1,374 @@
+//! `cdrs demo`: the whole data path on one machine with no setup.
+//!
+//! An embedded Kafka-protocol broker (librdkafka's mock cluster), a producer
+//! of JSON trade events keyed by client id (with heartbeats the filter drops
+//! and malformed records it dead-letters), three HTTP application servers on
+//! 127.0.0.1 with capacities 1:2:4 that report their capacity, and the real
+//! pipeline with the real plugins. It ends with one JSON line accounting for
+//! every record from what the servers actually received.
+//!
+//! The ledger helpers ([`Ledger`], [`account`]) are shared with the
+//! end-to-end tests.
+
+pub mod appserver;
+
+use crate::config::{
+    AdminConfig, CapacityConfig, Config, DeliveryConfig, KafkaConfig, PipelineConfig, PluginConfig,
+    PluginRuntimeConfig, TargetConfig,
+};
+use crate::daemon::Daemon;
+use appserver::AppServer;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::TopicPartitionList;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What a produced record should become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Delivered,
+    Filtered,
+    DeadLettered,
+}
+
+/// One demo event: key, value and what the demo filter will do with it.
+pub fn trade_event(i: u64, clients: u64) -> (String, String, Fate) {
+    let client = format!("client-{:04}", (i * 7919) % clients);
+    if i % 97 == 13 {
+        return (client, format!("not json {{ {i}"), Fate::DeadLettered);
+    }
+    if i % 10 == 9 {
+        let v = format!(r#"{{"type":"heartbeat","client_id":"{client}","seq":{i}}}"#);
+        return (client, v, Fate::Filtered);
+    }
+    let symbols = ["AAPL", "MSFT", "EURUSD", "BUND", "GOLD", "TSLA"];
+    let side = if i % 2 == 0 { "buy" } else { "sell" };
+    let v = format!(
+        r#"{{"type":"trade","client_id":"{client}","seq":{i},"symbol":"{}","side":"{side}","qty":{},"price":{:.2}}}"#,
+        symbols[(i % 6) as usize],
+        100 + (i % 900),
+        50.0 + (i % 1000) as f64 / 7.0
+    );
+    (client, v, Fate::Delivered)
+}
+
+/// Every produced record by id (`topic/partition/offset`) and its expected fate.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub fates: HashMap<String, Fate>,
+    /// Key of each record, for per-key order checks.
+    pub keys: HashMap<String, String>,
+}
+
+impl Ledger {
+    pub fn count(&self, fate: Fate) -> usize {
+        self.fates.values().filter(|f| **f == fate).count()
+    }
+}
+
+/// Produces `n` demo events to `topic` and returns the ledger.
+pub async fn produce(brokers: &str, topic: &str, n: u64, clients: u64) -> anyhow::Result<Ledger> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let mut ledger = Ledger::default();
+    let ids: Vec<u64> = (0..n).collect();
+    for chunk in ids.chunks(2000) {
+        let sends = chunk.iter().map(|&i| {
+            let (key, value, fate) = trade_event(i, clients);
+            let producer = &producer;
+            async move {
+                let rec = FutureRecord::to(topic).key(&key).payload(&value);
+                let sent = producer.send(rec, Duration::from_secs(30)).await;
+                sent.map(|d| (format!("{topic}/{}/{}", d.partition, d.offset), key, fate))
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            let (id, key, fate) = r?;
+            ledger.fates.insert(id.clone(), fate);
+            ledger.keys.insert(id, key);
+        }
+    }
+    Ok(ledger)
+}
+
+/// What the servers' own logs say about a ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accounting {
+    /// Records expected to be delivered that some server received.
+    pub delivered: usize,
+    /// Records expected to be delivered that no server received.
+    pub lost: usize,
+    /// Receipts beyond the first of the same record.
+    pub duplicates: usize,
+    /// Records a server received that should not have reached one.
+    pub unexpected: usize,
+    /// Unique records per target id.
+    pub per_target: BTreeMap<String, usize>,
+}
+
+/// Checks every server's log against the ledger.
+pub fn account(ledger: &Ledger, servers: &[&AppServer]) -> Accounting {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut duplicates = 0;
+    let mut unexpected = 0;
+    let mut per_target = BTreeMap::new();
+    for s in servers {
+        let mut unique = HashSet::new();
+        for r in s.received() {
+            if ledger.fates.get(&r.id) != Some(&Fate::Delivered) {
+                unexpected += 1;
+            }
+            if !seen.insert(r.id.clone()) {
+                duplicates += 1;
+            }
+            unique.insert(r.id);
+        }
+        per_target.insert(s.id.clone(), unique.len());
+    }
+    let expected: Vec<&String> = ledger
+        .fates
+        .iter()
+        .filter(|(_, f)| **f == Fate::Delivered)
+        .map(|(id, _)| id)
+        .collect();
+    let delivered = expected.iter().filter(|id| seen.contains(**id)).count();
+    Accounting {
+        delivered,
+        lost: expected.len() - delivered,
+        duplicates,
+        unexpected,
+        per_target,
+    }
+}
+
+/// Reads the whole dead-letter topic (partitions `0..partitions`) and
+/// returns the original ids (`cdrs-original-*` headers) with their reasons.
+pub fn read_dead_letters(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "cdrs-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < expect && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Timeout::After(Duration::from_millis(200))) else {
+            continue;
+        };
+        let m = m?;
+        let mut h = HashMap::new();
+        if let Some(hs) = m.headers() {
+            for x in hs.iter() {
+                h.insert(
+                    x.key.to_string(),
+                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let id = format!(
+            "{}/{}/{}",
+            get("cdrs-original-topic"),
+            get("cdrs-original-partition"),
+            get("cdrs-original-offset")
+        );
+        out.push((id, get("cdrs-dlq-reason")));
+    }
+    Ok(out)
+}
+
+/// Options of `cdrs demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub records: u64,
+    pub duration: Duration,
+    /// Folder holding `field_filter.wasm` and `p2c_router.wasm`.
+    pub plugin_dir: PathBuf,
+}
+
+/// The demo's closing line.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub produced: usize,
+    pub delivered: usize,
+    pub filtered: usize,
+    pub dead_lettered: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub per_target: BTreeMap<String, usize>,
+    pub records_per_s: f64,
+}
+
+/// The demo's filter: drop heartbeats, dead-letter records that are not JSON.
+pub fn demo_filter(plugin_dir: &Path) -> PluginConfig {
+    let config: toml::Table = toml::from_str(
+        r#"
+        non_json = "dead-letter"
+        [[rules]]
+        field = "type"
+        equals = "heartbeat"
+        action = "drop"
+        "#,
+    )
+    .expect("static filter config");
+    PluginConfig {
+        name: "drop-heartbeats".into(),
+        path: plugin_dir.join("field_filter.wasm"),
+        config,
+    }
+}
+
+/// The demo's router: p2c by capacity, sticky per client id.
+pub fn demo_router(plugin_dir: &Path, sticky: bool) -> PluginConfig {
+    let mut config = toml::Table::new();
+    config.insert("sticky".into(), toml::Value::Boolean(sticky));
+    PluginConfig {
+        name: "p2c".into(),
+        path: plugin_dir.join("p2c_router.wasm"),
+        config,
+    }
+}
+
+/// A config for `brokers` with the demo's plugins and the given targets.
+pub fn demo_config(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    dlq: &str,
+    plugin_dir: &Path,
+    targets: Vec<TargetConfig>,
+) -> Config {
+    let mut options = BTreeMap::new();
+    options.insert("session.timeout.ms".into(), "6000".into());
+    options.insert("heartbeat.interval.ms".into(), "500".into());
+    options.insert("max.poll.interval.ms".into(), "10000".into());
+    Config {
+        kafka: KafkaConfig {
+            brokers: brokers.into(),
+            group_id: group.into(),
+            topics: vec![topic.into()],
+            dead_letter_topic: dlq.into(),
+            options,
+        },
+        admin: AdminConfig {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+        },
+        pipeline: PipelineConfig::default(),
+        plugins: PluginRuntimeConfig::default(),
+        filters: vec![demo_filter(plugin_dir)],
+        router: demo_router(plugin_dir, true),
+        targets,
+        capacity: CapacityConfig {
+            report_expiry_ms: 2_000,
+            ..CapacityConfig::default()
+        },
+        delivery: DeliveryConfig::default(),
+    }
+}
+
+/// Runs the demo and returns its summary.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+    let (topic, dlq, partitions) = ("trades", "trades-dead-letter", 6);
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic(topic, partitions, 1)?;
+    cluster.create_topic(dlq, 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+
+    let servers: Vec<AppServer> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]
+        .iter()
+        .map(|(id, cap)| AppServer::start(id, *cap))
+        .collect::<anyhow::Result<_>>()?;
+    for s in &servers {
+        s.behaviour()
+            .latency_ms
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let targets = servers
+        .iter()
+        .zip([100, 200, 400])
+        .map(|(s, capacity)| TargetConfig {
+            id: s.id.clone(),
+            url: s.url(),
+            capacity,
+            weight: 100,
+            zone: None,
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    let config = demo_config(&brokers, "cdrs-demo", topic, dlq, &opts.plugin_dir, targets);
+    let problems = config.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+        anyhow::bail!(
+            "demo config invalid (were the plugins built? run scripts/dev.sh demo):\n{}",
+            list.join("\n")
+        );
+    }
+    let daemon = Daemon::start(config).await?;
+    for s in &servers {
+        s.report_to(daemon.admin_addr, Duration::from_millis(200), None);
+    }
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+
+    let started = Instant::now();
+    let ledger = produce(&brokers, topic, opts.records, 500).await?;
+    let deadline = started + opts.duration;
+    let refs: Vec<&AppServer> = servers.iter().collect();
+    let want_dl = ledger.count(Fate::DeadLettered);
+    let mut finished = started.elapsed();
+    loop {
+        let a = account(&ledger, &refs);
+        let filtered = daemon.metrics.get("filter", "dropped") as usize;
+        let dead = daemon.metrics.get("filter", "dead_lettered") as usize
+            + daemon.metrics.get("router", "dead_lettered") as usize;
+        if a.delivered + filtered + dead >= ledger.fates.len() || Instant::now() > deadline {
+            finished = finished.max(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        finished = started.elapsed();
+    }
+    let filtered = daemon.metrics.get("filter", "dropped") as usize;
+    daemon.stop().await?;
+    let dead = {
+        let brokers = brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            read_dead_letters(&brokers, dlq, 1, want_dl, Duration::from_secs(10))
+        })
+        .await??
+    };
+    let a = account(&ledger, &refs);
+    drop(cluster);
+    Ok(DemoSummary {
+        produced: ledger.fates.len(),
+        delivered: a.delivered,
+        filtered,
+        dead_lettered: dead.len(),
+        lost: a.lost,
+        duplicates: a.duplicates,
+        per_target: a.per_target,
+        records_per_s: (ledger.fates.len() as f64 / finished.as_secs_f64().max(1e-3)).round(),
+    })
+}

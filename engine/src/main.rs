@@ -1,0 +1,177 @@
+//! The `cdrs` command: `run`, `check`, `demo`.
+
+use anyhow::Context;
+use cdrs::config::Config;
+use cdrs::daemon::{load_plugins, Daemon};
+use cdrs::metrics::Metrics;
+use cdrs::plugin::Runtime;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// CDRS: routes Kafka records through Wasm filter and router plugins to
+/// application servers by their live capacity.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and its plugins; print every problem.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The whole path on one machine: embedded broker, demo producer, three
+    /// app servers with capacities 1:2:4, the real pipeline. Prints one JSON line.
+    Demo {
+        /// Records to produce.
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+        /// Stop waiting for deliveries after this many seconds.
+        #[arg(long = "duration-s", default_value_t = 60)]
+        duration_s: u64,
+        /// Folder with field_filter.wasm and p2c_router.wasm.
+        #[arg(
+            long,
+            env = "CDRS_PLUGIN_DIR",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        plugin_dir: PathBuf,
+    },
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => {
+            init_logs("info");
+            run(config)
+        }
+        Command::Check { config } => {
+            init_logs("warn");
+            check(config)
+        }
+        Command::Demo {
+            records,
+            duration_s,
+            plugin_dir,
+        } => {
+            init_logs("warn");
+            demo(records, duration_s, plugin_dir)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    runtime()?.block_on(async {
+        let daemon = Daemon::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        daemon.stop().await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let mut problems: Vec<String> = Vec::new();
+    let config = match Config::load(&path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.extend(e.problems.iter().map(|p| p.to_string()));
+            // Plugins can still be checked if the file parsed.
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| toml::from_str::<Config>(&t).ok())
+                .map(|mut c| {
+                    let base = path.parent().unwrap_or(std::path::Path::new("."));
+                    for p in c.filters.iter_mut().chain(std::iter::once(&mut c.router)) {
+                        p.path = base.join(&p.path);
+                    }
+                    c
+                })
+        }
+    };
+    if let Some(config) = &config {
+        let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
+        let metrics = Arc::new(Metrics::new());
+        if let Err(errs) = load_plugins(&runtime, config, &metrics) {
+            problems.extend(
+                errs.iter()
+                    .filter(|e| !matches!(e, cdrs::plugin::PluginError::Read { .. }))
+                    .map(|e| e.to_string()),
+            );
+        }
+    }
+    if problems.is_empty() {
+        let c = config.expect("no problems means the config loaded");
+        println!(
+            "ok: \"{}\": {} filter(s), router {:?}, {} target(s), topics {:?}",
+            path.display(),
+            c.filters.len(),
+            c.router.name,
+            c.targets.len(),
+            c.kafka.topics
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s) in \"{}\":", problems.len(), path.display());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn demo(records: u64, duration_s: u64, plugin_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let opts = cdrs::demo::DemoOptions {
+        records,
+        duration: Duration::from_secs(duration_s),
+        plugin_dir,
+    };
+    let summary = runtime()?.block_on(cdrs::demo::run(opts))?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(if summary.lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

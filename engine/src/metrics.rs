@@ -1,0 +1,151 @@
+//! Prometheus metrics, one registry per running pipeline, exposed by `GET /metrics`.
+//!
+//! Names follow the Prometheus naming guide (base units, `_total` counters).
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All CDRS metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    /// `cdrs_records_total{stage, outcome}`: records leaving each stage.
+    /// stage: source | filter | router | delivery; outcome: in | kept |
+    /// transformed | dropped | dead_lettered | routed | delivered | rerouted.
+    pub records: IntCounterVec,
+    /// `cdrs_deliveries_total{target, result}`: POSTs per target, result ok | error.
+    pub deliveries: IntCounterVec,
+    /// `cdrs_delivered_records_total{target}`.
+    pub delivered_records: IntCounterVec,
+    /// `cdrs_delivery_duration_seconds{target}`: POST latency.
+    pub delivery_seconds: HistogramVec,
+    /// `cdrs_plugin_call_duration_seconds{plugin, kind}`: one batch call.
+    pub plugin_call_seconds: HistogramVec,
+    /// `cdrs_plugin_errors_total{plugin, kind}`: trap | deadline | memory | contract | init.
+    pub plugin_errors: IntCounterVec,
+    /// `cdrs_capacity_reports_total{result}`: accepted | rejected | unknown_target.
+    pub capacity_reports: IntCounterVec,
+    /// `cdrs_target_up{target}`: 1 healthy or degraded, 0 down.
+    pub target_up: IntGaugeVec,
+    /// `cdrs_target_inflight{target}`: CDRS's own in-flight records.
+    pub target_inflight: IntGaugeVec,
+    /// `cdrs_dead_letters_total{stage}`: records written to the dead-letter topic.
+    pub dead_letters: IntCounterVec,
+    /// `cdrs_offsets_stored_total{topic}`: offset stores after a batch completed.
+    pub offsets_stored: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry; one per running pipeline (tests run several).
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], start: f64| {
+            let opts = HistogramOpts::new(name, help)
+                .buckets(exponential_buckets(start, 2.0, 20).expect("valid buckets"));
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        Metrics {
+            records: counter(
+                "cdrs_records_total",
+                "Records leaving each pipeline stage",
+                &["stage", "outcome"],
+            ),
+            deliveries: counter(
+                "cdrs_deliveries_total",
+                "Delivery requests per target",
+                &["target", "result"],
+            ),
+            delivered_records: counter(
+                "cdrs_delivered_records_total",
+                "Records delivered per target",
+                &["target"],
+            ),
+            delivery_seconds: histogram(
+                "cdrs_delivery_duration_seconds",
+                "Delivery request latency",
+                &["target"],
+                0.0001,
+            ),
+            plugin_call_seconds: histogram(
+                "cdrs_plugin_call_duration_seconds",
+                "Plugin batch call duration",
+                &["plugin", "kind"],
+                0.000_001,
+            ),
+            plugin_errors: counter(
+                "cdrs_plugin_errors_total",
+                "Plugin failures by kind",
+                &["plugin", "kind"],
+            ),
+            capacity_reports: counter(
+                "cdrs_capacity_reports_total",
+                "Capacity reports received",
+                &["result"],
+            ),
+            target_up: gauge(
+                "cdrs_target_up",
+                "Whether the target can get new records",
+                &["target"],
+            ),
+            target_inflight: gauge(
+                "cdrs_target_inflight",
+                "Records in flight to the target",
+                &["target"],
+            ),
+            dead_letters: counter(
+                "cdrs_dead_letters_total",
+                "Records sent to the dead-letter topic",
+                &["stage"],
+            ),
+            offsets_stored: counter(
+                "cdrs_offsets_stored_total",
+                "Offset stores after completed batches",
+                &["topic"],
+            ),
+            registry,
+        }
+    }
+
+    /// Adds `n` to `cdrs_records_total{stage, outcome}`.
+    pub fn count(&self, stage: &str, outcome: &str, n: usize) {
+        if n > 0 {
+            self.records
+                .with_label_values(&[stage, outcome])
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Current value of `cdrs_records_total{stage, outcome}`.
+    pub fn get(&self, stage: &str, outcome: &str) -> u64 {
+        self.records.with_label_values(&[stage, outcome]).get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

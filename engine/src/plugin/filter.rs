@@ -1,0 +1,132 @@
+//! Filter plugins: load, instantiate, call with trap isolation.
+
+use super::bindings::filter::{Filter, FilterPre};
+use super::bindings::types::Verdict;
+use super::{isolate, PluginError, Pool, Runtime, State};
+use crate::config::PluginConfig;
+use crate::convert;
+use crate::metrics::Metrics;
+use crate::record::Record;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::Store;
+
+struct Instance {
+    store: Store<State>,
+    bindings: Filter,
+}
+
+/// A loaded filter plugin: compiled once, a pool of initialised instances.
+pub struct FilterPlugin {
+    pub name: Arc<str>,
+    /// sha256 of the component: the plugin version.
+    pub hash: String,
+    runtime: Arc<Runtime>,
+    pre: FilterPre<State>,
+    config_json: String,
+    pool: Pool<Instance>,
+    metrics: Arc<Metrics>,
+}
+
+impl FilterPlugin {
+    /// Compiles the component, links it against the `filter` world and
+    /// creates `plugins.instances` instances, calling `init` on each.
+    ///
+    /// Errors: read/compile/link failures, or `init` returning an error.
+    pub fn load(
+        runtime: &Arc<Runtime>,
+        cfg: &PluginConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<FilterPlugin, PluginError> {
+        let compiled = runtime.compile(&cfg.name, &cfg.path)?;
+        let link = |e: wasmtime::Error| PluginError::Link {
+            name: cfg.name.clone(),
+            world: "filter",
+            msg: format!("{e:#}"),
+        };
+        let pre = runtime
+            .filter_linker
+            .instantiate_pre(&compiled.component)
+            .map_err(link)?;
+        let pre = FilterPre::new(pre).map_err(link)?;
+        let mut plugin = FilterPlugin {
+            name: cfg.name.as_str().into(),
+            hash: compiled.hash,
+            runtime: runtime.clone(),
+            pre,
+            config_json: cfg.config_json(),
+            pool: Pool::new(Vec::new()),
+            metrics,
+        };
+        let instances = (0..runtime.limits.instances)
+            .map(|_| plugin.instantiate())
+            .collect::<Result<Vec<_>, _>>()?;
+        plugin.pool = Pool::new(instances);
+        tracing::info!(plugin = %plugin.name, version = %&plugin.hash[..12], "filter plugin loaded");
+        Ok(plugin)
+    }
+
+    fn instantiate(&self) -> Result<Instance, PluginError> {
+        let mut store = self.runtime.store(&self.name);
+        self.runtime.arm(&mut store);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.runtime.classify(&self.name, e))?;
+        self.runtime.arm(&mut store);
+        match bindings.call_init(&mut store, &self.config_json) {
+            Ok(Ok(())) => Ok(Instance { store, bindings }),
+            Ok(Err(msg)) => Err(PluginError::Init {
+                name: self.name.to_string(),
+                msg,
+            }),
+            Err(e) => Err(self.runtime.classify(&self.name, e)),
+        }
+    }
+
+    /// One verdict per record. Records that make the plugin trap, miss its
+    /// deadline or exhaust its memory get `dead-letter` with the reason; the
+    /// instance is replaced and the other records are still filtered.
+    pub fn filter(&self, topic: &str, partition: i32, records: &[&Record]) -> Vec<Verdict> {
+        let mut slot = self.pool.take();
+        let out = isolate(
+            records,
+            &mut |chunk: &[&Record]| {
+                if slot.is_none() {
+                    slot = Some(self.instantiate()?);
+                }
+                let inst = slot.as_mut().expect("instance just created");
+                let batch = convert::filter_batch(topic, partition, chunk);
+                self.runtime.arm(&mut inst.store);
+                let started = Instant::now();
+                let result = inst.bindings.call_filter(&mut inst.store, &batch);
+                self.metrics
+                    .plugin_call_seconds
+                    .with_label_values(&[&*self.name, "filter"])
+                    .observe(started.elapsed().as_secs_f64());
+                let err = match result {
+                    Ok(v) if v.len() == chunk.len() => return Ok(v),
+                    Ok(v) => PluginError::Contract {
+                        name: self.name.to_string(),
+                        msg: format!("returned {} verdicts for {} records", v.len(), chunk.len()),
+                    },
+                    Err(e) => {
+                        slot = None; // a trapped instance is never reused
+                        self.runtime.classify(&self.name, e)
+                    }
+                };
+                self.metrics
+                    .plugin_errors
+                    .with_label_values(&[&*self.name, err.kind()])
+                    .inc();
+                tracing::warn!(plugin = %self.name, records = chunk.len(), error = %err, "filter call failed");
+                Err(err)
+            },
+            &mut |_, e| Verdict::DeadLetter(e.to_string()),
+        );
+        if let Some(i) = slot {
+            self.pool.put(i);
+        }
+        out
+    }
+}

@@ -1,0 +1,368 @@
+//! The plugin runtime: a thin layer over wasmtime narrowed to what CDRS uses.
+//!
+//! * One [`Runtime`] per process: a wasmtime `Engine` with the component model
+//!   and epoch interruption, an epoch ticker thread, and one `Linker` per world.
+//! * Plugins are compiled once ([`Runtime::compile`]) and pre-linked
+//!   (`InstancePre`); instances are long-lived, kept in a small pool per plugin,
+//!   and called from one thread at a time.
+//! * Sandbox: WASI is linked because some guest toolchains import it, but the
+//!   context grants nothing (no preopened dirs, no env, no args, no sockets,
+//!   stdio discarded). Each call has a wall-clock deadline (epoch interruption,
+//!   `plugins.call_timeout_ms`) and each instance a linear-memory cap
+//!   (`plugins.max_memory_bytes`).
+//! * A trap, deadline or memory failure resets the instance (a fresh one is
+//!   instantiated and `init`-ed) and [`isolate`] re-runs the batch in halves so
+//!   only the record(s) that make the plugin fail are singled out.
+
+pub mod bindings;
+pub mod filter;
+pub mod router;
+
+use crate::config::PluginRuntimeConfig;
+use bindings::host;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Period of the epoch ticker; call deadlines are rounded up to it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// What went wrong with a plugin. Callers branch on the kind: load-time
+/// errors reject a plugin version; call-time faults reset the instance.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    #[error("failed to read plugin {name:?} from \"{path}\": {msg}")]
+    Read {
+        name: String,
+        path: String,
+        msg: String,
+    },
+    #[error("failed to compile plugin {name:?} from \"{path}\": {msg}")]
+    Compile {
+        name: String,
+        path: String,
+        msg: String,
+    },
+    #[error("plugin {name:?} does not fit the cdrs:plugin@0.1.0 {world} world: {msg}")]
+    Link {
+        name: String,
+        world: &'static str,
+        msg: String,
+    },
+    #[error("plugin {name:?} rejected its config in init: {msg}")]
+    Init { name: String, msg: String },
+    #[error("plugin {name:?} trapped: {msg}")]
+    Trap { name: String, msg: String },
+    #[error("plugin {name:?} missed its {ms} ms call deadline")]
+    Deadline { name: String, ms: u64 },
+    #[error("plugin {name:?} hit its memory cap of {bytes} bytes")]
+    OutOfMemory { name: String, bytes: usize },
+    #[error("plugin {name:?} broke the contract: {msg}")]
+    Contract { name: String, msg: String },
+}
+
+impl PluginError {
+    /// Short label for metrics (`cdrs_plugin_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Read { .. } | PluginError::Compile { .. } => "compile",
+            PluginError::Link { .. } => "link",
+            PluginError::Init { .. } => "init",
+            PluginError::Trap { .. } => "trap",
+            PluginError::Deadline { .. } => "deadline",
+            PluginError::OutOfMemory { .. } => "memory",
+            PluginError::Contract { .. } => "contract",
+        }
+    }
+
+    /// Faults caused by some record(s) of a batch, worth isolating by
+    /// re-running the batch in halves.
+    pub fn is_record_fault(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Trap { .. }
+                | PluginError::Deadline { .. }
+                | PluginError::OutOfMemory { .. }
+        )
+    }
+}
+
+/// Per-store data: the empty WASI context and the memory limiter.
+pub struct State {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for State {
+    fn log(&mut self, level: host::Level, msg: String) {
+        let plugin = &*self.plugin;
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{msg}"),
+            host::Level::Debug => tracing::debug!(plugin, "{msg}"),
+            host::Level::Info => tracing::info!(plugin, "{msg}"),
+            host::Level::Warn => tracing::warn!(plugin, "{msg}"),
+            host::Level::Error => tracing::error!(plugin, "{msg}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+impl bindings::types::Host for State {}
+
+/// A compiled component with its identity.
+pub struct Compiled {
+    pub component: Component,
+    /// Hex sha256 of the component bytes: the plugin's version.
+    pub hash: String,
+}
+
+/// The wasmtime engine, linkers and limits shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    filter_linker: Linker<State>,
+    router_linker: Linker<State>,
+    limits: PluginRuntimeConfig,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linkers and starts the epoch ticker thread.
+    pub fn new(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let mut filter_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut filter_linker)?;
+        bindings::filter::Filter::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut filter_linker,
+            |s| s,
+        )?;
+        let mut router_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut router_linker)?;
+        bindings::router::Router::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut router_linker,
+            |s| s,
+        )?;
+
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (e, t) = (engine.clone(), ticking.clone());
+        std::thread::Builder::new()
+            .name("cdrs-epoch".into())
+            .spawn(move || {
+                while t.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Arc::new(Runtime {
+            engine,
+            filter_linker,
+            router_linker,
+            limits: limits.clone(),
+            ticking,
+        }))
+    }
+
+    /// Reads and compiles the component at `path`.
+    ///
+    /// Errors: `Read` (missing file), `Compile` (not Wasm, a core module
+    /// instead of a component, or invalid).
+    pub fn compile(&self, name: &str, path: &Path) -> Result<Compiled, PluginError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            name: name.into(),
+            path: shown.clone(),
+            msg: e.to_string(),
+        })?;
+        let compile_err = |msg: String| PluginError::Compile {
+            name: name.into(),
+            path: shown.clone(),
+            msg,
+        };
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(compile_err(
+                "not a WebAssembly file (no \\0asm header); build the plugin with \
+                 `cargo build --target wasm32-wasip2`"
+                    .into(),
+            ));
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(compile_err(
+                "is a core Wasm module, not a component; build for wasm32-wasip2 or run \
+                 `wasm-tools component new`"
+                    .into(),
+            ));
+        }
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
+        Ok(Compiled { component, hash })
+    }
+
+    /// A fresh store for one instance of plugin `name`, with the memory cap
+    /// and an empty WASI context.
+    fn store(&self, name: &Arc<str>) -> Store<State> {
+        let state = State {
+            plugin: name.clone(),
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    /// Arms the call deadline before a guest call.
+    fn arm(&self, store: &mut Store<State>) {
+        let ticks = self
+            .limits
+            .call_timeout_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64);
+        store.set_epoch_deadline(ticks.max(1));
+    }
+
+    /// Maps a wasmtime call error to a [`PluginError`].
+    fn classify(&self, name: &str, e: wasmtime::Error) -> PluginError {
+        let msg = format!("{e:#}");
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return PluginError::Deadline {
+                name: name.into(),
+                ms: self.limits.call_timeout_ms,
+            };
+        }
+        if msg.contains("forcing trap when growing memory") {
+            return PluginError::OutOfMemory {
+                name: name.into(),
+                bytes: self.limits.max_memory_bytes,
+            };
+        }
+        PluginError::Trap {
+            name: name.into(),
+            msg,
+        }
+    }
+}
+
+/// Runs `call` on `items`; when it fails with a record fault, re-runs each
+/// half, down to single items, so only the items that make the plugin fail
+/// get `failed`. Other errors fail the whole (sub-)batch.
+///
+/// Cost: a batch of n with one bad record takes about 2·log2(n) extra calls.
+pub fn isolate<R, T>(
+    items: &[R],
+    call: &mut dyn FnMut(&[R]) -> Result<Vec<T>, PluginError>,
+    failed: &mut dyn FnMut(&R, &PluginError) -> T,
+) -> Vec<T> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    match call(items) {
+        Ok(out) => out,
+        Err(e) if e.is_record_fault() && items.len() > 1 => {
+            let (a, b) = items.split_at(items.len() / 2);
+            let mut out = isolate(a, call, failed);
+            out.extend(isolate(b, call, failed));
+            out
+        }
+        Err(e) => items.iter().map(|r| failed(r, &e)).collect(),
+    }
+}
+
+/// A small pool of instances of one plugin; calls take one out and put it
+/// back, so concurrent partitions never share an instance.
+pub(crate) struct Pool<I> {
+    idle: std::sync::Mutex<Vec<I>>,
+}
+
+impl<I> Pool<I> {
+    pub(crate) fn new(instances: Vec<I>) -> Self {
+        Pool {
+            idle: std::sync::Mutex::new(instances),
+        }
+    }
+    pub(crate) fn take(&self) -> Option<I> {
+        self.idle.lock().expect("pool lock").pop()
+    }
+    pub(crate) fn put(&self, i: I) {
+        self.idle.lock().expect("pool lock").push(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolate_singles_out_the_bad_items() {
+        let items: Vec<u32> = (0..100).collect();
+        let mut calls = 0;
+        let out = isolate(
+            &items,
+            &mut |xs: &[u32]| {
+                calls += 1;
+                if xs.contains(&13) || xs.contains(&77) {
+                    Err(PluginError::Trap {
+                        name: "t".into(),
+                        msg: "boom".into(),
+                    })
+                } else {
+                    Ok(xs.iter().map(|x| Ok(*x)).collect())
+                }
+            },
+            &mut |x, _| Err(*x),
+        );
+        assert_eq!(out.len(), 100);
+        let bad: Vec<u32> = out.iter().filter_map(|r| r.err()).collect();
+        assert_eq!(bad, vec![13, 77]);
+        assert!(calls < 40, "{calls} calls");
+    }
+
+    #[test]
+    fn contract_errors_fail_the_whole_batch() {
+        let items = [1, 2, 3];
+        let out = isolate(
+            &items,
+            &mut |_: &[i32]| {
+                Err(PluginError::Contract {
+                    name: "t".into(),
+                    msg: "count".into(),
+                })
+            },
+            &mut |x, _| -*x,
+        );
+        assert_eq!(out, vec![-1, -2, -3]);
+    }
+}

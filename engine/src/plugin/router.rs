@@ -1,0 +1,210 @@
+//! Router plugins: load, push target snapshots on change, call with trap
+//! isolation, and map decisions (indexes into the pushed snapshot) back to
+//! targets.
+
+use super::bindings::router::{Router, RouterPre};
+use super::bindings::types::{Decision, RouterOptions};
+use super::{isolate, PluginError, Pool, Runtime, State};
+use crate::capacity::Snapshot;
+use crate::config::PluginConfig;
+use crate::convert;
+use crate::metrics::Metrics;
+use crate::record::Record;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::Store;
+
+/// The host's reading of one router decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Deliver to these targets (indexes into the snapshot given to `route`).
+    Targets(Vec<usize>),
+    Drop,
+    DeadLetter(String),
+    /// The host's fallback policy picks the target.
+    Default,
+}
+
+struct Instance {
+    store: Store<State>,
+    bindings: Router,
+    /// Version of the snapshot this instance last received.
+    pushed: Option<u64>,
+}
+
+/// A loaded router plugin.
+pub struct RouterPlugin {
+    pub name: Arc<str>,
+    pub hash: String,
+    /// What the router asked to see of each record.
+    pub options: RouterOptions,
+    runtime: Arc<Runtime>,
+    pre: RouterPre<State>,
+    config_json: String,
+    pool: Pool<Instance>,
+    metrics: Arc<Metrics>,
+}
+
+impl RouterPlugin {
+    /// Compiles, links against the `router` world, and creates and `init`s
+    /// `plugins.instances` instances.
+    pub fn load(
+        runtime: &Arc<Runtime>,
+        cfg: &PluginConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<RouterPlugin, PluginError> {
+        let compiled = runtime.compile(&cfg.name, &cfg.path)?;
+        let link = |e: wasmtime::Error| PluginError::Link {
+            name: cfg.name.clone(),
+            world: "router",
+            msg: format!("{e:#}"),
+        };
+        let pre = runtime
+            .router_linker
+            .instantiate_pre(&compiled.component)
+            .map_err(link)?;
+        let pre = RouterPre::new(pre).map_err(link)?;
+        let mut plugin = RouterPlugin {
+            name: cfg.name.as_str().into(),
+            hash: compiled.hash,
+            options: RouterOptions {
+                headers: Vec::new(),
+                needs_value: false,
+            },
+            runtime: runtime.clone(),
+            pre,
+            config_json: cfg.config_json(),
+            pool: Pool::new(Vec::new()),
+            metrics,
+        };
+        let mut instances = Vec::new();
+        for _ in 0..runtime.limits.instances {
+            let (inst, options) = plugin.instantiate()?;
+            plugin.options = options;
+            instances.push(inst);
+        }
+        plugin.pool = Pool::new(instances);
+        tracing::info!(plugin = %plugin.name, version = %&plugin.hash[..12],
+            headers = ?plugin.options.headers, needs_value = plugin.options.needs_value,
+            "router plugin loaded");
+        Ok(plugin)
+    }
+
+    fn instantiate(&self) -> Result<(Instance, RouterOptions), PluginError> {
+        let mut store = self.runtime.store(&self.name);
+        self.runtime.arm(&mut store);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.runtime.classify(&self.name, e))?;
+        self.runtime.arm(&mut store);
+        match bindings.call_init(&mut store, &self.config_json) {
+            Ok(Ok(options)) => Ok((
+                Instance {
+                    store,
+                    bindings,
+                    pushed: None,
+                },
+                options,
+            )),
+            Ok(Err(msg)) => Err(PluginError::Init {
+                name: self.name.to_string(),
+                msg,
+            }),
+            Err(e) => Err(self.runtime.classify(&self.name, e)),
+        }
+    }
+
+    /// One [`Route`] per record, decided against `snapshot` (pushed to the
+    /// instance first if it has not seen this version). Out-of-range target
+    /// indexes become [`Route::Default`]; records that make the plugin fail
+    /// become [`Route::DeadLetter`] with the reason.
+    pub fn route(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        topic: &str,
+        partition: i32,
+        records: &[&Record],
+    ) -> Vec<Route> {
+        let mut slot = self.pool.take();
+        let n_targets = snapshot.targets.len();
+        let out = isolate(
+            records,
+            &mut |chunk: &[&Record]| {
+                if slot.is_none() {
+                    slot = Some(self.instantiate()?.0);
+                }
+                let inst = slot.as_mut().expect("instance just created");
+                let started = Instant::now();
+                let result = (|| {
+                    if inst.pushed != Some(snapshot.version) {
+                        let targets: Vec<_> =
+                            snapshot.targets.iter().map(convert::wit_target).collect();
+                        self.runtime.arm(&mut inst.store);
+                        inst.bindings.call_update_targets(
+                            &mut inst.store,
+                            snapshot.version,
+                            &targets,
+                        )?;
+                        inst.pushed = Some(snapshot.version);
+                    }
+                    let batch = convert::route_batch(topic, partition, chunk, &self.options);
+                    self.runtime.arm(&mut inst.store);
+                    inst.bindings.call_route(&mut inst.store, &batch)
+                })();
+                self.metrics
+                    .plugin_call_seconds
+                    .with_label_values(&[&*self.name, "router"])
+                    .observe(started.elapsed().as_secs_f64());
+                let err = match result {
+                    Ok(v) if v.len() == chunk.len() => {
+                        return Ok(v.into_iter().map(|d| to_route(d, n_targets)).collect())
+                    }
+                    Ok(v) => PluginError::Contract {
+                        name: self.name.to_string(),
+                        msg: format!("returned {} decisions for {} records", v.len(), chunk.len()),
+                    },
+                    Err(e) => {
+                        slot = None;
+                        self.runtime.classify(&self.name, e)
+                    }
+                };
+                self.metrics
+                    .plugin_errors
+                    .with_label_values(&[&*self.name, err.kind()])
+                    .inc();
+                tracing::warn!(plugin = %self.name, records = chunk.len(), error = %err, "router call failed");
+                Err(err)
+            },
+            &mut |_, e| Route::DeadLetter(e.to_string()),
+        );
+        if let Some(i) = slot {
+            self.pool.put(i);
+        }
+        out
+    }
+}
+
+fn to_route(d: Decision, n_targets: usize) -> Route {
+    match d {
+        Decision::Route(i) if (i as usize) < n_targets => Route::Targets(vec![i as usize]),
+        Decision::Route(_) => Route::Default,
+        Decision::RouteMany(is) => {
+            let mut v: Vec<usize> = is
+                .into_iter()
+                .map(|i| i as usize)
+                .filter(|&i| i < n_targets)
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            if v.is_empty() {
+                Route::Default
+            } else {
+                Route::Targets(v)
+            }
+        }
+        Decision::Drop => Route::Drop,
+        Decision::DeadLetter(reason) => Route::DeadLetter(reason),
+        Decision::Default => Route::Default,
+    }
+}

@@ -1,0 +1,274 @@
+//! `field-filter`: keeps, drops or dead-letters records by a JSON field of the
+//! value or by a header.
+//!
+//! Config (the plugin's `config` table in the CDRS config, passed as JSON):
+//!
+//! ```toml
+//! [filters.config]
+//! # What to do with a value that is not a JSON document: "keep", "drop" or
+//! # "dead-letter" (default "keep"). Only checked when a rule reads a field.
+//! non_json = "dead-letter"
+//!
+//! # Rules are tried in order; the first that matches decides. No match: keep.
+//! [[filters.config.rules]]
+//! field = "type"          # dotted path into the JSON value, e.g. "trade.side"
+//! equals = "heartbeat"    # any JSON value; or `in = [..]`, or `exists = true|false`
+//! action = "drop"         # "keep" | "drop" | "dead-letter" | "panic"
+//!
+//! [[filters.config.rules]]
+//! header = "x-source"     # exact header key; its value compared as a UTF-8 string
+//! equals = "replay"
+//! action = "dead-letter"
+//! reason = "replayed records are not routed"
+//! ```
+//!
+//! `action = "panic"` makes the plugin trap on matching records. It exists to
+//! exercise the host's trap isolation (only those records are dead-lettered)
+//! in tests and drills; do not use it otherwise.
+
+use cdrs_plugin_sdk::filter::{header, Filter, FilterBatch, Message, Verdict};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Keep,
+    Drop,
+    DeadLetter,
+    Panic,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleConfig {
+    field: Option<String>,
+    header: Option<String>,
+    equals: Option<Value>,
+    #[serde(rename = "in")]
+    in_: Option<Vec<Value>>,
+    exists: Option<bool>,
+    action: Action,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterConfig {
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+    #[serde(default = "default_non_json")]
+    non_json: Action,
+}
+
+fn default_non_json() -> Action {
+    Action::Keep
+}
+
+enum Subject {
+    Field(Vec<String>),
+    Header(String),
+}
+
+enum Test {
+    Equals(Value),
+    In(Vec<Value>),
+    Exists(bool),
+}
+
+struct Rule {
+    subject: Subject,
+    test: Test,
+    action: Action,
+    reason: String,
+}
+
+/// The filter: rules parsed once at `init`.
+pub struct FieldFilter {
+    rules: Vec<Rule>,
+    non_json: Action,
+    reads_json: bool,
+}
+
+impl FieldFilter {
+    fn parse(config: &str) -> Result<Self, String> {
+        let config = if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        };
+        let raw: FilterConfig = serde_json::from_str(config)
+            .map_err(|e| format!("invalid field-filter config: {e}"))?;
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let subject = match (r.field, r.header) {
+                (Some(f), None) => Subject::Field(f.split('.').map(str::to_owned).collect()),
+                (None, Some(h)) => Subject::Header(h),
+                _ => {
+                    return Err(format!(
+                        "rules[{i}]: give exactly one of `field` (JSON path) or `header`"
+                    ))
+                }
+            };
+            let test = match (r.equals, r.in_, r.exists) {
+                (Some(v), None, None) => Test::Equals(v),
+                (None, Some(vs), None) => Test::In(vs),
+                (None, None, Some(b)) => Test::Exists(b),
+                _ => {
+                    return Err(format!(
+                        "rules[{i}]: give exactly one of `equals`, `in` or `exists`"
+                    ))
+                }
+            };
+            let reason = r
+                .reason
+                .unwrap_or_else(|| format!("field-filter rule {i} matched"));
+            rules.push(Rule {
+                subject,
+                test,
+                action: r.action,
+                reason,
+            });
+        }
+        let reads_json = rules.iter().any(|r| matches!(r.subject, Subject::Field(_)));
+        Ok(FieldFilter {
+            rules,
+            non_json: raw.non_json,
+            reads_json,
+        })
+    }
+
+    fn verdict_for(&self, m: &Message) -> Verdict {
+        let json: Option<Value> = if self.reads_json {
+            match m.value.as_deref().map(serde_json::from_slice::<Value>) {
+                Some(Ok(v)) => Some(v),
+                _ => {
+                    return act(
+                        self.non_json,
+                        "value is not a JSON document".to_string(),
+                        m.offset,
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        for rule in &self.rules {
+            let found: Option<Value> = match &rule.subject {
+                Subject::Field(path) => json.as_ref().and_then(|j| lookup(j, path)).cloned(),
+                Subject::Header(h) => header(&m.headers, h)
+                    .map(|v| Value::String(String::from_utf8_lossy(v).into_owned())),
+            };
+            let hit = match &rule.test {
+                Test::Equals(v) => found.as_ref() == Some(v),
+                Test::In(vs) => found.as_ref().is_some_and(|f| vs.contains(f)),
+                Test::Exists(b) => found.is_some() == *b,
+            };
+            if hit {
+                return act(rule.action, rule.reason.clone(), m.offset);
+            }
+        }
+        Verdict::Keep
+    }
+}
+
+fn act(action: Action, reason: String, offset: i64) -> Verdict {
+    match action {
+        Action::Keep => Verdict::Keep,
+        Action::Drop => Verdict::Drop,
+        Action::DeadLetter => Verdict::DeadLetter(reason),
+        Action::Panic => panic!("field-filter: panic rule matched at offset {offset}"),
+    }
+}
+
+fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k.as_str()))
+}
+
+impl Filter for FieldFilter {
+    fn init(config: &str) -> Result<Self, String> {
+        Self::parse(config)
+    }
+
+    fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
+        batch.messages.iter().map(|m| self.verdict_for(m)).collect()
+    }
+}
+
+cdrs_plugin_sdk::export_filter!(FieldFilter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdrs_plugin_sdk::filter::Header;
+
+    fn msg(value: &str, headers: &[(&str, &str)]) -> Message {
+        Message {
+            offset: 1,
+            timestamp_ms: None,
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| Header {
+                    key: k.to_string(),
+                    value: Some(v.as_bytes().to_vec()),
+                })
+                .collect(),
+        }
+    }
+
+    fn is(v: &Verdict, want: &str) -> bool {
+        matches!(
+            (v, want),
+            (Verdict::Keep, "keep") | (Verdict::Drop, "drop") | (Verdict::DeadLetter(_), "dl")
+        )
+    }
+
+    #[test]
+    fn drops_heartbeats_and_dead_letters_non_json() {
+        let f = FieldFilter::parse(
+            r#"{"non_json":"dead-letter","rules":[{"field":"type","equals":"heartbeat","action":"drop"}]}"#,
+        )
+        .unwrap();
+        assert!(is(
+            &f.verdict_for(&msg(r#"{"type":"heartbeat"}"#, &[])),
+            "drop"
+        ));
+        assert!(is(&f.verdict_for(&msg(r#"{"type":"trade"}"#, &[])), "keep"));
+        assert!(is(&f.verdict_for(&msg("not json", &[])), "dl"));
+    }
+
+    #[test]
+    fn nested_fields_headers_in_and_exists() {
+        let f = FieldFilter::parse(
+            r#"{"rules":[
+                {"header":"x-source","equals":"replay","action":"dead-letter","reason":"replay"},
+                {"field":"trade.side","in":["buy","sell"],"action":"keep"},
+                {"field":"trade","exists":true,"action":"drop"}]}"#,
+        )
+        .unwrap();
+        let dl = f.verdict_for(&msg("{}", &[("x-source", "replay")]));
+        assert!(matches!(dl, Verdict::DeadLetter(ref r) if r == "replay"));
+        assert!(is(
+            &f.verdict_for(&msg(r#"{"trade":{"side":"buy"}}"#, &[])),
+            "keep"
+        ));
+        assert!(is(
+            &f.verdict_for(&msg(r#"{"trade":{"side":"hold"}}"#, &[])),
+            "drop"
+        ));
+        assert!(is(&f.verdict_for(&msg(r#"{"other":1}"#, &[])), "keep"));
+    }
+
+    #[test]
+    fn bad_config_names_the_rule() {
+        let e = FieldFilter::parse(r#"{"rules":[{"action":"drop","equals":1}]}"#)
+            .err()
+            .unwrap();
+        assert!(e.contains("rules[0]"), "{e}");
+        let e = FieldFilter::parse(r#"{"rulez":[]}"#).err().unwrap();
+        assert!(e.contains("rulez"), "{e}");
+    }
+}

@@ -1,0 +1,298 @@
+//! `p2c-router`: weighted power-of-two-choices over healthy targets, sticky
+//! per key when configured.
+//!
+//! * **Load-aware (default)**: for each record pick two distinct healthy
+//!   targets at random and send the record to the one with the lower load
+//!   `(inflight + assigned) / (capacity × weight)`, where `assigned` counts what
+//!   this instance routed recently (halved at every batch, so the counts follow
+//!   the current load). Power of two choices: Mitzenmacher, "The Power of Two
+//!   Choices in Randomized Load Balancing", IEEE TPDS 12(10), 2001.
+//! * **Sticky** (`sticky = true`): a record with a key goes to the target that
+//!   wins weighted rendezvous hashing of the key (score `-w / ln(u)`, with `u`
+//!   the key×target hash mapped to (0, 1) and `w = capacity × weight`;
+//!   Schindelhauer & Schomaker, "Weighted distributed hash tables", SPAA 2005).
+//!   The same key keeps its target while that target is healthy; when it goes
+//!   down only its keys move. Records without a key use the load-aware choice.
+//!
+//! Degraded targets (draining) get no records while a healthy one exists.
+//! With no eligible target the decision is `default` and the host decides.
+//!
+//! Config (JSON): `{"sticky": false, "sticky_header": null, "seed": 1}`.
+//! `sticky_header` names a header to hash instead of the key.
+
+use cdrs_plugin_sdk::router::{
+    header, Decision, Health, RouteBatch, RouteInput, Router, RouterOptions, Target,
+};
+use serde::Deserialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct P2cConfig {
+    #[serde(default)]
+    sticky: bool,
+    #[serde(default)]
+    sticky_header: Option<String>,
+    #[serde(default = "default_seed")]
+    seed: u64,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// Per-target view the policy needs, rebuilt on `update-targets`.
+struct Slot {
+    /// Capacity × weight, at least 1.
+    weight: f64,
+    inflight: f64,
+    id_hash: u64,
+    health: Health,
+}
+
+/// The router state of one instance.
+pub struct P2cRouter {
+    sticky: bool,
+    sticky_header: Option<String>,
+    rng: fastrand::Rng,
+    slots: Vec<Slot>,
+    /// Records this instance routed to each slot, decayed per batch.
+    assigned: Vec<f64>,
+    /// Indexes of the targets eligible for new records.
+    eligible: Vec<u32>,
+}
+
+impl P2cRouter {
+    fn parse(config: &str) -> Result<(Self, RouterOptions), String> {
+        let config = if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        };
+        let c: P2cConfig =
+            serde_json::from_str(config).map_err(|e| format!("invalid p2c-router config: {e}"))?;
+        let options = RouterOptions {
+            headers: c.sticky_header.iter().cloned().collect(),
+            needs_value: false,
+        };
+        Ok((
+            P2cRouter {
+                sticky: c.sticky,
+                sticky_header: c.sticky_header,
+                rng: fastrand::Rng::with_seed(c.seed),
+                slots: Vec::new(),
+                assigned: Vec::new(),
+                eligible: Vec::new(),
+            },
+            options,
+        ))
+    }
+
+    fn set_targets(&mut self, targets: &[Target]) {
+        self.slots = targets
+            .iter()
+            .map(|t| Slot {
+                weight: (f64::from(t.capacity) * f64::from(t.weight)).max(1.0),
+                inflight: f64::from(t.inflight),
+                id_hash: xxh3_64(t.id.as_bytes()),
+                health: t.health,
+            })
+            .collect();
+        self.assigned = vec![0.0; self.slots.len()];
+        let by = |h: Health| -> Vec<u32> {
+            (0..self.slots.len() as u32)
+                .filter(|&i| self.slots[i as usize].health == h)
+                .collect()
+        };
+        self.eligible = by(Health::Healthy);
+        if self.eligible.is_empty() {
+            self.eligible = by(Health::Degraded);
+        }
+    }
+
+    fn load(&self, i: u32) -> f64 {
+        let i = i as usize;
+        (self.slots[i].inflight + self.assigned[i]) / self.slots[i].weight
+    }
+
+    fn least_loaded_of_two(&mut self) -> u32 {
+        let n = self.eligible.len();
+        if n == 1 {
+            return self.eligible[0];
+        }
+        let a = self.rng.usize(..n);
+        let mut b = self.rng.usize(..n - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (a, b) = (self.eligible[a], self.eligible[b]);
+        // Ties go to the heavier target so equal loads fill by weight.
+        match self.load(a).total_cmp(&self.load(b)) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            std::cmp::Ordering::Equal
+                if self.slots[a as usize].weight >= self.slots[b as usize].weight =>
+            {
+                a
+            }
+            std::cmp::Ordering::Equal => b,
+        }
+    }
+
+    fn rendezvous(&self, key: &[u8]) -> u32 {
+        let mut best = (f64::NEG_INFINITY, self.eligible[0]);
+        for &i in &self.eligible {
+            let slot = &self.slots[i as usize];
+            let h = xxh3_64_with_seed(key, slot.id_hash);
+            // Map to (0, 1): top 53 bits, offset by half a step so never 0 or 1.
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let score = -slot.weight / u.ln();
+            if score > best.0 {
+                best = (score, i);
+            }
+        }
+        best.1
+    }
+
+    fn sticky_key<'a>(&self, r: &'a RouteInput) -> Option<&'a [u8]> {
+        match &self.sticky_header {
+            Some(h) => header(&r.headers, h),
+            None => r.key.as_deref(),
+        }
+    }
+
+    fn decide(&mut self, r: &RouteInput) -> Decision {
+        if self.eligible.is_empty() {
+            return Decision::Default;
+        }
+        let i = match self.sticky.then(|| self.sticky_key(r)).flatten() {
+            Some(key) => self.rendezvous(key),
+            None => self.least_loaded_of_two(),
+        };
+        self.assigned[i as usize] += 1.0;
+        Decision::Route(i)
+    }
+}
+
+impl Router for P2cRouter {
+    fn init(config: &str) -> Result<(Self, RouterOptions), String> {
+        Self::parse(config)
+    }
+
+    fn update_targets(&mut self, _version: u64, targets: Vec<Target>) {
+        self.set_targets(&targets);
+    }
+
+    fn route(&mut self, batch: RouteBatch) -> Vec<Decision> {
+        for a in &mut self.assigned {
+            *a *= 0.5;
+        }
+        batch.records.iter().map(|r| self.decide(r)).collect()
+    }
+}
+
+cdrs_plugin_sdk::export_router!(P2cRouter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(id: &str, capacity: u32, health: Health) -> Target {
+        Target {
+            id: id.into(),
+            zone: None,
+            labels: vec![],
+            weight: 100,
+            capacity,
+            inflight: 0,
+            queue_depth: 0,
+            cpu_permille: 0,
+            latency_ewma_us: 0,
+            error_rate_permille: 0,
+            health,
+            report_age_ms: 0,
+        }
+    }
+
+    fn batch(n: usize, keyed: bool) -> RouteBatch {
+        RouteBatch {
+            topic: "t".into(),
+            partition: 0,
+            records: (0..n)
+                .map(|i| RouteInput {
+                    offset: i as i64,
+                    key: keyed.then(|| format!("client-{}", i % 500).into_bytes()),
+                    headers: vec![],
+                    value: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn shares(r: &mut P2cRouter, keyed: bool) -> [usize; 3] {
+        let mut count = [0; 3];
+        for _ in 0..100 {
+            for d in r.route(batch(100, keyed)) {
+                match d {
+                    Decision::Route(i) => count[i as usize] += 1,
+                    other => panic!("unexpected decision {other:?}"),
+                }
+            }
+        }
+        count
+    }
+
+    fn three(r: &mut P2cRouter, third: Health) {
+        let t = vec![
+            target("a", 1, Health::Healthy),
+            target("b", 2, Health::Healthy),
+            target("c", 4, third),
+        ];
+        r.update_targets(1, t);
+    }
+
+    #[test]
+    fn load_aware_split_follows_capacity() {
+        let (mut r, _) = P2cRouter::parse("{}").unwrap();
+        three(&mut r, Health::Healthy);
+        let c = shares(&mut r, false);
+        let total = 10_000.0;
+        for (i, want) in [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0].iter().enumerate() {
+            let got = c[i] as f64 / total;
+            assert!(
+                (got - want).abs() < 0.05,
+                "target {i}: {got} vs {want} ({c:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn sticky_keeps_keys_and_moves_only_those_of_a_down_target() {
+        let (mut r, opts) = P2cRouter::parse(r#"{"sticky":true}"#).unwrap();
+        assert!(opts.headers.is_empty());
+        three(&mut r, Health::Healthy);
+        let before = r.route(batch(500, true));
+        let again = r.route(batch(500, true));
+        assert_eq!(before, again, "same keys, same targets");
+        three(&mut r, Health::Down);
+        let after = r.route(batch(500, true));
+        for (b, a) in before.iter().zip(&after) {
+            assert_ne!(*a, Decision::Route(2), "down target gets nothing");
+            if *b != Decision::Route(2) {
+                assert_eq!(a, b, "keys of live targets stay put");
+            }
+        }
+    }
+
+    #[test]
+    fn no_eligible_target_defers_to_host() {
+        let (mut r, _) = P2cRouter::parse("{}").unwrap();
+        r.update_targets(1, vec![target("a", 1, Health::Down)]);
+        assert_eq!(r.route(batch(1, false)), vec![Decision::Default]);
+    }
+
+    #[test]
+    fn rejects_unknown_config_keys() {
+        assert!(P2cRouter::parse(r#"{"stiky":true}"#).is_err());
+    }
+}

