@@ -1,1 +1,175 @@
+//! Test tooling for the end-to-end tests: a real Tansu broker process, topic
+//! and offset helpers, and where to find the built plugins.
+//!
+//! The broker binary comes from `CDRS_TANSU`, else `.tools/bin/tansu`
+//! (installed by `scripts/dev.sh test` / `scripts/dev.sh broker`).
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Folder with the built plugins (`scripts/dev.sh plugins`).
+pub fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("CDRS_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip2/plugin"));
+    assert!(
+        dir.join("p2c_router.wasm").is_file() && dir.join("field_filter.wasm").is_file(),
+        "plugins not built in {}: run `scripts/dev.sh plugins` (or the README's test command)",
+        dir.display()
+    );
+    dir
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A Tansu broker process (memory storage), killed on drop.
+pub struct Tansu {
+    pub brokers: String,
+    child: Child,
+}
+
+impl Tansu {
+    /// Starts a broker on a free loopback port and waits until it answers
+    /// a metadata request.
+    pub fn start() -> Tansu {
+        let bin = std::env::var_os("CDRS_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(".tools/bin/tansu"));
+        assert!(
+            bin.is_file(),
+            "Tansu broker not found at {}: run `scripts/dev.sh broker` (or the README's test command)",
+            bin.display()
+        );
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", bin.display()));
+        let t = Tansu {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &t.brokers)
+                .create()
+                .expect("probe consumer");
+            if probe.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not answer on {}",
+                t.brokers
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates topics (name, partitions) and waits until they are visible.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// Committed offset per partition of `topic` for `group` (-1 if none).
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// High watermark (next offset to be written) per partition.
+pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns it.
+pub async fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

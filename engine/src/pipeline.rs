@@ -9,7 +9,8 @@
 //!
 //! [`Pipeline::process`] returns only when every record of the batch is
 //! delivered (2xx), dropped by a plugin, or acknowledged by the dead-letter
-//! topic; only then may the caller store the batch's offsets. When no target
+//! topic; only then may the caller store the batch's offsets. It needs Tokio's
+//! multi-thread runtime (plugin calls run in `block_in_place`). When no target
 //! can take a record it waits (exponential backoff with jitter) rather than
 //! drop it; on shutdown it gives up the batch *without* success, so its
 //! offsets are not committed and the records are consumed again later.
@@ -78,7 +79,10 @@ impl Pipeline {
                 break;
             }
             let refs: Vec<&Record> = live.iter().collect();
-            let verdicts = f.filter(topic, partition, &refs);
+            // Plugin calls are synchronous and CPU-bound; some WASI imports
+            // (guest stderr) block on Tokio, which only works off the async
+            // worker role.
+            let verdicts = tokio::task::block_in_place(|| f.filter(topic, partition, &refs));
             let mut kept = Vec::with_capacity(live.len());
             let (mut dropped, mut transformed) = (0, 0);
             let mut dead = Vec::new();
@@ -115,7 +119,9 @@ impl Pipeline {
         while !pending.is_empty() {
             let snapshot = self.registry.snapshot();
             let refs: Vec<&Record> = pending.iter().collect();
-            let routes = self.router.route(&snapshot, topic, partition, &refs);
+            let routes = tokio::task::block_in_place(|| {
+                self.router.route(&snapshot, topic, partition, &refs)
+            });
             let mut per_target: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
             let mut unplaced = Vec::new();
             let mut extra = vec![0u32; snapshot.targets.len()];

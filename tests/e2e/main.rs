@@ -1,1 +1,13 @@
+//! End-to-end tests: a real Kafka-protocol broker (a Tansu process, or
+//! librdkafka's mock cluster for the fast path), real HTTP application
+//! servers on 127.0.0.1, the real pipeline and the real Wasm plugins.
+//!
+//! Every test keeps a ledger of what it produced and checks it against the
+//! servers' own logs and the dead-letter topic: each record is delivered,
+//! filtered or dead-lettered, and none is lost. One test binary, a module per
+//! area, to keep link time down.
 
+mod common;
+mod failures;
+mod flow;
+mod plugins;

@@ -74,22 +74,41 @@ impl Ledger {
 
 /// Produces `n` demo events to `topic` and returns the ledger.
 pub async fn produce(brokers: &str, topic: &str, n: u64, clients: u64) -> anyhow::Result<Ledger> {
+    produce_events(
+        brokers,
+        topic,
+        (0..n).map(|i| trade_event(i, clients)).collect(),
+    )
+    .await
+}
+
+/// Produces `(key, value, fate)` events to `topic` in order and returns the
+/// ledger of their ids (from the broker's acks) and fates.
+pub async fn produce_events(
+    brokers: &str,
+    topic: &str,
+    events: Vec<(String, String, Fate)>,
+) -> anyhow::Result<Ledger> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()?;
     let mut ledger = Ledger::default();
-    let ids: Vec<u64> = (0..n).collect();
-    for chunk in ids.chunks(2000) {
-        let sends = chunk.iter().map(|&i| {
-            let (key, value, fate) = trade_event(i, clients);
+    for chunk in events.chunks(2000) {
+        let sends = chunk.iter().map(|(key, value, fate)| {
             let producer = &producer;
             async move {
-                let rec = FutureRecord::to(topic).key(&key).payload(&value);
+                let rec = FutureRecord::to(topic).key(key).payload(value);
                 let sent = producer.send(rec, Duration::from_secs(30)).await;
-                sent.map(|d| (format!("{topic}/{}/{}", d.partition, d.offset), key, fate))
-                    .map_err(|(e, _)| e)
+                sent.map(|d| {
+                    (
+                        format!("{topic}/{}/{}", d.partition, d.offset),
+                        key.clone(),
+                        *fate,
+                    )
+                })
+                .map_err(|(e, _)| e)
             }
         });
         for r in futures::future::join_all(sends).await {
@@ -262,7 +281,9 @@ pub fn demo_config(
     let mut options = BTreeMap::new();
     options.insert("session.timeout.ms".into(), "6000".into());
     options.insert("heartbeat.interval.ms".into(), "500".into());
-    options.insert("max.poll.interval.ms".into(), "10000".into());
+    // Tansu holds a group's first JoinGroup for the rebalance timeout
+    // (max.poll.interval.ms): keep it short so a fresh group starts quickly.
+    options.insert("max.poll.interval.ms".into(), "6000".into());
     Config {
         kafka: KafkaConfig {
             brokers: brokers.into(),
@@ -326,9 +347,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             list.join("\n")
         );
     }
+    let mut config = config;
+    config.admin.token = Some("demo-token".into());
     let daemon = Daemon::start(config).await?;
     for s in &servers {
-        s.report_to(daemon.admin_addr, Duration::from_millis(200), None);
+        s.report_to(
+            daemon.admin_addr,
+            Duration::from_millis(200),
+            Some("demo-token".into()),
+        );
     }
     daemon.wait_ready(Duration::from_secs(60)).await?;
 

@@ -1,0 +1,117 @@
+//! Failures: a target dies mid-run; a plugin traps on some records.
+
+use crate::common::start;
+use cdrs::capacity::Health;
+use cdrs::demo::{produce, produce_events, trade_event, Fate};
+use cdrs_e2e::wait_for;
+use rdkafka::mocking::MockCluster;
+use std::time::{Duration, Instant};
+
+/// Kill the largest server mid-stream: its share moves to the others once
+/// it is marked down (failed delivery or report expiry), nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_target_traffic_moves_and_nothing_is_lost() {
+    let cluster = MockCluster::new(1).unwrap();
+    let (topic, dlq) = ("trades", "trades-dlq");
+    cluster.create_topic(topic, 4, 1).unwrap();
+    cluster.create_topic(dlq, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-kill", |c| {
+        c.capacity.report_expiry_ms = 1_000;
+        c.capacity.failure_cooldown_ms = 60_000;
+    })
+    .await;
+    for srv in &s.servers {
+        srv.behaviour()
+            .latency_ms
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut ledger = produce(&brokers, topic, 10_000, 2000).await.unwrap();
+    let victim = &s.servers[2];
+    assert!(
+        wait_for(Duration::from_secs(60), || victim.count() > 500).await,
+        "victim got traffic"
+    );
+    victim.kill();
+    let killed_at = Instant::now();
+    let before_kill = victim.count();
+    // The registry marks it down on the first failed delivery, or when its
+    // reports expire (1 s) if nothing was in flight to it.
+    let down = wait_for(Duration::from_secs(5), || {
+        s.daemon.registry.snapshot().targets[2].health == Health::Down
+    })
+    .await;
+    assert!(down, "killed target marked down");
+    eprintln!("killed target marked down after {:?}", killed_at.elapsed());
+    let second: Vec<_> = (10_000..20_000).map(|i| trade_event(i, 2000)).collect();
+    let more = produce_events(&brokers, topic, second).await.unwrap();
+    ledger.fates.extend(more.fates);
+    ledger.keys.extend(more.keys);
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let (a, _, servers, _) = s.finish(&ledger).await;
+    assert_eq!(
+        servers[2].count(),
+        before_kill,
+        "nothing reached the dead server after the kill"
+    );
+    assert!(
+        a.per_target["blotter-1"] + a.per_target["blotter-2"] > 10_000,
+        "{a:?}"
+    );
+}
+
+/// A filter that panics on some records: exactly those are dead-lettered,
+/// with the trap as reason; every other record is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
+    let cluster = MockCluster::new(1).unwrap();
+    let (topic, dlq) = ("trades", "trades-dlq");
+    cluster.create_topic(topic, 3, 1).unwrap();
+    cluster.create_topic(dlq, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-trap", |c| {
+        let rules: toml::Value = toml::from_str::<toml::Table>(
+            r#"rules = [{ field = "poison", equals = true, action = "panic" }]"#,
+        )
+        .unwrap()
+        .remove("rules")
+        .unwrap();
+        c.filters[0].config.insert("rules".into(), rules);
+    })
+    .await;
+    let events: Vec<_> = (0..3000u64)
+        .map(|i| {
+            let key = format!("client-{}", i % 100);
+            if i % 150 == 7 {
+                (
+                    key,
+                    format!(r#"{{"type":"trade","poison":true,"seq":{i}}}"#),
+                    Fate::DeadLettered,
+                )
+            } else {
+                (
+                    key,
+                    format!(r#"{{"type":"trade","seq":{i}}}"#),
+                    Fate::Delivered,
+                )
+            }
+        })
+        .collect();
+    let ledger = produce_events(&brokers, topic, events).await.unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let traps = s
+        .daemon
+        .metrics
+        .plugin_errors
+        .with_label_values(&["drop-heartbeats", "trap"])
+        .get();
+    let (_, dead, _, _) = s.finish(&ledger).await;
+    assert_eq!(dead.len(), 20);
+    for (id, reason) in &dead {
+        assert!(reason.contains("trapped"), "{id}: {reason}");
+    }
+    assert!(
+        traps >= 20,
+        "each poison record trapped the plugin at least once ({traps})"
+    );
+}
