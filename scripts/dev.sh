@@ -64,7 +64,7 @@ case "$cmd" in
     export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
     # Host crates (engine unit tests, end-to-end tests), then the plugins'
     # native unit tests (policy logic, no Wasm).
-    cargo test --workspace "$@"
+    cargo test --workspace --no-fail-fast "$@"
     ;;
   *)
     sed -n '2,8p' "$0"; exit 2 ;;

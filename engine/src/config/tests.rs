@@ -66,13 +66,14 @@ fn defaults_are_the_documented_constants() {
         topics = ["t"]
         [router]
         name = "r"
-        path = "/dev/null"
+        path = "not-wasm.txt"
         [[targets]]
         id = "a"
         url = "http://127.0.0.1:1/"
         capacity = 1
     "#;
-    let c = Config::parse(text, Path::new("."), "inline").unwrap_or_else(|e| panic!("{e}"));
+    let base = fixture("");
+    let c = Config::parse(text, &base, "inline").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pipeline.batch_size, DEFAULT_BATCH_SIZE);
     assert_eq!(c.kafka.dead_letter_topic, DEFAULT_DEAD_LETTER_TOPIC);
     assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);

@@ -48,7 +48,7 @@ pub fn trade_event(i: u64, clients: u64) -> (String, String, Fate) {
         return (client, v, Fate::Filtered);
     }
     let symbols = ["AAPL", "MSFT", "EURUSD", "BUND", "GOLD", "TSLA"];
-    let side = if i % 2 == 0 { "buy" } else { "sell" };
+    let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
     let v = format!(
         r#"{{"type":"trade","client_id":"{client}","seq":{i},"symbol":"{}","side":"{side}","qty":{},"price":{:.2}}}"#,
         symbols[(i % 6) as usize],

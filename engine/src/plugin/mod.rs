@@ -281,9 +281,12 @@ impl Runtime {
 /// get `failed`. Other errors fail the whole (sub-)batch.
 ///
 /// Cost: a batch of n with one bad record takes about 2·log2(n) extra calls.
+/// A plugin call over a slice of items: one output per item, or an error.
+pub type BatchCall<'a, R, T> = dyn FnMut(&[R]) -> Result<Vec<T>, PluginError> + 'a;
+
 pub fn isolate<R, T>(
     items: &[R],
-    call: &mut dyn FnMut(&[R]) -> Result<Vec<T>, PluginError>,
+    call: &mut BatchCall<'_, R, T>,
     failed: &mut dyn FnMut(&R, &PluginError) -> T,
 ) -> Vec<T> {
     if items.is_empty() {

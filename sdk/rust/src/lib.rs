@@ -138,6 +138,7 @@ pub mod filter {
             export_macro_name: "__cdrs_export_filter_world",
             default_bindings_module: "::cdrs_plugin_sdk::filter::bindings",
             runtime_path: "::cdrs_plugin_sdk::wit_bindgen::rt",
+            additional_derives: [PartialEq, Eq],
         });
     }
 
@@ -200,6 +201,7 @@ pub mod router {
             export_macro_name: "__cdrs_export_router_world",
             default_bindings_module: "::cdrs_plugin_sdk::router::bindings",
             runtime_path: "::cdrs_plugin_sdk::wit_bindgen::rt",
+            additional_derives: [PartialEq, Eq],
         });
     }
 

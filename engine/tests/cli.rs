@@ -1,0 +1,68 @@
+//! The `cdrs` binary: `check` reports every problem at once and exits
+//! non-zero; it accepts the example config once the plugins are built.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cdrs(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cdrs"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run cdrs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_names_three_mistakes_at_once() {
+    let (ok, out) = cdrs(&[
+        "check",
+        "--config",
+        "tests/fixtures/config/three-mistakes.toml",
+    ]);
+    assert!(!ok, "{out}");
+    for needle in [
+        "kafka.topics: is empty",
+        "targets[1].id: \"blotter-1\" is declared twice",
+        "targets[1].url: \"ftp://127.0.0.1:8082/records\" has scheme \"ftp\"",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_missing_and_non_wasm_plugins() {
+    let (ok, out) = cdrs(&[
+        "check",
+        "--config",
+        "tests/fixtures/config/missing-plugin.toml",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no-such-plugin.wasm\" does not exist"),
+        "{out}"
+    );
+    assert!(out.contains("not a WebAssembly file"), "{out}");
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    if !root()
+        .join("target/wasm32-wasip2/plugin/p2c_router.wasm")
+        .is_file()
+    {
+        panic!("plugins not built: run `scripts/dev.sh plugins` (the README's test command does)");
+    }
+    let (ok, out) = cdrs(&["check", "--config", "config/cdrs.toml"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok:"), "{out}");
+}
