@@ -276,14 +276,14 @@ impl Runtime {
     }
 }
 
+/// A plugin call over a slice of items: one output per item, or an error.
+pub type BatchCall<'a, R, T> = dyn FnMut(&[R]) -> Result<Vec<T>, PluginError> + 'a;
+
 /// Runs `call` on `items`; when it fails with a record fault, re-runs each
 /// half, down to single items, so only the items that make the plugin fail
 /// get `failed`. Other errors fail the whole (sub-)batch.
 ///
 /// Cost: a batch of n with one bad record takes about 2·log2(n) extra calls.
-/// A plugin call over a slice of items: one output per item, or an error.
-pub type BatchCall<'a, R, T> = dyn FnMut(&[R]) -> Result<Vec<T>, PluginError> + 'a;
-
 pub fn isolate<R, T>(
     items: &[R],
     call: &mut BatchCall<'_, R, T>,
