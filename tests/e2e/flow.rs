@@ -11,7 +11,7 @@ const RECORDS: u64 = 20_000;
 /// Per partition, the offset after the last produced record. (Tansu 0.6's
 /// ListOffsets answers lower high watermarks than the records it acked, so
 /// the ledger is the reference.)
-fn ends(ledger: &Ledger, partitions: i32) -> Vec<i64> {
+pub fn ends(ledger: &Ledger, partitions: i32) -> Vec<i64> {
     let mut end = vec![0; partitions as usize];
     for id in ledger.fates.keys() {
         let mut parts = id.rsplit('/');

@@ -8,6 +8,7 @@
 //! area, to keep link time down.
 
 mod common;
+mod daemon;
 mod failures;
 mod flow;
 mod plugins;

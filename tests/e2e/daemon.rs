@@ -1,0 +1,159 @@
+//! The real `cdrs run` binary against a Tansu broker process: config file,
+//! admin API with a bearer token, capacity pushes, SIGTERM drain and commit.
+
+use crate::flow::ends;
+use cdrs::demo::appserver::AppServer;
+use cdrs::demo::{account, produce, read_dead_letters, Fate};
+use cdrs_e2e::{committed, create_topics, free_port, plugin_dir, root, wait_for, Tansu};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn cdrs_bin() -> std::path::PathBuf {
+    let bin = std::env::var_os("CDRS_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| root().join("target/debug/cdrs"));
+    assert!(bin.is_file(), "cdrs binary not found at {}: run `cargo build -p cdrs`", bin.display());
+    bin
+}
+
+/// Value of `cdrs_records_total{outcome, stage}` in a Prometheus text page.
+fn records_total(metrics: &str, stage: &str, outcome: &str) -> u64 {
+    let needle = format!("cdrs_records_total{{outcome=\"{outcome}\",stage=\"{stage}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdrs_run_binary_delivers_and_commits_on_sigterm() {
+    let tansu = Tansu::start();
+    let (topic, dlq, partitions) = ("orders", "orders-dlq", 2);
+    create_topics(&tansu.brokers, &[(topic, partitions), (dlq, 1)]).await;
+    let servers: Vec<AppServer> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]
+        .iter()
+        .map(|(id, cap)| AppServer::start(id, *cap).unwrap())
+        .collect();
+    let admin_port = free_port();
+    let dir = std::env::temp_dir().join(format!("cdrs-e2e-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugins = plugin_dir();
+    let mut toml = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "cdrs-e2e-run"
+topics = ["{topic}"]
+dead_letter_topic = "{dlq}"
+[kafka.options]
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "6000"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "t0ken"
+
+[[filters]]
+name = "drop-heartbeats"
+path = "{filter}"
+[filters.config]
+non_json = "dead-letter"
+rules = [{{ field = "type", equals = "heartbeat", action = "drop" }}]
+
+[router]
+name = "p2c"
+path = "{router}"
+config = {{ sticky = true }}
+"#,
+        brokers = tansu.brokers,
+        filter = plugins.join("field_filter.wasm").display(),
+        router = plugins.join("p2c_router.wasm").display(),
+    );
+    for (s, cap) in servers.iter().zip([100, 200, 400]) {
+        toml.push_str(&format!("\n[[targets]]\nid = \"{}\"\nurl = \"{}\"\ncapacity = {cap}\n", s.id, s.url()));
+    }
+    let config = dir.join("cdrs.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = std::fs::File::create(dir.join("cdrs.log")).unwrap();
+    let mut child = Command::new(cdrs_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    for s in &servers {
+        s.report_to(admin, Duration::from_millis(200), Some("t0ken".into()));
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{admin}");
+    let mut ready = false;
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log_text = || std::fs::read_to_string(dir.join("cdrs.log")).unwrap_or_default();
+    assert!(ready, "cdrs run never became ready; log:\n{}", log_text());
+    let unauthorized = http
+        .put(format!("{base}/v1/targets/blotter-1/capacity"))
+        .body(r#"{"capacity":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+
+    let ledger = produce(&tansu.brokers, topic, 5_000, 300).await.unwrap();
+    let refs: Vec<&AppServer> = servers.iter().collect();
+    let want = ledger.count(Fate::Delivered);
+    assert!(
+        wait_for(Duration::from_secs(60), || account(&ledger, &refs).delivered == want).await,
+        "not all delivered: {:?}; log:\n{}",
+        account(&ledger, &refs),
+        log_text()
+    );
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(records_total(&metrics, "filter", "dropped"), ledger.count(Fate::Filtered) as u64, "{metrics}");
+    let targets: serde_json::Value = http.get(format!("{base}/v1/targets")).send().await.unwrap().json().await.unwrap();
+    let healthy = targets["targets"].as_array().unwrap().iter().filter(|t| t["health"] == "healthy").count();
+    assert_eq!(healthy, 3, "{targets}");
+
+    // SIGTERM: drain, commit, exit 0.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..300 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("cdrs run did not exit within 30 s of SIGTERM; log:\n{}", log_text())
+    });
+    assert!(exited.success(), "exit status {exited}; log:\n{}", log_text());
+    assert!(log_text().contains("final offsets committed"), "log:\n{}", log_text());
+
+    let a = account(&ledger, &refs);
+    assert_eq!((a.lost, a.unexpected), (0, 0), "{a:?}");
+    let dl = ledger.count(Fate::DeadLettered);
+    let dead = tokio::task::spawn_blocking({
+        let b = tansu.brokers.clone();
+        move || read_dead_letters(&b, dlq, 1, dl, Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(dead.len(), dl);
+    assert_eq!(committed(&tansu.brokers, "cdrs-e2e-run", topic, partitions), ends(&ledger, partitions));
+    let _ = std::fs::remove_dir_all(&dir);
+}
