@@ -12,7 +12,11 @@ fn cdrs_bin() -> std::path::PathBuf {
     let bin = std::env::var_os("CDRS_BIN")
         .map(Into::into)
         .unwrap_or_else(|| root().join("target/debug/cdrs"));
-    assert!(bin.is_file(), "cdrs binary not found at {}: run `cargo build -p cdrs`", bin.display());
+    assert!(
+        bin.is_file(),
+        "cdrs binary not found at {}: run `cargo build -p cdrs`",
+        bin.display()
+    );
     bin
 }
 
@@ -71,7 +75,11 @@ config = {{ sticky = true }}
         router = plugins.join("p2c_router.wasm").display(),
     );
     for (s, cap) in servers.iter().zip([100, 200, 400]) {
-        toml.push_str(&format!("\n[[targets]]\nid = \"{}\"\nurl = \"{}\"\ncapacity = {cap}\n", s.id, s.url()));
+        toml.push_str(&format!(
+            "\n[[targets]]\nid = \"{}\"\nurl = \"{}\"\ncapacity = {cap}\n",
+            s.id,
+            s.url()
+        ));
     }
     let config = dir.join("cdrs.toml");
     std::fs::write(&config, toml).unwrap();
@@ -114,19 +122,48 @@ config = {{ sticky = true }}
     let refs: Vec<&AppServer> = servers.iter().collect();
     let want = ledger.count(Fate::Delivered);
     assert!(
-        wait_for(Duration::from_secs(60), || account(&ledger, &refs).delivered == want).await,
+        wait_for(Duration::from_secs(60), || account(&ledger, &refs)
+            .delivered
+            == want)
+        .await,
         "not all delivered: {:?}; log:\n{}",
         account(&ledger, &refs),
         log_text()
     );
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(records_total(&metrics, "filter", "dropped"), ledger.count(Fate::Filtered) as u64, "{metrics}");
-    let targets: serde_json::Value = http.get(format!("{base}/v1/targets")).send().await.unwrap().json().await.unwrap();
-    let healthy = targets["targets"].as_array().unwrap().iter().filter(|t| t["health"] == "healthy").count();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        records_total(&metrics, "filter", "dropped"),
+        ledger.count(Fate::Filtered) as u64,
+        "{metrics}"
+    );
+    let targets: serde_json::Value = http
+        .get(format!("{base}/v1/targets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let healthy = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["health"] == "healthy")
+        .count();
     assert_eq!(healthy, 3, "{targets}");
 
     // SIGTERM: drain, commit, exit 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut exited = None;
     for _ in 0..300 {
@@ -138,10 +175,21 @@ config = {{ sticky = true }}
     }
     let exited = exited.unwrap_or_else(|| {
         let _ = child.kill();
-        panic!("cdrs run did not exit within 30 s of SIGTERM; log:\n{}", log_text())
+        panic!(
+            "cdrs run did not exit within 30 s of SIGTERM; log:\n{}",
+            log_text()
+        )
     });
-    assert!(exited.success(), "exit status {exited}; log:\n{}", log_text());
-    assert!(log_text().contains("final offsets committed"), "log:\n{}", log_text());
+    assert!(
+        exited.success(),
+        "exit status {exited}; log:\n{}",
+        log_text()
+    );
+    assert!(
+        log_text().contains("final offsets committed"),
+        "log:\n{}",
+        log_text()
+    );
 
     let a = account(&ledger, &refs);
     assert_eq!((a.lost, a.unexpected), (0, 0), "{a:?}");
@@ -154,6 +202,9 @@ config = {{ sticky = true }}
     .unwrap()
     .unwrap();
     assert_eq!(dead.len(), dl);
-    assert_eq!(committed(&tansu.brokers, "cdrs-e2e-run", topic, partitions), ends(&ledger, partitions));
+    assert_eq!(
+        committed(&tansu.brokers, "cdrs-e2e-run", topic, partitions),
+        ends(&ledger, partitions)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

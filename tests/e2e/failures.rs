@@ -2,8 +2,9 @@
 
 use crate::common::start;
 use cdrs::capacity::Health;
+use cdrs::config::PluginConfig;
 use cdrs::demo::{produce, produce_events, trade_event, Fate};
-use cdrs_e2e::wait_for;
+use cdrs_e2e::{plugin_dir, wait_for};
 use rdkafka::mocking::MockCluster;
 use std::time::{Duration, Instant};
 
@@ -70,13 +71,11 @@ async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
     cluster.create_topic(dlq, 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let s = start(&brokers, topic, dlq, "cdrs-e2e-trap", |c| {
-        let rules: toml::Value = toml::from_str::<toml::Table>(
-            r#"rules = [{ field = "poison", equals = true, action = "panic" }]"#,
-        )
-        .unwrap()
-        .remove("rules")
-        .unwrap();
-        c.filters[0].config.insert("rules".into(), rules);
+        c.filters.push(PluginConfig {
+            name: "faults".into(),
+            path: plugin_dir().join("fault_filter.wasm"),
+            config: toml::Table::new(),
+        });
     })
     .await;
     let events: Vec<_> = (0..3000u64)
@@ -103,7 +102,7 @@ async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
         .daemon
         .metrics
         .plugin_errors
-        .with_label_values(&["drop-heartbeats", "trap"])
+        .with_label_values(&["faults", "trap"])
         .get();
     let (_, dead, _, _) = s.finish(&ledger).await;
     assert_eq!(dead.len(), 20);

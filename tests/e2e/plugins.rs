@@ -2,9 +2,11 @@
 
 use cdrs::config::{PluginConfig, PluginRuntimeConfig};
 use cdrs::metrics::Metrics;
+use cdrs::plugin::bindings::types::Verdict;
 use cdrs::plugin::filter::FilterPlugin;
 use cdrs::plugin::router::RouterPlugin;
 use cdrs::plugin::{PluginError, Runtime};
+use cdrs::record::Record;
 use cdrs_e2e::{plugin_dir, root};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,4 +73,103 @@ fn init_errors_reject_the_plugin_with_the_guest_message() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("stiky"), "{e}");
+}
+
+fn record(offset: i64, value: &str) -> Record {
+    Record {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value.as_bytes().to_vec()),
+        headers: vec![],
+    }
+}
+
+fn fault_filter(config: &str) -> (FilterPlugin, Arc<Metrics>) {
+    let limits = PluginRuntimeConfig {
+        call_timeout_ms: 100,
+        max_memory_bytes: 16 << 20,
+        instances: 1,
+    };
+    let rt = Runtime::new(&limits).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let p = plugin("faults", plugin_dir().join("fault_filter.wasm"), config);
+    (
+        FilterPlugin::load(&rt, &p, metrics.clone()).unwrap(),
+        metrics,
+    )
+}
+
+/// Infinite loop, memory bomb, panic, stack overflow: each hits its limit,
+/// only that record is dead-lettered with the reason, the host stays up and
+/// the next batch is served by a fresh instance.
+#[test]
+fn sandbox_limits_isolate_each_misbehaving_record() {
+    let (f, metrics) = fault_filter("");
+    let values = ["ok", "loop", "ok", "oom", "panic", "stack", "ok", "env"];
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i as i64, v))
+        .collect();
+    let refs: Vec<&Record> = records.iter().collect();
+    let verdicts = f.filter("t", 0, &refs);
+    assert_eq!(verdicts.len(), values.len());
+    let reason = |i: usize| match &verdicts[i] {
+        Verdict::DeadLetter(r) => r.clone(),
+        other => panic!("record {i} ({}): {other:?}", values[i]),
+    };
+    for i in [0, 2, 6] {
+        assert!(
+            matches!(verdicts[i], Verdict::Keep),
+            "{i}: {:?}",
+            verdicts[i]
+        );
+    }
+    assert!(
+        reason(1).contains("missed its 100 ms call deadline"),
+        "{}",
+        reason(1)
+    );
+    assert!(
+        reason(3).contains("memory cap of 16777216 bytes"),
+        "{}",
+        reason(3)
+    );
+    assert!(reason(4).contains("trapped"), "{}", reason(4));
+    assert!(reason(5).contains("trapped"), "{}", reason(5));
+    // Nothing granted: no env vars, no args, no files, no directories.
+    assert_eq!(reason(7), "env=0 args=0 file=false dir=false");
+    let errors = |kind: &str| {
+        metrics
+            .plugin_errors
+            .with_label_values(&["faults", kind])
+            .get()
+    };
+    assert!(errors("deadline") >= 1 && errors("memory") >= 1 && errors("trap") >= 2);
+
+    let next = [record(10, "ok"), record(11, "ok")];
+    let verdicts = f.filter("t", 0, &next.iter().collect::<Vec<_>>());
+    assert!(
+        verdicts.iter().all(|v| matches!(v, Verdict::Keep)),
+        "{verdicts:?}"
+    );
+}
+
+/// One verdict too few breaks the contract: the batch is dead-lettered
+/// with a reason that says so.
+#[test]
+fn wrong_verdict_count_dead_letters_the_batch() {
+    let (f, _) = fault_filter(r#"verdicts = "short""#);
+    let records = [record(0, "ok"), record(1, "ok"), record(2, "ok")];
+    let verdicts = f.filter("t", 0, &records.iter().collect::<Vec<_>>());
+    assert_eq!(verdicts.len(), 3);
+    for v in &verdicts {
+        assert!(
+            matches!(v, Verdict::DeadLetter(r) if r.contains("returned 2 verdicts for 3 records")),
+            "{v:?}"
+        );
+    }
 }

@@ -13,7 +13,7 @@
 //! [[filters.config.rules]]
 //! field = "type"          # dotted path into the JSON value, e.g. "trade.side"
 //! equals = "heartbeat"    # any JSON value; or `in = [..]`, or `exists = true|false`
-//! action = "drop"         # "keep" | "drop" | "dead-letter" | "panic"
+//! action = "drop"         # "keep" | "drop" | "dead-letter"
 //!
 //! [[filters.config.rules]]
 //! header = "x-source"     # exact header key; its value compared as a UTF-8 string
@@ -21,10 +21,6 @@
 //! action = "dead-letter"
 //! reason = "replayed records are not routed"
 //! ```
-//!
-//! `action = "panic"` makes the plugin trap on matching records. It exists to
-//! exercise the host's trap isolation (only those records are dead-lettered)
-//! in tests and drills; do not use it otherwise.
 
 use cdrs_plugin_sdk::filter::{header, Filter, FilterBatch, Message, Verdict};
 use serde::Deserialize;
@@ -37,7 +33,6 @@ pub enum Action {
     Keep,
     Drop,
     DeadLetter,
-    Panic,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,13 +138,7 @@ impl FieldFilter {
         let json: Option<Value> = if self.reads_json {
             match m.value.as_deref().map(serde_json::from_slice::<Value>) {
                 Some(Ok(v)) => Some(v),
-                _ => {
-                    return act(
-                        self.non_json,
-                        "value is not a JSON document".to_string(),
-                        m.offset,
-                    )
-                }
+                _ => return act(self.non_json, "value is not a JSON document".to_string()),
             }
         } else {
             None
@@ -166,19 +155,18 @@ impl FieldFilter {
                 Test::Exists(b) => found.is_some() == *b,
             };
             if hit {
-                return act(rule.action, rule.reason.clone(), m.offset);
+                return act(rule.action, rule.reason.clone());
             }
         }
         Verdict::Keep
     }
 }
 
-fn act(action: Action, reason: String, offset: i64) -> Verdict {
+fn act(action: Action, reason: String) -> Verdict {
     match action {
         Action::Keep => Verdict::Keep,
         Action::Drop => Verdict::Drop,
         Action::DeadLetter => Verdict::DeadLetter(reason),
-        Action::Panic => panic!("field-filter: panic rule matched at offset {offset}"),
     }
 }
 

@@ -1,0 +1,75 @@
+//! `fault-filter`: a filter that misbehaves on purpose, to test the host's
+//! sandbox. Never deploy it. Per record, by value:
+//!
+//! * contains `"poison":true` or equals `panic` → panics (a trap);
+//! * `loop` → spins forever (the call deadline must stop it);
+//! * `oom` → allocates until memory runs out (the memory cap must stop it);
+//! * `stack` → recurses without end (stack overflow trap);
+//! * `env` → dead-letters with what it could see of the environment, files
+//!   and clock, so a test can check that nothing was granted;
+//! * anything else → keep.
+//!
+//! Config: `{"verdicts": "short"}` makes it return one verdict too few, to
+//! test the one-verdict-per-record rule.
+
+use cdrs_plugin_sdk::filter::{Filter, FilterBatch, Verdict};
+
+pub struct FaultFilter {
+    short: bool,
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))) + 1
+}
+
+fn probe_environment() -> String {
+    let env = std::env::vars().count();
+    let args = std::env::args().count();
+    let file = std::fs::read_to_string("/etc/passwd").is_ok();
+    let dir = std::fs::read_dir("/").is_ok();
+    format!("env={env} args={args} file={file} dir={dir}")
+}
+
+impl Filter for FaultFilter {
+    fn init(config: &str) -> Result<Self, String> {
+        Ok(FaultFilter {
+            short: config.contains("\"short\""),
+        })
+    }
+
+    fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
+        let mut out: Vec<Verdict> = batch
+            .messages
+            .iter()
+            .map(|m| {
+                let v = m.value.as_deref().unwrap_or_default();
+                let text = String::from_utf8_lossy(v);
+                match &*text {
+                    "panic" => panic!("fault-filter: panic at offset {}", m.offset),
+                    "loop" => loop {
+                        std::hint::black_box(m.offset);
+                    },
+                    "oom" => {
+                        let mut hoard: Vec<Vec<u8>> = Vec::new();
+                        loop {
+                            hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                        }
+                    }
+                    "stack" => Verdict::DeadLetter(recurse(0).to_string()),
+                    "env" => Verdict::DeadLetter(probe_environment()),
+                    t if t.contains("\"poison\":true") => {
+                        panic!("fault-filter: poison at offset {}", m.offset)
+                    }
+                    _ => Verdict::Keep,
+                }
+            })
+            .collect();
+        if self.short {
+            out.pop();
+        }
+        out
+    }
+}
+
+cdrs_plugin_sdk::export_filter!(FaultFilter);
