@@ -8,29 +8,23 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/v1/targets` | the current target snapshot (JSON) |
 //! | PUT | `/v1/targets/{id}/capacity` | a [`CapacityReport`]; bearer token if configured |
-//! | GET | `/v1/plugins` | loaded plugins: name, kind, version (sha256) |
+//! | GET | `/v1/plugins` | each plugin: version (sha256), source, calls, faults, previous version, last error |
+//! | PUT | `/v1/plugins/{name}` | body: a `.wasm` component; compiled, `init`-ed, then swapped in; token |
+//! | POST | `/v1/plugins/{name}/rollback` | swap the previous version back in; token |
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
 use crate::capacity::{CapacityReport, Registry, ReportError};
 use crate::metrics::Metrics;
+use crate::reload::{PluginManager, ReloadError};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Json;
-use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// A loaded plugin as listed by `GET /v1/plugins`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginInfo {
-    pub name: String,
-    pub kind: &'static str,
-    pub version: String,
-}
 
 /// What the handlers share.
 pub struct AdminState {
@@ -38,7 +32,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     pub token: Option<String>,
-    pub plugins: Vec<PluginInfo>,
+    /// None only in tests of the other endpoints.
+    pub plugins: Option<Arc<PluginManager>>,
 }
 
 /// The admin routes.
@@ -50,6 +45,11 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/targets", get(targets))
         .route("/v1/targets/{id}/capacity", put(push_capacity))
         .route("/v1/plugins", get(plugins))
+        .route(
+            "/v1/plugins/{name}",
+            put(upload_plugin).layer(axum::extract::DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
         .with_state(state)
 }
 
@@ -82,7 +82,78 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
-    Json(&s.plugins).into_response()
+    match &s.plugins {
+        Some(m) => Json(m.status()).into_response(),
+        None => Json(Vec::<()>::new()).into_response(),
+    }
+}
+
+/// Largest accepted plugin upload, bytes (64 MiB: Python and JavaScript
+/// components run to tens of MB).
+pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+fn reload_response(
+    r: Result<Result<String, ReloadError>, tokio::task::JoinError>,
+    name: &str,
+) -> Response {
+    match r {
+        Ok(Ok(version)) => {
+            Json(serde_json::json!({ "name": name, "version": version })).into_response()
+        }
+        Ok(Err(e @ ReloadError::UnknownPlugin(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ ReloadError::Rollback(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}; the running version keeps serving"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("plugin load task failed: {e}"),
+        ),
+    }
+}
+
+async fn upload_plugin(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
+        );
+    }
+    let Some(m) = s.plugins.clone() else {
+        return error(StatusCode::NOT_FOUND, "no plugins loaded");
+    };
+    let n = name.clone();
+    reload_response(
+        tokio::task::spawn_blocking(move || m.upload(&n, &body)).await,
+        &name,
+    )
+}
+
+async fn rollback_plugin(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
+        );
+    }
+    let Some(m) = s.plugins.clone() else {
+        return error(StatusCode::NOT_FOUND, "no plugins loaded");
+    };
+    let n = name.clone();
+    reload_response(
+        tokio::task::spawn_blocking(move || m.rollback(&n)).await,
+        &name,
+    )
 }
 
 fn authorized(s: &AdminState, headers: &HeaderMap) -> bool {
@@ -173,7 +244,7 @@ mod tests {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             token: token.map(str::to_string),
-            plugins: vec![],
+            plugins: None,
         });
         (router(state.clone()), state)
     }

@@ -28,6 +28,10 @@ pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 200;
 pub const DEFAULT_MAX_MEMORY_BYTES: usize = 64 << 20;
 /// Default `plugins.instances` (instances per plugin; one per worker thread).
 pub const DEFAULT_INSTANCES: usize = 2;
+/// Default `plugins.rollback_faults`.
+pub const DEFAULT_ROLLBACK_FAULTS: u64 = 5;
+/// Default `plugins.rollback_window_ms`.
+pub const DEFAULT_ROLLBACK_WINDOW_MS: u64 = 60_000;
 /// Default `targets[].weight`.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Default `capacity.report_expiry_ms`.
@@ -169,6 +173,35 @@ pub struct PluginRuntimeConfig {
     /// Instances kept per plugin (parallel calls). Default 2.
     #[serde(default = "d_instances")]
     pub instances: usize,
+    /// Folder of compiled plugins, so restarts and swaps back load in
+    /// milliseconds. Default: `cdrs-cache` in the system temp folder.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Record faults (trap, deadline, memory) of a newly swapped-in plugin
+    /// version that make CDRS roll back to the previous one. Default 5.
+    #[serde(default = "d_rollback_faults")]
+    pub rollback_faults: u64,
+    /// How long after a swap those faults count, ms. Default 60000.
+    #[serde(default = "d_rollback_window")]
+    pub rollback_window_ms: u64,
+}
+
+impl PluginRuntimeConfig {
+    /// The compiled-plugin cache folder.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        Some(
+            self.cache_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("cdrs-cache")),
+        )
+    }
+}
+
+fn d_rollback_faults() -> u64 {
+    DEFAULT_ROLLBACK_FAULTS
+}
+fn d_rollback_window() -> u64 {
+    DEFAULT_ROLLBACK_WINDOW_MS
 }
 
 fn d_call_timeout() -> u64 {
@@ -187,6 +220,9 @@ impl Default for PluginRuntimeConfig {
             call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             instances: DEFAULT_INSTANCES,
+            cache_dir: None,
+            rollback_faults: DEFAULT_ROLLBACK_FAULTS,
+            rollback_window_ms: DEFAULT_ROLLBACK_WINDOW_MS,
         }
     }
 }
@@ -202,6 +238,9 @@ pub struct PluginConfig {
     /// Passed to the plugin's `init` as JSON. Default `{}`.
     #[serde(default)]
     pub config: toml::Table,
+    /// Expected sha256 (hex) of the file; another file is refused. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl PluginConfig {

@@ -1,14 +1,14 @@
 //! Wiring of a running CDRS process: plugins, target registry, admin API,
-//! consumer and partition workers, and an orderly stop.
+//! consumer and partition workers, the plugin file watcher, and an orderly
+//! stop.
 
-use crate::admin::{self, AdminState, PluginInfo};
+use crate::admin::{self, AdminState};
 use crate::capacity::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::plugin::filter::FilterPlugin;
-use crate::plugin::router::RouterPlugin;
-use crate::plugin::{PluginError, Runtime};
+use crate::plugin::Runtime;
+use crate::reload::{self, PluginManager};
 use crate::sink::http::HttpSink;
 use crate::sink::kafka::DeadLetterSink;
 use crate::source;
@@ -23,47 +23,18 @@ use tokio::task::JoinHandle;
 /// How long shutdown waits for partition workers to finish what they hold.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// The loaded plugins of a config.
-pub struct Plugins {
-    pub filters: Vec<FilterPlugin>,
-    pub router: RouterPlugin,
-}
-
-/// Compiles, links and initialises every plugin of `config`.
-///
-/// Errors: every plugin that failed, one [`PluginError`] each.
-pub fn load_plugins(
-    runtime: &Arc<Runtime>,
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> Result<Plugins, Vec<PluginError>> {
-    let mut errors = Vec::new();
-    let mut filters = Vec::new();
-    for f in &config.filters {
-        match FilterPlugin::load(runtime, f, metrics.clone()) {
-            Ok(p) => filters.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    let router =
-        RouterPlugin::load(runtime, &config.router, metrics.clone()).map_err(|e| errors.push(e));
-    match router {
-        Ok(router) if errors.is_empty() => Ok(Plugins { filters, router }),
-        _ => Err(errors),
-    }
-}
-
 /// A running CDRS instance.
 pub struct Daemon {
     /// Where the admin API listens (resolved if the config said port 0).
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
+    pub plugins: Arc<PluginManager>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
     admin: JoinHandle<()>,
-    refresher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -74,32 +45,19 @@ impl Daemon {
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let plugins = {
             let (runtime, config, metrics) = (runtime.clone(), config.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || load_plugins(&runtime, &config, &metrics)).await?
+            tokio::task::spawn_blocking(move || PluginManager::load(runtime, &config, metrics))
+                .await?
         }
         .map_err(|errs| {
             let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
             anyhow::anyhow!("failed to load plugins:\n{}", list.join("\n"))
         })?;
+        let plugins = Arc::new(plugins);
         let registry = Arc::new(Registry::new(
             config.capacity.clone(),
             &config.targets,
             metrics.clone(),
         ));
-        let mut infos: Vec<PluginInfo> = plugins
-            .filters
-            .iter()
-            .map(|f| PluginInfo {
-                name: f.name.to_string(),
-                kind: "filter",
-                version: f.hash.clone(),
-            })
-            .collect();
-        infos.push(PluginInfo {
-            name: plugins.router.name.to_string(),
-            kind: "router",
-            version: plugins.router.hash.clone(),
-        });
-
         let ready = Arc::new(AtomicBool::new(false));
         if config.admin.token.is_none() {
             tracing::warn!(
@@ -111,7 +69,7 @@ impl Daemon {
             metrics: metrics.clone(),
             ready: ready.clone(),
             token: config.admin.token.clone(),
-            plugins: infos,
+            plugins: Some(plugins.clone()),
         });
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await
@@ -132,10 +90,18 @@ impl Daemon {
         };
         tracing::info!(%admin_addr, "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
+        let watcher = {
+            let (m, stop) = (plugins.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = reload::watch_plugins(m, stop).await {
+                    tracing::error!(error = %e, "plugin file watcher failed; files are not watched");
+                }
+            })
+        };
 
         let pipeline = Arc::new(Pipeline {
-            filters: plugins.filters,
-            router: plugins.router,
+            filters: plugins.filters.iter().map(|(_, s)| s.clone()).collect(),
+            router: plugins.router.1.clone(),
             registry: registry.clone(),
             http: HttpSink::new(&config.delivery)?,
             dead_letters: DeadLetterSink::new(
@@ -165,11 +131,12 @@ impl Daemon {
             admin_addr,
             metrics,
             registry,
+            plugins,
             ready,
             shutdown,
             task,
             admin,
-            refresher,
+            background: vec![refresher, watcher],
         })
     }
 
@@ -200,7 +167,9 @@ impl Daemon {
         self.request_stop();
         let result = self.task.await.context("source task panicked")?;
         let _ = self.admin.await;
-        let _ = self.refresher.await;
+        for b in self.background {
+            let _ = b.await;
+        }
         result
     }
 }

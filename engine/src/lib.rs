@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;
+pub mod reload;
 pub mod sink;
 pub mod source;

@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use cdrs::config::Config;
-use cdrs::daemon::{load_plugins, Daemon};
+use cdrs::daemon::Daemon;
 use cdrs::metrics::Metrics;
 use cdrs::plugin::Runtime;
+use cdrs::reload::PluginManager;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,7 +134,7 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     if let Some(config) = &config {
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let metrics = Arc::new(Metrics::new());
-        if let Err(errs) = load_plugins(&runtime, config, &metrics) {
+        if let Err(errs) = PluginManager::load(runtime, config, metrics) {
             problems.extend(
                 errs.iter()
                     .filter(|e| !matches!(e, cdrs::plugin::PluginError::Read { .. }))

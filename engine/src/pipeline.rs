@@ -21,6 +21,7 @@ use crate::plugin::bindings::types::Verdict;
 use crate::plugin::filter::FilterPlugin;
 use crate::plugin::router::{Route, RouterPlugin};
 use crate::record::Record;
+use crate::reload::Slot;
 use crate::sink::http::HttpSink;
 use crate::sink::kafka::{DeadLetter, DeadLetterSink};
 use backon::BackoffBuilder;
@@ -31,8 +32,9 @@ use tokio::sync::watch;
 
 /// Everything a partition worker needs; shared by all of them.
 pub struct Pipeline {
-    pub filters: Vec<FilterPlugin>,
-    pub router: RouterPlugin,
+    /// The filter chain, in order; each slot hot-swappable.
+    pub filters: Vec<Arc<Slot<FilterPlugin>>>,
+    pub router: Arc<Slot<RouterPlugin>>,
     pub registry: Arc<Registry>,
     pub http: HttpSink,
     pub dead_letters: DeadLetterSink,
@@ -74,15 +76,18 @@ impl Pipeline {
         let mut live = batch;
 
         // Filter chain.
-        for f in &self.filters {
+        for slot in &self.filters {
             if live.is_empty() {
                 break;
             }
+            // One version for the whole batch, even if a swap lands meanwhile.
+            let f = slot.current();
             let refs: Vec<&Record> = live.iter().collect();
             // Plugin calls are synchronous and CPU-bound; some WASI imports
             // (guest stderr) block on Tokio, which only works off the async
             // worker role.
             let verdicts = tokio::task::block_in_place(|| f.filter(topic, partition, &refs));
+            slot.check_health();
             let mut kept = Vec::with_capacity(live.len());
             let (mut dropped, mut transformed) = (0, 0);
             let mut dead = Vec::new();
@@ -105,7 +110,7 @@ impl Pipeline {
             for (r, reason) in &dead {
                 let why = DeadLetter {
                     stage: "filter",
-                    plugin: Some((&f.name, &f.hash)),
+                    plugin: Some((&f.meta.name, &f.meta.hash)),
                     reason,
                 };
                 self.dead_letter(r, &why, shutdown).await?;
@@ -119,9 +124,10 @@ impl Pipeline {
         while !pending.is_empty() {
             let snapshot = self.registry.snapshot();
             let refs: Vec<&Record> = pending.iter().collect();
-            let routes = tokio::task::block_in_place(|| {
-                self.router.route(&snapshot, topic, partition, &refs)
-            });
+            let router = self.router.current();
+            let routes =
+                tokio::task::block_in_place(|| router.route(&snapshot, topic, partition, &refs));
+            self.router.check_health();
             let mut per_target: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
             let mut unplaced = Vec::new();
             let mut extra = vec![0u32; snapshot.targets.len()];
@@ -152,7 +158,7 @@ impl Pipeline {
                     Route::DeadLetter(reason) => {
                         let why = DeadLetter {
                             stage: "router",
-                            plugin: Some((&self.router.name, &self.router.hash)),
+                            plugin: Some((&router.meta.name, &router.meta.hash)),
                             reason: &reason,
                         };
                         self.dead_letter(&p, &why, shutdown).await?;

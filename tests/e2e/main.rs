@@ -12,3 +12,4 @@ mod daemon;
 mod failures;
 mod flow;
 mod plugins;
+mod swap;

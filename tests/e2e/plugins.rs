@@ -16,6 +16,7 @@ fn plugin(name: &str, path: PathBuf, config: &str) -> PluginConfig {
         name: name.into(),
         path,
         config: toml::from_str(config).unwrap(),
+        sha256: None,
     }
 }
 
@@ -92,6 +93,7 @@ fn fault_filter(config: &str) -> (FilterPlugin, Arc<Metrics>) {
         call_timeout_ms: 100,
         max_memory_bytes: 16 << 20,
         instances: 1,
+        ..PluginRuntimeConfig::default()
     };
     let rt = Runtime::new(&limits).unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -171,5 +173,29 @@ fn wrong_verdict_count_dead_letters_the_batch() {
             matches!(v, Verdict::DeadLetter(r) if r.contains("returned 2 verdicts for 3 records")),
             "{v:?}"
         );
+    }
+}
+
+/// `stamp_header` makes both example filters tag what they keep.
+#[test]
+fn filters_stamp_kept_records_when_asked() {
+    let rt = Runtime::new(&PluginRuntimeConfig::default()).unwrap();
+    for (file, name) in [
+        ("field_filter.wasm", "field-filter"),
+        ("fault_filter.wasm", "fault-filter"),
+    ] {
+        let p = plugin("stamp", plugin_dir().join(file), r#"stamp_header = "x-by""#);
+        let f = FilterPlugin::load(&rt, &p, Arc::new(Metrics::new())).unwrap();
+        let r = record(0, r#"{"type":"trade"}"#);
+        let v = f.filter("t", 0, &[&r]);
+        match &v[0] {
+            Verdict::Transform(rw) => {
+                assert_eq!(rw.value.as_deref(), r.value.as_deref());
+                assert_eq!(rw.headers.len(), 1);
+                assert_eq!(rw.headers[0].key, "x-by");
+                assert_eq!(rw.headers[0].value.as_deref(), Some(name.as_bytes()));
+            }
+            other => panic!("{file}: {other:?}"),
+        }
     }
 }

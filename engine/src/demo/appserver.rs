@@ -25,6 +25,8 @@ pub struct Received {
     pub key: Option<Vec<u8>>,
     pub partition: i32,
     pub offset: i64,
+    /// Headers as received (values decoded).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Behaviour knobs, changeable while the server runs.
@@ -71,6 +73,11 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
             key: r.key_bytes(),
             partition: r.partition,
             offset: r.offset,
+            headers: r
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value_bytes()))
+                .collect(),
         });
     }
     StatusCode::OK

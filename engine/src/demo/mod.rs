@@ -255,6 +255,7 @@ pub fn demo_filter(plugin_dir: &Path) -> PluginConfig {
         name: "drop-heartbeats".into(),
         path: plugin_dir.join("field_filter.wasm"),
         config,
+        sha256: None,
     }
 }
 
@@ -266,6 +267,7 @@ pub fn demo_router(plugin_dir: &Path, sticky: bool) -> PluginConfig {
         name: "p2c".into(),
         path: plugin_dir.join("p2c_router.wasm"),
         config,
+        sha256: None,
     }
 }
 

@@ -2,11 +2,12 @@
 
 use super::bindings::filter::{Filter, FilterPre};
 use super::bindings::types::Verdict;
-use super::{isolate, PluginError, Pool, Runtime, State};
+use super::{isolate, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
 use crate::config::PluginConfig;
 use crate::convert;
 use crate::metrics::Metrics;
 use crate::record::Record;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
@@ -18,9 +19,7 @@ struct Instance {
 
 /// A loaded filter plugin: compiled once, a pool of initialised instances.
 pub struct FilterPlugin {
-    pub name: Arc<str>,
-    /// sha256 of the component: the plugin version.
-    pub hash: String,
+    pub meta: PluginMeta,
     runtime: Arc<Runtime>,
     pre: FilterPre<State>,
     config_json: String,
@@ -38,9 +37,20 @@ impl FilterPlugin {
         cfg: &PluginConfig,
         metrics: Arc<Metrics>,
     ) -> Result<FilterPlugin, PluginError> {
-        let compiled = runtime.compile(&cfg.name, &cfg.path)?;
+        let compiled = runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref())?;
+        Self::from_compiled(runtime, &cfg.name, compiled, cfg.config_json(), metrics)
+    }
+
+    /// Links an already compiled component and creates its instances.
+    pub fn from_compiled(
+        runtime: &Arc<Runtime>,
+        name: &str,
+        compiled: Compiled,
+        config_json: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<FilterPlugin, PluginError> {
         let link = |e: wasmtime::Error| PluginError::Link {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             world: "filter",
             msg: format!("{e:#}"),
         };
@@ -50,11 +60,10 @@ impl FilterPlugin {
             .map_err(link)?;
         let pre = FilterPre::new(pre).map_err(link)?;
         let mut plugin = FilterPlugin {
-            name: cfg.name.as_str().into(),
-            hash: compiled.hash,
+            meta: PluginMeta::new(name, &compiled),
             runtime: runtime.clone(),
             pre,
-            config_json: cfg.config_json(),
+            config_json,
             pool: Pool::new(Vec::new()),
             metrics,
         };
@@ -62,25 +71,25 @@ impl FilterPlugin {
             .map(|_| plugin.instantiate())
             .collect::<Result<Vec<_>, _>>()?;
         plugin.pool = Pool::new(instances);
-        tracing::info!(plugin = %plugin.name, version = %&plugin.hash[..12], "filter plugin loaded");
+        tracing::info!(plugin = %plugin.meta.name, version = %plugin.meta.short(), "filter plugin loaded");
         Ok(plugin)
     }
 
     fn instantiate(&self) -> Result<Instance, PluginError> {
-        let mut store = self.runtime.store(&self.name);
+        let mut store = self.runtime.store(&self.meta.name);
         self.runtime.arm(&mut store);
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&self.name, e))?;
+            .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
         self.runtime.arm(&mut store);
         match bindings.call_init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Instance { store, bindings }),
             Ok(Err(msg)) => Err(PluginError::Init {
-                name: self.name.to_string(),
+                name: self.meta.name.to_string(),
                 msg,
             }),
-            Err(e) => Err(self.runtime.classify(&self.name, e)),
+            Err(e) => Err(self.runtime.classify(&self.meta.name, e)),
         }
     }
 
@@ -98,28 +107,32 @@ impl FilterPlugin {
                 let inst = slot.as_mut().expect("instance just created");
                 let batch = convert::filter_batch(topic, partition, chunk);
                 self.runtime.arm(&mut inst.store);
+                self.meta.calls.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let result = inst.bindings.call_filter(&mut inst.store, &batch);
                 self.metrics
                     .plugin_call_seconds
-                    .with_label_values(&[&*self.name, "filter"])
+                    .with_label_values(&[&*self.meta.name, "filter"])
                     .observe(started.elapsed().as_secs_f64());
                 let err = match result {
                     Ok(v) if v.len() == chunk.len() => return Ok(v),
                     Ok(v) => PluginError::Contract {
-                        name: self.name.to_string(),
+                        name: self.meta.name.to_string(),
                         msg: format!("returned {} verdicts for {} records", v.len(), chunk.len()),
                     },
                     Err(e) => {
                         slot = None; // a trapped instance is never reused
-                        self.runtime.classify(&self.name, e)
+                        self.runtime.classify(&self.meta.name, e)
                     }
                 };
+                if err.is_record_fault() {
+                    self.meta.faults.fetch_add(1, Ordering::Relaxed);
+                }
                 self.metrics
                     .plugin_errors
-                    .with_label_values(&[&*self.name, err.kind()])
+                    .with_label_values(&[&*self.meta.name, err.kind()])
                     .inc();
-                tracing::warn!(plugin = %self.name, records = chunk.len(), error = %err, "filter call failed");
+                tracing::warn!(plugin = %self.meta.name, records = chunk.len(), error = %err, "filter call failed");
                 Err(err)
             },
             &mut |_, e| Verdict::DeadLetter(e.to_string()),

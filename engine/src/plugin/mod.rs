@@ -135,6 +135,65 @@ pub struct Compiled {
     pub component: Component,
     /// Hex sha256 of the component bytes: the plugin's version.
     pub hash: String,
+    /// Whether it came from the compiled cache.
+    pub cached: bool,
+    /// Time to compile or load it, ms.
+    pub load_ms: f64,
+}
+
+/// Identity and counters of one loaded plugin version.
+#[derive(Debug)]
+pub struct PluginMeta {
+    pub name: Arc<str>,
+    /// Hex sha256 of the component: the version.
+    pub hash: String,
+    /// Wall-clock load time, ms since the Unix epoch.
+    pub loaded_at_ms: i64,
+    /// Compile (or cache load) time, ms.
+    pub load_ms: f64,
+    pub cached: bool,
+    /// Batch calls made.
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Record faults (trap, deadline, memory) seen.
+    pub faults: std::sync::atomic::AtomicU64,
+}
+
+impl PluginMeta {
+    fn new(name: &str, compiled: &Compiled) -> PluginMeta {
+        PluginMeta {
+            name: name.into(),
+            hash: compiled.hash.clone(),
+            loaded_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            load_ms: compiled.load_ms,
+            cached: compiled.cached,
+            calls: Default::default(),
+            faults: Default::default(),
+        }
+    }
+
+    /// First 12 hex digits of the version, for logs.
+    pub fn short(&self) -> &str {
+        &self.hash[..12]
+    }
+}
+
+/// Writes a compiled component and its checksum (temp file + rename, so a
+/// crash never leaves a half-written entry under the final name).
+fn store_cached(
+    (dir, stem): &(std::path::PathBuf, String),
+    component: &Component,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let artifact = component.serialize()?;
+    let sum = hex::encode(Sha256::digest(&artifact));
+    for (ext, data) in [("cwasm", artifact.as_slice()), ("sha256", sum.as_bytes())] {
+        let tmp = dir.join(format!("{stem}.{ext}.tmp{}", std::process::id()));
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, dir.join(format!("{stem}.{ext}")))?;
+    }
+    Ok(())
 }
 
 /// The wasmtime engine, linkers and limits shared by all plugins.
@@ -192,20 +251,46 @@ impl Runtime {
         }))
     }
 
-    /// Reads and compiles the component at `path`.
+    /// Reads and compiles the component at `path` (see [`Runtime::compile_bytes`]).
     ///
-    /// Errors: `Read` (missing file), `Compile` (not Wasm, a core module
-    /// instead of a component, or invalid).
-    pub fn compile(&self, name: &str, path: &Path) -> Result<Compiled, PluginError> {
+    /// Errors: `Read` (missing file), and those of `compile_bytes`.
+    pub fn compile(
+        &self,
+        name: &str,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<Compiled, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
             name: name.into(),
             path: shown.clone(),
             msg: e.to_string(),
         })?;
+        self.compile_bytes(name, &bytes, &shown, sha256)
+    }
+
+    /// Compiles component `bytes` (from `source`, shown in errors), or loads
+    /// the compiled artifact from the cache when this exact component was
+    /// compiled before by a compatible engine.
+    ///
+    /// Cache entries (`plugins.cache_dir`) are keyed by the sha256 of the
+    /// component and wasmtime's precompile compatibility hash, and carry the
+    /// sha256 of the artifact itself: an entry that does not match is
+    /// recompiled and rewritten, never loaded.
+    ///
+    /// Errors: `Compile` (not Wasm, a core module instead of a component,
+    /// invalid, or a sha256 other than the pinned `sha256`).
+    pub fn compile_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: &str,
+        sha256: Option<&str>,
+    ) -> Result<Compiled, PluginError> {
+        let started = std::time::Instant::now();
         let compile_err = |msg: String| PluginError::Compile {
             name: name.into(),
-            path: shown.clone(),
+            path: source.into(),
             msg,
         };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -222,12 +307,70 @@ impl Runtime {
                     .into(),
             ));
         }
-        let hash = hex::encode(Sha256::digest(&bytes));
+        let hash = hex::encode(Sha256::digest(bytes));
+        if let Some(want) = sha256 {
+            if !want.eq_ignore_ascii_case(&hash) {
+                return Err(compile_err(format!(
+                    "sha256 is {hash}, but the config pins {want}; refusing it"
+                )));
+            }
+        }
+        let entry = self.cache_entry(&hash);
+        if let Some(component) = entry.as_ref().and_then(|e| self.load_cached(e)) {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin loaded from the compiled cache");
+            return Ok(Compiled {
+                component,
+                hash,
+                cached: true,
+                load_ms: ms,
+            });
+        }
         let component =
-            Component::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
-        Ok(Compiled { component, hash })
+            Component::new(&self.engine, bytes).map_err(|e| compile_err(format!("{e:#}")))?;
+        if let Some(e) = &entry {
+            if let Err(err) = store_cached(e, &component) {
+                tracing::warn!(plugin = name, error = %err, dir = %e.0.display(), "compiled cache not written");
+            }
+        }
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin compiled");
+        Ok(Compiled {
+            component,
+            hash,
+            cached: false,
+            load_ms: ms,
+        })
     }
 
+    /// (dir, file stem) of the cache entry for a component hash.
+    fn cache_entry(&self, hash: &str) -> Option<(std::path::PathBuf, String)> {
+        let dir = self.limits.cache_dir()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
+        let engine = std::hash::Hasher::finish(&h);
+        Some((dir, format!("{hash}-{engine:016x}")))
+    }
+
+    fn load_cached(&self, (dir, stem): &(std::path::PathBuf, String)) -> Option<Component> {
+        let artifact = std::fs::read(dir.join(format!("{stem}.cwasm"))).ok()?;
+        let sum = std::fs::read_to_string(dir.join(format!("{stem}.sha256"))).ok()?;
+        if hex::encode(Sha256::digest(&artifact)) != sum.trim() {
+            tracing::warn!(entry = %stem, "compiled cache entry corrupt; recompiling");
+            return None;
+        }
+        // SAFETY: the artifact was written by `store_cached` from
+        // `Component::serialize` of this engine configuration (the file name
+        // carries the compatibility hash) and its sha256 matches the one
+        // written with it, so it is the bytes wasmtime produced.
+        match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(entry = %stem, error = %e, "compiled cache entry incompatible; recompiling");
+                None
+            }
+        }
+    }
     /// A fresh store for one instance of plugin `name`, with the memory cap
     /// and an empty WASI context.
     fn store(&self, name: &Arc<str>) -> Store<State> {

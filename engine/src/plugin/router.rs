@@ -4,12 +4,13 @@
 
 use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Decision, RouterOptions};
-use super::{isolate, PluginError, Pool, Runtime, State};
+use super::{isolate, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
 use crate::capacity::Snapshot;
 use crate::config::PluginConfig;
 use crate::convert;
 use crate::metrics::Metrics;
 use crate::record::Record;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
@@ -34,8 +35,7 @@ struct Instance {
 
 /// A loaded router plugin.
 pub struct RouterPlugin {
-    pub name: Arc<str>,
-    pub hash: String,
+    pub meta: PluginMeta,
     /// What the router asked to see of each record.
     pub options: RouterOptions,
     runtime: Arc<Runtime>,
@@ -53,9 +53,20 @@ impl RouterPlugin {
         cfg: &PluginConfig,
         metrics: Arc<Metrics>,
     ) -> Result<RouterPlugin, PluginError> {
-        let compiled = runtime.compile(&cfg.name, &cfg.path)?;
+        let compiled = runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref())?;
+        Self::from_compiled(runtime, &cfg.name, compiled, cfg.config_json(), metrics)
+    }
+
+    /// Links an already compiled component and creates its instances.
+    pub fn from_compiled(
+        runtime: &Arc<Runtime>,
+        name: &str,
+        compiled: Compiled,
+        config_json: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<RouterPlugin, PluginError> {
         let link = |e: wasmtime::Error| PluginError::Link {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             world: "router",
             msg: format!("{e:#}"),
         };
@@ -65,15 +76,14 @@ impl RouterPlugin {
             .map_err(link)?;
         let pre = RouterPre::new(pre).map_err(link)?;
         let mut plugin = RouterPlugin {
-            name: cfg.name.as_str().into(),
-            hash: compiled.hash,
+            meta: PluginMeta::new(name, &compiled),
             options: RouterOptions {
                 headers: Vec::new(),
                 needs_value: false,
             },
             runtime: runtime.clone(),
             pre,
-            config_json: cfg.config_json(),
+            config_json,
             pool: Pool::new(Vec::new()),
             metrics,
         };
@@ -84,19 +94,19 @@ impl RouterPlugin {
             instances.push(inst);
         }
         plugin.pool = Pool::new(instances);
-        tracing::info!(plugin = %plugin.name, version = %&plugin.hash[..12],
+        tracing::info!(plugin = %plugin.meta.name, version = %plugin.meta.short(),
             headers = ?plugin.options.headers, needs_value = plugin.options.needs_value,
             "router plugin loaded");
         Ok(plugin)
     }
 
     fn instantiate(&self) -> Result<(Instance, RouterOptions), PluginError> {
-        let mut store = self.runtime.store(&self.name);
+        let mut store = self.runtime.store(&self.meta.name);
         self.runtime.arm(&mut store);
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&self.name, e))?;
+            .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
         self.runtime.arm(&mut store);
         match bindings.call_init(&mut store, &self.config_json) {
             Ok(Ok(options)) => Ok((
@@ -108,10 +118,10 @@ impl RouterPlugin {
                 options,
             )),
             Ok(Err(msg)) => Err(PluginError::Init {
-                name: self.name.to_string(),
+                name: self.meta.name.to_string(),
                 msg,
             }),
-            Err(e) => Err(self.runtime.classify(&self.name, e)),
+            Err(e) => Err(self.runtime.classify(&self.meta.name, e)),
         }
     }
 
@@ -135,6 +145,7 @@ impl RouterPlugin {
                     slot = Some(self.instantiate()?.0);
                 }
                 let inst = slot.as_mut().expect("instance just created");
+                self.meta.calls.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let result = (|| {
                     if inst.pushed != Some(snapshot.version) {
@@ -154,26 +165,29 @@ impl RouterPlugin {
                 })();
                 self.metrics
                     .plugin_call_seconds
-                    .with_label_values(&[&*self.name, "router"])
+                    .with_label_values(&[&*self.meta.name, "router"])
                     .observe(started.elapsed().as_secs_f64());
                 let err = match result {
                     Ok(v) if v.len() == chunk.len() => {
                         return Ok(v.into_iter().map(|d| to_route(d, n_targets)).collect())
                     }
                     Ok(v) => PluginError::Contract {
-                        name: self.name.to_string(),
+                        name: self.meta.name.to_string(),
                         msg: format!("returned {} decisions for {} records", v.len(), chunk.len()),
                     },
                     Err(e) => {
                         slot = None;
-                        self.runtime.classify(&self.name, e)
+                        self.runtime.classify(&self.meta.name, e)
                     }
                 };
+                if err.is_record_fault() {
+                    self.meta.faults.fetch_add(1, Ordering::Relaxed);
+                }
                 self.metrics
                     .plugin_errors
-                    .with_label_values(&[&*self.name, err.kind()])
+                    .with_label_values(&[&*self.meta.name, err.kind()])
                     .inc();
-                tracing::warn!(plugin = %self.name, records = chunk.len(), error = %err, "router call failed");
+                tracing::warn!(plugin = %self.meta.name, records = chunk.len(), error = %err, "router call failed");
                 Err(err)
             },
             &mut |_, e| Route::DeadLetter(e.to_string()),

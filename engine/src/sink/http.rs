@@ -71,6 +71,13 @@ fn decode(text: &Option<String>, b64: &Option<String>) -> Option<Vec<u8>> {
     }
 }
 
+impl WireHeader {
+    /// The header value bytes, decoded (none for a null header).
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        decode(&self.value, &self.value_b64)
+    }
+}
+
 impl WireRecord {
     /// The wire form of `r`.
     pub fn from_record(r: &Record) -> WireRecord {

@@ -9,13 +9,15 @@
 //!   and clock, so a test can check that nothing was granted;
 //! * anything else → keep.
 //!
-//! Config: `{"verdicts": "short"}` makes it return one verdict too few, to
-//! test the one-verdict-per-record rule.
+//! Config (JSON, unknown keys ignored): `{"verdicts": "short"}` makes it
+//! return one verdict too few, to test the one-verdict-per-record rule;
+//! `{"stamp_header": "x"}` adds header `x: fault-filter` to kept records.
 
-use cdrs_plugin_sdk::filter::{Filter, FilterBatch, Verdict};
+use cdrs_plugin_sdk::filter::{stamp, Filter, FilterBatch, Verdict};
 
 pub struct FaultFilter {
     short: bool,
+    stamp_header: Option<String>,
 }
 
 #[allow(unconditional_recursion)]
@@ -33,15 +35,18 @@ fn probe_environment() -> String {
 
 impl Filter for FaultFilter {
     fn init(config: &str) -> Result<Self, String> {
+        let c: serde_json::Value = serde_json::from_str(config)
+            .map_err(|e| format!("invalid fault-filter config: {e}"))?;
         Ok(FaultFilter {
-            short: config.contains("\"short\""),
+            short: c["verdicts"] == "short",
+            stamp_header: c["stamp_header"].as_str().map(str::to_owned),
         })
     }
 
     fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
         let mut out: Vec<Verdict> = batch
             .messages
-            .iter()
+            .into_iter()
             .map(|m| {
                 let v = m.value.as_deref().unwrap_or_default();
                 let text = String::from_utf8_lossy(v);
@@ -61,7 +66,10 @@ impl Filter for FaultFilter {
                     t if t.contains("\"poison\":true") => {
                         panic!("fault-filter: poison at offset {}", m.offset)
                     }
-                    _ => Verdict::Keep,
+                    _ => match &self.stamp_header {
+                        Some(h) => Verdict::Transform(stamp(m, h, "fault-filter")),
+                        None => Verdict::Keep,
+                    },
                 }
             })
             .collect();

@@ -9,6 +9,10 @@
 //! # "dead-letter" (default "keep"). Only checked when a rule reads a field.
 //! non_json = "dead-letter"
 //!
+//! # Optional: add this header, value "field-filter", to every kept record
+//! # (provenance: which filter version handled it). Default: none.
+//! stamp_header = "x-filtered-by"
+//!
 //! # Rules are tried in order; the first that matches decides. No match: keep.
 //! [[filters.config.rules]]
 //! field = "type"          # dotted path into the JSON value, e.g. "trade.side"
@@ -22,7 +26,7 @@
 //! reason = "replayed records are not routed"
 //! ```
 
-use cdrs_plugin_sdk::filter::{header, Filter, FilterBatch, Message, Verdict};
+use cdrs_plugin_sdk::filter::{header, stamp, Filter, FilterBatch, Message, Verdict};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -55,6 +59,8 @@ struct FilterConfig {
     rules: Vec<RuleConfig>,
     #[serde(default = "default_non_json")]
     non_json: Action,
+    #[serde(default)]
+    stamp_header: Option<String>,
 }
 
 fn default_non_json() -> Action {
@@ -84,6 +90,7 @@ pub struct FieldFilter {
     rules: Vec<Rule>,
     non_json: Action,
     reads_json: bool,
+    stamp_header: Option<String>,
 }
 
 impl FieldFilter {
@@ -131,6 +138,7 @@ impl FieldFilter {
             rules,
             non_json: raw.non_json,
             reads_json,
+            stamp_header: raw.stamp_header,
         })
     }
 
@@ -180,7 +188,14 @@ impl Filter for FieldFilter {
     }
 
     fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
-        batch.messages.iter().map(|m| self.verdict_for(m)).collect()
+        batch
+            .messages
+            .into_iter()
+            .map(|m| match (self.verdict_for(&m), &self.stamp_header) {
+                (Verdict::Keep, Some(h)) => Verdict::Transform(stamp(m, h, "field-filter")),
+                (v, _) => v,
+            })
+            .collect()
     }
 }
 

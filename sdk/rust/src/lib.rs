@@ -146,6 +146,20 @@ pub mod filter {
 
     header_fn!();
 
+    /// `m` rewritten with header `key: value` appended (for `transform`).
+    pub fn stamp(m: Message, key: &str, value: &str) -> Rewrite {
+        let mut headers = m.headers;
+        headers.push(Header {
+            key: key.to_string(),
+            value: Some(value.as_bytes().to_vec()),
+        });
+        Rewrite {
+            key: m.key,
+            value: m.value,
+            headers,
+        }
+    }
+
     /// A filter plugin. One value of this type lives per plugin instance;
     /// the host calls it from one thread at a time.
     pub trait Filter: Sized + 'static {
