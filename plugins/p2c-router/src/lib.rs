@@ -4,8 +4,8 @@
 //! * **Load-aware (default)**: for each record pick two distinct healthy
 //!   targets at random and send the record to the one with the lower load
 //!   `(inflight + assigned) / (capacity × weight)`, where `assigned` counts what
-//!   this instance routed recently (halved at every batch, so the counts follow
-//!   the current load). Power of two choices: Mitzenmacher, "The Power of Two
+//!   this instance routed recently (halving every 256 records, so the counts
+//!   follow the current load while keeping the split proportional). Power of two choices: Mitzenmacher, "The Power of Two
 //!   Choices in Randomized Load Balancing", IEEE TPDS 12(10), 2001.
 //! * **Sticky** (`sticky = true`): a record with a key goes to the target that
 //!   wins weighted rendezvous hashing of the key (score `-w / ln(u)`, with `u`
@@ -40,6 +40,9 @@ struct P2cConfig {
 fn default_seed() -> u64 {
     1
 }
+
+/// Records after which this instance's own assignment counts weigh half.
+const ASSIGNED_HALF_LIFE: f64 = 256.0;
 
 /// Per-target view the policy needs, rebuilt on `update-targets`.
 struct Slot {
@@ -184,8 +187,11 @@ impl Router for P2cRouter {
     }
 
     fn route(&mut self, batch: RouteBatch) -> Vec<Decision> {
+        // Decay by records, not batches, so small batches (a slow stream)
+        // keep as much history as large ones.
+        let decay = 0.5f64.powf(batch.records.len() as f64 / ASSIGNED_HALF_LIFE);
         for a in &mut self.assigned {
-            *a *= 0.5;
+            *a *= decay;
         }
         batch.records.iter().map(|r| self.decide(r)).collect()
     }
