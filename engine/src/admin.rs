@@ -11,12 +11,14 @@
 //! | GET | `/v1/plugins` | each plugin: version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | body: a `.wasm` component; compiled, `init`-ed, then swapped in; token |
 //! | POST | `/v1/plugins/{name}/rollback` | swap the previous version back in; token |
+//! | GET | `/v1/config` | the active config (secrets redacted) and the last reload's outcome |
+//! | POST | `/v1/reload` | re-read the config file and apply the difference; token |
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
 use crate::capacity::{CapacityReport, Registry, ReportError};
 use crate::metrics::Metrics;
-use crate::reload::{PluginManager, ReloadError};
+use crate::reload::{ConfigReloader, PluginManager, ReloadError};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -34,6 +36,7 @@ pub struct AdminState {
     pub token: Option<String>,
     /// None only in tests of the other endpoints.
     pub plugins: Option<Arc<PluginManager>>,
+    pub reloader: Option<Arc<ConfigReloader>>,
 }
 
 /// The admin routes.
@@ -50,6 +53,8 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             put(upload_plugin).layer(axum::extract::DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
         .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/v1/config", get(show_config))
+        .route("/v1/reload", post(reload_config))
         .with_state(state)
 }
 
@@ -216,6 +221,57 @@ async fn push_capacity(
     }
 }
 
+/// Redacts `kafka.options` values whose key suggests a secret.
+fn redact(mut config: serde_json::Value) -> serde_json::Value {
+    if let Some(opts) = config
+        .pointer_mut("/kafka/options")
+        .and_then(|o| o.as_object_mut())
+    {
+        for (k, v) in opts.iter_mut() {
+            if ["password", "secret", "token", "key"]
+                .iter()
+                .any(|s| k.contains(s))
+            {
+                *v = serde_json::Value::String("<redacted>".into());
+            }
+        }
+    }
+    config
+}
+
+async fn show_config(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(r) = &s.reloader else {
+        return error(StatusCode::NOT_FOUND, "no config loaded");
+    };
+    let config = serde_json::to_value(r.active()).unwrap_or_default();
+    Json(serde_json::json!({
+        "file": r.path().map(|p| p.display().to_string()),
+        "config": redact(config),
+        "last_reload": r.last(),
+    }))
+    .into_response()
+}
+
+async fn reload_config(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
+        );
+    }
+    let Some(r) = s.reloader.clone() else {
+        return error(StatusCode::NOT_FOUND, "no config loaded");
+    };
+    match tokio::task::spawn_blocking(move || r.reload()).await {
+        Ok(report) if report.ok => Json(report).into_response(),
+        Ok(report) => (StatusCode::UNPROCESSABLE_ENTITY, Json(report)).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload task failed: {e}"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +301,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             token: token.map(str::to_string),
             plugins: None,
+            reloader: None,
         });
         (router(state.clone()), state)
     }

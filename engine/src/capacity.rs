@@ -148,10 +148,25 @@ struct ReportState {
     last_failure: Option<String>,
 }
 
+impl TargetLive {
+    fn new(t: &TargetConfig) -> TargetLive {
+        TargetLive {
+            id: t.id.as_str().into(),
+            url: t.url.as_str().into(),
+            config: t.clone(),
+            inflight: AtomicU32::new(0),
+            latency_ewma_us: AtomicU32::new(0),
+            error_rate_permille: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            state: Mutex::new(ReportState::default()),
+        }
+    }
+}
+
 /// The registry of targets and their live state.
 pub struct Registry {
-    config: CapacityConfig,
-    targets: Vec<TargetLive>,
+    config: ArcSwap<CapacityConfig>,
+    targets: ArcSwap<Vec<Arc<TargetLive>>>,
     snapshot: ArcSwap<Snapshot>,
     started: Instant,
     metrics: Arc<Metrics>,
@@ -166,20 +181,13 @@ impl Registry {
     /// A registry for the configured targets; the first snapshot is version 1.
     pub fn new(config: CapacityConfig, targets: &[TargetConfig], metrics: Arc<Metrics>) -> Self {
         let reg = Registry {
-            config,
-            targets: targets
-                .iter()
-                .map(|t| TargetLive {
-                    id: t.id.as_str().into(),
-                    url: t.url.as_str().into(),
-                    config: t.clone(),
-                    inflight: AtomicU32::new(0),
-                    latency_ewma_us: AtomicU32::new(0),
-                    error_rate_permille: AtomicU32::new(0),
-                    down_until_ms: AtomicU64::new(0),
-                    state: Mutex::new(ReportState::default()),
-                })
-                .collect(),
+            config: ArcSwap::from_pointee(config),
+            targets: ArcSwap::from_pointee(
+                targets
+                    .iter()
+                    .map(|t| Arc::new(TargetLive::new(t)))
+                    .collect(),
+            ),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             started: Instant::now(),
             metrics,
@@ -198,8 +206,56 @@ impl Registry {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn live(&self, id: &str) -> Option<&TargetLive> {
-        self.targets.iter().find(|t| &*t.id == id)
+    fn live(&self, id: &str) -> Option<Arc<TargetLive>> {
+        self.targets.load().iter().find(|t| &*t.id == id).cloned()
+    }
+
+    /// Replaces the target list (config reload). Targets whose id and url
+    /// stay keep their live state (reports, in-flight, failures); others
+    /// start fresh; removed ones get no new records (deliveries in flight to
+    /// them finish). Publishes a new snapshot.
+    pub fn set_targets(&self, targets: &[TargetConfig]) {
+        let old = self.targets.load_full();
+        let next: Vec<Arc<TargetLive>> = targets
+            .iter()
+            .map(
+                |t| match old.iter().find(|o| *o.id == *t.id && *o.url == *t.url) {
+                    Some(o) if o.config == *t => o.clone(),
+                    Some(o) => {
+                        // Same server, new static settings: keep the live state.
+                        let mut n = TargetLive::new(t);
+                        n.inflight = AtomicU32::new(o.inflight.load(Ordering::Relaxed));
+                        n.latency_ewma_us =
+                            AtomicU32::new(o.latency_ewma_us.load(Ordering::Relaxed));
+                        n.error_rate_permille =
+                            AtomicU32::new(o.error_rate_permille.load(Ordering::Relaxed));
+                        n.down_until_ms = AtomicU64::new(o.down_until_ms.load(Ordering::Relaxed));
+                        let st = o.state.lock().expect("report lock");
+                        n.state = Mutex::new(ReportState {
+                            last: st.last,
+                            last_failure: st.last_failure.clone(),
+                        });
+                        Arc::new(n)
+                    }
+                    None => Arc::new(TargetLive::new(t)),
+                },
+            )
+            .collect();
+        for gone in old.iter().filter(|o| !next.iter().any(|n| n.id == o.id)) {
+            let _ = self.metrics.target_up.remove_label_values(&[&*gone.id]);
+            let _ = self
+                .metrics
+                .target_inflight
+                .remove_label_values(&[&*gone.id]);
+        }
+        self.targets.store(Arc::new(next));
+        self.refresh();
+    }
+
+    /// Replaces the `[capacity]` settings (config reload).
+    pub fn set_config(&self, config: CapacityConfig) {
+        self.config.store(Arc::new(config));
+        self.refresh();
     }
 
     /// Records a capacity report from target `id`.
@@ -229,18 +285,18 @@ impl Registry {
         result
     }
 
-    /// Adds `n` records in flight to target `index` of the snapshot.
-    pub fn begin_delivery(&self, index: usize, n: u32) {
-        if let Some(t) = self.targets.get(index) {
+    /// Adds `n` records in flight to target `id`.
+    pub fn begin_delivery(&self, id: &str, n: u32) {
+        if let Some(t) = self.live(id) {
             t.inflight.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    /// Ends a delivery of `n` records to target `index`: updates in-flight,
+    /// Ends a delivery of `n` records to target `id`: updates in-flight,
     /// latency EWMA and error rate; a failure marks the target down for the
     /// cooldown and publishes a new snapshot at once.
-    pub fn end_delivery(&self, index: usize, n: u32, latency: Duration, failure: Option<&str>) {
-        let Some(t) = self.targets.get(index) else {
+    pub fn end_delivery(&self, id: &str, n: u32, latency: Duration, failure: Option<&str>) {
+        let Some(t) = self.live(id) else {
             return;
         };
         t.inflight
@@ -260,10 +316,9 @@ impl Registry {
             if failure.is_some() { 1000.0 } else { 0.0 },
         );
         if let Some(why) = failure {
-            t.down_until_ms.store(
-                self.now_ms() + self.config.failure_cooldown_ms,
-                Ordering::Relaxed,
-            );
+            let cooldown = self.config.load().failure_cooldown_ms;
+            t.down_until_ms
+                .store(self.now_ms() + cooldown, Ordering::Relaxed);
             t.state.lock().expect("report lock").last_failure = Some(why.to_string());
             self.refresh();
         }
@@ -275,9 +330,10 @@ impl Registry {
     pub fn refresh(&self) {
         let _one_writer = self.refresh_lock.lock().expect("refresh lock");
         let now = self.now_ms();
-        let expiry = self.config.report_expiry_ms;
+        let expiry = self.config.load().report_expiry_ms;
         let views: Vec<TargetView> = self
             .targets
+            .load()
             .iter()
             .map(|t| {
                 let st = t.state.lock().expect("report lock");
@@ -340,8 +396,9 @@ impl Registry {
         }
         if changed {
             let version = current.version + 1;
-            for (old, new) in current.targets.iter().zip(&views) {
-                if old.health != new.health {
+            for new in &views {
+                let old = current.targets.iter().find(|o| o.id == new.id);
+                if let Some(old) = old.filter(|o| o.health != new.health) {
                     tracing::info!(target_id = %new.id, from = ?old.health, to = ?new.health,
                         reason = new.reason.as_deref().unwrap_or(""), "target health changed");
                 }
@@ -356,12 +413,10 @@ impl Registry {
     /// Runs [`Registry::refresh`] every `capacity.refresh_interval_ms` until
     /// `shutdown` fires.
     pub async fn run_refresher(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(self.config.refresh_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let every = Duration::from_millis(self.config.load().refresh_interval_ms);
             tokio::select! {
-                _ = tick.tick() => self.refresh(),
+                _ = tokio::time::sleep(every) => self.refresh(),
                 _ = shutdown.changed() => return,
             }
         }
@@ -440,6 +495,30 @@ mod tests {
     }
 
     #[test]
+    fn target_list_changes_keep_the_state_of_targets_that_stay() {
+        let r = registry(10_000);
+        r.report("a", report(10)).unwrap();
+        let mut next: Vec<TargetConfig> =
+            r.targets.load().iter().map(|t| t.config.clone()).collect();
+        next.remove(1);
+        next[0].weight = 200;
+        next.push(TargetConfig {
+            id: "c".into(),
+            ..next[0].clone()
+        });
+        r.set_targets(&next);
+        let s = r.snapshot();
+        let ids: Vec<&str> = s.targets.iter().map(|t| &*t.id).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(
+            (s.targets[0].capacity, s.targets[0].weight),
+            (10, 200),
+            "a keeps its report"
+        );
+        assert_eq!(s.targets[1].report_age_ms, None, "c starts fresh");
+    }
+
+    #[test]
     fn expired_reports_and_failed_deliveries_mark_targets_down() {
         let r = registry(100);
         r.report("a", report(10)).unwrap();
@@ -449,8 +528,8 @@ mod tests {
         assert_eq!(r.snapshot().targets[0].health, Health::Down);
         // b never reported: healthy until a delivery fails.
         assert_eq!(r.snapshot().targets[1].health, Health::Healthy);
-        r.begin_delivery(1, 5);
-        r.end_delivery(1, 5, Duration::from_millis(1), Some("connection refused"));
+        r.begin_delivery("b", 5);
+        r.end_delivery("b", 5, Duration::from_millis(1), Some("connection refused"));
         let b = &r.snapshot().targets[1];
         assert_eq!(b.health, Health::Down);
         assert!(b.reason.as_deref().unwrap().contains("connection refused"));

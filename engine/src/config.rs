@@ -52,7 +52,7 @@ pub const DEFAULT_RETRY_MAX_MS: u64 = 2_000;
 pub const MAX_CAPACITY: u32 = 10_000_000;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -77,7 +77,7 @@ pub struct Config {
 }
 
 /// `[kafka]`: where records come from and where dead letters go.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `"127.0.0.1:9092"`. Env: `CDRS_KAFKA_BROKERS`.
@@ -100,7 +100,7 @@ fn default_dlq() -> String {
 }
 
 /// `[admin]`: the HTTP admin API.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Listen address. Default `"127.0.0.1:9090"`; port 0 picks a free one.
@@ -126,7 +126,7 @@ impl Default for AdminConfig {
 }
 
 /// `[pipeline]`: batching.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Records per batch handed to the plugins (1..=65536). Default 256.
@@ -161,7 +161,7 @@ impl Default for PipelineConfig {
 }
 
 /// `[plugins]`: sandbox limits shared by all plugins.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRuntimeConfig {
     /// Wall-clock deadline of one plugin call, ms (epoch interruption). Default 200.
@@ -228,7 +228,7 @@ impl Default for PluginRuntimeConfig {
 }
 
 /// One plugin: `[[filters]]` or `[router]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Name used in logs, metrics and dead-letter headers.
@@ -251,7 +251,7 @@ impl PluginConfig {
 }
 
 /// One application server (`[[targets]]`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Unique id, e.g. `"blotter-1"`: `[A-Za-z0-9._-]`, 1..=64 chars.
@@ -274,7 +274,7 @@ fn d_weight() -> u32 {
 }
 
 /// `[capacity]`: the live view of targets.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapacityConfig {
     /// A target whose last capacity report is older than this is down, ms.
@@ -310,7 +310,7 @@ impl Default for CapacityConfig {
 }
 
 /// `[delivery]`: HTTP delivery to targets.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Timeout of one POST, ms. Default 5000.

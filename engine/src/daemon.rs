@@ -6,14 +6,15 @@ use crate::admin::{self, AdminState};
 use crate::capacity::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Delivery, Pipeline};
 use crate::plugin::Runtime;
-use crate::reload::{self, PluginManager};
-use crate::sink::http::HttpSink;
+use crate::reload::{self, ConfigReloader, PluginManager};
 use crate::sink::kafka::DeadLetterSink;
 use crate::source;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
     pub plugins: Arc<PluginManager>,
+    pub reloader: Arc<ConfigReloader>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -39,8 +41,9 @@ pub struct Daemon {
 
 impl Daemon {
     /// Loads plugins, binds the admin API, joins the consumer group and
-    /// starts consuming. Returns once all of that succeeded.
-    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+    /// starts consuming. Returns once all of that succeeded. With
+    /// `config_path`, that file is watched and reloaded as a diff.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let plugins = {
@@ -58,11 +61,29 @@ impl Daemon {
             &config.targets,
             metrics.clone(),
         ));
+        let pipeline = Arc::new(Pipeline {
+            plugins: plugins.clone(),
+            registry: registry.clone(),
+            delivery: ArcSwap::from_pointee(Delivery::new(&config.delivery)?),
+            dead_letters: DeadLetterSink::new(
+                &config.kafka.brokers,
+                &config.kafka.dead_letter_topic,
+                &config.kafka.options,
+            )
+            .context("failed to create the dead-letter producer")?,
+            metrics: metrics.clone(),
+        });
+        let reloader = Arc::new(ConfigReloader::new(
+            config_path,
+            config.clone(),
+            plugins.clone(),
+            registry.clone(),
+            pipeline.clone(),
+        ));
+
         let ready = Arc::new(AtomicBool::new(false));
         if config.admin.token.is_none() {
-            tracing::warn!(
-                "admin.token is not set: capacity pushes are accepted without authentication"
-            );
+            tracing::warn!("admin.token is not set: mutating admin endpoints are open");
         }
         let state = Arc::new(AdminState {
             registry: registry.clone(),
@@ -70,6 +91,7 @@ impl Daemon {
             ready: ready.clone(),
             token: config.admin.token.clone(),
             plugins: Some(plugins.clone()),
+            reloader: Some(reloader.clone()),
         });
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await
@@ -91,30 +113,13 @@ impl Daemon {
         tracing::info!(%admin_addr, "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
         let watcher = {
-            let (m, stop) = (plugins.clone(), shutdown_rx.clone());
+            let (m, r, stop) = (plugins.clone(), reloader.clone(), shutdown_rx.clone());
             tokio::spawn(async move {
-                if let Err(e) = reload::watch_plugins(m, stop).await {
-                    tracing::error!(error = %e, "plugin file watcher failed; files are not watched");
+                if let Err(e) = reload::watch_files(m, r, stop).await {
+                    tracing::error!(error = %e, "file watcher failed; config and plugin files are not watched");
                 }
             })
         };
-
-        let pipeline = Arc::new(Pipeline {
-            filters: plugins.filters.iter().map(|(_, s)| s.clone()).collect(),
-            router: plugins.router.1.clone(),
-            registry: registry.clone(),
-            http: HttpSink::new(&config.delivery)?,
-            dead_letters: DeadLetterSink::new(
-                &config.kafka.brokers,
-                &config.kafka.dead_letter_topic,
-                &config.kafka.options,
-            )
-            .context("failed to create the dead-letter producer")?,
-            metrics: metrics.clone(),
-            max_post: config.delivery.max_batch,
-            retry_initial: Duration::from_millis(config.delivery.retry_initial_ms),
-            retry_max: Duration::from_millis(config.delivery.retry_max_ms),
-        });
         let consumer = Arc::new(
             source::consumer(&config.kafka, ready.clone())
                 .context("failed to create the consumer")?,
@@ -132,6 +137,7 @@ impl Daemon {
             metrics,
             registry,
             plugins,
+            reloader,
             ready,
             shutdown,
             task,
@@ -155,6 +161,14 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// Reloads the config file (SIGHUP, `POST /v1/reload`).
+    pub async fn reload(&self) -> reload::ReloadReport {
+        let r = self.reloader.clone();
+        tokio::task::spawn_blocking(move || r.reload())
+            .await
+            .expect("config reload task")
     }
 
     /// Asks the daemon to stop (returns at once).

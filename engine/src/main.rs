@@ -100,11 +100,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     runtime()?.block_on(async {
-        let daemon = Daemon::start(config).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        let daemon = Daemon::start(config, Some(path)).await?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    daemon.reload().await;
+                }
+            }
         }
         daemon.stop().await?;
         tracing::info!("stopped");

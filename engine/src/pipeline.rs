@@ -18,31 +18,49 @@
 use crate::capacity::{Health, Registry, Snapshot};
 use crate::metrics::Metrics;
 use crate::plugin::bindings::types::Verdict;
-use crate::plugin::filter::FilterPlugin;
-use crate::plugin::router::{Route, RouterPlugin};
+
+use crate::config::DeliveryConfig;
+use crate::plugin::router::Route;
 use crate::record::Record;
-use crate::reload::Slot;
+use crate::reload::PluginManager;
 use crate::sink::http::HttpSink;
 use crate::sink::kafka::{DeadLetter, DeadLetterSink};
+use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Everything a partition worker needs; shared by all of them.
-pub struct Pipeline {
-    /// The filter chain, in order; each slot hot-swappable.
-    pub filters: Vec<Arc<Slot<FilterPlugin>>>,
-    pub router: Arc<Slot<RouterPlugin>>,
-    pub registry: Arc<Registry>,
+/// Delivery settings from `[delivery]`.
+pub struct Delivery {
     pub http: HttpSink,
-    pub dead_letters: DeadLetterSink,
-    pub metrics: Arc<Metrics>,
     /// Records per POST at most (`delivery.max_batch`).
     pub max_post: usize,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+}
+
+impl Delivery {
+    pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<Delivery> {
+        Ok(Delivery {
+            http: HttpSink::new(cfg)?,
+            max_post: cfg.max_batch,
+            retry_initial: Duration::from_millis(cfg.retry_initial_ms),
+            retry_max: Duration::from_millis(cfg.retry_max_ms),
+        })
+    }
+}
+
+/// Everything a partition worker needs; shared by all of them.
+pub struct Pipeline {
+    /// The filter chain and the router, each hot-swappable.
+    pub plugins: Arc<PluginManager>,
+    pub registry: Arc<Registry>,
+    /// Delivery settings; replaced whole on config reload.
+    pub delivery: ArcSwap<Delivery>,
+    pub dead_letters: DeadLetterSink,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The batch was abandoned because the process is shutting down; its offsets
@@ -54,8 +72,8 @@ pub struct Abandoned;
 impl Pipeline {
     fn backoff(&self) -> impl Iterator<Item = Duration> {
         backon::ExponentialBuilder::default()
-            .with_min_delay(self.retry_initial)
-            .with_max_delay(self.retry_max)
+            .with_min_delay(self.delivery.load().retry_initial)
+            .with_max_delay(self.delivery.load().retry_max)
             .with_jitter()
             .without_max_times()
             .build()
@@ -76,7 +94,8 @@ impl Pipeline {
         let mut live = batch;
 
         // Filter chain.
-        for slot in &self.filters {
+        let chain = self.plugins.chain();
+        for slot in chain.iter() {
             if live.is_empty() {
                 break;
             }
@@ -124,10 +143,10 @@ impl Pipeline {
         while !pending.is_empty() {
             let snapshot = self.registry.snapshot();
             let refs: Vec<&Record> = pending.iter().collect();
-            let router = self.router.current();
+            let router = self.plugins.router.current();
             let routes =
                 tokio::task::block_in_place(|| router.route(&snapshot, topic, partition, &refs));
-            self.router.check_health();
+            self.plugins.router.check_health();
             let mut per_target: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
             let mut unplaced = Vec::new();
             let mut extra = vec![0u32; snapshot.targets.len()];
@@ -188,7 +207,7 @@ impl Pipeline {
             if !pending.is_empty() {
                 if !progress {
                     // Nothing could take these records: wait, unless stopping.
-                    let wait = backoff.next().unwrap_or(self.retry_max);
+                    let wait = backoff.next().unwrap_or(self.delivery.load().retry_max);
                     tracing::debug!(
                         topic,
                         partition,
@@ -219,16 +238,18 @@ impl Pipeline {
         snapshot: &Snapshot,
         per_target: BTreeMap<usize, Vec<Record>>,
     ) -> Vec<Record> {
+        let delivery = self.delivery.load_full();
+        let delivery = &delivery;
         let sends = per_target.into_iter().map(|(t, records)| async move {
             let target = &snapshot.targets[t];
             let mut rest = records.as_slice();
             while !rest.is_empty() {
-                let (chunk, tail) = rest.split_at(rest.len().min(self.max_post));
+                let (chunk, tail) = rest.split_at(rest.len().min(delivery.max_post));
                 let refs: Vec<&Record> = chunk.iter().collect();
                 let n = chunk.len() as u32;
-                self.registry.begin_delivery(t, n);
+                self.registry.begin_delivery(&target.id, n);
                 let started = Instant::now();
-                let result = self.http.post(&target.url, &refs).await;
+                let result = delivery.http.post(&target.url, &refs).await;
                 let latency = started.elapsed();
                 self.metrics
                     .delivery_seconds
@@ -236,7 +257,7 @@ impl Pipeline {
                     .observe(latency.as_secs_f64());
                 match result {
                     Ok(()) => {
-                        self.registry.end_delivery(t, n, latency, None);
+                        self.registry.end_delivery(&target.id, n, latency, None);
                         self.metrics
                             .deliveries
                             .with_label_values(&[&*target.id, "ok"])
@@ -252,7 +273,7 @@ impl Pipeline {
                         tracing::warn!(target_id = %target.id, records = rest.len(), error = %e,
                             "delivery failed; target marked down, records routed again");
                         self.registry
-                            .end_delivery(t, n, latency, Some(&e.to_string()));
+                            .end_delivery(&target.id, n, latency, Some(&e.to_string()));
                         self.metrics
                             .deliveries
                             .with_label_values(&[&*target.id, "error"])
@@ -294,7 +315,8 @@ impl Pipeline {
                     if stopping(shutdown) {
                         return Err(Abandoned);
                     }
-                    tokio::time::sleep(backoff.next().unwrap_or(self.retry_max)).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(self.delivery.load().retry_max))
+                        .await;
                 }
             }
         }

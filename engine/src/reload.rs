@@ -216,19 +216,55 @@ pub enum ReloadError {
     Rollback(String),
 }
 
+/// A filter of a reloaded chain: its config, the slot it keeps (if it
+/// existed), and the newly loaded version (if it changed).
+type NextFilter = (
+    PluginConfig,
+    Option<Arc<Slot<FilterPlugin>>>,
+    Option<FilterPlugin>,
+);
+
 /// All plugin slots of a running CDRS, and the operations that change them.
 pub struct PluginManager {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
-    pub filters: Vec<(PluginConfig, Arc<Slot<FilterPlugin>>)>,
-    pub router: (PluginConfig, Arc<Slot<RouterPlugin>>),
+    policy: RollbackPolicy,
+    /// Config of each filter slot, chain order.
+    filters: Mutex<Vec<(PluginConfig, Arc<Slot<FilterPlugin>>)>>,
+    /// The chain the pipeline reads, one atomic load per batch.
+    chain: ArcSwap<Vec<Arc<Slot<FilterPlugin>>>>,
+    router_config: Mutex<PluginConfig>,
+    pub router: Arc<Slot<RouterPlugin>>,
     /// Serialises loads so two reloads of one plugin never race.
     loading: Mutex<()>,
+    /// Serialises config reloads.
+    pub(crate) loading_config: Mutex<()>,
 }
 
-enum Target<'a> {
-    Filter(&'a PluginConfig, &'a Slot<FilterPlugin>),
-    Router(&'a PluginConfig, &'a Slot<RouterPlugin>),
+#[derive(Clone)]
+enum Target {
+    Filter(PluginConfig, Arc<Slot<FilterPlugin>>),
+    Router(PluginConfig, Arc<Slot<RouterPlugin>>),
+}
+
+impl Target {
+    fn config(&self) -> &PluginConfig {
+        match self {
+            Target::Filter(c, _) | Target::Router(c, _) => c,
+        }
+    }
+    fn running(&self) -> String {
+        match self {
+            Target::Filter(_, s) => s.current().meta.hash.clone(),
+            Target::Router(_, s) => s.current().meta.hash.clone(),
+        }
+    }
+    fn failed(&self, e: &PluginError) {
+        match self {
+            Target::Filter(_, s) => s.failed(e),
+            Target::Router(_, s) => s.failed(e),
+        }
+    }
 }
 
 impl PluginManager {
@@ -253,12 +289,13 @@ impl PluginManager {
             Ok(r) if errors.is_empty() => Ok(PluginManager {
                 runtime,
                 metrics,
-                filters,
-                router: (
-                    config.router.clone(),
-                    Arc::new(Slot::new(r, "config", policy)),
-                ),
+                policy,
+                chain: ArcSwap::from_pointee(filters.iter().map(|(_, s)| s.clone()).collect()),
+                filters: Mutex::new(filters),
+                router_config: Mutex::new(config.router.clone()),
+                router: Arc::new(Slot::new(r, "config", policy)),
                 loading: Mutex::new(()),
+                loading_config: Mutex::new(()),
             }),
             Ok(_) => Err(errors),
             Err(e) => {
@@ -268,56 +305,63 @@ impl PluginManager {
         }
     }
 
-    fn find(&self, name: &str) -> Result<Target<'_>, ReloadError> {
-        if let Some((c, s)) = self.filters.iter().find(|(c, _)| c.name == name) {
-            return Ok(Target::Filter(c, s));
+    /// The current filter chain (one atomic load).
+    pub fn chain(&self) -> Arc<Vec<Arc<Slot<FilterPlugin>>>> {
+        self.chain.load_full()
+    }
+
+    fn find(&self, name: &str) -> Result<Target, ReloadError> {
+        let filters = self.filters.lock().expect("filters lock");
+        if let Some((c, s)) = filters.iter().find(|(c, _)| c.name == name) {
+            return Ok(Target::Filter(c.clone(), s.clone()));
         }
-        if self.router.0.name == name {
-            return Ok(Target::Router(&self.router.0, &self.router.1));
+        let rc = self.router_config.lock().expect("router lock");
+        if rc.name == name {
+            return Ok(Target::Router(rc.clone(), self.router.clone()));
         }
         Err(ReloadError::UnknownPlugin(name.into()))
     }
 
     /// Every plugin's status, chain order then the router.
     pub fn status(&self) -> Vec<PluginStatus> {
-        let mut out: Vec<PluginStatus> = self
-            .filters
-            .iter()
-            .map(|(_, s)| s.status("filter"))
-            .collect();
-        out.push(self.router.1.status("router"));
+        let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
+        out.push(self.router.status("router"));
         out
     }
 
     /// Plugin files to watch, with the plugin names that use them.
     pub fn files(&self) -> Vec<(PathBuf, String)> {
-        self.filters
+        let mut out: Vec<(PathBuf, String)> = self
+            .filters
+            .lock()
+            .expect("filters lock")
             .iter()
-            .map(|(c, _)| c)
-            .chain(std::iter::once(&self.router.0))
-            .map(|c| (c.path.clone(), c.name.clone()))
-            .collect()
+            .map(|(c, _)| (c.path.clone(), c.name.clone()))
+            .collect();
+        let rc = self.router_config.lock().expect("router lock");
+        out.push((rc.path.clone(), rc.name.clone()));
+        out
     }
 
     /// Loads plugin `name` from its configured file and swaps it in, unless
     /// the file holds the version already running. Blocking (compiles).
     /// Returns the running version.
     pub fn reload_file(&self, name: &str) -> Result<String, ReloadError> {
-        let path = match self.find(name)? {
-            Target::Filter(c, _) | Target::Router(c, _) => c.path.clone(),
-        };
+        let target = self.find(name)?;
+        let path = target.config().path.clone();
         let bytes = std::fs::read(&path).map_err(|e| PluginError::Read {
             name: name.into(),
             path: path.display().to_string(),
             msg: e.to_string(),
         });
-        let bytes = self.note_failure(name, bytes)?;
-        self.install(name, &bytes, &path.display().to_string(), "file")
+        let bytes = self.note_failure(&target, bytes)?;
+        self.install(&target, &bytes, &path.display().to_string(), "file", false)
     }
 
     /// Installs uploaded component bytes as plugin `name`. Blocking.
     pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<String, ReloadError> {
-        self.install(name, bytes, "upload", "upload")
+        let target = self.find(name)?;
+        self.install(&target, bytes, "upload", "upload", false)
     }
 
     /// Swaps the previous version of `name` back in.
@@ -329,37 +373,40 @@ impl PluginManager {
         r.map_err(ReloadError::Rollback)
     }
 
-    fn note_failure<T>(&self, name: &str, r: Result<T, PluginError>) -> Result<T, ReloadError> {
+    fn note_failure<T>(
+        &self,
+        target: &Target,
+        r: Result<T, PluginError>,
+    ) -> Result<T, ReloadError> {
         r.map_err(|e| {
+            let name = &target.config().name;
             self.metrics.plugin_errors.with_label_values(&[name, e.kind()]).inc();
-            tracing::error!(plugin = name, error = %e, "new plugin version rejected; the running one stays");
-            match self.find(name) {
-                Ok(Target::Filter(_, s)) => s.failed(&e),
-                Ok(Target::Router(_, s)) => s.failed(&e),
-                Err(_) => {}
-            }
+            tracing::error!(plugin = %name, error = %e, "new plugin version rejected; the running one stays");
+            target.failed(&e);
             ReloadError::Plugin(e)
         })
     }
 
+    /// Compiles and initialises `bytes` for `target`'s slot (with its config)
+    /// and swaps it in. Unless `force`, the running version is kept when the
+    /// bytes are the same.
     fn install(
         &self,
-        name: &str,
+        target: &Target,
         bytes: &[u8],
         origin: &str,
         source: &str,
+        force: bool,
     ) -> Result<String, ReloadError> {
         let _one_at_a_time = self.loading.lock().expect("loading lock");
-        let target = self.find(name)?;
-        let (config, running) = match &target {
-            Target::Filter(c, s) => (*c, s.current().meta.hash.clone()),
-            Target::Router(c, s) => (*c, s.current().meta.hash.clone()),
-        };
+        let config = target.config();
+        let name = config.name.as_str();
         let compiled: Result<Compiled, PluginError> =
             self.runtime
                 .compile_bytes(name, bytes, origin, config.sha256.as_deref());
-        let compiled = self.note_failure(name, compiled)?;
-        if compiled.hash == running {
+        let compiled = self.note_failure(target, compiled)?;
+        let running = target.running();
+        if compiled.hash == running && !force {
             tracing::debug!(plugin = name, "plugin file unchanged");
             return Ok(running);
         }
@@ -368,20 +415,96 @@ impl PluginManager {
         match target {
             Target::Filter(_, slot) => {
                 let p = self.note_failure(
-                    name,
+                    target,
                     FilterPlugin::from_compiled(rt, name, compiled, json, m),
                 )?;
                 slot.swap(p, source);
             }
             Target::Router(_, slot) => {
                 let p = self.note_failure(
-                    name,
+                    target,
                     RouterPlugin::from_compiled(rt, name, compiled, json, m),
                 )?;
                 slot.swap(p, source);
             }
         }
         Ok(version)
+    }
+
+    /// Applies the plugin sections of a reloaded config: new, removed and
+    /// reordered filters, and changed paths, params or pins. Every new
+    /// version is loaded before anything changes; if one fails, nothing
+    /// does. Returns what changed. Blocking.
+    pub fn apply(&self, config: &Config) -> Result<Vec<String>, Vec<PluginError>> {
+        let old: Vec<(PluginConfig, Arc<Slot<FilterPlugin>>)> =
+            self.filters.lock().expect("filters lock").clone();
+        let mut changes = Vec::new();
+        let mut errors = Vec::new();
+        // Load first, change later.
+        let mut next: Vec<NextFilter> = Vec::new();
+        for f in &config.filters {
+            match old.iter().find(|(c, _)| c.name == f.name) {
+                Some((c, slot)) if c == f => next.push((f.clone(), Some(slot.clone()), None)),
+                existing => match FilterPlugin::load(&self.runtime, f, self.metrics.clone()) {
+                    Ok(p) => next.push((f.clone(), existing.map(|(_, s)| s.clone()), Some(p))),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let old_router = self.router_config.lock().expect("router lock").clone();
+        let router = if old_router != config.router {
+            match RouterPlugin::load(&self.runtime, &config.router, self.metrics.clone()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut filters = Vec::new();
+        for (c, slot, loaded) in next {
+            let slot = match (slot, loaded) {
+                (Some(slot), None) => slot,
+                (Some(slot), Some(p)) => {
+                    changes.push(format!("filters.{}: new version or params", c.name));
+                    slot.swap(p, "config");
+                    slot
+                }
+                (None, Some(p)) => {
+                    changes.push(format!("filters.{}: added", c.name));
+                    Arc::new(Slot::new(p, "config", self.policy))
+                }
+                (None, None) => unreachable!("a filter is either kept or loaded"),
+            };
+            filters.push((c, slot));
+        }
+        for (c, _) in &old {
+            if !filters.iter().any(|(n, _)| n.name == c.name) {
+                changes.push(format!("filters.{}: removed", c.name));
+            }
+        }
+        let old_order: Vec<&str> = old.iter().map(|(c, _)| c.name.as_str()).collect();
+        let new_order: Vec<&str> = filters.iter().map(|(c, _)| c.name.as_str()).collect();
+        if old_order != new_order {
+            changes.push(format!("filter chain: {old_order:?} -> {new_order:?}"));
+        }
+        self.chain
+            .store(Arc::new(filters.iter().map(|(_, s)| s.clone()).collect()));
+        *self.filters.lock().expect("filters lock") = filters;
+        if let Some(r) = router {
+            changes.push(format!(
+                "router.{}: new version or params",
+                config.router.name
+            ));
+            self.router.swap(r, "config");
+            *self.router_config.lock().expect("router lock") = config.router.clone();
+        }
+        Ok(changes)
     }
 }
 
@@ -395,11 +518,13 @@ fn policy(c: &PluginRuntimeConfig) -> RollbackPolicy {
 /// Debounce for file events: editors and `cp` write a file in several steps.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Watches the plugin files and reloads a plugin when its file changes.
-/// The watcher only debounces and signals; loading happens on a blocking
-/// thread, off the data path. Runs until `shutdown`.
-pub async fn watch_plugins(
+/// Watches the config file and the plugin files: a changed config file is
+/// reloaded as a diff, a changed plugin file swaps that plugin. The watcher
+/// only debounces and signals; loading happens on a blocking thread, off the
+/// data path. Runs until `shutdown`.
+pub async fn watch_files(
     manager: Arc<PluginManager>,
+    reloader: Arc<ConfigReloader>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use notify::{RecursiveMode, Watcher};
@@ -413,23 +538,24 @@ pub async fn watch_plugins(
             }
         }
     })?;
-    let files = manager.files();
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|(p, _)| p.parent().map(PathBuf::from))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in &dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
-    }
     let canonical = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-    let watched: Vec<(PathBuf, String)> = files
-        .iter()
-        .map(|(p, n)| (canonical(p), n.clone()))
-        .collect();
-    tracing::info!(files = watched.len(), "watching plugin files");
+    let config_file = reloader.path().map(canonical);
+    let mut dirs: Vec<PathBuf> = Vec::new();
     loop {
+        // The plugin files can change with each config reload.
+        let watched: Vec<(PathBuf, String)> = manager
+            .files()
+            .iter()
+            .map(|(p, n)| (canonical(p), n.clone()))
+            .collect();
+        for p in watched.iter().map(|(p, _)| p).chain(config_file.iter()) {
+            if let Some(d) = p.parent().map(PathBuf::from) {
+                if !dirs.contains(&d) {
+                    watcher.watch(&d, RecursiveMode::NonRecursive)?;
+                    dirs.push(d);
+                }
+            }
+        }
         let first = tokio::select! {
             p = rx.recv() => match p { Some(p) => p, None => return Ok(()) },
             _ = shutdown.changed() => return Ok(()),
@@ -440,6 +566,11 @@ pub async fn watch_plugins(
             changed.push(p);
         }
         let changed: Vec<PathBuf> = changed.iter().map(canonical).collect();
+        if config_file.as_ref().is_some_and(|c| changed.contains(c)) {
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+            continue;
+        }
         for (path, name) in &watched {
             if changed.contains(path) {
                 let (m, n) = (manager.clone(), name.clone());
@@ -448,6 +579,170 @@ pub async fn watch_plugins(
                     tracing::info!(plugin = %name, version = &version[..12], "plugin file reloaded");
                 }
             }
+        }
+    }
+}
+
+/// The outcome of a config reload, as `GET /v1/config` and `POST /v1/reload`
+/// show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Whether the new config is now active.
+    pub ok: bool,
+    /// What changed live.
+    pub changed: Vec<String>,
+    /// Why nothing changed (every problem found).
+    pub errors: Vec<String>,
+}
+
+/// Keys that only a restart can change, with a changed value between two
+/// configs.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            out.push(key.to_string());
+        }
+    };
+    check("kafka.brokers", old.kafka.brokers != new.kafka.brokers);
+    check("kafka.group_id", old.kafka.group_id != new.kafka.group_id);
+    check("kafka.topics", old.kafka.topics != new.kafka.topics);
+    check(
+        "kafka.dead_letter_topic",
+        old.kafka.dead_letter_topic != new.kafka.dead_letter_topic,
+    );
+    check("kafka.options", old.kafka.options != new.kafka.options);
+    check("admin.listen", old.admin.listen != new.admin.listen);
+    check("admin.token", old.admin.token != new.admin.token);
+    check("pipeline", old.pipeline != new.pipeline);
+    check("plugins", old.plugins != new.plugins);
+    out
+}
+
+/// Applies config file changes to a running CDRS as a diff: plugins and
+/// their params, the filter chain, targets, `[capacity]` and `[delivery]`
+/// change live; a change to a restart-only key (see
+/// [`restart_only_changes`]) or an invalid file changes nothing and is
+/// reported by name.
+pub struct ConfigReloader {
+    path: Option<PathBuf>,
+    active: Mutex<Config>,
+    last: Mutex<Option<ReloadReport>>,
+    plugins: Arc<PluginManager>,
+    registry: Arc<crate::capacity::Registry>,
+    pipeline: Arc<crate::pipeline::Pipeline>,
+}
+
+impl ConfigReloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        active: Config,
+        plugins: Arc<PluginManager>,
+        registry: Arc<crate::capacity::Registry>,
+        pipeline: Arc<crate::pipeline::Pipeline>,
+    ) -> Self {
+        ConfigReloader {
+            path,
+            active: Mutex::new(active),
+            last: Mutex::new(None),
+            plugins,
+            registry,
+            pipeline,
+        }
+    }
+
+    /// The config file being watched, if CDRS was started from one.
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+
+    /// The active config.
+    pub fn active(&self) -> Config {
+        self.active.lock().expect("config lock").clone()
+    }
+
+    /// The last reload's outcome, if any.
+    pub fn last(&self) -> Option<ReloadReport> {
+        self.last.lock().expect("report lock").clone()
+    }
+
+    /// Re-reads the config file and applies the difference. Blocking
+    /// (may compile plugins).
+    pub fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self
+            .plugins
+            .loading_config
+            .lock()
+            .expect("config reload lock");
+        let report = self.try_reload();
+        if report.ok {
+            tracing::info!(changed = ?report.changed, "config reloaded");
+        } else {
+            tracing::error!(errors = ?report.errors, "config reload rejected; nothing changed");
+        }
+        *self.last.lock().expect("report lock") = Some(report.clone());
+        report
+    }
+
+    fn try_reload(&self) -> ReloadReport {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let fail = |errors: Vec<String>| ReloadReport {
+            at_ms,
+            ok: false,
+            changed: vec![],
+            errors,
+        };
+        let Some(path) = &self.path else {
+            return fail(vec![
+                "CDRS was not started from a config file (cdrs run --config FILE)".into(),
+            ]);
+        };
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => return fail(e.problems.iter().map(|p| p.to_string()).collect()),
+        };
+        let old = self.active();
+        let restart = restart_only_changes(&old, &new);
+        if !restart.is_empty() {
+            return fail(
+                restart
+                    .into_iter()
+                    .map(|k| format!("{k}: changed, but it can only change with a restart"))
+                    .collect(),
+            );
+        }
+        let mut changed = match self.plugins.apply(&new) {
+            Ok(c) => c,
+            Err(errs) => return fail(errs.iter().map(|e| e.to_string()).collect()),
+        };
+        if old.delivery != new.delivery {
+            match crate::pipeline::Delivery::new(&new.delivery) {
+                Ok(d) => {
+                    self.pipeline.delivery.store(Arc::new(d));
+                    changed.push("delivery".into());
+                }
+                Err(e) => changed.push(format!("delivery: not applied: {e}")),
+            }
+        }
+        if old.targets != new.targets {
+            self.registry.set_targets(&new.targets);
+            let ids: Vec<&str> = new.targets.iter().map(|t| t.id.as_str()).collect();
+            changed.push(format!("targets: now {ids:?}"));
+        }
+        if old.capacity != new.capacity {
+            self.registry.set_config(new.capacity.clone());
+            changed.push("capacity".into());
+        }
+        *self.active.lock().expect("config lock") = new;
+        ReloadReport {
+            at_ms,
+            ok: true,
+            changed,
+            errors: vec![],
         }
     }
 }

@@ -27,6 +27,18 @@ pub async fn start(
     group: &str,
     tweak: impl FnOnce(&mut Config),
 ) -> Scenario {
+    start_with(brokers, topic, dlq, group, tweak, None).await
+}
+
+/// As [`start`]; with `file`, the config is written there and CDRS watches it.
+pub async fn start_with(
+    brokers: &str,
+    topic: &str,
+    dlq: &str,
+    group: &str,
+    tweak: impl FnOnce(&mut Config),
+    file: Option<std::path::PathBuf>,
+) -> Scenario {
     let servers: Vec<AppServer> = CAPACITIES
         .iter()
         .enumerate()
@@ -50,7 +62,10 @@ pub async fn start(
     tweak(&mut config);
     let problems = config.validate();
     assert!(problems.is_empty(), "test config invalid: {problems:?}");
-    let daemon = Daemon::start(config).await.expect("cdrs starts");
+    if let Some(f) = &file {
+        std::fs::write(f, toml::to_string(&config).expect("config as TOML")).expect("write config");
+    }
+    let daemon = Daemon::start(config, file).await.expect("cdrs starts");
     for s in &servers {
         s.report_to(daemon.admin_addr, Duration::from_millis(200), None);
     }

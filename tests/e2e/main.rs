@@ -12,4 +12,5 @@ mod daemon;
 mod failures;
 mod flow;
 mod plugins;
+mod reload;
 mod swap;

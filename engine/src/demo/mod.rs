@@ -351,7 +351,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let mut config = config;
     config.admin.token = Some("demo-token".into());
-    let daemon = Daemon::start(config).await?;
+    let daemon = Daemon::start(config, None).await?;
     for s in &servers {
         s.report_to(
             daemon.admin_addr,
