@@ -177,6 +177,8 @@ impl<P: Swappable> Slot<P> {
             source: st.source.clone(),
             calls: m.calls.load(Ordering::Relaxed),
             faults: m.faults.load(Ordering::Relaxed),
+            call_p50_us: m.call_percentiles_us().0,
+            call_p99_us: m.call_percentiles_us().1,
             previous_version: st.previous.as_ref().map(|p| p.meta().hash.clone()),
             last_error: st.last_error.clone(),
             last_event: st.last_event.clone(),
@@ -199,6 +201,9 @@ pub struct PluginStatus {
     pub source: String,
     pub calls: u64,
     pub faults: u64,
+    /// Batch call duration percentiles of this version, µs.
+    pub call_p50_us: u64,
+    pub call_p99_us: u64,
     pub previous_version: Option<String>,
     /// The last rejected new version's error, if any since the last swap.
     pub last_error: Option<String>,

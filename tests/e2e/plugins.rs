@@ -199,3 +199,58 @@ fn filters_stamp_kept_records_when_asked() {
         }
     }
 }
+
+/// A restart (new runtime) loads a known plugin from the compiled cache
+/// without compiling; a corrupt entry is detected and rebuilt.
+#[test]
+fn compiled_cache_serves_restarts_and_rejects_corrupt_entries() {
+    let dir = std::env::temp_dir().join(format!("cdrs-e2e-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let limits = PluginRuntimeConfig {
+        cache_dir: Some(dir.clone()),
+        ..PluginRuntimeConfig::default()
+    };
+    let path = plugin_dir().join("p2c_router.wasm");
+    let cold = Runtime::new(&limits)
+        .unwrap()
+        .compile("r", &path, None)
+        .unwrap();
+    assert!(!cold.cached);
+    let warm = Runtime::new(&limits)
+        .unwrap()
+        .compile("r", &path, None)
+        .unwrap();
+    assert!(warm.cached, "second runtime loads from the cache");
+    assert_eq!(warm.hash, cold.hash);
+    eprintln!(
+        "p2c_router.wasm: cold compile {:.1} ms, cached load {:.1} ms",
+        cold.load_ms, warm.load_ms
+    );
+
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let again = Runtime::new(&limits)
+        .unwrap()
+        .compile("r", &path, None)
+        .unwrap();
+    assert!(!again.cached, "corrupt entry not trusted");
+    let fixed = Runtime::new(&limits)
+        .unwrap()
+        .compile("r", &path, None)
+        .unwrap();
+    assert!(fixed.cached, "entry rebuilt");
+
+    let pinned = Runtime::new(&limits)
+        .unwrap()
+        .compile("r", &path, Some(&"0".repeat(64)));
+    let e = pinned.err().unwrap().to_string();
+    assert!(e.contains("config pins"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,13 +107,13 @@ impl FilterPlugin {
                 let inst = slot.as_mut().expect("instance just created");
                 let batch = convert::filter_batch(topic, partition, chunk);
                 self.runtime.arm(&mut inst.store);
-                self.meta.calls.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let result = inst.bindings.call_filter(&mut inst.store, &batch);
                 self.metrics
                     .plugin_call_seconds
                     .with_label_values(&[&*self.meta.name, "filter"])
                     .observe(started.elapsed().as_secs_f64());
+                self.meta.observe_call(started.elapsed());
                 let err = match result {
                     Ok(v) if v.len() == chunk.len() => return Ok(v),
                     Ok(v) => PluginError::Contract {

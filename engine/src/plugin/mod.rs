@@ -156,6 +156,8 @@ pub struct PluginMeta {
     pub calls: std::sync::atomic::AtomicU64,
     /// Record faults (trap, deadline, memory) seen.
     pub faults: std::sync::atomic::AtomicU64,
+    /// Batch call durations, µs (HdrHistogram, 3 significant digits).
+    call_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl PluginMeta {
@@ -170,7 +172,26 @@ impl PluginMeta {
             cached: compiled.cached,
             calls: Default::default(),
             faults: Default::default(),
+            call_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"),
+            ),
         }
+    }
+
+    /// Records one batch call of `d`.
+    pub fn observe_call(&self, d: std::time::Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let us = (d.as_micros() as u64).max(1);
+        self.call_us
+            .lock()
+            .expect("histogram lock")
+            .saturating_record(us);
+    }
+
+    /// (p50, p99) of batch call durations, µs; zeros before the first call.
+    pub fn call_percentiles_us(&self) -> (u64, u64) {
+        let h = self.call_us.lock().expect("histogram lock");
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
     }
 
     /// First 12 hex digits of the version, for logs.

@@ -145,7 +145,6 @@ impl RouterPlugin {
                     slot = Some(self.instantiate()?.0);
                 }
                 let inst = slot.as_mut().expect("instance just created");
-                self.meta.calls.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let result = (|| {
                     if inst.pushed != Some(snapshot.version) {
@@ -167,6 +166,7 @@ impl RouterPlugin {
                     .plugin_call_seconds
                     .with_label_values(&[&*self.meta.name, "router"])
                     .observe(started.elapsed().as_secs_f64());
+                self.meta.observe_call(started.elapsed());
                 let err = match result {
                     Ok(v) if v.len() == chunk.len() => {
                         return Ok(v.into_iter().map(|d| to_route(d, n_targets)).collect())
