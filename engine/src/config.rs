@@ -74,6 +74,30 @@ pub struct Config {
     pub capacity: CapacityConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter directive, e.g. `"info"` or `"cdrs=debug,warn"`. Default
+    /// `"info"`. `RUST_LOG` wins at startup; a reload applies this.
+    #[serde(default = "d_log_level")]
+    pub level: String,
+}
+
+fn d_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: d_log_level(),
+        }
+    }
 }
 
 /// `[kafka]`: where records come from and where dead letters go.
@@ -639,6 +663,15 @@ impl Config {
                 format!(
                     "{} is out of range 10..=10000",
                     self.capacity.refresh_interval_ms
+                ),
+            );
+        }
+        if let Err(e) = crate::logging::validate(&self.log.level) {
+            bad(
+                "log.level".into(),
+                format!(
+                    "{:?} is not a filter directive ({e}); e.g. \"info\" or \"cdrs=debug,warn\"",
+                    self.log.level
                 ),
             );
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod demo;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

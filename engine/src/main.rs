@@ -54,21 +54,13 @@ enum Command {
 }
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    cdrs::logging::init(default);
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => {
-            init_logs("info");
-            run(config)
-        }
+        Command::Run { config } => run(config),
         Command::Check { config } => {
             init_logs("warn");
             check(config)
@@ -99,6 +91,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
+    init_logs(&config.log.level);
     runtime()?.block_on(async {
         let daemon = Daemon::start(config, Some(path)).await?;
         use tokio::signal::unix::{signal, SignalKind};

@@ -92,6 +92,12 @@ impl<P: Swappable> Slot<P> {
     /// Swaps `plugin` in; the replaced version becomes the rollback target.
     /// Batches already running keep the version they loaded.
     pub fn swap(&self, plugin: P, source: &str) {
+        // Dropping a version frees its instances (unmapping memory); do it
+        // after the lock is released.
+        let _released = self.swap_locked(plugin, source);
+    }
+
+    fn swap_locked(&self, plugin: P, source: &str) -> Option<Arc<P>> {
         let mut st = self.state.lock().expect("slot lock");
         let new = Arc::new(plugin);
         let old = self.current.swap(new.clone());
@@ -102,11 +108,12 @@ impl<P: Swappable> Slot<P> {
             old.meta().short(),
             new.meta().short()
         ));
-        st.previous = Some(old);
+        let released = st.previous.replace(old);
         st.swapped_at = Instant::now();
         st.source = source.into();
         st.last_error = None;
         self.watching.store(true, Ordering::Release);
+        released
     }
 
     /// Puts the previous version back. Errors if there is none.
@@ -177,6 +184,9 @@ impl<P: Swappable> Slot<P> {
             source: st.source.clone(),
             calls: m.calls.load(Ordering::Relaxed),
             faults: m.faults.load(Ordering::Relaxed),
+            traps: m.traps.load(Ordering::Relaxed),
+            deadline_misses: m.deadline_misses.load(Ordering::Relaxed),
+            memory_faults: m.memory_faults.load(Ordering::Relaxed),
             call_p50_us: m.call_percentiles_us().0,
             call_p99_us: m.call_percentiles_us().1,
             previous_version: st.previous.as_ref().map(|p| p.meta().hash.clone()),
@@ -201,6 +211,9 @@ pub struct PluginStatus {
     pub source: String,
     pub calls: u64,
     pub faults: u64,
+    pub traps: u64,
+    pub deadline_misses: u64,
+    pub memory_faults: u64,
     /// Batch call duration percentiles of this version, µs.
     pub call_p50_us: u64,
     pub call_p99_us: u64,
@@ -737,6 +750,12 @@ impl ConfigReloader {
             self.registry.set_targets(&new.targets);
             let ids: Vec<&str> = new.targets.iter().map(|t| t.id.as_str()).collect();
             changed.push(format!("targets: now {ids:?}"));
+        }
+        if old.log != new.log {
+            match crate::logging::set_level(&new.log.level) {
+                Ok(()) => changed.push(format!("log.level: {}", new.log.level)),
+                Err(e) => changed.push(format!("log.level: not applied: {e}")),
+            }
         }
         if old.capacity != new.capacity {
             self.registry.set_config(new.capacity.clone());

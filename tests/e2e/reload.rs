@@ -79,11 +79,18 @@ async fn config_edits_apply_live_and_bad_ones_change_nothing() {
         "{r:?}"
     );
 
-    // 2. Drop blotter-1 from the targets: it gets nothing more.
+    // 2. Drop blotter-1 from the targets: it gets nothing more. Raise the
+    // log level in the same edit.
     s.wait_accounted(&ledger, Duration::from_secs(60)).await;
     config.targets.remove(0);
+    config.log.level = "cdrs=debug,warn".into();
     let r = edit(&s.daemon, &path, &config).await;
     assert!(r.ok, "{r:?}");
+    assert!(r.changed.iter().any(|c| c.starts_with("targets")), "{r:?}");
+    assert!(
+        r.changed.iter().any(|c| c.starts_with("log.level")),
+        "{r:?}"
+    );
     let had = s.servers[0].count();
     let more = produce_events(&brokers, "trades", trades(2000, 2000))
         .await

@@ -278,3 +278,97 @@ async fn plugin_file_change_is_picked_up() {
         .all(|v| v == &["fault-filter".to_string()]));
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+fn batch(n: usize) -> Vec<cdrs::record::Record> {
+    (0..n)
+        .map(|i| cdrs::record::Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+            key: Some(format!("client-{i}").into_bytes()),
+            value: Some(
+                format!(r#"{{"type":"trade","seq":{i},"symbol":"AAPL","qty":100}}"#).into_bytes(),
+            ),
+            headers: vec![],
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+/// Figures, not a timed assertion: filter call latency on the data path
+/// (batch 256) with no swaps, then while another thread loads and swaps in
+/// a new version 50 times; and the time the swap itself holds the slot.
+#[test]
+fn swap_stall_figures() {
+    use cdrs::config::PluginRuntimeConfig;
+    use cdrs::metrics::Metrics;
+    use cdrs::plugin::filter::FilterPlugin;
+    use cdrs::plugin::Runtime;
+    use cdrs::reload::{RollbackPolicy, Slot};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let rt = Runtime::new(&PluginRuntimeConfig::default()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dir = plugin_dir();
+    let configs = [
+        stamp_slot(&dir.join("field_filter.wasm")),
+        stamp_slot(&dir.join("fault_filter.wasm")),
+    ];
+    let load = |i: usize| FilterPlugin::load(&rt, &configs[i % 2], metrics.clone()).unwrap();
+    let policy = RollbackPolicy {
+        faults: 1000,
+        window: Duration::from_secs(1),
+    };
+    let slot = Arc::new(Slot::new(load(0), "config", policy));
+    let records = batch(256);
+    let refs: Vec<&cdrs::record::Record> = records.iter().collect();
+    let call = |slot: &Slot<FilterPlugin>| {
+        let started = Instant::now();
+        let f = slot.current();
+        let v = f.filter("t", 0, &refs);
+        assert_eq!(v.len(), 256);
+        started.elapsed().as_secs_f64() * 1e6
+    };
+    let mut baseline: Vec<f64> = (0..1500).map(|_| call(&slot)).collect();
+    let swapping = Arc::new(AtomicBool::new(true));
+    let swapper = {
+        let (slot, swapping) = (slot.clone(), swapping.clone());
+        let loads: Vec<FilterPlugin> = (1..=50).map(load).collect();
+        std::thread::spawn(move || {
+            let mut hold_us = Vec::new();
+            for p in loads {
+                std::thread::sleep(Duration::from_millis(10));
+                let started = Instant::now();
+                slot.swap(p, "upload");
+                hold_us.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            swapping.store(false, Ordering::Relaxed);
+            hold_us
+        })
+    };
+    let mut during = Vec::new();
+    while swapping.load(Ordering::Relaxed) {
+        during.push(call(&slot));
+    }
+    let mut hold = swapper.join().unwrap();
+    for v in [&mut baseline, &mut during, &mut hold] {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "filter call, batch 256: no swaps p50 {:.0} µs p99 {:.0} µs; during 50 swaps p50 {:.0} µs p99 {:.0} µs ({} calls); \
+         swap() itself p50 {:.1} µs p99 {:.1} µs",
+        percentile(&baseline, 0.5),
+        percentile(&baseline, 0.99),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+        during.len(),
+        percentile(&hold, 0.5),
+        percentile(&hold, 0.99),
+    );
+    assert!(!during.is_empty());
+}

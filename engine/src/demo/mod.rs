@@ -308,6 +308,7 @@ pub fn demo_config(
             ..CapacityConfig::default()
         },
         delivery: DeliveryConfig::default(),
+        log: Default::default(),
     }
 }
 

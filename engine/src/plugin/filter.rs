@@ -7,7 +7,6 @@ use crate::config::PluginConfig;
 use crate::convert;
 use crate::metrics::Metrics;
 use crate::record::Record;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
@@ -125,9 +124,7 @@ impl FilterPlugin {
                         self.runtime.classify(&self.meta.name, e)
                     }
                 };
-                if err.is_record_fault() {
-                    self.meta.faults.fetch_add(1, Ordering::Relaxed);
-                }
+                self.meta.observe_fault(&err);
                 self.metrics
                     .plugin_errors
                     .with_label_values(&[&*self.meta.name, err.kind()])

@@ -156,6 +156,10 @@ pub struct PluginMeta {
     pub calls: std::sync::atomic::AtomicU64,
     /// Record faults (trap, deadline, memory) seen.
     pub faults: std::sync::atomic::AtomicU64,
+    /// Of those: traps, missed deadlines, memory cap hits.
+    pub traps: std::sync::atomic::AtomicU64,
+    pub deadline_misses: std::sync::atomic::AtomicU64,
+    pub memory_faults: std::sync::atomic::AtomicU64,
     /// Batch call durations, µs (HdrHistogram, 3 significant digits).
     call_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -172,10 +176,25 @@ impl PluginMeta {
             cached: compiled.cached,
             calls: Default::default(),
             faults: Default::default(),
+            traps: Default::default(),
+            deadline_misses: Default::default(),
+            memory_faults: Default::default(),
             call_us: std::sync::Mutex::new(
                 hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"),
             ),
         }
+    }
+
+    /// Counts a record fault by kind.
+    pub fn observe_fault(&self, e: &PluginError) {
+        let by_kind = match e {
+            PluginError::Trap { .. } => &self.traps,
+            PluginError::Deadline { .. } => &self.deadline_misses,
+            PluginError::OutOfMemory { .. } => &self.memory_faults,
+            _ => return,
+        };
+        by_kind.fetch_add(1, Ordering::Relaxed);
+        self.faults.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one batch call of `d`.

@@ -1,0 +1,42 @@
+//! Logging: `tracing` to stderr with a filter that a config reload can
+//! change (`[log] level`). `RUST_LOG`, when set, wins at startup.
+
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+static HANDLE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Installs the global subscriber with `level` (an `EnvFilter` directive such
+/// as `info` or `cdrs=debug,rdkafka=warn`) unless `RUST_LOG` is set.
+pub fn init(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    if installed.is_ok() {
+        let _ = HANDLE.set(handle);
+    }
+}
+
+/// Checks a filter directive; the error says what is wrong.
+pub fn validate(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Replaces the active filter (config reload). A no-op when [`init`] did
+/// not install the subscriber (embedded use, tests).
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    match HANDLE.get() {
+        Some(h) => h.reload(filter).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
