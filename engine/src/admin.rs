@@ -16,7 +16,7 @@
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
-use crate::capacity::{CapacityReport, Registry, ReportError};
+use crate::capacity::{CapacityReport, Feed, Registry, ReportError};
 use crate::metrics::Metrics;
 use crate::reload::{ConfigReloader, PluginManager, ReloadError};
 use axum::body::Bytes;
@@ -170,9 +170,6 @@ fn authorized(s: &AdminState, headers: &HeaderMap) -> bool {
         .is_some_and(|t| t == token)
 }
 
-/// Largest accepted capacity report body, bytes.
-const MAX_REPORT_BYTES: usize = 4096;
-
 async fn push_capacity(
     State(s): State<Arc<AdminState>>,
     Path(id): Path<String>,
@@ -185,39 +182,29 @@ async fn push_capacity(
             "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
         );
     }
-    let reject = |status, msg: String| {
-        s.metrics
-            .capacity_reports
-            .with_label_values(&["rejected"])
-            .inc();
-        tracing::debug!(target_id = %id, %msg, "capacity report rejected");
-        error(status, msg)
-    };
-    if body.len() > MAX_REPORT_BYTES {
-        return reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "report is {} bytes; the limit is {MAX_REPORT_BYTES}",
-                body.len()
-            ),
-        );
-    }
-    let report: CapacityReport = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "invalid capacity report: {e}; expected JSON {{\"capacity\": u32, \"inflight\": u32, \
-                     \"queue_depth\": u32, \"cpu_permille\": 0..=1000, \"draining\": bool}}"
-                ),
-            )
-        }
-    };
-    match s.registry.report(&id, report) {
+    let result = CapacityReport::parse(&body)
+        .map_err(|e| s.registry.reject(&id, e))
+        .and_then(|r| s.registry.report(&id, r, Feed::Http));
+    match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e @ ReportError::UnknownTarget(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            let status = match &e {
+                ReportError::Oversized(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ReportError::UnknownTarget(_) => StatusCode::NOT_FOUND,
+                ReportError::EndpointNotAllowed { .. } => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let msg = match &e {
+                ReportError::Invalid(_) => format!(
+                    "{e}; expected JSON {{\"capacity\": u32, \"inflight\": u32, \"queue_depth\": u32, \
+                     \"cpu_permille\": 0..=1000, \"mem_permille\": 0..=1000, \"latency_p99_ms\": u32, \
+                     \"draining\": bool, \"zone\": str, \"labels\": {{str: str}}, \"sent_at_ms\": i64, \
+                     \"server_id\": str, \"endpoint\": url}} (see sdk/capacity-report.schema.json)"
+                ),
+                _ => e.to_string(),
+            };
+            error(status, msg)
+        }
     }
 }
 
@@ -289,6 +276,7 @@ mod tests {
             weight: 100,
             zone: None,
             labels: Default::default(),
+            health_url: None,
         };
         let registry = Arc::new(Registry::new(
             CapacityConfig::default(),
@@ -362,7 +350,9 @@ mod tests {
         let (s, body) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK);
         assert!(
-            body.contains("cdrs_capacity_reports_total{result=\"rejected\"} 2"),
+            body.contains(
+                "cdrs_capacity_reports_total{reason=\"out_of_range\",result=\"rejected\"} 1"
+            ),
             "{body}"
         );
     }

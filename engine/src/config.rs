@@ -291,6 +291,9 @@ pub struct TargetConfig {
     pub zone: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Optional URL for active health checks (`GET`, 2xx = healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
 }
 
 fn d_weight() -> u32 {
@@ -311,6 +314,73 @@ pub struct CapacityConfig {
     /// How often the snapshot is rebuilt for in-flight and expiry, ms. Default 100.
     #[serde(default = "d_refresh")]
     pub refresh_interval_ms: u64,
+    /// Topic of capacity reports (JSON heartbeats). Every CDRS process reads
+    /// all its partitions outside the consumer group. Unset: HTTP push only.
+    /// Restart-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Phi accrual suspicion level over heartbeat arrivals that marks a
+    /// target down. Default 8 (Akka, Cassandra).
+    #[serde(default = "d_phi")]
+    pub phi_threshold: f64,
+    /// How far in the future a report's `sent_at_ms` may be, ms. Default 30000.
+    #[serde(default = "d_skew")]
+    pub max_clock_skew_ms: u64,
+    /// URL patterns (`*` matches anything) an unknown server's `endpoint`
+    /// must match for it to join as a target, e.g.
+    /// `["http://10.1.*:8080/records"]`. Default none: no dynamic targets.
+    #[serde(default)]
+    pub allow_endpoints: Vec<String>,
+    /// A dynamic target silent this long is removed, ms. Default 300000.
+    #[serde(default = "d_remove_after")]
+    pub remove_after_ms: u64,
+    /// Slow start: a target that joins or comes back ramps its weight over
+    /// this window, ms (Envoy's slow start, aggression 1). 0 = off. Default 10000.
+    #[serde(default = "d_slow_start")]
+    pub slow_start_ms: u64,
+    /// Weight at the start of the ramp, percent. Default 10.
+    #[serde(default = "d_slow_start_min")]
+    pub slow_start_min_percent: u32,
+    /// Active health checks (targets with `health_url`): period, ms. Default 1000.
+    #[serde(default = "d_health_interval")]
+    pub health_interval_ms: u64,
+    /// Timeout of one health check, ms. Default 500.
+    #[serde(default = "d_health_timeout")]
+    pub health_timeout_ms: u64,
+    /// Consecutive failed checks that mark a target down. Default 3.
+    #[serde(default = "d_unhealthy_after")]
+    pub health_unhealthy_after: u32,
+    /// Consecutive passed checks that bring it back. Default 2.
+    #[serde(default = "d_healthy_after")]
+    pub health_healthy_after: u32,
+}
+
+fn d_phi() -> f64 {
+    crate::capacity::phi::DEFAULT_THRESHOLD
+}
+fn d_skew() -> u64 {
+    30_000
+}
+fn d_remove_after() -> u64 {
+    300_000
+}
+fn d_slow_start() -> u64 {
+    10_000
+}
+fn d_slow_start_min() -> u32 {
+    10
+}
+fn d_health_interval() -> u64 {
+    1_000
+}
+fn d_health_timeout() -> u64 {
+    500
+}
+fn d_unhealthy_after() -> u32 {
+    3
+}
+fn d_healthy_after() -> u32 {
+    2
 }
 
 fn d_expiry() -> u64 {
@@ -329,6 +399,17 @@ impl Default for CapacityConfig {
             report_expiry_ms: DEFAULT_REPORT_EXPIRY_MS,
             failure_cooldown_ms: DEFAULT_FAILURE_COOLDOWN_MS,
             refresh_interval_ms: DEFAULT_REFRESH_INTERVAL_MS,
+            topic: None,
+            phi_threshold: d_phi(),
+            max_clock_skew_ms: d_skew(),
+            allow_endpoints: Vec::new(),
+            remove_after_ms: d_remove_after(),
+            slow_start_ms: d_slow_start(),
+            slow_start_min_percent: d_slow_start_min(),
+            health_interval_ms: d_health_interval(),
+            health_timeout_ms: d_health_timeout(),
+            health_unhealthy_after: d_unhealthy_after(),
+            health_healthy_after: d_healthy_after(),
         }
     }
 }
@@ -674,6 +755,56 @@ impl Config {
                     self.log.level
                 ),
             );
+        }
+        if !(0.5..=100.0).contains(&self.capacity.phi_threshold) {
+            bad(
+                "capacity.phi_threshold".into(),
+                format!(
+                    "{} is out of range 0.5..=100 (8 is the usual choice)",
+                    self.capacity.phi_threshold
+                ),
+            );
+        }
+        for (i, p) in self.capacity.allow_endpoints.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(p) {
+                bad(
+                    format!("capacity.allow_endpoints[{i}]"),
+                    format!("{p:?} is not a valid pattern: {e}"),
+                );
+            }
+        }
+        if let Some(t) = &self.capacity.topic {
+            if !valid_topic(t) {
+                bad(
+                    "capacity.topic".into(),
+                    format!("{t:?} is not a valid topic name: 1..=249 chars of [A-Za-z0-9._-]"),
+                );
+            }
+        }
+        if self.capacity.slow_start_min_percent > 100 {
+            bad(
+                "capacity.slow_start_min_percent".into(),
+                format!(
+                    "{} is out of range 0..=100",
+                    self.capacity.slow_start_min_percent
+                ),
+            );
+        }
+        if self.capacity.health_unhealthy_after == 0 || self.capacity.health_healthy_after == 0 {
+            bad(
+                "capacity.health_unhealthy_after".into(),
+                "both health_unhealthy_after and health_healthy_after must be at least 1".into(),
+            );
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if let Some(h) = &t.health_url {
+                if !reqwest::Url::parse(h).is_ok_and(|u| u.scheme() == "http") {
+                    bad(
+                        format!("targets[{i}].health_url"),
+                        format!("{h:?} is not an http:// URL"),
+                    );
+                }
+            }
         }
         if self.delivery.timeout_ms == 0 {
             bad("delivery.timeout_ms".into(), "must be at least 1".into());

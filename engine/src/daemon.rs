@@ -3,7 +3,7 @@
 //! stop.
 
 use crate::admin::{self, AdminState};
-use crate::capacity::Registry;
+use crate::capacity::{self, Registry};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, Pipeline};
@@ -112,6 +112,18 @@ impl Daemon {
         };
         tracing::info!(%admin_addr, "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
+        let checks = tokio::spawn(capacity::health::run(registry.clone(), shutdown_rx.clone()));
+        let mut background = vec![refresher, checks];
+        if let Some(topic) = &config.capacity.topic {
+            let feed =
+                capacity::topic::consumer(&config.kafka.brokers, &config.kafka.options, topic)
+                    .with_context(|| format!("failed to read the capacity topic {topic:?}"))?;
+            background.push(tokio::spawn(capacity::topic::run(
+                feed,
+                registry.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let watcher = {
             let (m, r, stop) = (plugins.clone(), reloader.clone(), shutdown_rx.clone());
             tokio::spawn(async move {
@@ -142,7 +154,10 @@ impl Daemon {
             shutdown,
             task,
             admin,
-            background: vec![refresher, watcher],
+            background: {
+                background.push(watcher);
+                background
+            },
         })
     }
 

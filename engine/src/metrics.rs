@@ -24,7 +24,10 @@ pub struct Metrics {
     pub plugin_call_seconds: HistogramVec,
     /// `cdrs_plugin_errors_total{plugin, kind}`: trap | deadline | memory | contract | init.
     pub plugin_errors: IntCounterVec,
-    /// `cdrs_capacity_reports_total{result}`: accepted | rejected | unknown_target.
+    /// `cdrs_capacity_reports_total{result, reason}`: result accepted |
+    /// rejected; reason (rejected only) invalid | oversized | out_of_range |
+    /// future_timestamp | missing_server_id | id_mismatch | unknown_target |
+    /// endpoint_not_allowed.
     pub capacity_reports: IntCounterVec,
     /// `cdrs_target_up{target}`: 1 healthy or degraded, 0 down.
     pub target_up: IntGaugeVec,
@@ -100,7 +103,7 @@ impl Metrics {
             capacity_reports: counter(
                 "cdrs_capacity_reports_total",
                 "Capacity reports received",
-                &["result"],
+                &["result", "reason"],
             ),
             target_up: gauge(
                 "cdrs_target_up",

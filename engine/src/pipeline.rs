@@ -327,22 +327,31 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow()
 }
 
-/// The host's built-in policy (router `default`, or a router that chose only
-/// down targets): the least loaded healthy target, load being
-/// `(in-flight + records placed in this batch) / (capacity × weight)`;
-/// degraded targets only when no healthy one exists. `None` if all are down.
+/// The host's built-in policy (router `default`, a router that chose only
+/// down targets, or none that could decide): weighted power of two choices
+/// over healthy targets by `(own in-flight + records placed in this batch) /
+/// (capacity × weight)` — CDRS's own counts, so stale or missing heartbeats
+/// cannot mislead it (Mitzenmacher 2001). Degraded targets only when no
+/// healthy one exists. `None` if all are down.
 pub fn fallback(snapshot: &Snapshot, extra: &[u32]) -> Option<usize> {
     let load = |i: usize| {
         let t = &snapshot.targets[i];
-        (f64::from(t.inflight) + f64::from(extra[i]) + 1.0)
+        (f64::from(t.own_inflight) + f64::from(extra[i]) + 1.0)
             / (f64::from(t.capacity) * f64::from(t.weight)).max(1.0)
     };
     for wanted in [Health::Healthy, Health::Degraded] {
-        let best = (0..snapshot.targets.len())
+        let up: Vec<usize> = (0..snapshot.targets.len())
             .filter(|&i| snapshot.targets[i].health == wanted)
-            .min_by(|&a, &b| load(a).total_cmp(&load(b)));
-        if best.is_some() {
-            return best;
+            .collect();
+        match up.len() {
+            0 => continue,
+            1 => return Some(up[0]),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (up[a], up[b]);
+                return Some(if load(a) <= load(b) { a } else { b });
+            }
         }
     }
     None

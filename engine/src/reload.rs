@@ -636,6 +636,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     check("admin.token", old.admin.token != new.admin.token);
     check("pipeline", old.pipeline != new.pipeline);
     check("plugins", old.plugins != new.plugins);
+    check("capacity.topic", old.capacity.topic != new.capacity.topic);
     out
 }
 

@@ -56,6 +56,7 @@ pub async fn start_with(
             weight: 100,
             zone: None,
             labels: BTreeMap::new(),
+            health_url: None,
         })
         .collect();
     let mut config = demo_config(brokers, group, topic, dlq, &plugin_dir(), targets);

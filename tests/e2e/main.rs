@@ -7,6 +7,7 @@
 //! filtered or dead-lettered, and none is lost. One test binary, a module per
 //! area, to keep link time down.
 
+mod capacity;
 mod common;
 mod daemon;
 mod failures;

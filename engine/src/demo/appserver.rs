@@ -34,8 +34,10 @@ pub struct Received {
 pub struct Behaviour {
     /// Added latency per request, ms.
     pub latency_ms: AtomicU64,
-    /// Answer 500 to every request while set.
+    /// Answer 500 to every request (and 503 to health checks) while set.
     pub failing: AtomicBool,
+    /// Send no capacity reports while set (alive but not heartbeating).
+    pub silent: AtomicBool,
 }
 
 struct Shared {
@@ -83,6 +85,14 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
     StatusCode::OK
 }
 
+async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
+    if s.behaviour.failing.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
 impl AppServer {
     /// Starts a server on 127.0.0.1 (free port) that declares `capacity`.
     pub fn start(id: &str, capacity: u32) -> anyhow::Result<AppServer> {
@@ -105,6 +115,7 @@ impl AppServer {
         let addr = listener.local_addr()?;
         let app = axum::Router::new()
             .route("/records", post(receive))
+            .route("/health", axum::routing::get(health))
             .with_state(shared.clone());
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
@@ -132,33 +143,82 @@ impl AppServer {
         &self.shared.behaviour
     }
 
+    /// The server's current capacity report.
+    fn report(shared: &Shared, url: &str) -> CapacityReport {
+        CapacityReport {
+            server_id: Some(shared.id.clone()),
+            endpoint: Some(url.to_string()),
+            inflight: shared.inflight.load(Ordering::Relaxed),
+            sent_at_ms: Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
+            ..CapacityReport::new(shared.capacity)
+        }
+    }
+
     /// Starts pushing a capacity report to `admin` (`host:port`) every
     /// `every`, with the declared capacity and the current in-flight count.
     pub fn report_to(&self, admin: SocketAddr, every: Duration, token: Option<String>) {
         let shared = self.shared.clone();
         let url = format!("http://{admin}/v1/targets/{}/capacity", shared.id);
-        if let Some(rt) = self.runtime.lock().expect("runtime lock").as_ref() {
-            rt.spawn(async move {
-                let client = reqwest::Client::new();
-                loop {
-                    let report = CapacityReport {
-                        capacity: shared.capacity,
-                        inflight: shared.inflight.load(Ordering::Relaxed),
-                        queue_depth: 0,
-                        cpu_permille: 0,
-                        draining: false,
-                    };
-                    let mut req = client.put(&url).json(&report);
-                    if let Some(t) = &token {
-                        req = req.bearer_auth(t);
-                    }
-                    if let Err(e) = req.send().await {
-                        tracing::debug!(error = %e, "capacity report failed");
-                    }
+        let me = self.url();
+        self.spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                if shared.behaviour.silent.load(Ordering::Relaxed) {
                     tokio::time::sleep(every).await;
+                    continue;
                 }
-            });
+                let mut req = client.put(&url).json(&Self::report(&shared, &me));
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                if let Err(e) = req.send().await {
+                    tracing::debug!(error = %e, "capacity report failed");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Starts publishing a capacity report to the capacity `topic` every
+    /// `every` (key: the server id).
+    pub fn publish_to(&self, brokers: &str, topic: &str, every: Duration) -> anyhow::Result<()> {
+        let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "0")
+            .create()?;
+        let (shared, topic, me) = (self.shared.clone(), topic.to_string(), self.url());
+        self.spawn(async move {
+            loop {
+                if shared.behaviour.silent.load(Ordering::Relaxed) {
+                    tokio::time::sleep(every).await;
+                    continue;
+                }
+                let body = serde_json::to_vec(&Self::report(&shared, &me)).unwrap_or_default();
+                let rec = rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&shared.id)
+                    .payload(&body);
+                if let Err((e, _)) = producer.send(rec, Duration::from_secs(5)).await {
+                    tracing::debug!(error = %e, "capacity publish failed");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Ok(())
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(rt) = self.runtime.lock().expect("runtime lock").as_ref() {
+            rt.spawn(f);
         }
+    }
+
+    /// URL of the health endpoint (`GET`: 200, or 503 while failing).
+    pub fn health_url(&self) -> String {
+        format!("http://{}/health", self.addr)
     }
 
     /// Everything received so far, in arrival order.

@@ -339,6 +339,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             weight: 100,
             zone: None,
             labels: BTreeMap::new(),
+            health_url: None,
         })
         .collect();
     let config = demo_config(&brokers, "cdrs-demo", topic, dlq, &opts.plugin_dir, targets);

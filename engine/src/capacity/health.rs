@@ -1,0 +1,49 @@
+//! Active health checks: every `capacity.health_interval_ms`, a `GET` of
+//! each target's `health_url` (2xx within `health_timeout_ms` passes);
+//! `health_unhealthy_after` failures in a row mark it down,
+//! `health_healthy_after` passes bring it back.
+
+use super::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the checks until `shutdown`.
+pub async fn run(registry: Arc<Registry>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let client = reqwest::Client::new();
+    loop {
+        let cfg = registry.config();
+        let timeout = Duration::from_millis(cfg.health_timeout_ms);
+        let checks: Vec<(String, String)> = registry
+            .targets
+            .load()
+            .iter()
+            .filter_map(|t| {
+                t.config
+                    .health_url
+                    .clone()
+                    .map(|u| (t.config.id.clone(), u))
+            })
+            .collect();
+        let runs = checks.into_iter().map(|(id, url)| {
+            let client = client.clone();
+            async move {
+                let r = match client.get(&url).timeout(timeout).send().await {
+                    Ok(resp) if resp.status().is_success() => Ok(()),
+                    Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
+                    Err(e) if e.is_timeout() => {
+                        Err(format!("GET {url} timed out after {timeout:?}"))
+                    }
+                    Err(e) => Err(format!("GET {url} failed: {e}")),
+                };
+                (id, r)
+            }
+        });
+        for (id, r) in futures::future::join_all(runs).await {
+            registry.health_result(&id, r);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(cfg.health_interval_ms)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

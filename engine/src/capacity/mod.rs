@@ -1,0 +1,852 @@
+//! Target registry: the live view of the application servers.
+//!
+//! Merges four feeds per target into one state: the static config (id, url,
+//! capacity, weight, zone, labels); capacity reports (heartbeats) from the
+//! servers, over the capacity topic ([`topic`]) or `PUT
+//! /v1/targets/{id}/capacity`, one code path; active health checks
+//! ([`health`]); and CDRS's own delivery statistics (in-flight records,
+//! latency EWMA, error rate, failure cooldown). It publishes an immutable,
+//! versioned [`Snapshot`] behind an `ArcSwap`; the version only moves when
+//! something a router uses changed, so routers get `update-targets` only on
+//! change.
+//!
+//! Health, first match wins: **down** while a failed delivery's cooldown runs
+//! (`failure_cooldown_ms`), while active health checks fail, when the last
+//! report is older than `report_expiry_ms`, or when the phi accrual detector
+//! over heartbeat arrivals exceeds `phi_threshold` ([`phi`]); **degraded** when
+//! it reports `draining`; else **healthy**. A target that never reported is
+//! judged by deliveries and health checks alone; once reported, it comes back
+//! only with fresh heartbeats. A target that joins (dynamic) or comes back
+//! from down ramps its weight over `slow_start_ms` (Envoy's slow start).
+//!
+//! Unknown servers join when their report's `endpoint` matches
+//! `allow_endpoints`; such dynamic targets are removed after
+//! `remove_after_ms` of silence. Bad reports are rejected, counted per reason
+//! and logged at a limited rate; the last good state stays.
+
+pub mod health;
+pub mod phi;
+pub mod report;
+pub mod topic;
+
+pub use report::{CapacityReport, ReportError};
+
+use crate::config::{CapacityConfig, TargetConfig, DEFAULT_WEIGHT};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use phi::PhiDetector;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Health of a target, as pushed to routers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Down,
+}
+
+/// Where a capacity report came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feed {
+    Http,
+    Topic,
+}
+
+/// One target as seen at snapshot time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetView {
+    pub id: Arc<str>,
+    pub url: Arc<str>,
+    pub zone: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// Configured weight, reduced while slow start ramps.
+    pub weight: u32,
+    /// Reported capacity, else the configured one.
+    pub capacity: u32,
+    /// max(CDRS's in-flight records, the server's reported in-flight).
+    pub inflight: u32,
+    /// CDRS's own in-flight records to it.
+    pub own_inflight: u32,
+    pub queue_depth: u32,
+    pub cpu_permille: u16,
+    pub mem_permille: u16,
+    pub latency_p99_ms: u32,
+    pub latency_ewma_us: u32,
+    pub error_rate_permille: u16,
+    pub health: Health,
+    /// Why the target is down or degraded, if it is.
+    pub reason: Option<String>,
+    /// Age of the last report when the snapshot was taken, ms; none if never.
+    pub report_age_ms: Option<u64>,
+    /// Feed of the last report.
+    pub feed: Option<Feed>,
+    /// Phi accrual suspicion at snapshot time (none until 3 heartbeats).
+    pub phi: Option<f64>,
+    /// Joined by its own report rather than the config.
+    pub dynamic: bool,
+    /// Percent of its weight while slow start ramps, else none.
+    pub slow_start_percent: Option<u32>,
+}
+
+impl TargetView {
+    fn same_for_routing(&self, other: &TargetView) -> bool {
+        // Age and phi move every tick and the feed is provenance; everything
+        // else is what routers use.
+        let mut a = self.clone();
+        a.report_age_ms = other.report_age_ms;
+        a.phi = other.phi;
+        a.feed = other.feed;
+        a == *other
+    }
+}
+
+/// An immutable view of all targets; `version` increases on each change.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub version: u64,
+    pub targets: Vec<TargetView>,
+}
+
+impl Snapshot {
+    /// Index of the target with this id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.targets.iter().position(|t| &*t.id == id)
+    }
+}
+
+/// Mutable per-target state.
+pub struct TargetLive {
+    pub config: TargetConfig,
+    id: Arc<str>,
+    url: Arc<str>,
+    dynamic: bool,
+    inflight: AtomicU32,
+    latency_ewma_us: AtomicU32,
+    error_rate_permille: AtomicU32,
+    /// Milliseconds since the registry started; down while now < this.
+    down_until_ms: AtomicU64,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Default, Clone)]
+struct LiveState {
+    last: Option<(CapacityReport, Instant, Feed)>,
+    last_failure: Option<String>,
+    phi: PhiDetector,
+    /// When it last came up after being down (or joined), registry ms.
+    up_since_ms: Option<u64>,
+    was_down: bool,
+    check: CheckState,
+}
+
+#[derive(Default, Clone)]
+struct CheckState {
+    fails: u32,
+    oks: u32,
+    down: bool,
+    last_error: Option<String>,
+}
+
+impl TargetLive {
+    fn new(t: &TargetConfig, dynamic: bool) -> TargetLive {
+        TargetLive {
+            id: t.id.as_str().into(),
+            url: t.url.as_str().into(),
+            dynamic,
+            config: t.clone(),
+            inflight: AtomicU32::new(0),
+            latency_ewma_us: AtomicU32::new(0),
+            error_rate_permille: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            state: Mutex::new(LiveState::default()),
+        }
+    }
+
+    /// A copy with new static settings and the same live state.
+    fn with_config(&self, t: &TargetConfig) -> TargetLive {
+        let n = TargetLive::new(t, self.dynamic);
+        n.inflight
+            .store(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+        n.latency_ewma_us.store(
+            self.latency_ewma_us.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        n.error_rate_permille.store(
+            self.error_rate_permille.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        n.down_until_ms.store(
+            self.down_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        *n.state.lock().expect("target lock") = self.state.lock().expect("target lock").clone();
+        n
+    }
+}
+
+/// The registry of targets and their live state.
+pub struct Registry {
+    config: ArcSwap<CapacityConfig>,
+    allow: ArcSwap<globset::GlobSet>,
+    targets: ArcSwap<Vec<Arc<TargetLive>>>,
+    snapshot: ArcSwap<Snapshot>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    refresh_lock: Mutex<()>,
+    /// Last log line per rejection reason (logged at most every 10 s each).
+    rejections_logged: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// EWMA smoothing factor for latency and error rate (weight of the newest
+/// sample), as in the classic exponentially weighted moving average.
+const EWMA_ALPHA: f64 = 0.2;
+
+/// Minimum time between two log lines for the same rejection reason.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
+
+fn allow_set(patterns: &[String]) -> globset::GlobSet {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        // Validated with the config; a bad pattern here is skipped.
+        if let Ok(g) = globset::Glob::new(p) {
+            b.add(g);
+        }
+    }
+    b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Registry {
+    /// A registry for the configured targets; the first snapshot is version 1.
+    pub fn new(config: CapacityConfig, targets: &[TargetConfig], metrics: Arc<Metrics>) -> Self {
+        let reg = Registry {
+            allow: ArcSwap::from_pointee(allow_set(&config.allow_endpoints)),
+            config: ArcSwap::from_pointee(config),
+            targets: ArcSwap::from_pointee(
+                targets
+                    .iter()
+                    .map(|t| Arc::new(TargetLive::new(t, false)))
+                    .collect(),
+            ),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            started: Instant::now(),
+            metrics,
+            refresh_lock: Mutex::new(()),
+            rejections_logged: Mutex::new(HashMap::new()),
+        };
+        reg.refresh();
+        reg
+    }
+
+    /// The current snapshot (cheap: one atomic load).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The `[capacity]` settings in force.
+    pub fn config(&self) -> Arc<CapacityConfig> {
+        self.config.load_full()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<TargetLive>> {
+        self.targets.load().iter().find(|t| &*t.id == id).cloned()
+    }
+
+    /// Replaces the configured targets (config reload). Targets whose id and
+    /// url stay keep their live state; others start fresh; removed ones get
+    /// no new records (deliveries in flight finish). Dynamic targets stay.
+    pub fn set_targets(&self, targets: &[TargetConfig]) {
+        let old = self.targets.load_full();
+        let mut next: Vec<Arc<TargetLive>> = targets
+            .iter()
+            .map(
+                |t| match old.iter().find(|o| *o.id == *t.id && *o.url == *t.url) {
+                    Some(o) if o.config == *t => o.clone(),
+                    Some(o) => Arc::new(o.with_config(t)),
+                    None => Arc::new(TargetLive::new(t, false)),
+                },
+            )
+            .collect();
+        for o in old.iter().filter(|o| o.dynamic) {
+            if !next.iter().any(|n| n.id == o.id) {
+                next.push(o.clone());
+            }
+        }
+        self.store_targets(&old, next);
+    }
+
+    fn store_targets(&self, old: &[Arc<TargetLive>], next: Vec<Arc<TargetLive>>) {
+        for gone in old.iter().filter(|o| !next.iter().any(|n| n.id == o.id)) {
+            let _ = self.metrics.target_up.remove_label_values(&[&*gone.id]);
+            let _ = self
+                .metrics
+                .target_inflight
+                .remove_label_values(&[&*gone.id]);
+        }
+        self.targets.store(Arc::new(next));
+        self.refresh();
+    }
+
+    /// Replaces the `[capacity]` settings (config reload).
+    pub fn set_config(&self, config: CapacityConfig) {
+        self.allow
+            .store(Arc::new(allow_set(&config.allow_endpoints)));
+        self.config.store(Arc::new(config));
+        self.refresh();
+    }
+
+    /// Counts and (rate-limited) logs a rejected report; returns the error.
+    pub fn reject(&self, id: &str, e: ReportError) -> ReportError {
+        self.metrics
+            .capacity_reports
+            .with_label_values(&["rejected", e.reason()])
+            .inc();
+        let mut logged = self.rejections_logged.lock().expect("log limiter lock");
+        let due = logged
+            .get(e.reason())
+            .is_none_or(|t| t.elapsed() >= REJECTION_LOG_EVERY);
+        if due {
+            logged.insert(e.reason(), Instant::now());
+            tracing::warn!(target_id = id, reason = e.reason(), error = %e,
+                "capacity report rejected (this reason is logged at most every 10 s)");
+        }
+        e
+    }
+
+    /// Records a capacity report for target `id` from `feed`.
+    ///
+    /// Errors: out-of-range values, a timestamp from the future, an unknown
+    /// target that may not join; each counted per reason. The last good
+    /// state stays.
+    pub fn report(&self, id: &str, report: CapacityReport, feed: Feed) -> Result<(), ReportError> {
+        let cfg = self.config.load();
+        if let Err(e) = report.validate(wall_ms(), cfg.max_clock_skew_ms) {
+            return Err(self.reject(id, e));
+        }
+        if let Some(sid) = report.server_id.as_deref().filter(|s| *s != id) {
+            return Err(self.reject(id, ReportError::IdMismatch(sid.into(), id.into())));
+        }
+        let target = match self.live(id) {
+            Some(t) => t,
+            None => match self.join(id, &report) {
+                Ok(t) => t,
+                Err(e) => return Err(self.reject(id, e)),
+            },
+        };
+        {
+            let mut st = target.state.lock().expect("target lock");
+            st.phi.heartbeat(self.now_ms(), cfg.report_expiry_ms);
+            st.last = Some((report, Instant::now(), feed));
+        }
+        self.metrics
+            .capacity_reports
+            .with_label_values(&["accepted", ""])
+            .inc();
+        self.refresh();
+        Ok(())
+    }
+
+    /// Registers an unknown server whose endpoint the allow-list accepts.
+    fn join(&self, id: &str, report: &CapacityReport) -> Result<Arc<TargetLive>, ReportError> {
+        let Some(endpoint) = &report.endpoint else {
+            return Err(ReportError::UnknownTarget(id.into()));
+        };
+        if !self.allow.load().is_match(endpoint) {
+            return Err(ReportError::EndpointNotAllowed {
+                id: id.into(),
+                endpoint: endpoint.clone(),
+            });
+        }
+        let t = TargetConfig {
+            id: id.into(),
+            url: endpoint.clone(),
+            capacity: report.capacity.max(1),
+            weight: DEFAULT_WEIGHT,
+            zone: report.zone.clone(),
+            labels: report.labels.clone(),
+            health_url: None,
+        };
+        let live = Arc::new(TargetLive::new(&t, true));
+        live.state.lock().expect("target lock").up_since_ms = Some(self.now_ms());
+        let old = self.targets.load_full();
+        if let Some(t) = old.iter().find(|t| &*t.id == id) {
+            return Ok(t.clone()); // joined meanwhile
+        }
+        let mut next = (*old).clone();
+        next.push(live.clone());
+        self.targets.store(Arc::new(next));
+        tracing::info!(target_id = id, %endpoint, "dynamic target joined");
+        Ok(live)
+    }
+
+    /// Records an active health check result for target `id`.
+    pub fn health_result(&self, id: &str, result: Result<(), String>) {
+        let Some(t) = self.live(id) else { return };
+        let cfg = self.config.load();
+        let changed = {
+            let mut st = t.state.lock().expect("target lock");
+            let c = &mut st.check;
+            let was = c.down;
+            match result {
+                Ok(()) => {
+                    c.oks += 1;
+                    c.fails = 0;
+                    if c.oks >= cfg.health_healthy_after {
+                        c.down = false;
+                    }
+                }
+                Err(e) => {
+                    c.fails += 1;
+                    c.oks = 0;
+                    c.last_error = Some(e);
+                    if c.fails >= cfg.health_unhealthy_after {
+                        c.down = true;
+                    }
+                }
+            }
+            was != c.down
+        };
+        if changed {
+            self.refresh();
+        }
+    }
+
+    /// Adds `n` records in flight to target `id`.
+    pub fn begin_delivery(&self, id: &str, n: u32) {
+        if let Some(t) = self.live(id) {
+            t.inflight.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a delivery of `n` records to target `id`: updates in-flight,
+    /// latency EWMA and error rate; a failure marks the target down for the
+    /// cooldown and publishes a new snapshot at once.
+    pub fn end_delivery(&self, id: &str, n: u32, latency: Duration, failure: Option<&str>) {
+        let Some(t) = self.live(id) else {
+            return;
+        };
+        t.inflight
+            .fetch_sub(n.min(t.inflight.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let ewma = |cell: &AtomicU32, sample: f64| {
+            let old = f64::from(cell.load(Ordering::Relaxed));
+            let new = if old == 0.0 {
+                sample
+            } else {
+                old + EWMA_ALPHA * (sample - old)
+            };
+            cell.store(new.round() as u32, Ordering::Relaxed);
+        };
+        ewma(&t.latency_ewma_us, latency.as_micros() as f64);
+        ewma(
+            &t.error_rate_permille,
+            if failure.is_some() { 1000.0 } else { 0.0 },
+        );
+        if let Some(why) = failure {
+            let cooldown = self.config.load().failure_cooldown_ms;
+            t.down_until_ms
+                .store(self.now_ms() + cooldown, Ordering::Relaxed);
+            t.state.lock().expect("target lock").last_failure = Some(why.to_string());
+            self.refresh();
+        }
+    }
+
+    fn view(&self, t: &TargetLive, cfg: &CapacityConfig, now: u64) -> TargetView {
+        let mut st = t.state.lock().expect("target lock");
+        let report = st
+            .last
+            .as_ref()
+            .map(|(r, at, feed)| (r.clone(), at.elapsed().as_millis() as u64, *feed));
+        let phi = st.phi.phi(now);
+        let own = t.inflight.load(Ordering::Relaxed);
+        let down_until = t.down_until_ms.load(Ordering::Relaxed);
+        let expiry = cfg.report_expiry_ms;
+        let (health, reason) = if now < down_until {
+            let why = st.last_failure.clone().unwrap_or_default();
+            (Health::Down, Some(format!("delivery failed: {why}")))
+        } else if st.check.down {
+            let why = st.check.last_error.clone().unwrap_or_default();
+            (Health::Down, Some(format!("health check failing: {why}")))
+        } else if let Some((_, age, _)) = report.as_ref().filter(|(_, age, _)| *age > expiry) {
+            (
+                Health::Down,
+                Some(format!(
+                    "last capacity report {age} ms old (expiry {expiry} ms)"
+                )),
+            )
+        } else if let Some(p) = phi.filter(|p| *p > cfg.phi_threshold) {
+            let age = report.as_ref().map_or(0, |r| r.1);
+            (
+                Health::Down,
+                Some(format!(
+                    "phi {p:.1} > {} after {age} ms without a heartbeat",
+                    cfg.phi_threshold
+                )),
+            )
+        } else if report.as_ref().is_some_and(|(r, _, _)| r.draining) {
+            (Health::Degraded, Some("draining".to_string()))
+        } else {
+            (Health::Healthy, None)
+        };
+        // Slow start (Envoy): weight × max(min%, t / window) after joining
+        // or coming back, in 10% steps so the snapshot does not churn.
+        if health == Health::Down {
+            st.was_down = true;
+        } else if st.was_down {
+            st.was_down = false;
+            st.up_since_ms = Some(now);
+        }
+        let slow = st.up_since_ms.and_then(|up| {
+            let elapsed = now.saturating_sub(up);
+            (cfg.slow_start_ms > 0 && elapsed < cfg.slow_start_ms).then(|| {
+                let pct = (elapsed * 100 / cfg.slow_start_ms) as u32;
+                pct.div_ceil(10).max(1) * 10
+            })
+        });
+        let slow = slow
+            .map(|p| p.max(cfg.slow_start_min_percent).min(100))
+            .filter(|p| *p < 100);
+        let weight = match slow {
+            Some(p) => (t.config.weight * p / 100).max(1),
+            None => t.config.weight,
+        };
+        let r = report.as_ref().map(|(r, _, _)| r);
+        TargetView {
+            id: t.id.clone(),
+            url: t.url.clone(),
+            zone: r
+                .and_then(|r| r.zone.clone())
+                .or_else(|| t.config.zone.clone()),
+            labels: t
+                .config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            weight,
+            capacity: r.map_or(t.config.capacity, |r| r.capacity),
+            inflight: own.max(r.map_or(0, |r| r.inflight)),
+            own_inflight: own,
+            queue_depth: r.map_or(0, |r| r.queue_depth),
+            cpu_permille: r.map_or(0, |r| r.cpu_permille),
+            mem_permille: r.map_or(0, |r| r.mem_permille),
+            latency_p99_ms: r.map_or(0, |r| r.latency_p99_ms),
+            latency_ewma_us: t.latency_ewma_us.load(Ordering::Relaxed),
+            error_rate_permille: t.error_rate_permille.load(Ordering::Relaxed).min(1000) as u16,
+            health,
+            reason,
+            report_age_ms: report.as_ref().map(|(_, age, _)| *age),
+            feed: report.as_ref().map(|(_, _, f)| *f),
+            phi,
+            dynamic: t.dynamic,
+            slow_start_percent: slow,
+        }
+    }
+
+    /// Rebuilds the snapshot; publishes it with a new version if anything
+    /// but report ages and phi changed. Removes dynamic targets silent past
+    /// `remove_after_ms`. Called on reports, failures, health changes and
+    /// by a ticker every `capacity.refresh_interval_ms`.
+    pub fn refresh(&self) {
+        let _one_writer = self.refresh_lock.lock().expect("refresh lock");
+        let now = self.now_ms();
+        let cfg = self.config.load_full();
+        let targets = self.targets.load_full();
+        let silent = |t: &TargetLive| {
+            let st = t.state.lock().expect("target lock");
+            st.last
+                .as_ref()
+                .is_some_and(|(_, at, _)| at.elapsed().as_millis() as u64 > cfg.remove_after_ms)
+        };
+        if targets.iter().any(|t| t.dynamic && silent(t)) {
+            let keep: Vec<Arc<TargetLive>> = targets
+                .iter()
+                .filter(|t| !(t.dynamic && silent(t)))
+                .cloned()
+                .collect();
+            for t in targets
+                .iter()
+                .filter(|t| !keep.iter().any(|k| k.id == t.id))
+            {
+                tracing::info!(target_id = %t.id, "dynamic target removed after silence");
+                let _ = self.metrics.target_up.remove_label_values(&[&*t.id]);
+                let _ = self.metrics.target_inflight.remove_label_values(&[&*t.id]);
+            }
+            self.targets.store(Arc::new(keep));
+        }
+        let views: Vec<TargetView> = self
+            .targets
+            .load()
+            .iter()
+            .map(|t| self.view(t, &cfg, now))
+            .collect();
+        let current = self.snapshot.load();
+        let changed = current.targets.len() != views.len()
+            || current
+                .targets
+                .iter()
+                .zip(&views)
+                .any(|(a, b)| !a.same_for_routing(b));
+        for v in &views {
+            let up = i64::from(v.health != Health::Down);
+            self.metrics.target_up.with_label_values(&[&*v.id]).set(up);
+            self.metrics
+                .target_inflight
+                .with_label_values(&[&*v.id])
+                .set(v.own_inflight.into());
+        }
+        if changed {
+            let version = current.version + 1;
+            for new in &views {
+                let old = current.targets.iter().find(|o| o.id == new.id);
+                if let Some(old) = old.filter(|o| o.health != new.health) {
+                    tracing::info!(target_id = %new.id, from = ?old.health, to = ?new.health,
+                        reason = new.reason.as_deref().unwrap_or(""), "target health changed");
+                }
+            }
+            self.snapshot.store(Arc::new(Snapshot {
+                version,
+                targets: views,
+            }));
+        } else {
+            // Same routing view: keep the version, refresh ages and phi.
+            self.snapshot.store(Arc::new(Snapshot {
+                version: current.version,
+                targets: views,
+            }));
+        }
+    }
+
+    /// Runs [`Registry::refresh`] every `capacity.refresh_interval_ms` until
+    /// `shutdown` fires.
+    pub async fn run_refresher(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let every = Duration::from_millis(self.config.load().refresh_interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.refresh(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(id: &str, cap: u32) -> TargetConfig {
+        TargetConfig {
+            id: id.into(),
+            url: format!("http://127.0.0.1:1/{id}"),
+            capacity: cap,
+            weight: 100,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        }
+    }
+
+    fn registry_with(cfg: CapacityConfig) -> Registry {
+        Registry::new(
+            cfg,
+            &[target("a", 1), target("b", 2)],
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn registry(expiry: u64) -> Registry {
+        registry_with(CapacityConfig {
+            report_expiry_ms: expiry,
+            failure_cooldown_ms: 60_000,
+            ..CapacityConfig::default()
+        })
+    }
+
+    fn report(capacity: u32) -> CapacityReport {
+        CapacityReport {
+            inflight: 3,
+            cpu_permille: 10,
+            ..CapacityReport::new(capacity)
+        }
+    }
+
+    #[test]
+    fn reports_bump_the_version_only_on_change() {
+        let r = registry(10_000);
+        let v1 = r.snapshot().version;
+        r.report("a", report(10), Feed::Http).unwrap();
+        let s = r.snapshot();
+        assert_eq!(s.version, v1 + 1);
+        assert_eq!(s.targets[0].capacity, 10);
+        assert_eq!(s.targets[0].inflight, 3);
+        assert_eq!(s.targets[0].feed, Some(Feed::Http));
+        r.report("a", report(10), Feed::Topic).unwrap();
+        assert_eq!(r.snapshot().version, v1 + 1, "same report, same version");
+        assert_eq!(r.snapshot().targets[0].feed, Some(Feed::Topic), "provenance still shown");
+    }
+
+    #[test]
+    fn bad_reports_are_rejected_and_keep_the_last_good_state() {
+        let r = registry(10_000);
+        r.report("a", report(10), Feed::Http).unwrap();
+        let mut bad = report(10);
+        bad.cpu_permille = 1001;
+        let e = r.report("a", bad, Feed::Http).unwrap_err();
+        assert_eq!(e.reason(), "out_of_range");
+        assert_eq!(
+            r.report("zz", report(1), Feed::Http).unwrap_err().reason(),
+            "unknown_target"
+        );
+        let mut other = report(1);
+        other.server_id = Some("b".into());
+        assert_eq!(
+            r.report("a", other, Feed::Http).unwrap_err().reason(),
+            "id_mismatch"
+        );
+        assert_eq!(r.snapshot().targets[0].cpu_permille, 10);
+        let rejected = r
+            .metrics
+            .capacity_reports
+            .with_label_values(&["rejected", "out_of_range"])
+            .get();
+        assert_eq!(rejected, 1);
+    }
+
+    #[test]
+    fn target_list_changes_keep_the_state_of_targets_that_stay() {
+        let r = registry(10_000);
+        r.report("a", report(10), Feed::Http).unwrap();
+        let mut next: Vec<TargetConfig> =
+            r.targets.load().iter().map(|t| t.config.clone()).collect();
+        next.remove(1);
+        next[0].weight = 200;
+        next.push(TargetConfig {
+            id: "c".into(),
+            ..next[0].clone()
+        });
+        r.set_targets(&next);
+        let s = r.snapshot();
+        let ids: Vec<&str> = s.targets.iter().map(|t| &*t.id).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(
+            (s.targets[0].capacity, s.targets[0].weight),
+            (10, 200),
+            "a keeps its report"
+        );
+        assert_eq!(s.targets[1].report_age_ms, None, "c starts fresh");
+    }
+
+    #[test]
+    fn expired_reports_and_failed_deliveries_mark_targets_down() {
+        let r = registry(100);
+        r.report("a", report(10), Feed::Http).unwrap();
+        assert_eq!(r.snapshot().targets[0].health, Health::Healthy);
+        std::thread::sleep(Duration::from_millis(150));
+        r.refresh();
+        assert_eq!(r.snapshot().targets[0].health, Health::Down);
+        // b never reported: healthy until a delivery fails.
+        assert_eq!(r.snapshot().targets[1].health, Health::Healthy);
+        r.begin_delivery("b", 5);
+        r.end_delivery("b", 5, Duration::from_millis(1), Some("connection refused"));
+        let b = &r.snapshot().targets[1];
+        assert_eq!(b.health, Health::Down);
+        assert!(b.reason.as_deref().unwrap().contains("connection refused"));
+        assert_eq!(b.inflight, 0);
+    }
+
+    #[test]
+    fn phi_marks_a_silent_target_down_before_the_expiry_and_slow_start_follows() {
+        let r = registry_with(CapacityConfig {
+            report_expiry_ms: 60_000,
+            slow_start_ms: 10_000,
+            ..CapacityConfig::default()
+        });
+        for _ in 0..6 {
+            r.report("a", report(10), Feed::Topic).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(r.snapshot().targets[0].health, Health::Healthy);
+        assert_eq!(
+            r.snapshot().targets[0].slow_start_percent,
+            None,
+            "config targets start at full weight"
+        );
+        std::thread::sleep(Duration::from_millis(900));
+        r.refresh();
+        let a = &r.snapshot().targets[0];
+        assert_eq!(a.health, Health::Down, "{a:?}");
+        assert!(a.reason.as_deref().unwrap().starts_with("phi"), "{a:?}");
+        r.report("a", report(10), Feed::Topic).unwrap();
+        let a = &r.snapshot().targets[0];
+        assert_eq!(a.health, Health::Healthy, "fresh heartbeat: {a:?}");
+        assert_eq!(
+            a.slow_start_percent,
+            Some(10),
+            "comes back at the slow-start floor"
+        );
+        assert_eq!(a.weight, 10);
+    }
+
+    #[test]
+    fn unknown_servers_join_only_from_allowed_endpoints() {
+        let r = registry_with(CapacityConfig {
+            allow_endpoints: vec!["http://127.0.0.1:*/records".into()],
+            ..CapacityConfig::default()
+        });
+        let mut join = report(50);
+        join.endpoint = Some("http://127.0.0.1:7000/records".into());
+        r.report("dyn-1", join, Feed::Topic).unwrap();
+        let s = r.snapshot();
+        let d = &s.targets[s.index_of("dyn-1").unwrap()];
+        assert!(d.dynamic);
+        assert_eq!(&*d.url, "http://127.0.0.1:7000/records");
+        assert!(d.slow_start_percent.is_some(), "new targets ramp up");
+        let mut evil = report(50);
+        evil.endpoint = Some("http://10.9.9.9:80/x".into());
+        assert_eq!(
+            r.report("dyn-2", evil, Feed::Topic).unwrap_err().reason(),
+            "endpoint_not_allowed"
+        );
+        assert_eq!(r.snapshot().index_of("dyn-2"), None);
+        // A config reload keeps dynamic targets.
+        r.set_targets(&[target("a", 1)]);
+        assert!(r.snapshot().index_of("dyn-1").is_some());
+    }
+
+    #[test]
+    fn failing_health_checks_mark_down_and_passing_ones_bring_back() {
+        let r = registry(10_000);
+        for _ in 0..2 {
+            r.health_result("a", Err("connection refused".into()));
+        }
+        assert_eq!(
+            r.snapshot().targets[0].health,
+            Health::Healthy,
+            "2 < 3 failures"
+        );
+        r.health_result("a", Err("connection refused".into()));
+        assert_eq!(r.snapshot().targets[0].health, Health::Down);
+        r.health_result("a", Ok(()));
+        assert_eq!(
+            r.snapshot().targets[0].health,
+            Health::Down,
+            "1 < 2 successes"
+        );
+        r.health_result("a", Ok(()));
+        assert_eq!(r.snapshot().targets[0].health, Health::Healthy);
+    }
+}

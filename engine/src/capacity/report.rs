@@ -1,0 +1,240 @@
+//! Capacity reports (heartbeats) from application servers: the format and
+//! its validation. The same format arrives on the capacity topic and on
+//! `PUT /v1/targets/{id}/capacity`; its JSON Schema is
+//! `sdk/capacity-report.schema.json`.
+
+use crate::config::MAX_CAPACITY;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest accepted report, bytes (topic record or HTTP body).
+pub const MAX_REPORT_BYTES: usize = 4096;
+/// Most labels a report may carry.
+pub const MAX_LABELS: usize = 32;
+
+/// One heartbeat. Unknown fields are rejected; every field but `capacity`
+/// is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityReport {
+    /// Target id. Required on the capacity topic; on HTTP, if given, it must
+    /// match the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// Delivery URL; needed for an unknown server to register itself
+    /// (matched against `capacity.allow_endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Records the server can hold in flight (0..=10,000,000).
+    pub capacity: u32,
+    /// Records the server is processing now.
+    #[serde(default)]
+    pub inflight: u32,
+    /// Records queued in the server, not yet processed.
+    #[serde(default)]
+    pub queue_depth: u32,
+    /// CPU use in thousandths (0..=1000).
+    #[serde(default)]
+    pub cpu_permille: u16,
+    /// Memory use in thousandths (0..=1000).
+    #[serde(default)]
+    pub mem_permille: u16,
+    /// The server's own p99 processing latency, ms (0..=3,600,000).
+    #[serde(default)]
+    pub latency_p99_ms: u32,
+    /// The server is shutting down: send it no new records.
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When the server sent it, ms since the Unix epoch (its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+}
+
+/// Why a capacity report was refused. [`ReportError::reason`] is the
+/// metric label (`cdrs_capacity_reports_total{result="rejected",reason}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("invalid capacity report: {0}")]
+    Invalid(String),
+    #[error("report is {0} bytes; the limit is {MAX_REPORT_BYTES}")]
+    Oversized(usize),
+    #[error("field {field:?}: {value} is out of range 0..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("field \"sent_at_ms\": {ahead_ms} ms in the future (more than the allowed clock skew of {max_ms} ms)")]
+    FromTheFuture { ahead_ms: i64, max_ms: u64 },
+    #[error("field \"server_id\" is required on the capacity topic")]
+    MissingServerId,
+    #[error("field \"server_id\" is {0:?} but the path names {1:?}")]
+    IdMismatch(String, String),
+    #[error("unknown target {0:?}: not in [[targets]], and the report has no \"endpoint\" to register it by")]
+    UnknownTarget(String),
+    #[error("unknown target {id:?}: endpoint {endpoint:?} matches no pattern of capacity.allow_endpoints")]
+    EndpointNotAllowed { id: String, endpoint: String },
+}
+
+impl ReportError {
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReportError::Invalid(_) => "invalid",
+            ReportError::Oversized(_) => "oversized",
+            ReportError::OutOfRange { .. } => "out_of_range",
+            ReportError::FromTheFuture { .. } => "future_timestamp",
+            ReportError::MissingServerId => "missing_server_id",
+            ReportError::IdMismatch(..) => "id_mismatch",
+            ReportError::UnknownTarget(_) => "unknown_target",
+            ReportError::EndpointNotAllowed { .. } => "endpoint_not_allowed",
+        }
+    }
+}
+
+impl CapacityReport {
+    /// A report of `capacity` with every other field at its default.
+    pub fn new(capacity: u32) -> CapacityReport {
+        CapacityReport {
+            server_id: None,
+            endpoint: None,
+            capacity,
+            inflight: 0,
+            queue_depth: 0,
+            cpu_permille: 0,
+            mem_permille: 0,
+            latency_p99_ms: 0,
+            draining: false,
+            zone: None,
+            labels: BTreeMap::new(),
+            sent_at_ms: None,
+        }
+    }
+
+    /// Parses a report from JSON bytes (size, syntax, types, unknown fields).
+    pub fn parse(bytes: &[u8]) -> Result<CapacityReport, ReportError> {
+        if bytes.len() > MAX_REPORT_BYTES {
+            return Err(ReportError::Oversized(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| ReportError::Invalid(e.to_string()))
+    }
+
+    /// Checks ranges and the timestamp against `now_ms` (wall clock) with
+    /// `max_skew_ms` of tolerance.
+    pub fn validate(&self, now_ms: i64, max_skew_ms: u64) -> Result<(), ReportError> {
+        let check = |field, value: u64, max: u64| {
+            if value > max {
+                Err(ReportError::OutOfRange { field, value, max })
+            } else {
+                Ok(())
+            }
+        };
+        check("capacity", self.capacity.into(), MAX_CAPACITY.into())?;
+        check("inflight", self.inflight.into(), MAX_CAPACITY.into())?;
+        check("queue_depth", self.queue_depth.into(), 1_000_000_000)?;
+        check("cpu_permille", self.cpu_permille.into(), 1000)?;
+        check("mem_permille", self.mem_permille.into(), 1000)?;
+        check("latency_p99_ms", self.latency_p99_ms.into(), 3_600_000)?;
+        check("labels", self.labels.len() as u64, MAX_LABELS as u64)?;
+        if let Some(sent) = self.sent_at_ms {
+            if sent - now_ms > max_skew_ms as i64 {
+                return Err(ReportError::FromTheFuture {
+                    ahead_ms: sent - now_ms,
+                    max_ms: max_skew_ms,
+                });
+            }
+        }
+        if let Some(id) = &self.server_id {
+            if !(1..=64).contains(&id.len())
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(ReportError::Invalid(format!(
+                    "field \"server_id\": {id:?} is not 1..=64 chars of [A-Za-z0-9._-]"
+                )));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            match reqwest::Url::parse(e) {
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                _ => {
+                    return Err(ReportError::Invalid(format!(
+                        "field \"endpoint\": {e:?} is not an http://host:port/path URL"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<CapacityReport, ReportError> {
+        let r = CapacityReport::parse(json.as_bytes())?;
+        r.validate(1_000_000, 30_000)?;
+        Ok(r)
+    }
+
+    #[test]
+    fn bad_reports_name_what_is_wrong() {
+        let cases = [
+            (r#"{"capacity": -1}"#, "invalid"),
+            (r#"{"capacity": "10"}"#, "invalid"),
+            (r#"{"capacity": 1, "colour": "red"}"#, "invalid"),
+            (r#"not json"#, "invalid"),
+            (r#"{"capacity": 20000000}"#, "out_of_range"),
+            (r#"{"capacity": 1, "cpu_permille": 1001}"#, "out_of_range"),
+            (
+                r#"{"capacity": 1, "sent_at_ms": 99000000}"#,
+                "future_timestamp",
+            ),
+            (r#"{"capacity": 1, "server_id": "bad id!"}"#, "invalid"),
+            (r#"{"capacity": 1, "endpoint": "ftp://x/"}"#, "invalid"),
+        ];
+        for (json, reason) in cases {
+            let e = parse(json).unwrap_err();
+            assert_eq!(e.reason(), reason, "{json}: {e}");
+        }
+        let big = format!(r#"{{"capacity": 1, "zone": "{}"}}"#, "x".repeat(5000));
+        assert_eq!(parse(&big).unwrap_err().reason(), "oversized");
+        let e = parse(r#"{"capacity": 1, "colour": "red"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn the_published_json_schema_matches_this_struct() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../sdk/capacity-report.schema.json")).unwrap();
+        let example = serde_json::to_vec(&schema["examples"][0]).unwrap();
+        let r = CapacityReport::parse(&example).unwrap();
+        r.validate(1_764_000_000_000, 30_000).unwrap();
+        let documented: std::collections::BTreeSet<&String> =
+            schema["properties"].as_object().unwrap().keys().collect();
+        let full = serde_json::to_value(&r).unwrap();
+        let fields: std::collections::BTreeSet<&String> =
+            full.as_object().unwrap().keys().collect();
+        assert_eq!(documented, fields, "schema properties vs struct fields");
+    }
+
+    #[test]
+    fn a_full_report_parses() {
+        let r = parse(
+            r#"{"server_id":"blotter-9","endpoint":"http://127.0.0.1:9/records","capacity":400,
+                "inflight":3,"queue_depth":1,"cpu_permille":350,"mem_permille":200,"latency_p99_ms":12,
+                "draining":false,"zone":"a","labels":{"pool":"x"},"sent_at_ms":999000}"#,
+        )
+        .unwrap();
+        assert_eq!(r.server_id.as_deref(), Some("blotter-9"));
+        assert_eq!(r.labels["pool"], "x");
+    }
+}
