@@ -21,10 +21,13 @@ need_wasm_target() {
 
 build_plugins() {
   need_wasm_target
-  # fault-filter misbehaves on purpose; the tests use it against the sandbox.
+  # fault-filter and fault-router misbehave on purpose; the tests use them
+  # against the sandbox.
   cargo build -q --profile plugin --target wasm32-wasip2 \
-    -p field-filter -p p2c-router -p fault-filter >&2
-  ls "$PLUGIN_DIR"/field_filter.wasm "$PLUGIN_DIR"/p2c_router.wasm "$PLUGIN_DIR"/fault_filter.wasm >/dev/null
+    -p field-filter -p p2c-router -p fault-filter -p fault-router >&2
+  for p in field_filter p2c_router fault_filter fault_router; do
+    ls "$PLUGIN_DIR/$p.wasm" >/dev/null
+  done
 }
 
 # Tansu 0.6.0, an Apache Kafka-compatible broker (DESIGN.md §7), from the PyPI

@@ -197,9 +197,9 @@ async fn silent_server_is_suspected_by_phi_and_returns_with_slow_start() {
     s.finish(&ledger).await;
 }
 
-/// Active health checks take a target out and bring it back; 50 bad
+/// Active health checks take a target out and bring it back; 10,000 bad
 /// reports over HTTP and the topic are rejected and counted by reason while
-/// the last good state stays.
+/// the last good state stays and records keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_and_bad_reports() {
     let cluster = MockCluster::new(1).unwrap();
@@ -273,19 +273,50 @@ async fn health_checks_and_bad_reports() {
         r#"\u0000garbage"#,
         r#"{"server_id":"x y","capacity":1}"#,
     ];
-    for i in 0..25 {
-        let r = http
-            .put(&url)
-            .body(bad_http[i % bad_http.len()])
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_client_error(), "{}", r.status());
-        let rec = FutureRecord::to("capacity")
-            .key("x")
-            .payload(bad_topic[i % bad_topic.len()]);
-        producer.send(rec, Duration::from_secs(5)).await.unwrap();
+    // 10,000 malformed reports, half over HTTP (16 at a time), half on the
+    // topic, while records flow.
+    let flow = {
+        let brokers = brokers.clone();
+        tokio::spawn(async move {
+            produce_events(&brokers, "trades", trades(0, 2000))
+                .await
+                .unwrap()
+        })
+    };
+    use futures::StreamExt;
+    let statuses: Vec<u16> = futures::stream::iter(0..5000)
+        .map(|i| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.put(&url)
+                    .body(bad_http[i % bad_http.len()])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| (400..500).contains(s)),
+        "every bad report gets a 4xx"
+    );
+    for chunk in (0..5000).collect::<Vec<usize>>().chunks(500) {
+        let sends = chunk.iter().map(|i| {
+            let rec = FutureRecord::to("capacity")
+                .key("x")
+                .payload(bad_topic[i % bad_topic.len()]);
+            producer.send(rec, Duration::from_secs(10))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.unwrap();
+        }
     }
+    let ledger = flow.await.unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
     let counted = || {
         [
             "invalid",
@@ -299,7 +330,7 @@ async fn health_checks_and_bad_reports() {
         .sum::<u64>()
     };
     assert!(
-        wait_for(Duration::from_secs(10), || counted() >= 50).await,
+        wait_for(Duration::from_secs(30), || counted() >= 10_000).await,
         "counted {}",
         counted()
     );

@@ -254,3 +254,67 @@ fn compiled_cache_serves_restarts_and_rejects_corrupt_entries() {
     assert!(e.contains("config pins"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A router that traps, misses its deadline or names a target that does
+/// not exist costs no record: those records get `default` and the host's
+/// fallback places them; the rest are routed as the plugin said.
+#[test]
+fn router_failures_fall_back_to_the_host_policy() {
+    use cdrs::capacity::{Registry, Snapshot};
+    use cdrs::config::{CapacityConfig, TargetConfig};
+    use cdrs::plugin::router::Route;
+    let limits = PluginRuntimeConfig {
+        call_timeout_ms: 100,
+        instances: 1,
+        ..PluginRuntimeConfig::default()
+    };
+    let rt = Runtime::new(&limits).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let r = RouterPlugin::load(
+        &rt,
+        &plugin("faulty", plugin_dir().join("fault_router.wasm"), ""),
+        metrics.clone(),
+    )
+    .unwrap();
+    let t = |id: &str| TargetConfig {
+        id: id.into(),
+        url: format!("http://127.0.0.1:1/{id}"),
+        capacity: 1,
+        weight: 100,
+        zone: None,
+        labels: Default::default(),
+        health_url: None,
+    };
+    let registry = Registry::new(
+        CapacityConfig::default(),
+        &[t("a"), t("b")],
+        metrics.clone(),
+    );
+    let snapshot: Arc<Snapshot> = registry.snapshot();
+    let keys = ["ok", "panic", "ok", "loop", "far", "ok"];
+    let records: Vec<Record> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Record {
+            key: Some(k.as_bytes().to_vec()),
+            ..record(i as i64, "{}")
+        })
+        .collect();
+    let routes = r.route(&snapshot, "t", 0, &records.iter().collect::<Vec<_>>());
+    let want = [
+        Route::Targets(vec![0]),
+        Route::Default,
+        Route::Targets(vec![0]),
+        Route::Default,
+        Route::Default,
+        Route::Targets(vec![0]),
+    ];
+    assert_eq!(routes, want);
+    let errors = |kind: &str| {
+        metrics
+            .plugin_errors
+            .with_label_values(&["faulty", kind])
+            .get()
+    };
+    assert!(errors("trap") >= 1 && errors("deadline") >= 1);
+}

@@ -696,7 +696,11 @@ mod tests {
         assert_eq!(s.targets[0].feed, Some(Feed::Http));
         r.report("a", report(10), Feed::Topic).unwrap();
         assert_eq!(r.snapshot().version, v1 + 1, "same report, same version");
-        assert_eq!(r.snapshot().targets[0].feed, Some(Feed::Topic), "provenance still shown");
+        assert_eq!(
+            r.snapshot().targets[0].feed,
+            Some(Feed::Topic),
+            "provenance still shown"
+        );
     }
 
     #[test]

@@ -100,6 +100,30 @@ mod tests {
         );
     }
 
+    /// Hand-computed with the same formula: regular 1 s heartbeats give
+    /// mean 1000 ms, σ floored at 100 ms; y = (t - 1000) / 100,
+    /// e = exp(-y(1.5976 + 0.070566 y²)), φ = -log10(e / (1 + e)).
+    #[test]
+    fn phi_matches_hand_computed_values() {
+        let mut d = PhiDetector::default();
+        for i in 0..10 {
+            d.heartbeat(i * 1000, 60_000);
+        }
+        let last = 9000;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+        assert!(
+            close(d.phi(last + 1000).unwrap(), 0.30103),
+            "t = mean: -log10(1/2)"
+        );
+        assert!(close(d.phi(last + 1200).unwrap(), 1.64283));
+        assert!(close(d.phi(last + 1500).unwrap(), 7.29995));
+        // Detection time of a dead server at 1 s heartbeats, threshold 8.
+        let detect = (1000..5000)
+            .find(|t| d.phi(last + t).unwrap() > DEFAULT_THRESHOLD)
+            .unwrap();
+        assert_eq!(detect, 1523, "suspected 1.523 s after the last heartbeat");
+    }
+
     #[test]
     fn needs_samples_and_ignores_outages() {
         let mut d = PhiDetector::default();

@@ -126,8 +126,9 @@ impl RouterPlugin {
 
     /// One [`Route`] per record, decided against `snapshot` (pushed to the
     /// instance first if it has not seen this version). Out-of-range target
-    /// indexes become [`Route::Default`]; records that make the plugin fail
-    /// become [`Route::DeadLetter`] with the reason.
+    /// indexes become [`Route::Default`], and so do records the plugin failed
+    /// on (isolated by re-running the batch in halves; the failure is logged
+    /// and counted): the host's fallback policy places them.
     pub fn route(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -187,7 +188,9 @@ impl RouterPlugin {
                 tracing::warn!(plugin = %self.meta.name, records = chunk.len(), error = %err, "router call failed");
                 Err(err)
             },
-            &mut |_, e| Route::DeadLetter(e.to_string()),
+            // A router that fails (trap, deadline, memory, broken contract)
+            // costs no record: the host's fallback policy places it.
+            &mut |_, _| Route::Default,
         );
         if let Some(i) = slot {
             self.pool.put(i);
