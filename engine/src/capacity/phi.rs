@@ -112,7 +112,7 @@ mod tests {
         let last = 9000;
         let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
         assert!(
-            close(d.phi(last + 1000).unwrap(), 0.30103),
+            close(d.phi(last + 1000).unwrap(), std::f64::consts::LOG10_2),
             "t = mean: -log10(1/2)"
         );
         assert!(close(d.phi(last + 1200).unwrap(), 1.64283));
