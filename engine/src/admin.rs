@@ -118,26 +118,31 @@ fn reload_response(
     }
 }
 
+/// Runs a plugin operation (which may compile) off the async workers, after
+/// checking the token.
+async fn plugin_op(
+    s: &AdminState,
+    headers: &HeaderMap,
+    name: String,
+    op: impl FnOnce(&PluginManager, &str) -> Result<String, ReloadError> + Send + 'static,
+) -> Response {
+    if !authorized(s, headers) {
+        return unauthorized();
+    }
+    let Some(m) = s.plugins.clone() else {
+        return error(StatusCode::NOT_FOUND, "no plugins loaded");
+    };
+    let n = name.clone();
+    reload_response(tokio::task::spawn_blocking(move || op(&m, &n)).await, &name)
+}
+
 async fn upload_plugin(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-        );
-    }
-    let Some(m) = s.plugins.clone() else {
-        return error(StatusCode::NOT_FOUND, "no plugins loaded");
-    };
-    let n = name.clone();
-    reload_response(
-        tokio::task::spawn_blocking(move || m.upload(&n, &body)).await,
-        &name,
-    )
+    plugin_op(&s, &headers, name, move |m, n| m.upload(n, &body)).await
 }
 
 async fn rollback_plugin(
@@ -145,19 +150,13 @@ async fn rollback_plugin(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-        );
-    }
-    let Some(m) = s.plugins.clone() else {
-        return error(StatusCode::NOT_FOUND, "no plugins loaded");
-    };
-    let n = name.clone();
-    reload_response(
-        tokio::task::spawn_blocking(move || m.rollback(&n)).await,
-        &name,
+    plugin_op(&s, &headers, name, |m, n| m.rollback(n)).await
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
     )
 }
 
@@ -177,10 +176,7 @@ async fn push_capacity(
     body: Bytes,
 ) -> Response {
     if !authorized(&s, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-        );
+        return unauthorized();
     }
     let result = CapacityReport::parse(&body)
         .map_err(|e| s.registry.reject(&id, e))
@@ -241,10 +237,7 @@ async fn show_config(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn reload_config(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     if !authorized(&s, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-        );
+        return unauthorized();
     }
     let Some(r) = s.reloader.clone() else {
         return error(StatusCode::NOT_FOUND, "no config loaded");

@@ -1,30 +1,19 @@
 //! Live capacity: heartbeats over the capacity topic and HTTP, phi accrual
 //! failure detection, slow start, dynamic targets, health checks, bad reports.
 
+use crate::common::trades;
 use crate::common::{start, Scenario};
 use cdrs::capacity::{Feed, Health, TargetView};
 use cdrs::config::Config;
 use cdrs::daemon::Daemon;
 use cdrs::demo::appserver::AppServer;
-use cdrs::demo::{account, produce_events, Fate};
+use cdrs::demo::{account, produce_events};
 use cdrs_e2e::{create_topics, wait_for, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-fn trades(from: u64, n: u64) -> Vec<(String, String, Fate)> {
-    (from..from + n)
-        .map(|i| {
-            (
-                format!("client-{}", i % 300),
-                format!(r#"{{"type":"trade","seq":{i}}}"#),
-                Fate::Delivered,
-            )
-        })
-        .collect()
-}
 
 fn view(d: &Daemon, id: &str) -> Option<TargetView> {
     let s = d.registry.snapshot();

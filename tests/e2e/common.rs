@@ -1,6 +1,6 @@
 //! A scenario: three app servers, a running CDRS, and the ledger checks.
 
-use cdrs::config::{Config, TargetConfig};
+use cdrs::config::Config;
 use cdrs::daemon::Daemon;
 use cdrs::demo::appserver::AppServer;
 use cdrs::demo::{account, demo_config, read_dead_letters, Accounting, Fate, Ledger};
@@ -46,19 +46,7 @@ pub async fn start_with(
             AppServer::start(&format!("blotter-{}", i + 1), CAPACITIES[i]).expect("app server")
         })
         .collect();
-    let targets = servers
-        .iter()
-        .zip(CAPACITIES)
-        .map(|(s, capacity)| TargetConfig {
-            id: s.id.clone(),
-            url: s.url(),
-            capacity,
-            weight: 100,
-            zone: None,
-            labels: BTreeMap::new(),
-            health_url: None,
-        })
-        .collect();
+    let targets = servers.iter().map(AppServer::target_config).collect();
     let mut config = demo_config(brokers, group, topic, dlq, &plugin_dir(), targets);
     tweak(&mut config);
     let problems = config.validate();
@@ -155,6 +143,20 @@ impl Scenario {
         );
         (a, dead, self.servers, self.topic)
     }
+}
+
+/// `n` plain trade events (all to be delivered) from sequence `from`, keyed
+/// by 300 client ids.
+pub fn trades(from: u64, n: u64) -> Vec<(String, String, Fate)> {
+    (from..from + n)
+        .map(|i| {
+            (
+                format!("client-{}", i % 300),
+                format!(r#"{{"type":"trade","seq":{i}}}"#),
+                Fate::Delivered,
+            )
+        })
+        .collect()
 }
 
 /// Asserts each target's share of delivered records is within ±15%

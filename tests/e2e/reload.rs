@@ -2,25 +2,14 @@
 //! diff; invalid files and restart-only changes change nothing.
 
 use crate::common::start_with;
+use crate::common::trades;
 use cdrs::config::{Config, PluginConfig};
-use cdrs::demo::{produce_events, Fate};
+use cdrs::demo::produce_events;
 use cdrs::reload::ReloadReport;
 use cdrs_e2e::{plugin_dir, wait_for};
 use rdkafka::mocking::MockCluster;
 use std::path::Path;
 use std::time::Duration;
-
-fn trades(from: u64, n: u64) -> Vec<(String, String, Fate)> {
-    (from..from + n)
-        .map(|i| {
-            (
-                format!("client-{}", i % 300),
-                format!(r#"{{"type":"trade","seq":{i}}}"#),
-                Fate::Delivered,
-            )
-        })
-        .collect()
-}
 
 /// Writes `config` to `path` and waits for the watcher's reload of it.
 async fn edit(daemon: &cdrs::daemon::Daemon, path: &Path, config: &Config) -> ReloadReport {

@@ -2,9 +2,10 @@
 //! automatic rollback. Nothing lost, each record handled by one version,
 //! per-key order kept.
 
+use crate::common::trades;
 use crate::common::{assert_sticky_and_ordered, start, Scenario};
 use cdrs::config::PluginConfig;
-use cdrs::demo::{account, produce_events, Fate};
+use cdrs::demo::{account, produce_events};
 use cdrs::reload::PluginStatus;
 use cdrs_e2e::{plugin_dir, wait_for};
 use rdkafka::mocking::MockCluster;
@@ -24,18 +25,6 @@ fn stamp_slot(path: &Path) -> PluginConfig {
         config,
         sha256: None,
     }
-}
-
-fn trades(from: u64, n: u64) -> Vec<(String, String, Fate)> {
-    (from..from + n)
-        .map(|i| {
-            (
-                format!("client-{}", i % 300),
-                format!(r#"{{"type":"trade","seq":{i}}}"#),
-                Fate::Delivered,
-            )
-        })
-        .collect()
 }
 
 async fn status(s: &Scenario, name: &str) -> PluginStatus {

@@ -133,6 +133,19 @@ impl AppServer {
         })
     }
 
+    /// This server as a `[[targets]]` entry with its declared capacity.
+    pub fn target_config(&self) -> crate::config::TargetConfig {
+        crate::config::TargetConfig {
+            id: self.id.clone(),
+            url: self.url(),
+            capacity: self.shared.capacity,
+            weight: crate::config::DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        }
+    }
+
     /// The URL CDRS delivers to.
     pub fn url(&self) -> String {
         format!("http://{}/records", self.addr)

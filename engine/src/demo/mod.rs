@@ -329,19 +329,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             .latency_ms
             .store(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let targets = servers
-        .iter()
-        .zip([100, 200, 400])
-        .map(|(s, capacity)| TargetConfig {
-            id: s.id.clone(),
-            url: s.url(),
-            capacity,
-            weight: 100,
-            zone: None,
-            labels: BTreeMap::new(),
-            health_url: None,
-        })
-        .collect();
+    let targets = servers.iter().map(|s| s.target_config()).collect();
     let config = demo_config(&brokers, "cdrs-demo", topic, dlq, &opts.plugin_dir, targets);
     let problems = config.validate();
     if !problems.is_empty() {
