@@ -230,8 +230,8 @@ async fn broken_versions_are_refused_and_trap_storms_roll_back() {
         ledger.fates.len()
     );
     assert!(
-        dead_count() >= 5 && dead_count() <= 20,
-        "only poison records dead-lettered: {}",
+        (1..=20).contains(&dead_count()),
+        "only poison records, and not all of them (a trap counts once per bisection step): {}",
         dead_count()
     );
     s.daemon.stop().await.unwrap();
