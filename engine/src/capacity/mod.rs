@@ -832,6 +832,30 @@ mod tests {
     }
 
     #[test]
+    fn silent_dynamic_targets_are_removed_configured_ones_stay() {
+        let r = registry_with(CapacityConfig {
+            allow_endpoints: vec!["http://127.0.0.1:*".into()],
+            remove_after_ms: 100,
+            report_expiry_ms: 100,
+            ..CapacityConfig::default()
+        });
+        let mut join = report(5);
+        join.endpoint = Some("http://127.0.0.1:7001/records".into());
+        r.report("dyn-1", join, Feed::Http).unwrap();
+        r.report("a", report(5), Feed::Http).unwrap();
+        assert_eq!(r.snapshot().targets.len(), 3);
+        std::thread::sleep(Duration::from_millis(150));
+        r.refresh();
+        let s = r.snapshot();
+        assert_eq!(s.index_of("dyn-1"), None, "silent dynamic target removed");
+        assert_eq!(
+            s.targets[s.index_of("a").unwrap()].health,
+            Health::Down,
+            "configured target only down"
+        );
+    }
+
+    #[test]
     fn failing_health_checks_mark_down_and_passing_ones_bring_back() {
         let r = registry(10_000);
         for _ in 0..2 {
