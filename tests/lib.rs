@@ -104,6 +104,20 @@ impl Drop for Tansu {
     }
 }
 
+/// A librdkafka mock cluster (one broker) with these topics (name,
+/// partitions); returns its bootstrap servers. The cluster lives until the
+/// process exits: a consumer left running by a failing test then still
+/// closes cleanly instead of waiting for a vanished broker.
+pub fn mock_cluster(topics: &[(&str, i32)]) -> String {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for (t, p) in topics {
+        cluster.create_topic(t, *p, 1).expect("mock topic");
+    }
+    let brokers = cluster.bootstrap_servers();
+    Box::leak(Box::new(cluster));
+    brokers
+}
+
 /// Creates topics (name, partitions) and waits until they are visible.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -8,9 +8,8 @@ use cdrs::config::Config;
 use cdrs::daemon::Daemon;
 use cdrs::demo::appserver::AppServer;
 use cdrs::demo::{account, produce_events};
-use cdrs_e2e::{create_topics, wait_for, Tansu};
+use cdrs_e2e::{create_topics, mock_cluster, wait_for, Tansu};
 use rdkafka::config::ClientConfig;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,10 +129,7 @@ async fn capacity_topic_feeds_every_instance_and_admits_allowed_servers() {
 /// it comes back with slow start and traffic returns. Nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_server_is_suspected_by_phi_and_returns_with_slow_start() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("trades", 3, 1).unwrap();
-    cluster.create_topic("trades-dlq", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[("trades", 3), ("trades-dlq", 1)]);
     let s: Scenario = start(&brokers, "trades", "trades-dlq", "cdrs-e2e-phi", |c| {
         c.capacity.report_expiry_ms = 30_000;
         c.capacity.slow_start_ms = 3_000;
@@ -191,11 +187,7 @@ async fn silent_server_is_suspected_by_phi_and_returns_with_slow_start() {
 /// the last good state stays and records keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_and_bad_reports() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("trades", 1, 1).unwrap();
-    cluster.create_topic("trades-dlq", 1, 1).unwrap();
-    cluster.create_topic("capacity", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[("trades", 1), ("trades-dlq", 1), ("capacity", 1)]);
     let s = start(&brokers, "trades", "trades-dlq", "cdrs-e2e-health", |c| {
         c.capacity.topic = Some("capacity".into());
         c.capacity.health_interval_ms = 100;

@@ -4,19 +4,15 @@ use crate::common::start;
 use cdrs::capacity::Health;
 use cdrs::config::PluginConfig;
 use cdrs::demo::{produce, produce_events, trade_event, Fate};
-use cdrs_e2e::{plugin_dir, wait_for};
-use rdkafka::mocking::MockCluster;
+use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::time::{Duration, Instant};
 
 /// Kill the largest server mid-stream: its share moves to the others once
 /// it is marked down (failed delivery or report expiry), nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_target_traffic_moves_and_nothing_is_lost() {
-    let cluster = MockCluster::new(1).unwrap();
     let (topic, dlq) = ("trades", "trades-dlq");
-    cluster.create_topic(topic, 4, 1).unwrap();
-    cluster.create_topic(dlq, 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[(topic, 4), (dlq, 1)]);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-kill", |c| {
         c.capacity.report_expiry_ms = 1_000;
         c.capacity.failure_cooldown_ms = 60_000;
@@ -65,11 +61,8 @@ async fn killed_target_traffic_moves_and_nothing_is_lost() {
 /// with the trap as reason; every other record is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
-    let cluster = MockCluster::new(1).unwrap();
     let (topic, dlq) = ("trades", "trades-dlq");
-    cluster.create_topic(topic, 3, 1).unwrap();
-    cluster.create_topic(dlq, 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[(topic, 3), (dlq, 1)]);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-trap", |c| {
         c.filters.push(PluginConfig {
             name: "faults".into(),

@@ -2,8 +2,7 @@
 
 use crate::common::{assert_capacity_split, assert_sticky_and_ordered, start};
 use cdrs::demo::{produce, Ledger};
-use cdrs_e2e::{committed, create_topics, high_watermarks, Tansu};
-use rdkafka::mocking::MockCluster;
+use cdrs_e2e::{committed, create_topics, high_watermarks, mock_cluster, Tansu};
 use std::time::{Duration, Instant};
 
 const RECORDS: u64 = 20_000;
@@ -57,11 +56,8 @@ async fn tansu_routes_by_capacity_and_loses_nothing() {
 /// one server, in offset order, and the split still follows capacity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_cluster_sticky_routing_keeps_keys_in_order() {
-    let cluster = MockCluster::new(1).unwrap();
     let (topic, dlq, partitions) = ("trades", "trades-dlq", 6);
-    cluster.create_topic(topic, partitions, 1).unwrap();
-    cluster.create_topic(dlq, 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[(topic, partitions), (dlq, 1)]);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-mock", |_| {}).await;
     let ledger = produce(&brokers, topic, RECORDS, 2000).await.unwrap();
     s.wait_accounted(&ledger, Duration::from_secs(120)).await;

@@ -6,8 +6,7 @@ use crate::common::trades;
 use cdrs::config::{Config, PluginConfig};
 use cdrs::demo::produce_events;
 use cdrs::reload::ReloadReport;
-use cdrs_e2e::{plugin_dir, wait_for};
-use rdkafka::mocking::MockCluster;
+use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,10 +26,7 @@ async fn edit(daemon: &cdrs::daemon::Daemon, path: &Path, config: &Config) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_edits_apply_live_and_bad_ones_change_nothing() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("trades", 3, 1).unwrap();
-    cluster.create_topic("trades-dlq", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = mock_cluster(&[("trades", 3), ("trades-dlq", 1)]);
     let dir = std::env::temp_dir().join(format!("cdrs-e2e-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cdrs.toml");

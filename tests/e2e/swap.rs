@@ -7,8 +7,7 @@ use crate::common::{assert_sticky_and_ordered, start, Scenario};
 use cdrs::config::PluginConfig;
 use cdrs::demo::{account, produce_events};
 use cdrs::reload::PluginStatus;
-use cdrs_e2e::{plugin_dir, wait_for};
-use rdkafka::mocking::MockCluster;
+use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,23 +62,13 @@ fn stamps(s: &[cdrs::demo::appserver::AppServer]) -> BTreeMap<String, Vec<String
     out
 }
 
-async fn mock(
-    group: &str,
-    stamp: &Path,
-) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    Scenario,
-) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("trades", 4, 1).unwrap();
-    cluster.create_topic("trades-dlq", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+async fn mock(group: &str, stamp: &Path) -> Scenario {
+    let brokers = mock_cluster(&[("trades", 4), ("trades-dlq", 1)]);
     let slot = stamp_slot(stamp);
-    let s = start(&brokers, "trades", "trades-dlq", group, move |c| {
+    start(&brokers, "trades", "trades-dlq", group, move |c| {
         c.filters.push(slot)
     })
-    .await;
-    (cluster, s)
+    .await
 }
 
 /// The same component with a custom section appended: a different version
@@ -98,7 +87,7 @@ fn variant(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_swaps_under_load_lose_nothing() {
     let dir = plugin_dir();
-    let (_cluster, s) = mock("cdrs-e2e-swap", &dir.join("field_filter.wasm")).await;
+    let s = mock("cdrs-e2e-swap", &dir.join("field_filter.wasm")).await;
     let versions = [
         std::fs::read(dir.join("fault_filter.wasm")).unwrap(),
         std::fs::read(dir.join("field_filter.wasm")).unwrap(),
@@ -163,7 +152,7 @@ async fn fifty_swaps_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_versions_are_refused_and_trap_storms_roll_back() {
     let dir = plugin_dir();
-    let (_cluster, s) = mock("cdrs-e2e-rollback", &dir.join("field_filter.wasm")).await;
+    let s = mock("cdrs-e2e-rollback", &dir.join("field_filter.wasm")).await;
     let good = status(&s, "stamp").await.version;
 
     let (code, body) = put_plugin(s.daemon.admin_addr, "stamp", b"garbage".to_vec()).await;
@@ -245,7 +234,7 @@ async fn plugin_file_change_is_picked_up() {
     std::fs::create_dir_all(&tmp).unwrap();
     let file = tmp.join("stamp.wasm");
     std::fs::copy(dir.join("field_filter.wasm"), &file).unwrap();
-    let (_cluster, s) = mock("cdrs-e2e-watch", &file).await;
+    let s = mock("cdrs-e2e-watch", &file).await;
     let before = status(&s, "stamp").await.version;
     std::fs::copy(dir.join("fault_filter.wasm"), &file).unwrap();
     let changed = wait_for(Duration::from_secs(20), || {
