@@ -2,7 +2,7 @@
 
 use super::bindings::filter::{Filter, FilterPre};
 use super::bindings::types::Verdict;
-use super::{isolate, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
+use super::{isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
 use crate::config::PluginConfig;
 use crate::convert;
 use crate::metrics::Metrics;
@@ -48,16 +48,8 @@ impl FilterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<FilterPlugin, PluginError> {
-        let link = |e: wasmtime::Error| PluginError::Link {
-            name: name.to_string(),
-            world: "filter",
-            msg: format!("{e:#}"),
-        };
-        let pre = runtime
-            .filter_linker
-            .instantiate_pre(&compiled.component)
-            .map_err(link)?;
-        let pre = FilterPre::new(pre).map_err(link)?;
+        let pre = runtime.instance_pre("filter", name, &compiled.component)?;
+        let pre = FilterPre::new(pre).map_err(link_error(name, "filter"))?;
         let mut plugin = FilterPlugin {
             meta: PluginMeta::new(name, &compiled),
             runtime: runtime.clone(),

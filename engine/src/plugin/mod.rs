@@ -141,6 +141,18 @@ pub struct Compiled {
     pub load_ms: f64,
 }
 
+/// Maps a wasmtime linking error to [`PluginError::Link`].
+pub(crate) fn link_error<'a>(
+    name: &'a str,
+    world: &'static str,
+) -> impl Fn(wasmtime::Error) -> PluginError + 'a {
+    move |e| PluginError::Link {
+        name: name.to_string(),
+        world,
+        msg: format!("{e:#}"),
+    }
+}
+
 /// Identity and counters of one loaded plugin version.
 #[derive(Debug)]
 pub struct PluginMeta {
@@ -411,6 +423,25 @@ impl Runtime {
             }
         }
     }
+    /// Links `component` against `world`'s linker ("filter" or "router").
+    ///
+    /// Errors: `Link`, naming the import or export that does not fit.
+    pub(crate) fn instance_pre(
+        &self,
+        world: &'static str,
+        name: &str,
+        component: &Component,
+    ) -> Result<wasmtime::component::InstancePre<State>, PluginError> {
+        let linker = if world == "router" {
+            &self.router_linker
+        } else {
+            &self.filter_linker
+        };
+        linker
+            .instantiate_pre(component)
+            .map_err(link_error(name, world))
+    }
+
     /// A fresh store for one instance of plugin `name`, with the memory cap
     /// and an empty WASI context.
     fn store(&self, name: &Arc<str>) -> Store<State> {

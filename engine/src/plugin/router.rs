@@ -4,7 +4,7 @@
 
 use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Decision, RouterOptions};
-use super::{isolate, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
+use super::{isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
 use crate::capacity::Snapshot;
 use crate::config::PluginConfig;
 use crate::convert;
@@ -64,16 +64,8 @@ impl RouterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<RouterPlugin, PluginError> {
-        let link = |e: wasmtime::Error| PluginError::Link {
-            name: name.to_string(),
-            world: "router",
-            msg: format!("{e:#}"),
-        };
-        let pre = runtime
-            .router_linker
-            .instantiate_pre(&compiled.component)
-            .map_err(link)?;
-        let pre = RouterPre::new(pre).map_err(link)?;
+        let pre = runtime.instance_pre("router", name, &compiled.component)?;
+        let pre = RouterPre::new(pre).map_err(link_error(name, "router"))?;
         let mut plugin = RouterPlugin {
             meta: PluginMeta::new(name, &compiled),
             options: RouterOptions {
