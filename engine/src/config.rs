@@ -48,6 +48,20 @@ pub const DEFAULT_DELIVERY_MAX_BATCH: usize = 500;
 pub const DEFAULT_RETRY_INITIAL_MS: u64 = 50;
 /// Default `delivery.retry_max_ms`.
 pub const DEFAULT_RETRY_MAX_MS: u64 = 2_000;
+/// Default `delivery.max_attempts` (attempts at one target before re-routing).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default `delivery.retry_deadline_ms`.
+pub const DEFAULT_RETRY_DEADLINE_MS: u64 = 30_000;
+/// Default `delivery.lanes` (concurrent requests per target).
+pub const DEFAULT_LANES: usize = 4;
+/// Default `delivery.queue_capacity` (records queued per target).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Default `pipeline.max_inflight_records` (per partition).
+pub const DEFAULT_MAX_INFLIGHT_RECORDS: usize = 10_000;
+/// Default `pipeline.shutdown_grace_ms`.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 15_000;
+/// Default `pipeline.revoke_drain_ms`.
+pub const DEFAULT_REVOKE_DRAIN_MS: u64 = 10_000;
 /// Largest accepted `capacity` (records in flight) for a target.
 pub const MAX_CAPACITY: u32 = 10_000_000;
 
@@ -159,9 +173,35 @@ pub struct PipelineConfig {
     /// How long a partition waits to fill a batch, ms. Default 5.
     #[serde(default = "d_linger")]
     pub batch_linger_ms: u64,
-    /// Records buffered per partition before the consumer waits. Default 2048.
+    /// Records buffered per partition between the consumer and its worker;
+    /// when full, the source pauses the partition. Default 2048.
     #[serde(default = "d_partition_queue")]
     pub partition_queue: usize,
+    /// Records of one partition read but not yet finished (delivered,
+    /// dropped, dead-lettered) at most: the in-flight window. When it is
+    /// full the partition's worker waits and the source pauses the
+    /// partition. Default 10000.
+    #[serde(default = "d_max_inflight")]
+    pub max_inflight_records: usize,
+    /// On SIGTERM/SIGINT: how long to finish in-flight records before
+    /// committing and leaving, ms. Default 15000.
+    #[serde(default = "d_grace")]
+    pub shutdown_grace_ms: u64,
+    /// On partition revoke (rebalance): how long to finish the partition's
+    /// in-flight records before committing and letting it go, ms. Keep it
+    /// below the group's `max.poll.interval.ms`. Default 10000.
+    #[serde(default = "d_revoke_drain")]
+    pub revoke_drain_ms: u64,
+}
+
+fn d_max_inflight() -> usize {
+    DEFAULT_MAX_INFLIGHT_RECORDS
+}
+fn d_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_MS
+}
+fn d_revoke_drain() -> u64 {
+    DEFAULT_REVOKE_DRAIN_MS
 }
 
 fn d_batch_size() -> usize {
@@ -180,6 +220,9 @@ impl Default for PipelineConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             partition_queue: DEFAULT_PARTITION_QUEUE,
+            max_inflight_records: DEFAULT_MAX_INFLIGHT_RECORDS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            revoke_drain_ms: DEFAULT_REVOKE_DRAIN_MS,
         }
     }
 }
@@ -414,23 +457,154 @@ impl Default for CapacityConfig {
     }
 }
 
-/// `[delivery]`: HTTP delivery to targets.
+/// `[delivery]`: delivery to targets (HTTP or Kafka sinks), retries,
+/// circuit breakers.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Timeout of one POST, ms. Default 5000.
+    /// Timeout of one request (HTTP POST, or Kafka produce ack), ms. Default 5000.
     #[serde(default = "d_delivery_timeout")]
     pub timeout_ms: u64,
-    /// Records per POST at most. Default 500.
+    /// Records per request at most. Default 500.
     #[serde(default = "d_delivery_batch")]
     pub max_batch: usize,
-    /// First wait when no target can take a record, ms (exponential backoff
-    /// with jitter, capped by `retry_max_ms`). Default 50.
+    /// First retry delay, ms: exponential backoff (factor 2) with full jitter,
+    /// capped by `retry_max_ms` (AWS Architecture Blog, "Exponential Backoff
+    /// and Jitter", 2015). Also the first wait when no target can take a
+    /// record. Default 50.
     #[serde(default = "d_retry_initial")]
     pub retry_initial_ms: u64,
-    /// Longest such wait, ms. Default 2000.
+    /// Longest retry delay, ms. Default 2000.
     #[serde(default = "d_retry_max")]
     pub retry_max_ms: u64,
+    /// Attempts at one target (the first included) before the records are
+    /// routed again elsewhere. Default 5.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: u32,
+    /// Total time records may spend retrying at one target, ms; a
+    /// `Retry-After` beyond it re-routes at once. Default 30000.
+    #[serde(default = "d_retry_deadline")]
+    pub retry_deadline_ms: u64,
+    /// Concurrent requests per target. Records are spread over lanes by key
+    /// hash, so one key always uses one lane and keeps its order. Read when a
+    /// target's queue is created. Default 4.
+    #[serde(default = "d_lanes")]
+    pub lanes: usize,
+    /// Records queued per target at most (records routed again may exceed
+    /// it; they are bounded by the partitions' in-flight windows). Default 10000.
+    #[serde(default = "d_queue_capacity")]
+    pub queue_capacity: usize,
+    /// What happens to a record no target can take (all down, open or
+    /// ejected): `"wait"` (keep it, retry with backoff; the partition stops
+    /// advancing and is paused when its window fills) or `"dead-letter"`.
+    /// Default "wait".
+    #[serde(default)]
+    pub when_no_target: WhenNoTarget,
+    /// `[delivery.breaker]`: circuit breaker and outlier ejection.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// `delivery.when_no_target`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenNoTarget {
+    #[default]
+    Wait,
+    DeadLetter,
+}
+
+/// `[delivery.breaker]`: one circuit breaker per target; opening it ejects
+/// the target (marks it down) for `base_ejection_ms` × the number of times
+/// it was ejected in a row, capped by `max_ejection_ms`. After that a probe
+/// request (half-open) decides: success closes it, failure opens it again.
+/// Defaults are Envoy's `outlier_detection` defaults
+/// (envoyproxy.io, api-v3 cluster/v3/outlier_detection.proto).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed requests that open the breaker (Envoy
+    /// `consecutive_5xx`). Default 5.
+    #[serde(default = "d_consecutive")]
+    pub consecutive_failures: u32,
+    /// Failure share over an interval that opens the breaker, percent
+    /// (Envoy `failure_percentage_threshold`). Default 85.
+    #[serde(default = "d_failure_percent")]
+    pub failure_percent: u32,
+    /// Requests needed in an interval before `failure_percent` applies
+    /// (Envoy `failure_percentage_request_volume`). Default 50.
+    #[serde(default = "d_min_requests")]
+    pub min_requests: u32,
+    /// Length of that interval, ms (Envoy `interval`). Default 10000.
+    #[serde(default = "d_interval")]
+    pub interval_ms: u64,
+    /// First ejection time, ms (Envoy `base_ejection_time`). Default 30000.
+    #[serde(default = "d_base_ejection")]
+    pub base_ejection_ms: u64,
+    /// Longest ejection time, ms (Envoy `max_ejection_time`). Default 300000.
+    #[serde(default = "d_max_ejection")]
+    pub max_ejection_ms: u64,
+    /// Share of targets ejected at once at most, percent; at least one may
+    /// always be ejected (Envoy `max_ejection_percent`). Default 10.
+    #[serde(default = "d_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// No more ejections once fewer than this share of targets would remain,
+    /// percent (Envoy's panic threshold). Default 50.
+    #[serde(default = "d_panic")]
+    pub panic_threshold_percent: u32,
+}
+
+fn d_consecutive() -> u32 {
+    5
+}
+fn d_failure_percent() -> u32 {
+    85
+}
+fn d_min_requests() -> u32 {
+    50
+}
+fn d_interval() -> u64 {
+    10_000
+}
+fn d_base_ejection() -> u64 {
+    30_000
+}
+fn d_max_ejection() -> u64 {
+    300_000
+}
+fn d_max_ejection_percent() -> u32 {
+    10
+}
+fn d_panic() -> u32 {
+    50
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: d_consecutive(),
+            failure_percent: d_failure_percent(),
+            min_requests: d_min_requests(),
+            interval_ms: d_interval(),
+            base_ejection_ms: d_base_ejection(),
+            max_ejection_ms: d_max_ejection(),
+            max_ejection_percent: d_max_ejection_percent(),
+            panic_threshold_percent: d_panic(),
+        }
+    }
+}
+
+fn d_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn d_retry_deadline() -> u64 {
+    DEFAULT_RETRY_DEADLINE_MS
+}
+fn d_lanes() -> usize {
+    DEFAULT_LANES
+}
+fn d_queue_capacity() -> usize {
+    DEFAULT_QUEUE_CAPACITY
 }
 
 fn d_delivery_timeout() -> u64 {
@@ -453,6 +627,12 @@ impl Default for DeliveryConfig {
             max_batch: DEFAULT_DELIVERY_MAX_BATCH,
             retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_deadline_ms: DEFAULT_RETRY_DEADLINE_MS,
+            lanes: DEFAULT_LANES,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            when_no_target: WhenNoTarget::Wait,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -700,10 +880,21 @@ impl Config {
             }
             match reqwest::Url::parse(&t.url) {
                 Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "kafka" => {
+                    if !crate::sink::kafka::target_topic(&t.url).is_some_and(valid_topic) {
+                        bad(
+                            format!("targets[{i}].url"),
+                            format!(
+                                "{:?} does not name a valid topic; e.g. \"kafka://blotter-1\"",
+                                t.url
+                            ),
+                        );
+                    }
+                }
                 Ok(u) => bad(
                     format!("targets[{i}].url"),
                     format!(
-                        "{:?} has scheme {:?}; only http://host:port/path is supported",
+                        "{:?} has scheme {:?}; valid: http://host:port/path (HTTP sink) or kafka://topic (Kafka sink)",
                         t.url,
                         u.scheme()
                     ),
@@ -813,6 +1004,64 @@ impl Config {
             bad(
                 "delivery.max_batch".into(),
                 format!("{} is out of range 1..=100000", self.delivery.max_batch),
+            );
+        }
+        if self.delivery.max_attempts == 0 {
+            bad("delivery.max_attempts".into(), "must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.delivery.lanes) {
+            bad(
+                "delivery.lanes".into(),
+                format!("{} is out of range 1..=64", self.delivery.lanes),
+            );
+        }
+        if self.delivery.queue_capacity == 0 {
+            bad(
+                "delivery.queue_capacity".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let b = &self.delivery.breaker;
+        if b.consecutive_failures == 0 {
+            bad(
+                "delivery.breaker.consecutive_failures".into(),
+                "must be at least 1".into(),
+            );
+        }
+        for (key, v) in [
+            ("failure_percent", b.failure_percent),
+            ("max_ejection_percent", b.max_ejection_percent),
+            ("panic_threshold_percent", b.panic_threshold_percent),
+        ] {
+            if v > 100 {
+                bad(
+                    format!("delivery.breaker.{key}"),
+                    format!("{v} is out of range 0..=100"),
+                );
+            }
+        }
+        if b.base_ejection_ms == 0 || b.base_ejection_ms > b.max_ejection_ms {
+            bad(
+                "delivery.breaker.base_ejection_ms".into(),
+                format!(
+                    "{} must be at least 1 and at most delivery.breaker.max_ejection_ms ({})",
+                    b.base_ejection_ms, b.max_ejection_ms
+                ),
+            );
+        }
+        if b.interval_ms == 0 {
+            bad(
+                "delivery.breaker.interval_ms".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.pipeline.max_inflight_records < self.pipeline.batch_size {
+            bad(
+                "pipeline.max_inflight_records".into(),
+                format!(
+                    "{} must be at least pipeline.batch_size ({})",
+                    self.pipeline.max_inflight_records, self.pipeline.batch_size
+                ),
             );
         }
         if self.delivery.retry_initial_ms == 0

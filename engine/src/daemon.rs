@@ -12,7 +12,6 @@ use crate::reload::{self, ConfigReloader, PluginManager};
 use crate::sink::kafka::DeadLetterSink;
 use crate::source;
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -20,9 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// How long shutdown waits for partition workers to finish what they hold.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// A running CDRS instance.
 pub struct Daemon {
@@ -61,18 +57,19 @@ impl Daemon {
             &config.targets,
             metrics.clone(),
         ));
-        let pipeline = Arc::new(Pipeline {
-            plugins: plugins.clone(),
-            registry: registry.clone(),
-            delivery: ArcSwap::from_pointee(Delivery::new(&config.delivery)?),
-            dead_letters: DeadLetterSink::new(
+        let pipeline = Arc::new(Pipeline::new(
+            plugins.clone(),
+            registry.clone(),
+            Delivery::new(&config.delivery)?,
+            DeadLetterSink::new(
                 &config.kafka.brokers,
                 &config.kafka.dead_letter_topic,
                 &config.kafka.options,
             )
             .context("failed to create the dead-letter producer")?,
-            metrics: metrics.clone(),
-        });
+            metrics.clone(),
+            (config.kafka.brokers.clone(), config.kafka.options.clone()),
+        ));
         let reloader = Arc::new(ConfigReloader::new(
             config_path,
             config.clone(),
@@ -133,7 +130,7 @@ impl Daemon {
             })
         };
         let consumer = Arc::new(
-            source::consumer(&config.kafka, ready.clone())
+            source::consumer(&config.kafka, &config.pipeline, ready.clone())
                 .context("failed to create the consumer")?,
         );
         tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.topics, "consuming");
@@ -141,7 +138,6 @@ impl Daemon {
             consumer,
             pipeline,
             config.pipeline.clone(),
-            SHUTDOWN_GRACE,
             shutdown_rx,
         ));
         Ok(Daemon {

@@ -51,6 +51,29 @@ enum Command {
         )]
         plugin_dir: PathBuf,
     },
+    /// One fake application server as its own process (for trying CDRS by
+    /// hand and for chaos tests): takes `POST /records`, appends each record
+    /// to --log before answering, `POST /control` changes its behaviour.
+    DemoServer {
+        /// Target id it reports as.
+        #[arg(long)]
+        id: String,
+        /// Declared capacity (records in flight).
+        #[arg(long, default_value_t = 100)]
+        capacity: u32,
+        /// Port on 127.0.0.1 (0: any free one; the chosen one is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Append every received record to this file (JSON lines).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Push capacity reports to this CDRS admin API (host:port) every second.
+        #[arg(long = "report-to")]
+        report_to: Option<std::net::SocketAddr>,
+        /// Bearer token for --report-to.
+        #[arg(long, env = "CDRS_ADMIN_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 fn init_logs(default: &str) {
@@ -72,6 +95,17 @@ fn main() -> ExitCode {
         } => {
             init_logs("warn");
             demo(records, duration_s, plugin_dir)
+        }
+        Command::DemoServer {
+            id,
+            capacity,
+            port,
+            log,
+            report_to,
+            token,
+        } => {
+            init_logs("warn");
+            demo_server(&id, capacity, port, log, report_to, token)
         }
     };
     match result {
@@ -176,4 +210,29 @@ fn demo(records: u64, duration_s: u64, plugin_dir: PathBuf) -> anyhow::Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn demo_server(
+    id: &str,
+    capacity: u32,
+    port: u16,
+    log: Option<PathBuf>,
+    report_to: Option<std::net::SocketAddr>,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let server = cdrs::demo::appserver::AppServer::start_on(id, capacity, port, log.as_deref())?;
+    if let Some(admin) = report_to {
+        server.report_to(admin, Duration::from_secs(1), token);
+    }
+    println!("{} listening on {}", server.id, server.url());
+    runtime()?.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,20 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// `cdrs_offsets_stored_total{topic}`: offset stores after a batch completed.
     pub offsets_stored: IntCounterVec,
+    /// `cdrs_delivery_retries_total{target}`: delivery attempts after the first.
+    pub retries: IntCounterVec,
+    /// `cdrs_rerouted_records_total{target, reason}`: records routed again away from a target.
+    pub rerouted: IntCounterVec,
+    /// `cdrs_target_ejections_total{target}`: circuit breaker openings (outlier ejections).
+    pub ejections: IntCounterVec,
+    /// `cdrs_target_breaker_state{target}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `cdrs_target_queue_records{target}`: records queued for the target.
+    pub target_queue: IntGaugeVec,
+    /// `cdrs_partition_paused{topic, partition}`: 1 while the source paused the partition.
+    pub partition_paused: IntGaugeVec,
+    /// `cdrs_partition_inflight_records{topic, partition}`: records read but not finished.
+    pub partition_inflight: IntGaugeVec,
 }
 
 impl Metrics {
@@ -124,6 +138,41 @@ impl Metrics {
                 "cdrs_offsets_stored_total",
                 "Offset stores after completed batches",
                 &["topic"],
+            ),
+            retries: counter(
+                "cdrs_delivery_retries_total",
+                "Delivery attempts after the first, per target",
+                &["target"],
+            ),
+            rerouted: counter(
+                "cdrs_rerouted_records_total",
+                "Records routed again away from a target",
+                &["target", "reason"],
+            ),
+            ejections: counter(
+                "cdrs_target_ejections_total",
+                "Circuit breaker openings (outlier ejections) per target",
+                &["target"],
+            ),
+            breaker_state: gauge(
+                "cdrs_target_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+                &["target"],
+            ),
+            target_queue: gauge(
+                "cdrs_target_queue_records",
+                "Records queued for delivery to the target",
+                &["target"],
+            ),
+            partition_paused: gauge(
+                "cdrs_partition_paused",
+                "1 while the source paused fetching the partition (backpressure)",
+                &["topic", "partition"],
+            ),
+            partition_inflight: gauge(
+                "cdrs_partition_inflight_records",
+                "Records read from the partition and not yet finished",
+                &["topic", "partition"],
             ),
             registry,
         }

@@ -1,53 +1,43 @@
-//! The data path for one batch of one partition:
+//! The data path for one batch of one partition, up to the dispatcher:
 //!
 //! ```text
-//! records ─► filter chain ─► router ─► per-target HTTP delivery ─► done
-//!              │ dead-letter    │ dead-letter     │ failure: target marked
-//!              ▼                ▼                 ▼ down, records routed again
-//!          dead-letter topic ◄──┘
+//! records ─► filter chain ─► router ─► target queues (dispatch) ─► sinks
+//!              │ dead-letter    │ dead-letter / no target
+//!              ▼                ▼
+//!          dead-letter topic   parking queue (wait) or dead-letter topic
 //! ```
 //!
-//! [`Pipeline::process`] returns only when every record of the batch is
-//! delivered (2xx), dropped by a plugin, or acknowledged by the dead-letter
-//! topic; only then may the caller store the batch's offsets. It needs Tokio's
-//! multi-thread runtime (plugin calls run in `block_in_place`). When no target
-//! can take a record it waits (exponential backoff with jitter) rather than
-//! drop it; on shutdown it gives up the batch *without* success, so its
-//! offsets are not committed and the records are consumed again later.
+//! [`Pipeline::process`] returns once every record of the batch is dropped,
+//! dead-lettered, or queued for delivery; records finish later, in any
+//! order, and their partition's [`OffsetTracker`](crate::offsets::OffsetTracker)
+//! turns that into a commit watermark. It needs Tokio's multi-thread runtime
+//! (plugin calls run in `block_in_place`).
 
 use crate::capacity::{Health, Registry, Snapshot};
+use crate::config::DeliveryConfig;
+use crate::dispatch::{self, Dispatcher, Job, Partition};
 use crate::metrics::Metrics;
 use crate::plugin::bindings::types::Verdict;
-
-use crate::config::DeliveryConfig;
-use crate::plugin::router::Route;
 use crate::record::Record;
 use crate::reload::PluginManager;
 use crate::sink::http::HttpSink;
-use crate::sink::kafka::{DeadLetter, DeadLetterSink};
+use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
 use arc_swap::ArcSwap;
-use backon::BackoffBuilder;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 /// Delivery settings from `[delivery]`.
 pub struct Delivery {
     pub http: HttpSink,
-    /// Records per POST at most (`delivery.max_batch`).
-    pub max_post: usize,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
+    pub cfg: DeliveryConfig,
 }
 
 impl Delivery {
     pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<Delivery> {
         Ok(Delivery {
             http: HttpSink::new(cfg)?,
-            max_post: cfg.max_batch,
-            retry_initial: Duration::from_millis(cfg.retry_initial_ms),
-            retry_max: Duration::from_millis(cfg.retry_max_ms),
+            cfg: cfg.clone(),
         })
     }
 }
@@ -61,35 +51,70 @@ pub struct Pipeline {
     pub delivery: ArcSwap<Delivery>,
     pub dead_letters: DeadLetterSink,
     pub metrics: Arc<Metrics>,
+    /// Target queues, lanes and circuit breakers.
+    pub dispatch: Dispatcher,
+    /// `kafka.brokers` and `[kafka.options]`, for `kafka://` targets.
+    pub kafka: (String, BTreeMap<String, String>),
+    target_producer: OnceLock<Result<TargetProducer, String>>,
 }
 
-/// The batch was abandoned because the process is shutting down; its offsets
+/// The batch was abandoned because the process is stopping; its offsets
 /// must not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("batch abandoned at shutdown; its records will be consumed again")]
 pub struct Abandoned;
 
 impl Pipeline {
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.delivery.load().retry_initial)
-            .with_max_delay(self.delivery.load().retry_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    pub fn new(
+        plugins: Arc<PluginManager>,
+        registry: Arc<Registry>,
+        delivery: Delivery,
+        dead_letters: DeadLetterSink,
+        metrics: Arc<Metrics>,
+        kafka: (String, BTreeMap<String, String>),
+    ) -> Pipeline {
+        Pipeline {
+            plugins,
+            registry,
+            delivery: ArcSwap::from_pointee(delivery),
+            dead_letters,
+            metrics,
+            dispatch: Dispatcher::default(),
+            kafka,
+            target_producer: OnceLock::new(),
+        }
     }
 
-    /// Runs one batch (records of one partition, offset order) to completion.
+    /// The producer of `kafka://` targets, created on first use.
+    pub(crate) fn target_producer(&self) -> Result<&TargetProducer, String> {
+        self.target_producer
+            .get_or_init(|| {
+                TargetProducer::new(&self.kafka.0, &self.kafka.1)
+                    .map_err(|e| format!("failed to create the target producer: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Runs one batch (records of one partition, offset order) through the
+    /// filter chain and the router and queues it for delivery. Waits for
+    /// room in the partition's in-flight window and in the target queues.
     ///
-    /// Errors: [`Abandoned`] if `shutdown` fired while records were still
-    /// waiting for a target or for the dead-letter topic.
+    /// Errors: [`Abandoned`] on a hard stop (the records stay unfinished).
     pub async fn process(
-        &self,
-        topic: &str,
-        partition: i32,
+        self: &Arc<Self>,
+        part: &Arc<Partition>,
         batch: Vec<Record>,
-        shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Abandoned> {
+        let offsets: Vec<i64> = batch.iter().map(|r| r.offset).collect();
+        let mut stop = self.dispatch.stop_signal();
+        tokio::select! {
+            admitted = part.admit(&offsets) => if !admitted {
+                return Err(Abandoned);
+            },
+            _ = stop.wait_for(|s| *s) => return Err(Abandoned),
+        }
+        let (topic, partition) = (&*part.topic, part.partition);
         self.metrics.count("source", "in", batch.len());
         let mut live = batch;
 
@@ -118,7 +143,10 @@ impl Pipeline {
                         transformed += 1;
                         kept.push(r);
                     }
-                    Verdict::Drop => dropped += 1,
+                    Verdict::Drop => {
+                        dropped += 1;
+                        part.finish_unrouted(r.offset);
+                    }
                     Verdict::DeadLetter(reason) => dead.push((r, reason)),
                 }
             }
@@ -131,175 +159,43 @@ impl Pipeline {
                     stage: "filter",
                     plugin: Some((&f.meta.name, &f.meta.hash)),
                     reason,
+                    attempts: 0,
                 };
-                self.dead_letter(r, &why, shutdown).await?;
+                self.dead_letter(r, &why, &stop).await?;
+                part.finish_unrouted(r.offset);
             }
             live = kept;
         }
+        if live.is_empty() {
+            return Ok(());
+        }
 
-        // Route and deliver until every record is placed.
-        let mut pending: Vec<Record> = live;
-        let mut backoff = self.backoff();
-        while !pending.is_empty() {
-            let snapshot = self.registry.snapshot();
-            let refs: Vec<&Record> = pending.iter().collect();
-            let router = self.plugins.router.current();
-            let routes =
-                tokio::task::block_in_place(|| router.route(&snapshot, topic, partition, &refs));
-            self.plugins.router.check_health();
-            let mut per_target: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
-            let mut unplaced = Vec::new();
-            let mut extra = vec![0u32; snapshot.targets.len()];
-            let (mut routed, mut dropped, mut defaulted) = (0, 0, 0);
-            for (p, route) in pending.into_iter().zip(routes) {
-                let targets = match route {
-                    Route::Targets(ts) => {
-                        let up: Vec<usize> = ts
-                            .into_iter()
-                            .filter(|&t| snapshot.targets[t].health != Health::Down)
-                            .collect();
-                        if up.is_empty() {
-                            defaulted += 1;
-                            fallback(&snapshot, &extra).into_iter().collect()
-                        } else {
-                            routed += 1;
-                            up
-                        }
-                    }
-                    Route::Default => {
-                        defaulted += 1;
-                        fallback(&snapshot, &extra).into_iter().collect()
-                    }
-                    Route::Drop => {
-                        dropped += 1;
-                        continue;
-                    }
-                    Route::DeadLetter(reason) => {
-                        let why = DeadLetter {
-                            stage: "router",
-                            plugin: Some((&router.meta.name, &router.meta.hash)),
-                            reason: &reason,
-                        };
-                        self.dead_letter(&p, &why, shutdown).await?;
-                        continue;
-                    }
-                };
-                if targets.is_empty() {
-                    unplaced.push(p);
-                    continue;
-                }
-                for &t in &targets[1..] {
-                    extra[t] += 1;
-                    per_target.entry(t).or_default().push(p.clone());
-                }
-                extra[targets[0]] += 1;
-                per_target.entry(targets[0]).or_default().push(p);
-            }
-            self.metrics.count("router", "routed", routed);
-            self.metrics.count("router", "defaulted", defaulted);
-            self.metrics.count("router", "dropped", dropped);
-
-            let failed = self.deliver(&snapshot, per_target).await;
-            let progress = unplaced.is_empty() && failed.is_empty();
-            self.metrics.count("delivery", "rerouted", failed.len());
-            pending = unplaced;
-            pending.extend(failed);
-            if !pending.is_empty() {
-                if !progress {
-                    // Nothing could take these records: wait, unless stopping.
-                    let wait = backoff.next().unwrap_or(self.delivery.load().retry_max);
-                    tracing::debug!(
-                        topic,
-                        partition,
-                        waiting = pending.len(),
-                        ?wait,
-                        "no target for records; backing off"
-                    );
-                    if stopping(shutdown) {
-                        return Err(Abandoned);
-                    }
-                    let mut s = shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = s.changed() => return Err(Abandoned),
-                    }
-                } else {
-                    backoff = self.backoff();
-                }
-            }
+        // Route and queue.
+        let meta = &self.plugins.router.current().meta;
+        let router = Arc::new((meta.name.clone(), meta.hash.clone()));
+        let jobs: Vec<Job> = live
+            .into_iter()
+            .map(|r| {
+                let key = dispatch::key_hash(r.key.as_deref());
+                Job::new(Arc::new(r), part.clone(), key, router.clone())
+            })
+            .collect();
+        self.place(jobs, true).await;
+        if self.dispatch.stopped() {
+            return Err(Abandoned);
         }
         Ok(())
     }
 
-    /// Delivers each target's records (in offset order, `max_post` per POST),
-    /// targets in parallel. Returns the records that were not delivered.
-    async fn deliver(
-        &self,
-        snapshot: &Snapshot,
-        per_target: BTreeMap<usize, Vec<Record>>,
-    ) -> Vec<Record> {
-        let delivery = self.delivery.load_full();
-        let delivery = &delivery;
-        let sends = per_target.into_iter().map(|(t, records)| async move {
-            let target = &snapshot.targets[t];
-            let mut rest = records.as_slice();
-            while !rest.is_empty() {
-                let (chunk, tail) = rest.split_at(rest.len().min(delivery.max_post));
-                let refs: Vec<&Record> = chunk.iter().collect();
-                let n = chunk.len() as u32;
-                self.registry.begin_delivery(&target.id, n);
-                let started = Instant::now();
-                let result = delivery.http.post(&target.url, &refs).await;
-                let latency = started.elapsed();
-                self.metrics
-                    .delivery_seconds
-                    .with_label_values(&[&*target.id])
-                    .observe(latency.as_secs_f64());
-                match result {
-                    Ok(()) => {
-                        self.registry.end_delivery(&target.id, n, latency, None);
-                        self.metrics
-                            .deliveries
-                            .with_label_values(&[&*target.id, "ok"])
-                            .inc();
-                        self.metrics
-                            .delivered_records
-                            .with_label_values(&[&*target.id])
-                            .inc_by(n.into());
-                        self.metrics.count("delivery", "delivered", chunk.len());
-                        rest = tail;
-                    }
-                    Err(e) => {
-                        tracing::warn!(target_id = %target.id, records = rest.len(), error = %e,
-                            "delivery failed; target marked down, records routed again");
-                        self.registry
-                            .end_delivery(&target.id, n, latency, Some(&e.to_string()));
-                        self.metrics
-                            .deliveries
-                            .with_label_values(&[&*target.id, "error"])
-                            .inc();
-                        return rest.to_vec();
-                    }
-                }
-            }
-            Vec::new()
-        });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
     /// Writes one dead letter, retrying with backoff until the broker acks
     /// or shutdown.
-    async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         r: &Record,
         why: &DeadLetter<'_>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Abandoned> {
-        let mut backoff = self.backoff();
+        let mut backoff = dispatch::schedule(&self.delivery.load().cfg, None);
         loop {
             match self.dead_letters.send(r, why).await {
                 Ok(()) => {
@@ -315,8 +211,12 @@ impl Pipeline {
                     if stopping(shutdown) {
                         return Err(Abandoned);
                     }
-                    tokio::time::sleep(backoff.next().unwrap_or(self.delivery.load().retry_max))
-                        .await;
+                    let wait = backoff.next().unwrap_or_default();
+                    let mut stop = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.wait_for(|s| *s) => return Err(Abandoned),
+                    }
                 }
             }
         }

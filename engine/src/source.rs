@@ -1,19 +1,30 @@
-//! Source: one rdkafka consumer in the consumer group, records handed to one
-//! worker task per partition, in per-partition batches.
+//! Source: one rdkafka consumer in the consumer group (cooperative-sticky
+//! assignment), records handed to one worker task per partition, in
+//! per-partition batches.
 //!
 //! Guarantees:
-//! * at-least-once: `enable.auto.offset.store=false`; a worker stores a
-//!   batch's offsets only after [`Pipeline::process`] placed every record of
-//!   it, and batches of a partition run one after the other, so the stored
-//!   offset never passes an unplaced record. librdkafka auto-commits stored
-//!   offsets; shutdown commits them synchronously.
-//! * bounded memory: each partition buffers at most `pipeline.partition_queue`
-//!   records; when a worker falls behind the consumer loop waits for it.
-//! * shutdown: stop fetching, let workers finish what they hold (they give up
-//!   a batch rather than wait for a target that is down), commit, leave.
+//! * at-least-once: `enable.auto.offset.store=false`; each partition's
+//!   [`Partition`] stores its commit watermark — the lowest offset not yet
+//!   delivered, dropped or dead-lettered — whenever it moves. librdkafka
+//!   auto-commits stored offsets; revoke and shutdown commit synchronously.
+//! * bounded memory: a partition's worker holds at most
+//!   `pipeline.partition_queue` records in its channel plus its in-flight
+//!   window (`pipeline.max_inflight_records`). When the channel is full the
+//!   partition is **paused** (`Consumer::pause`), the few records librdkafka
+//!   had already fetched wait in a stash, and it is resumed once the worker
+//!   has taken them; other partitions keep flowing.
+//! * revoke (rebalance): the revoked partitions take no new batches; their
+//!   records in flight get up to `pipeline.revoke_drain_ms` to finish; the
+//!   watermark is stored and committed; only then does the callback return
+//!   and the partitions go. Records read but not started are read again by
+//!   the next owner.
+//! * shutdown: stop fetching, give records in flight up to
+//!   `pipeline.shutdown_grace_ms`, stop the dispatcher, commit, leave.
 
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::convert;
+use crate::dispatch::Partition;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::record::Record;
 use rdkafka::client::ClientContext;
@@ -23,30 +34,76 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
-use std::collections::HashMap;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Consumer context: logs rebalances and commit failures, tracks readiness.
+/// One assigned partition as the consumer loop sees it.
+struct Assigned {
+    part: Arc<Partition>,
+    tx: mpsc::Sender<Record>,
+    /// Records fetched while the partition is paused, in offset order.
+    stash: VecDeque<Record>,
+    paused: bool,
+}
+
+type Assignment = Arc<Mutex<HashMap<(Arc<str>, i32), Assigned>>>;
+
+/// Consumer context: drains revoked partitions, logs rebalances and commit
+/// failures, tracks readiness.
 pub struct SourceContext {
     /// Set once the consumer has joined its group (first assignment, even empty).
     pub joined: Arc<AtomicBool>,
+    assigned: Assignment,
+    revoke_drain: Duration,
 }
 
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned")
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions revoked")
+                tracing::info!(partitions = %describe(tpl), "partitions revoked; draining");
+                let gone: Vec<Assigned> = {
+                    let mut map = self.assigned.lock().expect("assignment lock");
+                    tpl.elements()
+                        .iter()
+                        .filter_map(|e| {
+                            let key: (Arc<str>, i32) = (Arc::from(e.topic()), e.partition());
+                            map.remove(&key)
+                        })
+                        .collect()
+                };
+                let parts: Vec<Arc<Partition>> = gone.into_iter().map(|a| a.part).collect();
+                let drained = block_while(self.revoke_drain, || {
+                    parts
+                        .iter()
+                        .map(|p| {
+                            p.revoked.store(true, Ordering::Relaxed);
+                            p.pending()
+                        })
+                        .sum::<usize>()
+                        > 0
+                });
+                for p in &parts {
+                    p.store_now();
+                }
+                if !drained {
+                    let left: usize = parts.iter().map(|p| p.pending()).sum();
+                    tracing::warn!(records = left, drain = ?self.revoke_drain,
+                        "revoke drain time over; the next owner reads these records again");
+                }
+                if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %e, "commit on revoke");
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -65,6 +122,29 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// Blocks the calling thread while `busy()` (polling every 5 ms), at most
+/// `limit`; true if it stopped being busy. On a Tokio multi-thread worker
+/// (librdkafka runs the rebalance callback inside `recv()`), the worker's
+/// other tasks move elsewhere meanwhile, so deliveries go on.
+fn block_while(limit: Duration, mut busy: impl FnMut() -> bool) -> bool {
+    let mut wait = || {
+        let deadline = Instant::now() + limit;
+        while busy() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements()
         .iter()
@@ -77,7 +157,11 @@ fn describe(tpl: &TopicPartitionList) -> String {
 pub type Source = StreamConsumer<SourceContext>;
 
 /// Creates the group consumer and subscribes to `kafka.topics`.
-pub fn consumer(cfg: &KafkaConfig, joined: Arc<AtomicBool>) -> anyhow::Result<Source> {
+pub fn consumer(
+    cfg: &KafkaConfig,
+    pipeline: &PipelineConfig,
+    joined: Arc<AtomicBool>,
+) -> anyhow::Result<Source> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
@@ -89,28 +173,46 @@ pub fn consumer(cfg: &KafkaConfig, joined: Arc<AtomicBool>) -> anyhow::Result<So
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
-    let consumer: Source = c.create_with_context(SourceContext { joined })?;
+    let context = SourceContext {
+        joined,
+        assigned: Assignment::default(),
+        revoke_drain: Duration::from_millis(pipeline.revoke_drain_ms),
+    };
+    let consumer: Source = c.create_with_context(context)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }
 
-/// Reads records until `shutdown`, feeding per-partition workers; then
-/// drains the workers (at most `grace`) and commits stored offsets.
+fn one(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+/// Reads records until `shutdown`, feeding per-partition workers and
+/// pausing partitions whose worker is full; then drains (at most
+/// `pipeline.shutdown_grace_ms`) and commits.
 pub async fn run(
     consumer: Arc<Source>,
     pipeline: Arc<Pipeline>,
     cfg: PipelineConfig,
-    grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut workers: HashMap<(Arc<str>, i32), mpsc::Sender<Record>> = HashMap::new();
+    let assigned = consumer.context().assigned.clone();
+    let metrics = pipeline.metrics.clone();
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut tasks = JoinSet::new();
-    'read: loop {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         let record = tokio::select! {
             biased;
-            _ = shutdown.changed() => break 'read,
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                resume_drained(&consumer, &assigned, &metrics);
+                continue;
+            }
             m = consumer.recv() => match m {
                 Ok(m) => {
                     let topic = topics
@@ -125,42 +227,82 @@ pub async fn run(
                 }
             },
         };
+        let mut map = assigned.lock().expect("assignment lock");
         let key = (record.topic.clone(), record.partition);
-        let tx = workers.entry(key).or_insert_with(|| {
+        let a = map.entry(key).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(cfg.partition_queue);
+            let part = partition(&consumer, &record.topic, record.partition, &cfg, &metrics);
             tasks.spawn(partition_worker(
-                record.topic.clone(),
-                record.partition,
+                part.clone(),
                 rx,
                 pipeline.clone(),
-                consumer.clone(),
                 cfg.clone(),
-                shutdown.clone(),
             ));
-            tx
+            Assigned {
+                part,
+                tx,
+                stash: VecDeque::new(),
+                paused: false,
+            }
         });
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break 'read,
-            sent = tx.send(record) => if sent.is_err() {
-                // The worker stopped after abandoning a batch at shutdown.
-                continue;
-            },
+        if a.paused {
+            a.stash.push_back(record);
+            continue;
+        }
+        match a.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                a.stash.push_back(r);
+                a.paused = true;
+                let (t, p) = (&*a.part.topic, a.part.partition);
+                if let Err(e) = consumer.pause(&one(t, p)) {
+                    tracing::debug!(topic = t, partition = p, error = %e, "pause failed");
+                }
+                metrics
+                    .partition_paused
+                    .with_label_values(&[t, &p.to_string()])
+                    .set(1);
+                tracing::debug!(topic = t, partition = p, "partition paused (backpressure)");
+            }
+            // The worker stopped (hard stop): the record is read again later.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+
+    let parts: Vec<Arc<Partition>> = {
+        let mut map = assigned.lock().expect("assignment lock");
+        map.drain().map(|(_, a)| a.part).collect()
+    };
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     tracing::info!(
-        partitions = workers.len(),
-        "shutting down: draining partition workers"
+        partitions = parts.len(),
+        ?grace,
+        "shutting down: draining records in flight"
     );
-    drop(workers);
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            ?grace,
-            "shutdown grace period over; abandoning unfinished batches"
-        );
-        tasks.abort_all();
+    for p in &parts {
+        p.revoked.store(true, Ordering::Relaxed);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let left: usize = parts.iter().map(|p| p.pending()).sum();
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                records = left,
+                ?grace,
+                "shutdown grace period over; records in flight will be read again"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pipeline.dispatch.stop();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    for p in &parts {
+        p.store_now();
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("final offsets committed"),
@@ -171,18 +313,83 @@ pub async fn run(
     Ok(())
 }
 
-/// Batches and processes one partition's records, strictly in order.
-async fn partition_worker(
-    topic: Arc<str>,
+/// The tracker of a newly seen partition; it stores its watermark in
+/// `consumer` (weakly held: the consumer's context holds the partition).
+fn partition(
+    consumer: &Arc<Source>,
+    topic: &Arc<str>,
     partition: i32,
+    cfg: &PipelineConfig,
+    metrics: &Metrics,
+) -> Arc<Partition> {
+    let weak: Weak<Source> = Arc::downgrade(consumer);
+    let offsets_stored = metrics.offsets_stored.with_label_values(&[&**topic]);
+    let t = topic.clone();
+    Partition::new(
+        topic.clone(),
+        partition,
+        cfg.max_inflight_records,
+        metrics,
+        move |watermark| {
+            let Some(c) = weak.upgrade() else { return };
+            let mut tpl = TopicPartitionList::new();
+            if tpl
+                .add_partition_offset(&t, partition, Offset::Offset(watermark))
+                .is_ok()
+            {
+                match c.store_offsets(&tpl) {
+                    Ok(()) => offsets_stored.inc(),
+                    Err(e) => tracing::debug!(topic = %t, partition, error = %e,
+                        "offset store failed (partition revoked?)"),
+                }
+            }
+        },
+    )
+}
+
+/// Feeds stashed records of paused partitions to their workers and resumes
+/// the partitions whose stash is empty.
+fn resume_drained(consumer: &Source, assigned: &Assignment, metrics: &Metrics) {
+    let mut map = assigned.lock().expect("assignment lock");
+    for a in map.values_mut().filter(|a| a.paused) {
+        while let Some(r) = a.stash.pop_front() {
+            match a.tx.try_send(r) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    a.stash.push_front(r);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if a.stash.is_empty() {
+            a.paused = false;
+            let (t, p) = (&*a.part.topic, a.part.partition);
+            if let Err(e) = consumer.resume(&one(t, p)) {
+                tracing::debug!(topic = t, partition = p, error = %e, "resume failed");
+            }
+            metrics
+                .partition_paused
+                .with_label_values(&[t, &p.to_string()])
+                .set(0);
+            tracing::debug!(topic = t, partition = p, "partition resumed");
+        }
+    }
+}
+
+/// Batches one partition's records (offset order) and hands each batch to
+/// the pipeline; stops when the partition is revoked or on a hard stop.
+async fn partition_worker(
+    part: Arc<Partition>,
     mut rx: mpsc::Receiver<Record>,
     pipeline: Arc<Pipeline>,
-    consumer: Arc<Source>,
     cfg: PipelineConfig,
-    shutdown: watch::Receiver<bool>,
 ) {
     let linger = Duration::from_millis(cfg.batch_linger_ms);
     while let Some(first) = rx.recv().await {
+        if part.revoked.load(Ordering::Relaxed) {
+            return;
+        }
         let mut batch = Vec::with_capacity(cfg.batch_size.min(1024));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + linger;
@@ -198,27 +405,10 @@ async fn partition_worker(
                 }
             }
         }
-        let last = batch
-            .last()
-            .map(|r| r.offset)
-            .expect("batch is never empty");
-        match pipeline.process(&topic, partition, batch, &shutdown).await {
-            Ok(()) => {
-                // Stores last+1: the next offset to consume.
-                if let Err(e) = consumer.store_offset(&topic, partition, last) {
-                    tracing::debug!(%topic, partition, error = %e, "offset store failed (partition revoked?)");
-                } else {
-                    pipeline
-                        .metrics
-                        .offsets_stored
-                        .with_label_values(&[&*topic])
-                        .inc();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%topic, partition, from_offset = last, error = %e, "partition stopped");
-                return;
-            }
+        let from = batch[0].offset;
+        if let Err(e) = pipeline.process(&part, batch).await {
+            tracing::debug!(topic = %part.topic, partition = part.partition, from_offset = from, error = %e, "partition worker stopped");
+            return;
         }
     }
 }

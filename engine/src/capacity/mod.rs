@@ -434,9 +434,18 @@ impl Registry {
     }
 
     /// Ends a delivery of `n` records to target `id`: updates in-flight,
-    /// latency EWMA and error rate; a failure marks the target down for the
-    /// cooldown and publishes a new snapshot at once.
-    pub fn end_delivery(&self, id: &str, n: u32, latency: Duration, failure: Option<&str>) {
+    /// latency EWMA and error rate (`failure` is `Some` for a failed
+    /// request). With `mark_down` (the target was unreachable) it is marked
+    /// down for `capacity.failure_cooldown_ms` and a new snapshot is
+    /// published at once; other failures are the circuit breaker's to judge.
+    pub fn end_delivery(
+        &self,
+        id: &str,
+        n: u32,
+        latency: Duration,
+        failure: Option<&str>,
+        mark_down: bool,
+    ) {
         let Some(t) = self.live(id) else {
             return;
         };
@@ -456,13 +465,22 @@ impl Registry {
             &t.error_rate_permille,
             if failure.is_some() { 1000.0 } else { 0.0 },
         );
-        if let Some(why) = failure {
-            let cooldown = self.config.load().failure_cooldown_ms;
-            t.down_until_ms
-                .store(self.now_ms() + cooldown, Ordering::Relaxed);
-            t.state.lock().expect("target lock").last_failure = Some(why.to_string());
-            self.refresh();
+        if let (Some(why), true) = (failure, mark_down) {
+            let cooldown = Duration::from_millis(self.config.load().failure_cooldown_ms);
+            self.eject(id, cooldown, why);
         }
+    }
+
+    /// Marks target `id` down for `duration` (an unreachable target, or an
+    /// outlier ejected by its circuit breaker) and publishes a new snapshot.
+    pub fn eject(&self, id: &str, duration: Duration, why: &str) {
+        let Some(t) = self.live(id) else {
+            return;
+        };
+        let until = self.now_ms() + duration.as_millis() as u64;
+        t.down_until_ms.fetch_max(until, Ordering::Relaxed);
+        t.state.lock().expect("target lock").last_failure = Some(why.to_string());
+        self.refresh();
     }
 
     fn view(&self, t: &TargetLive, cfg: &CapacityConfig, now: u64) -> TargetView {
@@ -765,7 +783,13 @@ mod tests {
         // b never reported: healthy until a delivery fails.
         assert_eq!(r.snapshot().targets[1].health, Health::Healthy);
         r.begin_delivery("b", 5);
-        r.end_delivery("b", 5, Duration::from_millis(1), Some("connection refused"));
+        r.end_delivery(
+            "b",
+            5,
+            Duration::from_millis(1),
+            Some("connection refused"),
+            true,
+        );
         let b = &r.snapshot().targets[1];
         assert_eq!(b.health, Health::Down);
         assert!(b.reason.as_deref().unwrap().contains("connection refused"));

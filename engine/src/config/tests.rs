@@ -16,7 +16,7 @@ fn three_mistakes_give_three_named_errors() {
     let text = e.to_string();
     assert!(text.contains("\"blotter-1\" is declared twice"), "{text}");
     assert!(
-        text.contains("only http://host:port/path is supported"),
+        text.contains("valid: http://host:port/path (HTTP sink) or kafka://topic (Kafka sink)"),
         "{text}"
     );
     // The plugin path may or may not exist in this checkout; nothing else.

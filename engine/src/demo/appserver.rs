@@ -5,13 +5,22 @@
 //! Each server runs on its own Tokio runtime on its own thread, so
 //! [`AppServer::kill`] can stop it the way a crash would: listener,
 //! connections and reporting all vanish at once.
+//!
+//! `cdrs demo-server` runs one as its own process, for chaos tests and for
+//! trying CDRS by hand: with a log file, every record is appended to it as a
+//! JSON line ([`LogLine`]) *before* the server answers 200, so a `kill -9`
+//! loses nothing it acknowledged; `POST /control` with a [`Control`] body
+//! changes its behaviour while it runs.
 
 use crate::capacity::CapacityReport;
 use crate::sink::http::WireBatch;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,16 +43,43 @@ pub struct Received {
 pub struct Behaviour {
     /// Added latency per request, ms.
     pub latency_ms: AtomicU64,
-    /// Answer 500 to every request (and 503 to health checks) while set.
+    /// Answer `fail_status` (default 500) to every request (and 503 to
+    /// health checks) while set.
     pub failing: AtomicBool,
+    /// Status of failed answers; 0 means 500.
+    pub fail_status: AtomicU32,
+    /// `Retry-After` seconds on failed answers; 0 means none.
+    pub retry_after_s: AtomicU64,
     /// Send no capacity reports while set (alive but not heartbeating).
     pub silent: AtomicBool,
+}
+
+/// `POST /control` body: the knobs to change (absent ones stay).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub latency_ms: Option<u64>,
+    pub failing: Option<bool>,
+    pub fail_status: Option<u16>,
+    pub retry_after_s: Option<u64>,
+    pub silent: Option<bool>,
+}
+
+/// One line of a server's log file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub id: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 struct Shared {
     id: String,
     capacity: u32,
     log: Mutex<Vec<Received>>,
+    file: Mutex<Option<std::fs::File>>,
     inflight: AtomicU32,
     behaviour: Behaviour,
 }
@@ -56,7 +92,7 @@ pub struct AppServer {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
-async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> StatusCode {
+async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> Response {
     s.inflight
         .fetch_add(batch.records.len() as u32, Ordering::Relaxed);
     let latency = s.behaviour.latency_ms.load(Ordering::Relaxed);
@@ -66,7 +102,32 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
     s.inflight
         .fetch_sub(batch.records.len() as u32, Ordering::Relaxed);
     if s.behaviour.failing.load(Ordering::Relaxed) {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        let status = StatusCode::from_u16(s.behaviour.fail_status.load(Ordering::Relaxed) as u16)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut headers = axum::http::HeaderMap::new();
+        let ra = s.behaviour.retry_after_s.load(Ordering::Relaxed);
+        if ra > 0 {
+            headers.insert(axum::http::header::RETRY_AFTER, ra.into());
+        }
+        return (status, headers).into_response();
+    }
+    if let Some(f) = s.file.lock().expect("file lock").as_mut() {
+        let mut buf = Vec::new();
+        for r in &batch.records {
+            let line = LogLine {
+                id: r.id.clone(),
+                key: r.key.clone(),
+                partition: r.partition,
+                offset: r.offset,
+            };
+            serde_json::to_writer(&mut buf, &line).expect("serializable");
+            buf.push(b'\n');
+        }
+        // One write before the answer: a crash after it loses nothing acked.
+        if let Err(e) = f.write_all(&buf) {
+            tracing::error!(error = %e, "log write failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
     }
     let mut log = s.log.lock().expect("log lock");
     for r in &batch.records {
@@ -82,7 +143,33 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
                 .collect(),
         });
     }
-    StatusCode::OK
+    StatusCode::OK.into_response()
+}
+
+async fn control(State(s): State<Arc<Shared>>, Json(c): Json<Control>) -> StatusCode {
+    s.behaviour.apply(&c);
+    StatusCode::NO_CONTENT
+}
+
+impl Behaviour {
+    /// Applies the knobs `c` sets.
+    pub fn apply(&self, c: &Control) {
+        if let Some(v) = c.latency_ms {
+            self.latency_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = c.fail_status {
+            self.fail_status.store(v.into(), Ordering::Relaxed);
+        }
+        if let Some(v) = c.retry_after_s {
+            self.retry_after_s.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = c.failing {
+            self.failing.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = c.silent {
+            self.silent.store(v, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
@@ -96,6 +183,27 @@ async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
 impl AppServer {
     /// Starts a server on 127.0.0.1 (free port) that declares `capacity`.
     pub fn start(id: &str, capacity: u32) -> anyhow::Result<AppServer> {
+        Self::start_on(id, capacity, 0, None)
+    }
+
+    /// Starts a server on 127.0.0.1:`port` (0: any free port); with `log`,
+    /// every record received is appended to that file as a [`LogLine`].
+    pub fn start_on(
+        id: &str,
+        capacity: u32,
+        port: u16,
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<AppServer> {
+        let file = match log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| anyhow::anyhow!("failed to open log {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("app-{id}"))
@@ -105,17 +213,19 @@ impl AppServer {
             id: id.to_string(),
             capacity,
             log: Mutex::new(Vec::new()),
+            file: Mutex::new(file),
             inflight: AtomicU32::new(0),
             behaviour: Behaviour::default(),
         });
         // Bound here (std) so the port is known before start returns, even
         // when called from inside another Tokio runtime.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let app = axum::Router::new()
             .route("/records", post(receive))
             .route("/health", axum::routing::get(health))
+            .route("/control", post(control))
             .with_state(shared.clone());
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
@@ -257,4 +367,18 @@ impl Drop for AppServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Reads a server's log file (lines in arrival order; a torn last line, from
+/// a crash mid-write, is skipped — its batch was never acknowledged).
+pub fn read_log(path: &std::path::Path) -> anyhow::Result<Vec<LogLine>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }

@@ -4,16 +4,23 @@
 //! Bytes that are valid UTF-8 travel as strings (`key`, `value`, header
 //! `value`), others base64-encoded (RFC 4648, standard alphabet) in the `*_b64`
 //! field. Each record carries `id` = `topic/partition/offset` so servers can
-//! de-duplicate redeliveries (delivery is at-least-once). The target must
+//! de-duplicate redeliveries (delivery is at-least-once); the same key is
+//! also the record's last header, [`IDEMPOTENCY_HEADER`]. The target must
 //! answer 2xx once it has taken the whole batch; anything else (refused
-//! connection, timeout, other status) fails the batch.
+//! connection, timeout, other status) fails the batch. Which failures are
+//! worth a retry is [`DeliveryError::retryable`]; `Retry-After` (RFC 9110
+//! §10.2.3, seconds or HTTP date) on 429/503 is read into the error.
 
 use crate::config::DeliveryConfig;
 use crate::record::Record;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// Header carrying `topic/partition/offset` on every delivered record (HTTP
+/// and Kafka sinks), so app servers can de-duplicate redeliveries.
+pub const IDEMPOTENCY_HEADER: &str = "cdrs-idempotency-key";
 
 /// One record on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +111,11 @@ impl WireRecord {
                         value_b64,
                     }
                 })
+                .chain(std::iter::once(WireHeader {
+                    key: IDEMPOTENCY_HEADER.into(),
+                    value: Some(r.id()),
+                    value_b64: None,
+                }))
                 .collect(),
         }
     }
@@ -131,7 +143,56 @@ pub enum DeliveryError {
         url: String,
         status: u16,
         body: String,
+        /// `Retry-After` of a 429 or 503 answer.
+        retry_after: Option<Duration>,
     },
+}
+
+impl DeliveryError {
+    /// Whether trying the same target again may help: connection errors,
+    /// timeouts, 408, 429 and 5xx. Other statuses (4xx: the target refuses
+    /// the request as such) are not retried; the records are routed again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeliveryError::Request { .. } | DeliveryError::Timeout { .. } => true,
+            DeliveryError::Status { status, .. } => {
+                matches!(status, 408 | 429) || *status >= 500 || *status < 400
+            }
+        }
+    }
+
+    /// Whether the target could not be reached at all (refused connection,
+    /// DNS): it is marked down at once instead of retried.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, DeliveryError::Request { .. })
+    }
+
+    /// How long the target asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short label for metrics: `unreachable`, `timeout` or the status.
+    pub fn label(&self) -> String {
+        match self {
+            DeliveryError::Request { .. } => "unreachable".into(),
+            DeliveryError::Timeout { .. } => "timeout".into(),
+            DeliveryError::Status { status, .. } => status.to_string(),
+        }
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The HTTP sink: a shared keep-alive client.
@@ -182,12 +243,21 @@ impl HttpSink {
         if status.is_success() {
             return Ok(());
         }
+        let retry_after = if matches!(status.as_u16(), 429 | 503) {
+            resp.headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        } else {
+            None
+        };
         let mut body = resp.text().await.unwrap_or_default();
         body.truncate(200);
         Err(DeliveryError::Status {
             url: url.into(),
             status: status.as_u16(),
             body,
+            retry_after,
         })
     }
 }
@@ -226,5 +296,39 @@ mod tests {
         let back: WireRecord = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
         assert_eq!(back, w);
         assert_eq!(back.headers[1].value, None);
+        assert_eq!(back.headers[2].key, IDEMPOTENCY_HEADER);
+        assert_eq!(back.headers[2].value.as_deref(), Some("t/2/7"));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn which_failures_are_retried() {
+        let status = |s| DeliveryError::Status {
+            url: "u".into(),
+            status: s,
+            body: String::new(),
+            retry_after: None,
+        };
+        for s in [408, 429, 500, 503] {
+            assert!(status(s).retryable(), "{s}");
+        }
+        for s in [400, 401, 404, 413] {
+            assert!(!status(s).retryable(), "{s}");
+        }
+        let refused = DeliveryError::Request {
+            url: "u".into(),
+            msg: "refused".into(),
+        };
+        assert!(refused.retryable() && refused.unreachable());
     }
 }

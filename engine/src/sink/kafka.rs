@@ -1,13 +1,20 @@
-//! Kafka sink for dead letters: each record is produced to the dead-letter
-//! topic with its original key and value byte for byte, its original headers,
-//! and `cdrs-*` headers saying why.
+//! Kafka sinks, both with an idempotent producer (`enable.idempotence=true`,
+//! `acks=all`, so librdkafka's own retries never duplicate or reorder):
 //!
-//! Headers added: `cdrs-dlq-reason`, `cdrs-dlq-stage` (filter | router |
-//! delivery), `cdrs-dlq-plugin` (name) and `cdrs-dlq-plugin-version` (sha256)
-//! when a plugin decided, `cdrs-original-topic`, `cdrs-original-partition`,
-//! `cdrs-original-offset`, `cdrs-original-timestamp-ms` when known.
+//! * [`TargetProducer`]: targets whose URL is `kafka://TOPIC` get their
+//!   records produced to `TOPIC` on the cluster of `kafka.brokers`, key,
+//!   value and headers byte for byte, plus the `cdrs-idempotency-key` header.
+//! * [`DeadLetterSink`]: each dead record is produced to the dead-letter
+//!   topic with its original key and value byte for byte, its original
+//!   headers, and `cdrs-*` headers saying why: `cdrs-dlq-reason`,
+//!   `cdrs-dlq-stage` (filter | router | delivery), `cdrs-dlq-plugin` (name)
+//!   and `cdrs-dlq-plugin-version` (sha256) when a plugin decided,
+//!   `cdrs-dlq-attempts` (delivery attempts made), `cdrs-original-topic`,
+//!   `cdrs-original-partition`, `cdrs-original-offset`,
+//!   `cdrs-original-timestamp-ms` when known.
 
 use crate::record::Record;
+use crate::sink::http::{DeliveryError, IDEMPOTENCY_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,6 +28,89 @@ pub struct DeadLetter<'a> {
     pub stage: &'static str,
     pub plugin: Option<(&'a str, &'a str)>,
     pub reason: &'a str,
+    /// Delivery attempts made before giving up (0: none).
+    pub attempts: u32,
+}
+
+/// The topic of a `kafka://TOPIC` target URL.
+pub fn target_topic(url: &str) -> Option<&str> {
+    url.strip_prefix("kafka://")
+        .map(|t| t.trim_end_matches('/'))
+}
+
+fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in options {
+        if !is_consumer_only(k) {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
+
+/// The Kafka sink of `kafka://` targets.
+pub struct TargetProducer {
+    producer: FutureProducer,
+}
+
+impl TargetProducer {
+    /// An idempotent producer on `brokers` (`options`: `[kafka.options]`).
+    pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        Ok(TargetProducer {
+            producer: producer_config(brokers, options).create()?,
+        })
+    }
+
+    /// Produces `records` to the topic of `url` and waits for every ack
+    /// (at most `timeout`). Any failure fails the whole batch (the records
+    /// that did land are sent again: at-least-once, de-duplicated by the
+    /// idempotency header).
+    pub async fn send(
+        &self,
+        url: &str,
+        records: &[&Record],
+        timeout: Duration,
+    ) -> Result<(), DeliveryError> {
+        let topic = target_topic(url).unwrap_or_default();
+        let sends = records.iter().map(|r| {
+            let id = r.id();
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            headers = headers.insert(Header {
+                key: IDEMPOTENCY_HEADER,
+                value: Some(&id),
+            });
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            if let Some(ts) = r.timestamp_ms {
+                rec = rec.timestamp(ts);
+            }
+            self.producer.send(rec, timeout)
+        });
+        for result in futures::future::join_all(sends).await {
+            if let Err((e, _)) = result {
+                return Err(DeliveryError::Request {
+                    url: url.into(),
+                    msg: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The dead-letter producer.
@@ -37,18 +127,8 @@ impl DeadLetterSink {
         topic: &str,
         options: &BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in options {
-            if !is_consumer_only(k) {
-                cfg.set(k, v);
-            }
-        }
         Ok(DeadLetterSink {
-            producer: cfg.create()?,
+            producer: producer_config(brokers, options).create()?,
             topic: topic.into(),
         })
     }
@@ -65,6 +145,7 @@ impl DeadLetterSink {
         let partition = r.partition.to_string();
         let offset = r.offset.to_string();
         let ts = r.timestamp_ms.map(|t| t.to_string());
+        let attempts = why.attempts.to_string();
         let mut add = |k: &str, v: &str| {
             headers = std::mem::take(&mut headers).insert(Header {
                 key: k,
@@ -76,6 +157,9 @@ impl DeadLetterSink {
         if let Some((name, version)) = why.plugin {
             add("cdrs-dlq-plugin", name);
             add("cdrs-dlq-plugin-version", version);
+        }
+        if why.attempts > 0 {
+            add("cdrs-dlq-attempts", &attempts);
         }
         add("cdrs-original-topic", &r.topic);
         add("cdrs-original-partition", &partition);
