@@ -118,6 +118,32 @@ pub fn mock_cluster(topics: &[(&str, i32)]) -> String {
     brokers
 }
 
+/// As [`mock_cluster`], returning the cluster itself (e.g. to take its
+/// broker down and up); it lives until the process exits.
+pub fn mock_cluster_handle(
+    topics: &[(&str, i32)],
+) -> &'static rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for (t, p) in topics {
+        cluster.create_topic(t, *p, 1).expect("mock topic");
+    }
+    Box::leak(Box::new(cluster))
+}
+
+/// The `cdrs` binary: `CDRS_BIN`, else `target/debug/cdrs` (built by
+/// `cargo test --workspace`, whose CLI tests need it).
+pub fn cdrs_bin() -> PathBuf {
+    let bin = std::env::var_os("CDRS_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| root().join("target/debug/cdrs"));
+    assert!(
+        bin.is_file(),
+        "cdrs binary not found at {}: run `cargo build -p cdrs`",
+        bin.display()
+    );
+    bin
+}
+
 /// Creates topics (name, partitions) and waits until they are visible.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -180,7 +180,7 @@ impl Pipeline {
                 Job::new(Arc::new(r), part.clone(), key, router.clone())
             })
             .collect();
-        self.place(jobs, true).await;
+        self.place(jobs).await;
         if self.dispatch.stopped() {
             return Err(Abandoned);
         }

@@ -4,21 +4,9 @@
 use crate::flow::ends;
 use cdrs::demo::appserver::AppServer;
 use cdrs::demo::{account, produce, read_dead_letters, Fate};
-use cdrs_e2e::{committed, create_topics, free_port, plugin_dir, root, wait_for, Tansu};
+use cdrs_e2e::{cdrs_bin, committed, create_topics, free_port, plugin_dir, wait_for, Tansu};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn cdrs_bin() -> std::path::PathBuf {
-    let bin = std::env::var_os("CDRS_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| root().join("target/debug/cdrs"));
-    assert!(
-        bin.is_file(),
-        "cdrs binary not found at {}: run `cargo build -p cdrs`",
-        bin.display()
-    );
-    bin
-}
 
 /// Value of `cdrs_records_total{outcome, stage}` in a Prometheus text page.
 fn records_total(metrics: &str, stage: &str, outcome: &str) -> u64 {

@@ -8,6 +8,7 @@
 //! area, to keep link time down.
 
 mod capacity;
+mod chaos;
 mod common;
 mod daemon;
 mod failures;

@@ -173,7 +173,8 @@ impl Partition {
     }
 
     /// Binds one more copy of key `h` to `target`, or — if the key already
-    /// has copies in flight — returns the target they went to.
+    /// has copies in flight — returns the target they are bound to: they
+    /// all sit in one lane there, in offset order, and move together.
     fn bind_key(&self, h: u64, target: &Arc<str>) -> Arc<str> {
         let mut st = self.state.lock().expect("partition lock");
         let k = st.keys.entry(h).or_insert_with(|| KeyRoute {
@@ -184,14 +185,10 @@ impl Partition {
         k.target.clone()
     }
 
-    /// Moves key `h`'s route to `target` (its copy was routed again) and
-    /// adds `extra` copies (fan-out on re-route) of `offset`.
-    fn rebind_key(&self, h: Option<u64>, target: &Arc<str>, offset: i64, extra: u32) {
-        let mut st = self.state.lock().expect("partition lock");
-        if let Some(k) = h.and_then(|h| st.keys.get_mut(&h)) {
-            k.target = target.clone();
-        }
+    /// Adds `extra` unfinished copies of `offset` (fan-out).
+    fn add_copies(&self, offset: i64, extra: u32) {
         if extra > 0 {
+            let mut st = self.state.lock().expect("partition lock");
             st.tracker.add_copies(offset, extra);
         }
     }
@@ -441,37 +438,12 @@ impl Pipeline {
 
     async fn run_lane(self: Arc<Self>, q: Arc<TargetQueue>, lane: usize) {
         let mut stop = self.dispatch.stop_signal();
-        let mut idle = schedule(&self.delivery.load().cfg, None);
         loop {
             let max = self.delivery.load().cfg.max_batch;
             let Some(jobs) = q.take(lane, max, &mut stop).await else {
                 return;
             };
-            if &*q.id != PARKING {
-                self.deliver(&q, jobs).await;
-                continue;
-            }
-            // Parked records: try every target again.
-            let mut jobs = jobs;
-            for j in &mut jobs {
-                j.excluded.clear();
-            }
-            let n = jobs.len();
-            let unplaced = self.place(jobs, false).await;
-            if unplaced.len() < n {
-                idle = schedule(&self.delivery.load().cfg, None);
-            }
-            if unplaced.is_empty() {
-                continue;
-            }
-            for j in unplaced.into_iter().rev() {
-                q.push(j, true);
-            }
-            let wait = idle.next().unwrap_or(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+            self.deliver(&q, jobs).await;
         }
     }
 
@@ -496,38 +468,119 @@ impl Pipeline {
         }
     }
 
-    /// Delivers `jobs` to `q`'s target: retries, breaker, then re-route.
-    async fn deliver(self: &Arc<Self>, q: &TargetQueue, mut jobs: Vec<Job>) {
+    /// Resolves one batch of a lane completely before the lane takes the
+    /// next: delivered to the lane's target, or — when that fails for good —
+    /// routed again and delivered by this lane to the new targets, and so
+    /// on; records no target can take wait here (backoff) or are
+    /// dead-lettered. All copies of one key stay in one group, so they
+    /// move, fail and arrive together, in offset order.
+    async fn deliver(self: &Arc<Self>, q: &TargetQueue, jobs: Vec<Job>) {
+        let mut stop = self.dispatch.stop_signal();
+        let (mut groups, mut unplaced) = if &*q.id == PARKING {
+            (Vec::new(), jobs)
+        } else {
+            (vec![(q.id.clone(), jobs)], Vec::new())
+        };
+        let mut idle = schedule(&self.delivery.load().cfg, None);
+        loop {
+            let sends = groups.drain(..).map(|(t, js)| self.deliver_to(t, js));
+            let mut failed: Vec<Job> = futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            failed.append(&mut unplaced);
+            if failed.is_empty() || self.dispatch.stopped() {
+                return;
+            }
+            // Offset order within each partition, as they were read.
+            failed.sort_by(|a, b| {
+                (&a.record.topic, a.record.partition, a.record.offset).cmp(&(
+                    &b.record.topic,
+                    b.record.partition,
+                    b.record.offset,
+                ))
+            });
+            let (placed, waiting) = self.route_again(failed).await;
+            groups = placed;
+            if waiting.is_empty() {
+                idle = schedule(&self.delivery.load().cfg, None);
+                continue;
+            }
+            if self.delivery.load().cfg.when_no_target == WhenNoTarget::DeadLetter {
+                for j in waiting {
+                    let why = format!(
+                        "no target can take the record; last error: {}",
+                        j.last_error
+                    );
+                    self.dead_letter_job(j, "delivery", &why).await;
+                }
+                continue;
+            }
+            unplaced = waiting;
+            if groups.is_empty() {
+                // Nothing can take them now: wait, then give every target
+                // another chance.
+                let wait = idle.next().unwrap_or(Duration::from_secs(1));
+                tracing::debug!(
+                    records = unplaced.len(),
+                    ?wait,
+                    "no target for records; waiting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for j in &mut unplaced {
+                    j.excluded.clear();
+                }
+            }
+        }
+    }
+
+    /// Delivers `jobs` to `target`: retries with backoff while the failure
+    /// is retryable, the breaker lets requests through and the attempt and
+    /// deadline budgets last. Returns the jobs not delivered (with `target`
+    /// added to their exclusions); empty on success or on a hard stop.
+    async fn deliver_to(self: &Arc<Self>, id: Arc<str>, mut jobs: Vec<Job>) -> Vec<Job> {
         let delivery = self.delivery.load_full();
         let cfg = &delivery.cfg;
-        let id = &q.id;
         let mut retries = schedule(cfg, Some(cfg.max_attempts.saturating_sub(1) as usize));
         let deadline = Instant::now() + Duration::from_millis(cfg.retry_deadline_ms);
         let mut stop = self.dispatch.stop_signal();
-        let gauge = self.metrics.breaker_state.with_label_values(&[&**id]);
+        let gauge = self.metrics.breaker_state.with_label_values(&[&*id]);
         let mut tries = 0u32;
+        let give_up = |mut jobs: Vec<Job>, label: &str, why: &str| {
+            tracing::debug!(target_id = %id, records = jobs.len(), reason = why, "routing records again");
+            self.metrics
+                .rerouted
+                .with_label_values(&[&*id, label])
+                .inc_by(jobs.len() as u64);
+            self.metrics.count("delivery", "rerouted", jobs.len());
+            for j in &mut jobs {
+                if !j.excluded.contains(&id) {
+                    j.excluded.push(id.clone());
+                }
+                j.last_error = format!("{id}: {why}");
+            }
+            jobs
+        };
         loop {
             if self.dispatch.stopped() {
-                return;
+                return Vec::new();
             }
             let snapshot = self.registry.snapshot();
-            let Some(t) = snapshot.index_of(id).map(|i| &snapshot.targets[i]) else {
-                return self
-                    .reroute(jobs, id, "removed", "target no longer exists")
-                    .await;
+            let Some(t) = snapshot.index_of(&id).map(|i| &snapshot.targets[i]) else {
+                return give_up(jobs, "removed", "target no longer exists");
             };
             if t.health == Health::Down {
                 let why = t.reason.clone().unwrap_or_else(|| "target is down".into());
-                return self.reroute(jobs, id, "down", &why).await;
+                return give_up(jobs, "down", &why);
             }
-            let admit = self.dispatch.breakers.admit(id, Instant::now());
-            gauge.set(self.dispatch.breakers.state(id).gauge());
+            let admit = self.dispatch.breakers.admit(&id, Instant::now());
+            gauge.set(self.dispatch.breakers.state(&id).gauge());
             match admit {
-                Admit::Open => {
-                    return self
-                        .reroute(jobs, id, "breaker_open", "circuit breaker open")
-                        .await
-                }
+                Admit::Open => return give_up(jobs, "breaker_open", "circuit breaker open"),
                 Admit::Wait(w) => {
                     tokio::time::sleep(w).await;
                     continue;
@@ -541,68 +594,68 @@ impl Pipeline {
             if tries > 1 {
                 self.metrics
                     .retries
-                    .with_label_values(&[&**id])
+                    .with_label_values(&[&*id])
                     .inc_by(jobs.len() as u64);
             }
             let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
             let n = refs.len() as u32;
-            self.registry.begin_delivery(id, n);
+            self.registry.begin_delivery(&id, n);
             let started = Instant::now();
             let result = self.send(cfg, &t.url, &refs).await;
             let latency = started.elapsed();
             self.metrics
                 .delivery_seconds
-                .with_label_values(&[&**id])
+                .with_label_values(&[&*id])
                 .observe(latency.as_secs_f64());
             let now = Instant::now();
             let e = match result {
                 Ok(()) => {
-                    self.registry.end_delivery(id, n, latency, None, false);
-                    self.dispatch.breakers.success(&cfg.breaker, id, now);
-                    gauge.set(self.dispatch.breakers.state(id).gauge());
+                    self.registry.end_delivery(&id, n, latency, None, false);
+                    self.dispatch.breakers.success(&cfg.breaker, &id, now);
+                    gauge.set(self.dispatch.breakers.state(&id).gauge());
                     self.metrics
                         .deliveries
-                        .with_label_values(&[&**id, "ok"])
+                        .with_label_values(&[&*id, "ok"])
                         .inc();
                     self.metrics
                         .delivered_records
-                        .with_label_values(&[&**id])
+                        .with_label_values(&[&*id])
                         .inc_by(n.into());
                     self.metrics.count("delivery", "delivered", jobs.len());
                     for j in jobs {
                         j.finish();
                     }
-                    return;
+                    return Vec::new();
                 }
                 Err(e) => e,
             };
             let msg = e.to_string();
             self.registry
-                .end_delivery(id, n, latency, Some(&msg), e.unreachable());
+                .end_delivery(&id, n, latency, Some(&msg), e.unreachable());
             self.metrics
                 .deliveries
-                .with_label_values(&[&**id, "error"])
+                .with_label_values(&[&*id, "error"])
                 .inc();
             if e.retryable() {
                 let targets = snapshot.targets.len();
                 if let Some(ej) = self
                     .dispatch
                     .breakers
-                    .failure(&cfg.breaker, id, targets, now)
+                    .failure(&cfg.breaker, &id, targets, now)
                 {
                     tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
                         "circuit breaker open: target ejected");
-                    self.metrics.ejections.with_label_values(&[&**id]).inc();
+                    self.metrics.ejections.with_label_values(&[&*id]).inc();
                     self.registry
-                        .eject(id, ej.duration, &format!("ejected: {}", ej.reason));
+                        .eject(&id, ej.duration, &format!("ejected: {}", ej.reason));
                 }
             } else {
                 // The target answered: it is up, it just refuses these.
-                self.dispatch.breakers.success(&cfg.breaker, id, now);
+                self.dispatch.breakers.success(&cfg.breaker, &id, now);
             }
-            gauge.set(self.dispatch.breakers.state(id).gauge());
+            gauge.set(self.dispatch.breakers.state(&id).gauge());
             if !e.retryable() || e.unreachable() {
-                return self.reroute(jobs, id, &e.label(), &msg).await;
+                return give_up(jobs, &e.label(), &msg);
             }
             let wait = match e.retry_after() {
                 Some(ra) if tries < cfg.max_attempts => Some(ra),
@@ -610,58 +663,27 @@ impl Pipeline {
                 None => retries.next(),
             };
             let Some(wait) = wait.filter(|w| now + *w < deadline) else {
-                return self.reroute(jobs, id, &e.label(), &msg).await;
+                return give_up(jobs, &e.label(), &msg);
             };
             tracing::debug!(target_id = %id, records = n, ?wait, error = %msg, "delivery failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return Vec::new(),
             }
         }
     }
 
-    /// Routes `jobs` again with `from` marked down for them.
-    async fn reroute(
+    /// Asks the router again where `jobs` (offset order per partition) go,
+    /// with their failed targets marked down. All copies of one key go
+    /// where its first copy goes (or all wait). Records the router drops or
+    /// dead-letters finish here. Returns the groups per target (in first
+    /// appearance order) and the jobs no target can take.
+    async fn route_again(
         self: &Arc<Self>,
-        mut jobs: Vec<Job>,
-        from: &Arc<str>,
-        label: &str,
-        why: &str,
-    ) {
-        tracing::debug!(target_id = %from, records = jobs.len(), reason = why, "routing records again");
-        self.metrics
-            .rerouted
-            .with_label_values(&[&**from, label])
-            .inc_by(jobs.len() as u64);
-        self.metrics.count("delivery", "rerouted", jobs.len());
-        for j in &mut jobs {
-            if !j.excluded.contains(from) {
-                j.excluded.push(from.clone());
-            }
-            j.last_error = format!("{from}: {why}");
-        }
-        let unplaced = self.place(jobs, false).await;
-        if unplaced.is_empty() {
-            return;
-        }
-        let parking = self.queue(&Arc::from(PARKING));
-        for j in unplaced {
-            j.part.rebind_key(j.key, &parking.id, j.record.offset, 0);
-            parking.push(j, false);
-        }
-    }
-
-    /// Asks the router where `jobs` go and queues them there. Records the
-    /// router drops or dead-letters finish here.
-    ///
-    /// `fresh`: the first pass of records just read (they wait for queue
-    /// slots, keyed ones follow their key's copies in flight, and records
-    /// no target can take are parked or dead-lettered). Otherwise a
-    /// re-route: the router sees the jobs' failed targets as down, and the
-    /// jobs no target can take are returned when `when_no_target = "wait"`.
-    pub(crate) async fn place(self: &Arc<Self>, jobs: Vec<Job>, fresh: bool) -> Vec<Job> {
+        jobs: Vec<Job>,
+    ) -> (Vec<(Arc<str>, Vec<Job>)>, Vec<Job>) {
         let snapshot = self.registry.snapshot();
-        let view = if fresh || jobs.iter().all(|j| j.excluded.is_empty()) {
+        let view = if jobs.iter().all(|j| j.excluded.is_empty()) {
             snapshot
         } else {
             let mut view: Snapshot = (*snapshot).clone();
@@ -674,121 +696,176 @@ impl Pipeline {
             Arc::new(view)
         };
         // The router is called per partition, as on the first pass.
-        let mut groups: BTreeMap<(Arc<str>, i32), Vec<Job>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<Job>> = BTreeMap::new();
         for j in jobs {
-            groups
+            by_partition
                 .entry((j.record.topic.clone(), j.record.partition))
                 .or_default()
                 .push(j);
         }
         let router = self.plugins.router.current();
         let mut extra = vec![0u32; view.targets.len()];
-        let mut unplaced = Vec::new();
-        let (mut routed, mut defaulted) = (0, 0);
-        for ((topic, partition), jobs) in groups {
+        let mut groups: Vec<(Arc<str>, Vec<Job>)> = Vec::new();
+        let mut waiting = Vec::new();
+        for ((topic, partition), jobs) in by_partition {
             let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
             let routes =
                 tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
             self.plugins.router.check_health();
+            // Key → where its first copy went (None: waiting).
+            let mut keys: HashMap<u64, Option<usize>> = HashMap::new();
             for (j, route) in jobs.into_iter().zip(routes) {
                 let allowed = |t: usize| {
                     view.targets[t].health != Health::Down
                         && !j.excluded.contains(&view.targets[t].id)
                 };
-                let targets: Vec<usize> = match route {
-                    Route::Targets(ts) => {
+                let decided = j.key.and_then(|h| keys.get(&h).copied());
+                let targets: Vec<usize> = match (decided, route) {
+                    (Some(Some(t)), _) => vec![t],
+                    (Some(None), _) => Vec::new(),
+                    (None, Route::Targets(ts)) => {
                         let up: Vec<usize> = ts.into_iter().filter(|&t| allowed(t)).collect();
                         if up.is_empty() {
-                            defaulted += 1;
                             fallback(&view, &extra).into_iter().collect()
                         } else {
-                            routed += 1;
                             up
                         }
                     }
-                    Route::Default => {
-                        defaulted += 1;
-                        fallback(&view, &extra).into_iter().collect()
-                    }
-                    Route::Drop => {
+                    (None, Route::Default) => fallback(&view, &extra).into_iter().collect(),
+                    (None, Route::Drop) => {
                         self.metrics.count("router", "dropped", 1);
                         j.finish();
                         continue;
                     }
-                    Route::DeadLetter(reason) => {
+                    (None, Route::DeadLetter(reason)) => {
                         self.dead_letter_job(j, "router", &reason).await;
                         continue;
                     }
                 };
+                if let Some(h) = j.key {
+                    keys.entry(h).or_insert(targets.first().copied());
+                }
                 if targets.is_empty() {
-                    unplaced.push(j);
+                    waiting.push(j);
                     continue;
                 }
                 for &t in &targets {
                     extra[t] += 1;
                 }
-                let first = view.targets[targets[0]].id.clone();
-                if fresh {
-                    let mut j = j;
-                    if targets.len() > 1 {
-                        // Fan-out copies are not bound to their key's route.
-                        j.key = None;
-                        j.part
-                            .rebind_key(None, &first, j.record.offset, targets.len() as u32 - 1);
-                    }
-                    for &t in &targets[1..] {
-                        let copy =
+                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
+                let mut copies: Vec<Job> = targets[1..]
+                    .iter()
+                    .map(|_| {
+                        let mut copy =
                             Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
-                        if self
-                            .enqueue(view.targets[t].id.clone(), copy)
-                            .await
-                            .is_err()
-                        {
-                            return Vec::new();
-                        }
+                        copy.attempts = j.attempts;
+                        copy.excluded = j.excluded.clone();
+                        copy
+                    })
+                    .collect();
+                copies.insert(0, j);
+                for (job, &t) in copies.into_iter().zip(&targets) {
+                    let id = &view.targets[t].id;
+                    match groups.iter_mut().find(|(g, _)| g == id) {
+                        Some((_, js)) => js.push(job),
+                        None => groups.push((id.clone(), vec![job])),
                     }
-                    if self.enqueue(first, j).await.is_err() {
-                        return Vec::new();
+                }
+            }
+        }
+        (groups, waiting)
+    }
+
+    /// Runs the filter-chain survivors of a fresh batch through the router
+    /// and queues them. A keyed record whose key has copies in flight
+    /// follows them (same target, same lane). Records no target can take
+    /// are parked (`when_no_target = "wait"`) or dead-lettered.
+    pub(crate) async fn place(self: &Arc<Self>, jobs: Vec<Job>) {
+        let view = self.registry.snapshot();
+        let router = self.plugins.router.current();
+        let (topic, partition) = match jobs.first() {
+            Some(j) => (j.record.topic.clone(), j.record.partition),
+            None => return,
+        };
+        let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
+        let routes = tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
+        self.plugins.router.check_health();
+        let mut extra = vec![0u32; view.targets.len()];
+        let (mut routed, mut defaulted) = (0, 0);
+        let mut unplaced = Vec::new();
+        for (mut j, route) in jobs.into_iter().zip(routes) {
+            let targets: Vec<usize> = match route {
+                Route::Targets(ts) => {
+                    let up: Vec<usize> = ts
+                        .into_iter()
+                        .filter(|&t| view.targets[t].health != Health::Down)
+                        .collect();
+                    if up.is_empty() {
+                        defaulted += 1;
+                        fallback(&view, &extra).into_iter().collect()
+                    } else {
+                        routed += 1;
+                        up
                     }
+                }
+                Route::Default => {
+                    defaulted += 1;
+                    fallback(&view, &extra).into_iter().collect()
+                }
+                Route::Drop => {
+                    self.metrics.count("router", "dropped", 1);
+                    j.finish();
                     continue;
                 }
-                j.part
-                    .rebind_key(j.key, &first, j.record.offset, targets.len() as u32 - 1);
-                for &t in &targets[1..] {
-                    let mut copy =
-                        Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
-                    copy.attempts = j.attempts;
-                    self.queue(&view.targets[t].id).push(copy, false);
+                Route::DeadLetter(reason) => {
+                    self.dead_letter_job(j, "router", &reason).await;
+                    continue;
                 }
-                self.queue(&first).push(j, false);
+            };
+            if targets.is_empty() {
+                unplaced.push(j);
+                continue;
+            }
+            for &t in &targets {
+                extra[t] += 1;
+            }
+            if targets.len() > 1 {
+                // Fan-out copies are not bound to their key's route.
+                j.key = None;
+                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
+            }
+            for &t in &targets[1..] {
+                let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
+                if self
+                    .enqueue(view.targets[t].id.clone(), copy)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if self
+                .enqueue(view.targets[targets[0]].id.clone(), j)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
-        if fresh {
-            self.metrics.count("router", "routed", routed);
-            self.metrics.count("router", "defaulted", defaulted);
-        }
+        self.metrics.count("router", "routed", routed);
+        self.metrics.count("router", "defaulted", defaulted);
         let wait = self.delivery.load().cfg.when_no_target == WhenNoTarget::Wait;
-        if fresh && wait {
-            // Parked, unless the key has copies in flight elsewhere: then
-            // behind them.
-            for j in unplaced {
-                if self.enqueue(Arc::from(PARKING), j).await.is_err() {
-                    break;
-                }
-            }
-            return Vec::new();
-        }
-        if unplaced.is_empty() || wait {
-            return unplaced;
-        }
         for j in unplaced {
-            let why = format!(
-                "no target can take the record; last error: {}",
-                j.last_error
-            );
-            self.dead_letter_job(j, "delivery", &why).await;
+            if wait {
+                // Parked, unless its key has copies in flight: then behind them.
+                if self.enqueue(Arc::from(PARKING), j).await.is_err() {
+                    return;
+                }
+            } else {
+                let why = "no target can take the record".to_string();
+                self.dead_letter_job(j, "delivery", &why).await;
+            }
         }
-        Vec::new()
     }
 
     /// Dead-letters one copy and finishes it (unless the process stops

@@ -1,0 +1,674 @@
+//! Chaos tests: separate `cdrs run` processes, app servers as separate
+//! `cdrs demo-server` processes (each appends what it received to a log
+//! file before answering), a real broker (a Tansu process; librdkafka's mock
+//! cluster where the broker itself must go down and up). 50,000 keyed
+//! records per case; the servers' logs and the dead-letter topic are checked
+//! against the ledger: every record the filter kept is delivered at least
+//! once or dead-lettered, in key order per target, none lost.
+//!
+//! Each case prints one row of the table in the README's reliability
+//! section (`scripts/dev.sh chaos` shows them). The cases run one at a time
+//! (a lock), as they load both cores.
+
+use cdrs::config::{Config, TargetConfig, WhenNoTarget};
+use cdrs::demo::appserver::{read_log, LogLine};
+use cdrs::demo::{demo_config, produce_events, trade_event, Fate, Ledger};
+use cdrs_e2e::{cdrs_bin, create_topics, free_port, mock_cluster_handle, plugin_dir, Tansu};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::TopicPartitionList;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RECORDS: u64 = 50_000;
+const CLIENTS: u64 = 500;
+const PARTITIONS: i32 = 6;
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An app server process.
+struct Server {
+    id: String,
+    capacity: u32,
+    port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, id: &str, capacity: u32) -> Server {
+        let mut s = Server {
+            id: id.into(),
+            capacity,
+            port: free_port(),
+            log: dir.join(format!("{id}.jsonl")),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the process on the same port and log file.
+    fn restart(&mut self) {
+        let child = Command::new(cdrs_bin())
+            .args(["demo-server", "--id", &self.id])
+            .args(["--capacity", &self.capacity.to_string()])
+            .args(["--port", &self.port.to_string()])
+            .arg("--log")
+            .arg(&self.log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo-server");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "{} did not listen", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn control(&self, body: serde_json::Value) {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/control", self.port))
+            .json(&body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("control request");
+    }
+
+    fn target(&self) -> TargetConfig {
+        TargetConfig {
+            id: self.id.clone(),
+            url: format!("http://127.0.0.1:{}/records", self.port),
+            capacity: self.capacity,
+            weight: cdrs::config::DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `cdrs run` process.
+struct Instance {
+    child: Option<Child>,
+    admin: SocketAddr,
+    peak_rss_kib: u64,
+}
+
+impl Instance {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Reads the peak resident set (VmHWM) so far.
+    fn sample_rss(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return;
+        };
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            self.peak_rss_kib = self.peak_rss_kib.max(kib);
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.sample_rss();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0 and
+    /// how long it took.
+    fn sigterm(&mut self, limit: Duration) -> (bool, Duration) {
+        self.sample_rss();
+        let Some(mut c) = self.child.take() else {
+            return (false, Duration::ZERO);
+        };
+        let started = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status.success(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        (false, started.elapsed())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Dead letters read so far: original id → stage.
+struct DeadLetters {
+    consumer: BaseConsumer,
+    seen: HashMap<String, String>,
+}
+
+impl DeadLetters {
+    fn new(brokers: &str, topic: &str) -> DeadLetters {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "chaos-dlq-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("dlq consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .expect("dlq partition");
+        consumer.assign(&tpl).expect("assign dlq");
+        DeadLetters {
+            consumer,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Reads what is there now (at most `limit`).
+    fn poll(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) else {
+                return;
+            };
+            let mut h = HashMap::new();
+            if let Some(hs) = m.headers() {
+                for x in hs.iter() {
+                    h.insert(
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+            let id = format!(
+                "{}/{}/{}",
+                get("cdrs-original-topic"),
+                get("cdrs-original-partition"),
+                get("cdrs-original-offset")
+            );
+            self.seen.insert(id, get("cdrs-dlq-stage"));
+        }
+    }
+}
+
+/// One case's outcome: a row of the README table.
+#[derive(Debug, Default)]
+struct Tally {
+    produced: usize,
+    filtered: usize,
+    delivered: usize,
+    duplicates: usize,
+    dead_lettered: usize,
+    lost: usize,
+    out_of_order: usize,
+    unexpected: usize,
+    /// Delivered and also dead-lettered (the target took it but its answer
+    /// was lost, and then no target could take it again).
+    both: usize,
+}
+
+fn tally(ledger: &Ledger, logs: &[Vec<LogLine>], dead: &HashMap<String, String>) -> Tally {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut t = Tally {
+        produced: ledger.fates.len(),
+        filtered: ledger.count(Fate::Filtered),
+        dead_lettered: dead.len(),
+        ..Tally::default()
+    };
+    for log in logs {
+        // Per target: the first receipt of each record, per key, must come
+        // in offset order (keys live in one partition).
+        let mut first: HashSet<&str> = HashSet::new();
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        for l in log {
+            if ledger.fates.get(&l.id) != Some(&Fate::Delivered) {
+                t.unexpected += 1;
+            }
+            if !seen.insert(&l.id) {
+                t.duplicates += 1;
+            }
+            if first.insert(&l.id) {
+                let key = l.key.as_deref().unwrap_or("");
+                let prev = last.entry(key).or_insert(-1);
+                if l.offset < *prev {
+                    t.out_of_order += 1;
+                }
+                *prev = (*prev).max(l.offset);
+            }
+        }
+    }
+    for (id, fate) in &ledger.fates {
+        match fate {
+            Fate::Delivered if seen.contains(id.as_str()) => {
+                t.delivered += 1;
+                t.both += usize::from(dead.contains_key(id));
+            }
+            Fate::Delivered | Fate::DeadLettered if dead.contains_key(id) => {}
+            Fate::Filtered => {}
+            _ => t.lost += 1,
+        }
+    }
+    t
+}
+
+/// Brokers, servers, CDRS processes and the ledger of one case.
+struct Rig {
+    name: &'static str,
+    dir: PathBuf,
+    config: Config,
+    servers: Vec<Server>,
+    instances: Vec<Instance>,
+    ledger: Ledger,
+    producer: Option<tokio::task::JoinHandle<Ledger>>,
+    dead: DeadLetters,
+    started: Instant,
+    _tansu: Option<Tansu>,
+}
+
+impl Rig {
+    /// Starts a broker (Tansu unless `mock` is given), three servers
+    /// (capacities 1:2:4), produces the records; CDRS is not started yet.
+    async fn new(name: &'static str, mock: Option<String>, tweak: impl FnOnce(&mut Config)) -> Rig {
+        let (topic, dlq) = (format!("chaos-{name}"), format!("chaos-{name}-dlq"));
+        let (brokers, tansu) = match mock {
+            Some(b) => (b, None),
+            None => {
+                let t = Tansu::start();
+                create_topics(&t.brokers, &[(&topic, PARTITIONS), (&dlq, 1)]).await;
+                (t.brokers.clone(), Some(t))
+            }
+        };
+        let dir = std::env::temp_dir().join(format!("cdrs-chaos-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let servers: Vec<Server> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]
+            .iter()
+            .map(|(id, cap)| Server::start(&dir, id, *cap))
+            .collect();
+        for s in &servers {
+            s.control(serde_json::json!({"latency_ms": 2})).await;
+        }
+        let mut config = demo_config(
+            &brokers,
+            &format!("chaos-{name}"),
+            &topic,
+            &dlq,
+            &plugin_dir(),
+            servers.iter().map(Server::target).collect(),
+        );
+        config.log.level = "info".into();
+        config.delivery.retry_max_ms = 500;
+        config.delivery.breaker.base_ejection_ms = 2_000;
+        config.delivery.breaker.max_ejection_ms = 10_000;
+        config.pipeline.shutdown_grace_ms = 15_000;
+        config.pipeline.revoke_drain_ms = 4_000;
+        tweak(&mut config);
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        // Produced while CDRS runs (~10,000 records/s), so faults land
+        // mid-stream.
+        let producer = {
+            let (brokers, topic) = (brokers.clone(), topic.clone());
+            tokio::spawn(async move {
+                let mut ledger = Ledger::default();
+                let events: Vec<_> = (0..RECORDS).map(|i| trade_event(i, CLIENTS)).collect();
+                for chunk in events.chunks(1_000) {
+                    let part = produce_events(&brokers, &topic, chunk.to_vec())
+                        .await
+                        .expect("produce");
+                    ledger.fates.extend(part.fates);
+                    ledger.keys.extend(part.keys);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                ledger
+            })
+        };
+        Rig {
+            producer: Some(producer),
+            ledger: Ledger::default(),
+            name,
+            dead: DeadLetters::new(&brokers, &dlq),
+            dir,
+            config,
+            servers,
+            instances: Vec::new(),
+            started: Instant::now(),
+            _tansu: tansu,
+        }
+    }
+
+    /// Starts one more `cdrs run` and waits until it joined the group.
+    async fn start_instance(&mut self) -> usize {
+        let n = self.instances.len();
+        let port = free_port();
+        let mut config = self.config.clone();
+        config.admin.listen = format!("127.0.0.1:{port}");
+        let file = self.dir.join(format!("cdrs-{n}.toml"));
+        std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("cdrs-{n}.log"))).unwrap();
+        let child = Command::new(cdrs_bin())
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cdrs run");
+        let admin: SocketAddr = ([127, 0, 0, 1], port).into();
+        self.instances.push(Instance {
+            child: Some(child),
+            admin,
+            peak_rss_kib: 0,
+        });
+        let url = format!("http://{admin}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cdrs-{n} did not join its group");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        n
+    }
+
+    fn logs(&self) -> Vec<Vec<LogLine>> {
+        self.servers
+            .iter()
+            .map(|s| read_log(&s.log).expect("server log"))
+            .collect()
+    }
+
+    fn tally(&mut self) -> Tally {
+        tokio::task::block_in_place(|| self.dead.poll(Duration::from_millis(300)));
+        for i in &mut self.instances {
+            i.sample_rss();
+        }
+        tally(&self.ledger, &self.logs(), &self.dead.seen)
+    }
+
+    /// Waits until `share` of all records reached some server.
+    async fn wait_delivered(&mut self, share: f64) {
+        let want = (RECORDS as f64 * share) as usize;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let got: HashSet<String> = self.logs().into_iter().flatten().map(|l| l.id).collect();
+            if got.len() >= want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: stuck at {} delivered",
+                self.name,
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sums a counter family (all labels) over the live instances' metrics.
+    async fn counter(&self, name: &str) -> u64 {
+        let mut sum = 0.0;
+        for i in self.instances.iter().filter(|i| i.child.is_some()) {
+            let Ok(r) = reqwest::get(format!("http://{}/metrics", i.admin)).await else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            sum += text
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum as u64
+    }
+
+    /// Waits until nothing is lost any more (at most `limit`), stops the
+    /// instances, prints the row and checks it.
+    async fn finish(mut self, limit: Duration) -> Tally {
+        if let Some(p) = self.producer.take() {
+            self.ledger = p.await.expect("producer task");
+        }
+        let deadline = Instant::now() + limit;
+        let mut t = self.tally();
+        while t.lost > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            t = self.tally();
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: rerouted {} retries {} ejections {} paused-now {} (live instances)",
+            self.name,
+            self.counter("cdrs_rerouted_records_total").await,
+            self.counter("cdrs_delivery_retries_total").await,
+            self.counter("cdrs_target_ejections_total").await,
+            self.counter("cdrs_partition_paused").await,
+        );
+        for i in &mut self.instances {
+            i.sigterm(Duration::from_secs(30));
+        }
+        let rss = self
+            .instances
+            .iter()
+            .map(|i| i.peak_rss_kib)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
+            self.name,
+            t.produced,
+            t.filtered,
+            t.delivered,
+            t.duplicates,
+            t.dead_lettered,
+            t.lost,
+            t.out_of_order,
+            rss as f64 / 1024.0,
+            secs
+        );
+        assert_eq!(
+            t.lost,
+            0,
+            "{}: records lost: {t:?} (logs in {})",
+            self.name,
+            self.dir.display()
+        );
+        assert_eq!(
+            t.unexpected, 0,
+            "{}: filtered records delivered: {t:?}",
+            self.name
+        );
+        assert_eq!(t.out_of_order, 0, "{}: key order broken: {t:?}", self.name);
+        assert_eq!(
+            t.produced,
+            t.filtered + t.delivered + t.dead_lettered - t.both,
+            "{}: every record accounted for once: {t:?}",
+            self.name
+        );
+        if std::env::var_os("CHAOS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        t
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_1_kill_9_a_target_and_restart_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("kill-target", None, |_| {}).await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.25).await;
+    rig.servers[2].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rig.wait_delivered(0.5).await;
+    rig.servers[2].restart();
+    rig.servers[2]
+        .control(serde_json::json!({"latency_ms": 2}))
+        .await;
+    let t = rig.finish(Duration::from_secs(120)).await;
+    assert!(t.delivered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_2_a_target_fails_for_10_s_another_gets_10x_slower() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("fail-and-slow", None, |_| {}).await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.1).await;
+    rig.servers[0]
+        .control(serde_json::json!({"failing": true}))
+        .await;
+    rig.servers[2]
+        .control(serde_json::json!({"latency_ms": 20}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rig.servers[0]
+        .control(serde_json::json!({"failing": false}))
+        .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", rig.instances[0].admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let t = rig.finish(Duration::from_secs(180)).await;
+    assert!(
+        metrics.contains("cdrs_target_ejections_total{target=\"blotter-1\"}"),
+        "the failing target was ejected"
+    );
+    assert!(t.delivered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_3_three_processes_one_killed_one_added() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("group-kill-add", None, |_| {}).await;
+    for _ in 0..3 {
+        rig.start_instance().await;
+    }
+    rig.wait_delivered(0.3).await;
+    rig.instances[1].kill9();
+    rig.wait_delivered(0.6).await;
+    rig.start_instance().await;
+    rig.finish(Duration::from_secs(180)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_4_broker_down_and_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let topic = "chaos-broker-down";
+    let cluster = mock_cluster_handle(&[(topic, PARTITIONS), ("chaos-broker-down-dlq", 1)]);
+    let mut rig = Rig::new("broker-down", Some(cluster.bootstrap_servers()), |_| {}).await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.3).await;
+    cluster.broker_down(1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.broker_up(1).expect("broker up");
+    rig.finish(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_5_all_targets_down_for_5_s_records_wait() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("all-down-wait", None, |c| {
+        c.delivery.when_no_target = WhenNoTarget::Wait;
+    })
+    .await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.3).await;
+    for s in &mut rig.servers {
+        s.kill9();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for s in &mut rig.servers {
+        s.restart();
+    }
+    let t = rig.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        t.dead_lettered,
+        rig_malformed(),
+        "waiting records are not dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_5b_all_targets_down_for_5_s_records_dead_lettered() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("all-down-dlq", None, |c| {
+        c.delivery.when_no_target = WhenNoTarget::DeadLetter;
+    })
+    .await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.3).await;
+    for s in &mut rig.servers {
+        s.kill9();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for s in &mut rig.servers {
+        s.restart();
+    }
+    let t = rig.finish(Duration::from_secs(120)).await;
+    assert!(
+        t.dead_lettered > rig_malformed(),
+        "records no target could take went to the dead-letter topic: {t:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_6_sigterm_under_full_load() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::new("sigterm", None, |_| {}).await;
+    rig.start_instance().await;
+    rig.wait_delivered(0.4).await;
+    let (clean, took) = rig.instances[0].sigterm(Duration::from_secs(30));
+    assert!(clean, "cdrs exits 0 after SIGTERM (took {took:?})");
+    assert!(
+        took < Duration::from_millis(rig.config.pipeline.shutdown_grace_ms + 5_000),
+        "SIGTERM drain within the grace period: {took:?}"
+    );
+    rig.start_instance().await;
+    rig.finish(Duration::from_secs(120)).await;
+}
+
+/// Records the demo filter dead-letters (not JSON) among `RECORDS`.
+fn rig_malformed() -> usize {
+    (0..RECORDS)
+        .filter(|i| cdrs::demo::trade_event(*i, CLIENTS).2 == Fate::DeadLettered)
+        .count()
+}
