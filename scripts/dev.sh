@@ -5,6 +5,7 @@
 #   scripts/dev.sh test                     install the test broker, build, run all tests
 #   scripts/dev.sh plugins                  build the example plugins (wasm32-wasip2)
 #   scripts/dev.sh broker                   install Tansu (the test broker), print its path
+#   scripts/dev.sh chaos                    only the chaos cases, printing the reliability table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,6 +68,15 @@ case "$cmd" in
     # native unit tests (policy logic, no Wasm).
     cargo test --workspace --no-fail-fast "$@"
     ;;
+  chaos)
+    build_plugins
+    CDRS_TANSU=$(need_tansu)
+    export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+    cargo build -q -p cdrs >&2
+    echo "| case | produced | filtered | delivered | duplicates | dead-lettered | lost | out of key order | max RSS MiB | s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    cargo test -q -p cdrs-e2e --test e2e chaos -- --nocapture --test-threads=1 2>/dev/null | grep -o '| [a-z0-9-]* | .*|$'
+    ;;
   *)
-    sed -n '2,8p' "$0"; exit 2 ;;
+    sed -n '2,9p' "$0"; exit 2 ;;
 esac

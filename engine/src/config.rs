@@ -500,9 +500,26 @@ pub struct DeliveryConfig {
     /// Default "wait".
     #[serde(default)]
     pub when_no_target: WhenNoTarget,
+    /// `"strict"`: while a key has records in flight, its new records follow
+    /// them to the same target and lane, whatever the router says, so a later
+    /// record never overtakes an earlier one being retried or re-routed.
+    /// `"relaxed"`: every record goes where the router says; per-key order
+    /// at a target holds except around re-routes (use it with non-sticky
+    /// routers whose spread matters more than order). Default "strict".
+    #[serde(default)]
+    pub key_order: KeyOrder,
     /// `[delivery.breaker]`: circuit breaker and outlier ejection.
     #[serde(default)]
     pub breaker: BreakerConfig,
+}
+
+/// `delivery.key_order`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyOrder {
+    #[default]
+    Strict,
+    Relaxed,
 }
 
 /// `delivery.when_no_target`.
@@ -632,6 +649,7 @@ impl Default for DeliveryConfig {
             lanes: DEFAULT_LANES,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             when_no_target: WhenNoTarget::Wait,
+            key_order: KeyOrder::Strict,
             breaker: BreakerConfig::default(),
         }
     }

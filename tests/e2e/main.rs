@@ -11,6 +11,7 @@ mod capacity;
 mod chaos;
 mod common;
 mod daemon;
+mod delivery;
 mod failures;
 mod flow;
 mod plugins;

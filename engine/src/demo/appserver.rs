@@ -52,6 +52,8 @@ pub struct Behaviour {
     pub retry_after_s: AtomicU64,
     /// Send no capacity reports while set (alive but not heartbeating).
     pub silent: AtomicBool,
+    /// Requests answered with a failure so far (a counter, not a knob).
+    pub refused: AtomicU64,
 }
 
 /// `POST /control` body: the knobs to change (absent ones stay).
@@ -102,6 +104,7 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
     s.inflight
         .fetch_sub(batch.records.len() as u32, Ordering::Relaxed);
     if s.behaviour.failing.load(Ordering::Relaxed) {
+        s.behaviour.refused.fetch_add(1, Ordering::Relaxed);
         let status = StatusCode::from_u16(s.behaviour.fail_status.load(Ordering::Relaxed) as u16)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut headers = axum::http::HeaderMap::new();

@@ -2,16 +2,15 @@
 //! re-routing, and the completion of each record in its partition.
 //!
 //! ```text
-//!  pipeline ──► target queue (bounded) ──► lane 0..L (one request at a time each)
-//!                                             │ ok: finish records
-//!                                             │ retryable failure: backoff with full jitter,
-//!                                             │   Retry-After honoured, ≤ max_attempts, ≤ deadline
-//!                                             │ then / 4xx / unreachable / breaker open:
-//!                                             ▼
-//!                                     route again (router plugin, failed targets marked down)
-//!                                             │ no target: dead-letter, or park and retry
-//!                                             ▼
-//!                                     another target's queue, the parking queue, or the DLQ
+//!  pipeline ──► target queue (bounded) ──► lane 0..L: takes a batch and resolves it
+//!   (fresh records;                          │ ok: records finish
+//!    no target: the                          │ retryable failure: backoff with full jitter,
+//!    parking queue)                          │   Retry-After honoured, ≤ max_attempts, ≤ deadline
+//!                                            │ then, or 4xx / unreachable / breaker open / down:
+//!                                            ▼
+//!                          route again (router plugin, failed targets marked down),
+//!                          delivered by the same lane to the new targets; no target:
+//!                          wait (backoff) or dead-letter, per `delivery.when_no_target`
 //! ```
 //!
 //! Guarantees:
@@ -19,22 +18,22 @@
 //!   ack), dropped by a plugin or acknowledged by the dead-letter topic; only
 //!   then can its partition's commit watermark ([`OffsetTracker`]) pass it.
 //!   On a hard stop, queued records are simply not finished.
-//! * **per-key order at a target**: a key always uses the same lane of a
-//!   target (lanes are FIFO, one request at a time); while a key has records
-//!   in flight, new records of that key follow them to the same target
-//!   (overriding the router), and a lane routes its failed records again
-//!   before it sends anything queued behind them. So a later record of a key
-//!   never overtakes an earlier one being retried or re-routed. Records
-//!   routed to several targets (fan-out) are not held to this.
+//! * **per-key order at a target**: while a key has copies in flight they
+//!   all sit in one lane (new records of the key follow them there, whatever
+//!   the router says), and a lane takes its next batch only when the current
+//!   one is resolved. Within a batch, a key's copies form one group that is
+//!   sent, retried and re-routed together. So a later record of a key never
+//!   overtakes an earlier one being retried or re-routed. Records routed to
+//!   several targets (fan-out) are not held to this.
 //! * **bounded memory**: fresh records wait for room in the target's queue
-//!   (`delivery.queue_capacity`) and for room in their partition's in-flight
-//!   window (`pipeline.max_inflight_records`); the source pauses partitions
-//!   whose worker waits.
+//!   (`delivery.queue_capacity`) and in their partition's in-flight window
+//!   (`pipeline.max_inflight_records`); the source pauses partitions whose
+//!   worker waits.
 
 pub mod breaker;
 
 use crate::capacity::{Health, Snapshot};
-use crate::config::{DeliveryConfig, WhenNoTarget};
+use crate::config::{DeliveryConfig, KeyOrder, WhenNoTarget};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{fallback, Abandoned, Pipeline};
@@ -215,8 +214,10 @@ pub fn key_hash(key: Option<&[u8]>) -> Option<u64> {
 pub struct Job {
     pub record: Arc<Record>,
     part: Arc<Partition>,
-    /// Key hash if this copy is bound to its key's route.
+    /// Key hash (`None` for keyless records and fan-out copies).
     key: Option<u64>,
+    /// Counted in its key's binding (`delivery.key_order = "strict"`).
+    bound: bool,
     /// Delivery attempts made, all targets together.
     attempts: u32,
     /// Targets that failed this copy.
@@ -240,6 +241,7 @@ impl Job {
             record,
             part,
             key,
+            bound: false,
             attempts: 0,
             excluded: Vec::new(),
             last_error: String::new(),
@@ -249,11 +251,12 @@ impl Job {
     }
 
     fn finish(self) {
-        self.part.finish(self.record.offset, self.key);
+        let bound = if self.bound { self.key } else { None };
+        self.part.finish(self.record.offset, bound);
     }
 
     fn lane(&self, lanes: usize) -> usize {
-        let h = key_hash(self.record.key.as_deref()).unwrap_or(self.record.offset as u64);
+        let h = self.key.unwrap_or(self.record.offset as u64);
         (h % lanes as u64) as usize
     }
 }
@@ -386,7 +389,7 @@ impl Pipeline {
             return q.clone();
         }
         let cfg = &self.delivery.load().cfg;
-        let lanes = if &**target == PARKING { 1 } else { cfg.lanes };
+        let lanes = cfg.lanes;
         let q = Arc::new(TargetQueue {
             id: target.clone(),
             lanes: (0..lanes)
@@ -413,7 +416,8 @@ impl Pipeline {
     }
 
     /// Puts a fresh copy on `target`'s queue, waiting for a free slot.
-    /// A keyed copy whose key has copies in flight goes where they went.
+    /// With `delivery.key_order = "strict"`, a keyed copy whose key has
+    /// copies in flight goes where they went.
     ///
     /// Errors: [`Abandoned`] on a hard stop.
     pub async fn enqueue(
@@ -421,9 +425,13 @@ impl Pipeline {
         target: Arc<str>,
         mut job: Job,
     ) -> Result<(), Abandoned> {
+        let strict = self.delivery.load().cfg.key_order == KeyOrder::Strict;
         let target = match job.key {
-            Some(h) => job.part.bind_key(h, &target),
-            None => target,
+            Some(h) if strict => {
+                job.bound = true;
+                job.part.bind_key(h, &target)
+            }
+            _ => target,
         };
         let q = self.queue(&target);
         let mut stop = self.dispatch.stop_signal();

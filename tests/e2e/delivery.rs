@@ -1,0 +1,222 @@
+//! Delivery semantics: which failures are retried, `Retry-After`, the Kafka
+//! sink and its idempotency key, backpressure with bounded in-flight records.
+
+use crate::common::start;
+use cdrs::config::{TargetConfig, DEFAULT_WEIGHT};
+use cdrs::demo::{produce, produce_events, Fate};
+use cdrs_e2e::{mock_cluster, wait_for};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A target answering 400 is not retried: its records go to the others at
+/// once, and its breaker stays closed (the target is up, it refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_not_retried_and_the_records_go_elsewhere() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 3), (dlq, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-4xx", |_| {}).await;
+    let b = s.servers[2].behaviour();
+    b.fail_status.store(400, Ordering::Relaxed);
+    b.failing.store(true, Ordering::Relaxed);
+    let ledger = produce(&brokers, topic, 5_000, 500).await.unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let m = &s.daemon.metrics;
+    let refused_400 = m.rerouted.with_label_values(&["blotter-3", "400"]).get();
+    let retries = m.retries.with_label_values(&["blotter-3"]).get();
+    let ejections = m.ejections.with_label_values(&["blotter-3"]).get();
+    let (a, _, servers, _) = s.finish(&ledger).await;
+    assert!(
+        refused_400 > 0,
+        "records refused with 400 were routed again"
+    );
+    assert_eq!(retries, 0, "a 400 is never retried");
+    assert_eq!(ejections, 0, "a 400 does not open the breaker");
+    assert_eq!(a.per_target["blotter-3"], 0);
+    assert!(servers[2].behaviour().refused.load(Ordering::Relaxed) > 0);
+}
+
+/// A 503 with `Retry-After: 1` is retried after a second, not by the
+/// 50 ms exponential schedule: in 2.5 s the one batch is tried ≤ 4 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_503_is_honoured() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 1), (dlq, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-retry-after", |c| {
+        c.targets.truncate(1);
+        c.delivery.lanes = 1;
+        c.delivery.max_attempts = 10;
+        // Never ejected: one target (the panic threshold), and
+        // consecutive failures high anyway.
+        c.delivery.breaker.consecutive_failures = 100;
+    })
+    .await;
+    let b = s.servers[0].behaviour();
+    b.fail_status.store(503, Ordering::Relaxed);
+    b.retry_after_s.store(1, Ordering::Relaxed);
+    b.failing.store(true, Ordering::Relaxed);
+    let events = (0..10)
+        .map(|i| {
+            (
+                format!("client-{i}"),
+                format!(r#"{{"type":"trade","seq":{i}}}"#),
+                Fate::Delivered,
+            )
+        })
+        .collect();
+    let ledger = produce_events(&brokers, topic, events).await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || b
+            .refused
+            .load(Ordering::Relaxed)
+            > 0)
+        .await,
+        "first attempt made"
+    );
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let attempts = b.refused.load(Ordering::Relaxed);
+    b.failing.store(false, Ordering::Relaxed);
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    let retries = s
+        .daemon
+        .metrics
+        .retries
+        .with_label_values(&["blotter-1"])
+        .get();
+    s.finish(&ledger).await;
+    eprintln!("{attempts} failed attempts in {:?}", first.elapsed());
+    assert!(attempts <= 4, "Retry-After ignored: {attempts} attempts");
+    assert!(retries > 0, "the batch was retried at the same target");
+}
+
+/// A `kafka://` target: records are produced to that topic, key and value
+/// byte for byte, with the `cdrs-idempotency-key` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_target_gets_each_record_with_its_idempotency_key() {
+    let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
+    let brokers = mock_cluster(&[(topic, 2), (dlq, 1), (out, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-kafka-sink", |c| {
+        c.targets = vec![TargetConfig {
+            id: "stream-1".into(),
+            url: format!("kafka://{out}"),
+            capacity: 100,
+            weight: DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        }];
+    })
+    .await;
+    let ledger = produce(&brokers, topic, 2_000, 100).await.unwrap();
+    let want: HashMap<&String, &String> = ledger
+        .fates
+        .iter()
+        .filter(|(_, f)| **f == Fate::Delivered)
+        .map(|(id, _)| (id, &ledger.keys[id]))
+        .collect();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "kafka-sink-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[out]).unwrap();
+    let mut got: HashMap<String, (String, Option<String>)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < want.len() && Instant::now() < deadline {
+        let Some(Ok(m)) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(100)))
+        else {
+            continue;
+        };
+        let id = m
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == "cdrs-idempotency-key"))
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("idempotency header");
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+        got.insert(id, (key, value));
+    }
+    let delivered = s.daemon.metrics.get("delivery", "delivered");
+    s.daemon.stop().await.unwrap();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "every kept record reached the topic once or more"
+    );
+    for (id, key) in want {
+        let (k, v) = &got[id];
+        assert_eq!(k, key, "{id}: key byte for byte");
+        assert!(
+            v.as_deref()
+                .is_some_and(|v| v.contains("\"type\":\"trade\"")),
+            "{id}"
+        );
+    }
+    assert!(delivered as usize >= got.len());
+}
+
+/// Slow targets and small windows: partitions get paused, in-flight records
+/// per partition and queued records per target stay within their bounds,
+/// and once the targets speed up everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_targets_pause_partitions_within_bounded_windows() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 3), (dlq, 1)]);
+    let (window, queue) = (256, 200);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-backpressure", |c| {
+        c.pipeline.partition_queue = 64;
+        c.pipeline.batch_size = 64;
+        c.pipeline.max_inflight_records = window;
+        c.delivery.queue_capacity = queue;
+        c.delivery.lanes = 1;
+        c.delivery.max_batch = 20;
+    })
+    .await;
+    for srv in &s.servers {
+        srv.behaviour().latency_ms.store(50, Ordering::Relaxed);
+    }
+    let ledger = produce(&brokers, topic, 8_000, 1_000).await.unwrap();
+    let m = s.daemon.metrics.clone();
+    let gauge_sum = |text: &str, name: &str| -> (i64, i64) {
+        let vals: Vec<i64> = text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as i64)
+            .collect();
+        (vals.iter().sum(), vals.iter().copied().max().unwrap_or(0))
+    };
+    let (mut paused_seen, mut max_inflight, mut max_queue) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let text = m.render();
+        paused_seen = paused_seen.max(gauge_sum(&text, "cdrs_partition_paused{").0);
+        max_inflight = max_inflight.max(gauge_sum(&text, "cdrs_partition_inflight_records{").1);
+        max_queue = max_queue.max(gauge_sum(&text, "cdrs_target_queue_records{").1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for srv in &s.servers {
+        srv.behaviour().latency_ms.store(0, Ordering::Relaxed);
+    }
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    s.finish(&ledger).await;
+    eprintln!(
+        "paused partitions at once: {paused_seen}, max in flight per partition: {max_inflight}, max queued per target: {max_queue}"
+    );
+    assert!(paused_seen > 0, "slow targets paused some partition");
+    assert!(
+        max_inflight <= window as i64,
+        "in-flight window kept: {max_inflight}"
+    );
+    assert!(max_inflight > 0);
+    assert!(
+        max_queue <= queue as i64,
+        "target queue bound kept: {max_queue}"
+    );
+}
