@@ -6,6 +6,7 @@
 #   scripts/dev.sh plugins                  build the example plugins (wasm32-wasip2)
 #   scripts/dev.sh broker                   install Tansu (the test broker), print its path
 #   scripts/dev.sh chaos                    only the chaos cases, printing the reliability table
+#   scripts/dev.sh bench [--out FILE]       release build, then `cdrs bench` (table; JSON with --out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -68,6 +69,11 @@ case "$cmd" in
     # native unit tests (policy logic, no Wasm).
     cargo test --workspace --no-fail-fast "$@"
     ;;
+  bench)
+    build_plugins
+    cargo build -q --release -p cdrs >&2
+    exec "$ROOT/target/release/cdrs" bench --plugin-dir "$PLUGIN_DIR" "$@"
+    ;;
   chaos)
     build_plugins
     CDRS_TANSU=$(need_tansu)
@@ -78,5 +84,5 @@ case "$cmd" in
     cargo test -q -p cdrs-e2e --test e2e chaos -- --nocapture --test-threads=1 2>/dev/null | grep -o '| [a-z0-9-]* | .*|$'
     ;;
   *)
-    sed -n '2,9p' "$0"; exit 2 ;;
+    sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -10,6 +10,7 @@
 //! topic), [`admin`] (HTTP admin API), [`config`].
 
 pub mod admin;
+pub mod bench;
 pub mod capacity;
 pub mod config;
 pub mod convert;

@@ -51,6 +51,24 @@ enum Command {
         )]
         plugin_dir: PathBuf,
     },
+    /// Benchmarks: plugin overhead against native, end to end against a bare
+    /// rdkafka passthrough, load times, memory. Prints a table; --out writes JSON.
+    /// Run the release build for real figures (`scripts/dev.sh bench`).
+    Bench {
+        /// Write the JSON report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Records per end-to-end run.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Folder with field_filter.wasm and p2c_router.wasm.
+        #[arg(
+            long,
+            env = "CDRS_PLUGIN_DIR",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        plugin_dir: PathBuf,
+    },
     /// One fake application server as its own process (for trying CDRS by
     /// hand and for chaos tests): takes `POST /records`, appends each record
     /// to --log before answering, `POST /control` changes its behaviour.
@@ -95,6 +113,14 @@ fn main() -> ExitCode {
         } => {
             init_logs("warn");
             demo(records, duration_s, plugin_dir)
+        }
+        Command::Bench {
+            out,
+            records,
+            plugin_dir,
+        } => {
+            init_logs("warn");
+            bench(out, records, plugin_dir)
         }
         Command::DemoServer {
             id,
@@ -234,5 +260,20 @@ fn demo_server(
         }
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(out: Option<PathBuf>, records: u64, plugin_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let opts = cdrs::bench::BenchOptions {
+        plugin_dir,
+        records,
+    };
+    let report = runtime()?.block_on(cdrs::bench::run(opts))?;
+    print!("{}", cdrs::bench::table(&report));
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,6 +29,10 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// Component instances the pooling allocator holds at once (all plugins,
+/// all versions alive during a swap). Each reserves address space, not memory.
+pub const POOL_COMPONENT_INSTANCES: u32 = 256;
+
 /// Period of the epoch ticker; call deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -269,7 +273,24 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        // Pooling allocator: instance slots, memories and tables are
+        // reserved once and reused (a reset after a trap costs a madvise,
+        // not an mmap); linear memories are capped at the configured size.
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+            .total_core_instances(POOL_COMPONENT_INSTANCES * 8)
+            .total_memories(POOL_COMPONENT_INSTANCES * 2)
+            .total_tables(POOL_COMPONENT_INSTANCES * 4)
+            .max_memory_size(limits.max_memory_bytes);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = match Engine::new(&config) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config)?
+            }
+        };
 
         let mut filter_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut filter_linker)?;

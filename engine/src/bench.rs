@@ -1,0 +1,679 @@
+//! `cdrs bench`: the benchmarks of the plugin runtime, measured in one run on
+//! this machine, printed as a table and written as JSON.
+//!
+//! 1. **Plugin overhead**: ns per record for the demo filter (JSON field
+//!    rule) plus the P2C router, as Wasm components, at batch sizes 1, 16,
+//!    256, 1024 and 16 / 128 targets, against a native Rust implementation of
+//!    the same policy (serde_json field check + weighted power of two
+//!    choices) in the same process.
+//! 2. **End to end**: records/s through CDRS (embedded broker → filter →
+//!    router → `kafka://` target topic) with a trivial filter and with the
+//!    JSON filter, against a bare rdkafka consume → produce passthrough on
+//!    the same broker; p50/p99 consume → deliver latency at a steady rate.
+//! 3. **Load**: cold compile and cached load per plugin; instantiation (+ `init`).
+//! 4. **Memory**: resident set of the process idle and under load; per plugin
+//!    instance (RSS growth over 64 extra instances).
+//!
+//! Figures depend on the build: run the release binary (`scripts/dev.sh bench`).
+
+use crate::capacity::{Registry, Snapshot};
+use crate::config::{CapacityConfig, PluginConfig, PluginRuntimeConfig, TargetConfig};
+use crate::daemon::Daemon;
+use crate::demo::{demo_config, demo_filter, demo_router, produce_events, trade_event, Fate};
+use crate::metrics::Metrics;
+use crate::plugin::bindings::types::Verdict;
+use crate::plugin::filter::FilterPlugin;
+use crate::plugin::router::{Route, RouterPlugin};
+use crate::plugin::Runtime;
+use crate::record::Record;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `cdrs bench`.
+pub struct BenchOptions {
+    /// Folder with `field_filter.wasm` and `p2c_router.wasm`.
+    pub plugin_dir: PathBuf,
+    /// Records per end-to-end run.
+    pub records: u64,
+}
+
+/// One row of the overhead benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverheadRow {
+    pub batch: usize,
+    pub targets: usize,
+    /// Wasm filter + router, ns per record.
+    pub wasm_ns: f64,
+    pub filter_ns: f64,
+    pub router_ns: f64,
+    /// The same policy in native Rust, ns per record.
+    pub native_ns: f64,
+}
+
+/// Compile and cache-load time of one plugin.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadRow {
+    pub plugin: String,
+    pub cold_ms: f64,
+    pub cached_ms: f64,
+}
+
+/// Everything `cdrs bench` measured; the first keys are the ones the
+/// performance goals are stated in.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Wasm filter + router per record, batch 256, 16 targets, ns.
+    pub overhead_ns_per_record: f64,
+    /// The same policy natively, batch 256, 16 targets, ns.
+    pub native_ns_per_record: f64,
+    /// CDRS with the trivial filter, records/s.
+    pub e2e_records_per_s: f64,
+    /// Bare rdkafka consume → produce, records/s.
+    pub passthrough_records_per_s: f64,
+    pub e2e_ratio_trivial: f64,
+    pub e2e_ratio_json: f64,
+    /// Consume → deliver latency at a steady rate, ms.
+    pub p50_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    /// P2C router: cold compile and cached load, ms.
+    pub cold_load_ms: f64,
+    pub cached_load_ms: f64,
+    /// One instance created and `init`-ed, ms (P2C router).
+    pub instantiate_ms: f64,
+    /// Resident memory per plugin instance (field filter), bytes.
+    pub instance_rss_bytes: f64,
+    pub rss_idle_bytes: u64,
+    pub rss_load_bytes: u64,
+    pub e2e_json_records_per_s: f64,
+    pub overhead: Vec<OverheadRow>,
+    pub loads: Vec<LoadRow>,
+    pub records: u64,
+    pub machine: String,
+}
+
+/// Runs every benchmark (a minute or two).
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    let rss_idle_bytes = rss_bytes("VmRSS");
+    let dir = opts.plugin_dir.clone();
+    let (overhead, loads, instantiate_ms, instance_rss_bytes) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let overhead = overhead(&dir)?;
+            let (loads, instantiate_ms, per_instance) = loading(&dir)?;
+            Ok((overhead, loads, instantiate_ms, per_instance))
+        })
+        .await??;
+    let e2e = end_to_end(&opts).await?;
+    let at = |b: usize, t: usize| {
+        overhead
+            .iter()
+            .find(|r| r.batch == b && r.targets == t)
+            .cloned()
+            .expect("measured row")
+    };
+    let main = at(256, 16);
+    let router = loads
+        .iter()
+        .find(|l| l.plugin == "p2c_router")
+        .cloned()
+        .unwrap_or_default();
+    Ok(BenchReport {
+        overhead_ns_per_record: main.wasm_ns,
+        native_ns_per_record: main.native_ns,
+        e2e_records_per_s: e2e.trivial,
+        passthrough_records_per_s: e2e.passthrough,
+        e2e_ratio_trivial: e2e.trivial / e2e.passthrough,
+        e2e_ratio_json: e2e.json / e2e.passthrough,
+        p50_latency_ms: e2e.p50_ms,
+        p99_latency_ms: e2e.p99_ms,
+        cold_load_ms: router.cold_ms,
+        cached_load_ms: router.cached_ms,
+        instantiate_ms,
+        instance_rss_bytes,
+        rss_idle_bytes,
+        rss_load_bytes: rss_bytes("VmHWM"),
+        e2e_json_records_per_s: e2e.json,
+        overhead,
+        loads,
+        records: opts.records,
+        machine: machine(),
+    })
+}
+
+/// The table `cdrs bench` prints.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!("cdrs bench on {}\n\n", r.machine);
+    s += "plugin overhead (filter + router, ns/record)\n";
+    s += "| batch | targets | wasm | filter | router | native | wasm/native |\n|---|---|---|---|---|---|---|\n";
+    for o in &r.overhead {
+        s += &format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}× |\n",
+            o.batch,
+            o.targets,
+            o.wasm_ns,
+            o.filter_ns,
+            o.router_ns,
+            o.native_ns,
+            o.wasm_ns / o.native_ns
+        );
+    }
+    s += &format!(
+        "\nend to end ({} records of 200 bytes, embedded broker)\n\
+         | path | records/s | ratio |\n|---|---|---|\n\
+         | rdkafka passthrough | {:.0} | 1.00 |\n\
+         | CDRS, trivial filter | {:.0} | {:.2} |\n\
+         | CDRS, JSON filter | {:.0} | {:.2} |\n\
+         latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
+        r.records,
+        r.passthrough_records_per_s,
+        r.e2e_records_per_s,
+        r.e2e_ratio_trivial,
+        r.e2e_json_records_per_s,
+        r.e2e_ratio_json,
+        r.p50_latency_ms,
+        r.p99_latency_ms
+    );
+    s += "\nload\n| plugin | cold compile ms | cached load ms |\n|---|---|---|\n";
+    for l in &r.loads {
+        s += &format!("| {} | {:.1} | {:.2} |\n", l.plugin, l.cold_ms, l.cached_ms);
+    }
+    s += &format!(
+        "instantiate + init: {:.3} ms\n\nmemory: {:.0} KiB per plugin instance; process RSS idle {:.1} MiB, peak {:.1} MiB\n",
+        r.instantiate_ms,
+        r.instance_rss_bytes / 1024.0,
+        r.rss_idle_bytes as f64 / 1048576.0,
+        r.rss_load_bytes as f64 / 1048576.0
+    );
+    s
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+/// A line of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).
+fn rss_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A 200-byte JSON record (the demo's trade events, padded).
+fn record(i: u64) -> (String, String, Fate) {
+    let (key, value, fate) = trade_event(i, 1000);
+    if fate != Fate::Delivered || value.len() >= 200 {
+        return (key, value, fate);
+    }
+    let pad = 200 - value.len() - r#","pad":"""#.len() - 1;
+    let value = format!(
+        "{},\"pad\":\"{}\"}}",
+        &value[..value.len() - 1],
+        "x".repeat(pad)
+    );
+    (key, value, fate)
+}
+
+fn targets(n: usize) -> Vec<TargetConfig> {
+    (0..n)
+        .map(|i| TargetConfig {
+            id: format!("t{i}"),
+            url: format!("http://127.0.0.1:{}/records", 10_000 + i),
+            capacity: 100 * (1 + i as u32 % 4),
+            weight: crate::config::DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        })
+        .collect()
+}
+
+fn runtime(cache: &Path, instances: usize) -> anyhow::Result<Arc<Runtime>> {
+    Runtime::new(&PluginRuntimeConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        instances,
+        ..PluginRuntimeConfig::default()
+    })
+}
+
+fn cache_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cdrs-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The demo filter's policy natively: keep unless `type` is "heartbeat";
+/// not JSON → dead-letter.
+fn native_filter(records: &[&Record]) -> Vec<bool> {
+    records
+        .iter()
+        .map(|r| {
+            let v: Option<serde_json::Value> = r
+                .value
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok());
+            v.is_some_and(|v| v.get("type").and_then(|t| t.as_str()) != Some("heartbeat"))
+        })
+        .collect()
+}
+
+/// The P2C router's policy natively: two random targets, the lower
+/// (assigned + 1) / (capacity × weight) wins.
+fn native_route(snapshot: &Snapshot, assigned: &mut [u32], records: &[&Record]) -> Vec<usize> {
+    let n = snapshot.targets.len();
+    records
+        .iter()
+        .map(|_| {
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            let load = |i: usize| {
+                let t = &snapshot.targets[i];
+                (f64::from(assigned[i]) + 1.0) / (f64::from(t.capacity) * f64::from(t.weight))
+            };
+            let pick = if load(a) <= load(b) { a } else { b };
+            assigned[pick] += 1;
+            pick
+        })
+        .collect()
+}
+
+fn overhead(dir: &Path) -> anyhow::Result<Vec<OverheadRow>> {
+    let cache = cache_dir("overhead");
+    let rt = runtime(&cache, 1)?;
+    let metrics = Arc::new(Metrics::new());
+    let filter = FilterPlugin::load(&rt, &demo_filter(dir), metrics.clone())?;
+    let router = RouterPlugin::load(&rt, &demo_router(dir, false), metrics.clone())?;
+    let records: Vec<Record> = (0..8192u64)
+        .map(|i| {
+            let (key, value, _) = record(i);
+            Record {
+                topic: "bench".into(),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(1_764_000_000_000 + i as i64),
+                key: Some(key.into_bytes()),
+                value: Some(value.into_bytes()),
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for n_targets in [16, 128] {
+        let registry = Registry::new(
+            CapacityConfig::default(),
+            &targets(n_targets),
+            metrics.clone(),
+        );
+        let snapshot = registry.snapshot();
+        for batch in [1usize, 16, 256, 1024] {
+            let total = if batch == 1 { 4096 } else { 65_536 };
+            let (mut f_ns, mut r_ns) = (0u128, 0u128);
+            let mut kept_total = 0usize;
+            // Warm-up: targets pushed, caches hot.
+            let warm: Vec<&Record> = records.iter().take(batch).collect();
+            let _ = router.route(&snapshot, "bench", 0, &warm);
+            let mut done = 0;
+            while done < total {
+                let start = done % (records.len() - batch + 1);
+                let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
+                let t0 = Instant::now();
+                let verdicts = filter.filter("bench", 0, &chunk);
+                let t1 = Instant::now();
+                let kept: Vec<&Record> = chunk
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, v)| matches!(v, Verdict::Keep))
+                    .map(|(r, _)| *r)
+                    .collect();
+                let routes = router.route(&snapshot, "bench", 0, &kept);
+                let t2 = Instant::now();
+                assert!(routes
+                    .iter()
+                    .all(|r| matches!(r, Route::Targets(_) | Route::Default)));
+                f_ns += (t1 - t0).as_nanos();
+                r_ns += (t2 - t1).as_nanos();
+                kept_total += kept.len();
+                done += batch;
+            }
+            // Native, same records, same batches.
+            let mut assigned = vec![0u32; n_targets];
+            let mut native_ns = 0u128;
+            let mut native_kept = 0usize;
+            let mut done = 0;
+            while done < total {
+                let start = done % (records.len() - batch + 1);
+                let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
+                let t0 = Instant::now();
+                let keep = native_filter(&chunk);
+                let kept: Vec<&Record> = chunk
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(r, _)| *r)
+                    .collect();
+                let picks = native_route(&snapshot, &mut assigned, &kept);
+                native_ns += t0.elapsed().as_nanos();
+                native_kept += picks.len();
+                done += batch;
+            }
+            anyhow::ensure!(
+                native_kept == kept_total,
+                "native and Wasm policies disagree: {native_kept} vs {kept_total} kept"
+            );
+            let per = |ns: u128| ns as f64 / total as f64;
+            rows.push(OverheadRow {
+                batch,
+                targets: n_targets,
+                wasm_ns: per(f_ns + r_ns),
+                filter_ns: per(f_ns),
+                router_ns: per(r_ns),
+                native_ns: per(native_ns),
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(rows)
+}
+
+/// Cold and cached load per plugin; instantiation; RSS per instance.
+fn loading(dir: &Path) -> anyhow::Result<(Vec<LoadRow>, f64, f64)> {
+    let cache = cache_dir("load");
+    let mut loads = Vec::new();
+    for name in ["field_filter", "p2c_router"] {
+        let path = dir.join(format!("{name}.wasm"));
+        let rt = runtime(&cache, 1)?;
+        let t = Instant::now();
+        rt.compile(name, &path, None)?;
+        let cold = t.elapsed().as_secs_f64() * 1e3;
+        let rt = runtime(&cache, 1)?;
+        let t = Instant::now();
+        rt.compile(name, &path, None)?;
+        let cached = t.elapsed().as_secs_f64() * 1e3;
+        loads.push(LoadRow {
+            plugin: name.to_string(),
+            cold_ms: cold,
+            cached_ms: cached,
+        });
+    }
+    let metrics = Arc::new(Metrics::new());
+    let n = 64;
+    let rt = runtime(&cache, n)?;
+    let cfg: PluginConfig = demo_router(dir, false);
+    let compiled = rt.compile(&cfg.name, &cfg.path, None)?;
+    let t = Instant::now();
+    let router =
+        RouterPlugin::from_compiled(&rt, &cfg.name, compiled, cfg.config_json(), metrics.clone())?;
+    let instantiate_ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+    drop(router);
+    let cfg = demo_filter(dir);
+    let compiled = rt.compile(&cfg.name, &cfg.path, None)?;
+    let before = rss_bytes("VmRSS");
+    let filter = FilterPlugin::from_compiled(&rt, &cfg.name, compiled, cfg.config_json(), metrics)?;
+    let per_instance = rss_bytes("VmRSS").saturating_sub(before) as f64 / n as f64;
+    drop(filter);
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok((loads, instantiate_ms, per_instance))
+}
+
+struct EndToEnd {
+    passthrough: f64,
+    trivial: f64,
+    json: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Consumer settings for every consumer of the bench: the mock broker
+/// answers an empty fetch only after `fetch.wait.max.ms` (default 500 ms),
+/// which would dominate latency at a steady trickle.
+const FETCH_WAIT_MS: &str = "10";
+
+/// Partitions of every bench topic.
+const PARTITIONS: i32 = 6;
+
+/// Counts records on `topic` until `want`. Returns the time between the
+/// 10th and the 90th percentile record seen (steady state: no group join,
+/// no tail) and each record's age (now − its timestamp) in ms.
+fn watch_topic(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    limit: Duration,
+) -> anyhow::Result<(Duration, Vec<f64>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-watch-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()?;
+    // Assigned, not subscribed: no group join to wait for.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let (from, to) = (want / 10, want * 9 / 10);
+    let (mut first, mut last, mut seen) = (None, None, 0usize);
+    let mut ages = Vec::new();
+    let deadline = Instant::now() + limit;
+    while seen < want {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {seen} of {want} records reached {topic}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        let now = Instant::now();
+        seen += 1;
+        if seen == from.max(1) {
+            first = Some(now);
+        }
+        if seen == to.max(1) {
+            last = Some(now);
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            ages.push((wall - ts) as f64);
+        }
+    }
+    Ok((last.zip(first).map_or(Duration::ZERO, |(l, f)| l - f), ages))
+}
+
+async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
+    let n = opts.records;
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    for t in [
+        "bench-in",
+        "bench-pass-out",
+        "bench-trivial-out",
+        "bench-json-out",
+        "bench-lat-in",
+        "bench-lat-out",
+    ] {
+        cluster.create_topic(t, PARTITIONS, 1)?;
+    }
+    cluster.create_topic("bench-dlq", 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let events: Vec<_> = (0..n).map(record).collect();
+    let kept = events.iter().filter(|e| e.2 == Fate::Delivered).count();
+    produce_events(&brokers, "bench-in", events).await?;
+    let limit = Duration::from_secs(300);
+
+    // Bare rdkafka: consume → produce, nothing else.
+    let passthrough = {
+        let b = brokers.clone();
+        let copier = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("group.id", "bench-pass")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+                .create()?;
+            c.subscribe(&["bench-in"])?;
+            let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("linger.ms", "5")
+                .create()?;
+            let mut copied = 0;
+            while copied < n {
+                let Some(m) = c.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let m = m?;
+                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("bench-pass-out");
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                let mut rec = rec;
+                loop {
+                    match p.send(rec) {
+                        Ok(()) => break,
+                        Err((_, r)) => {
+                            rec = r;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                }
+                copied += 1;
+            }
+            p.flush(Duration::from_secs(30))?;
+            Ok(())
+        });
+        let b = brokers.clone();
+        let (span, _) = tokio::task::spawn_blocking(move || {
+            watch_topic(&b, "bench-pass-out", n as usize, limit)
+        })
+        .await??;
+        copier.await??;
+        0.8 * n as f64 / span.as_secs_f64()
+    };
+
+    let kafka_target = |topic: &str| TargetConfig {
+        id: "sink".into(),
+        url: format!("kafka://{topic}"),
+        capacity: 10_000,
+        weight: crate::config::DEFAULT_WEIGHT,
+        zone: None,
+        labels: Default::default(),
+        health_url: None,
+    };
+    let trivial_filter = PluginConfig {
+        name: "pass".into(),
+        path: opts.plugin_dir.join("field_filter.wasm"),
+        config: toml::Table::new(),
+        sha256: None,
+    };
+    let mut rates = Vec::new();
+    for (tag, filter, want) in [
+        ("trivial", trivial_filter.clone(), n as usize),
+        ("json", demo_filter(&opts.plugin_dir), kept),
+    ] {
+        let out = format!("bench-{tag}-out");
+        let mut cfg = demo_config(
+            &brokers,
+            &format!("bench-{tag}"),
+            "bench-in",
+            "bench-dlq",
+            &opts.plugin_dir,
+            vec![kafka_target(&out)],
+        );
+        cfg.filters = vec![filter];
+        cfg.router = demo_router(&opts.plugin_dir, false);
+        cfg.log.level = "warn".into();
+        cfg.kafka
+            .options
+            .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+        let daemon = Daemon::start(cfg, None).await?;
+        let b = brokers.clone();
+        let (span, _) =
+            tokio::task::spawn_blocking(move || watch_topic(&b, &out, want, limit)).await??;
+        daemon.stop().await?;
+        // Input records per second (the JSON filter drops some of them).
+        rates.push(0.8 * n as f64 / span.as_secs_f64());
+    }
+
+    // Latency: a steady 2,000 records/s through the trivial path.
+    let mut cfg = demo_config(
+        &brokers,
+        "bench-lat",
+        "bench-lat-in",
+        "bench-dlq",
+        &opts.plugin_dir,
+        vec![kafka_target("bench-lat-out")],
+    );
+    cfg.filters = vec![trivial_filter];
+    cfg.router = demo_router(&opts.plugin_dir, false);
+    cfg.log.level = "warn".into();
+    cfg.kafka
+        .options
+        .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+    let daemon = Daemon::start(cfg, None).await?;
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+    let lat_n = 10_000usize;
+    let b = brokers.clone();
+    let watcher =
+        tokio::task::spawn_blocking(move || watch_topic(&b, "bench-lat-out", lat_n, limit));
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()?;
+    let started = Instant::now();
+    for i in 0..lat_n {
+        let (key, value, _) = record(i as u64 * 10);
+        let due = started + Duration::from_micros(500 * i as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let _ = p.send(BaseRecord::to("bench-lat-in").key(&key).payload(&value));
+    }
+    p.flush(Duration::from_secs(30))?;
+    let (_, mut ages) = watcher.await??;
+    daemon.stop().await?;
+    ages.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        ages.get(((ages.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(EndToEnd {
+        passthrough,
+        trivial: rates[0],
+        json: rates[1],
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+    })
+}
