@@ -41,6 +41,8 @@ pub struct BenchOptions {
     pub plugin_dir: PathBuf,
     /// Records per end-to-end run.
     pub records: u64,
+    /// Fewer iterations (a smoke run: the figures are rough).
+    pub quick: bool,
 }
 
 /// One row of the overhead benchmark.
@@ -100,10 +102,10 @@ pub struct BenchReport {
 /// Runs every benchmark (a minute or two).
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let rss_idle_bytes = rss_bytes("VmRSS");
-    let dir = opts.plugin_dir.clone();
+    let (dir, quick) = (opts.plugin_dir.clone(), opts.quick);
     let (overhead, loads, instantiate_ms, instance_rss_bytes) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let overhead = overhead(&dir)?;
+            let overhead = overhead(&dir, quick)?;
             let (loads, instantiate_ms, per_instance) = loading(&dir)?;
             Ok((overhead, loads, instantiate_ms, per_instance))
         })
@@ -303,7 +305,7 @@ fn native_route(snapshot: &Snapshot, assigned: &mut [u32], records: &[&Record]) 
         .collect()
 }
 
-fn overhead(dir: &Path) -> anyhow::Result<Vec<OverheadRow>> {
+fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
     let cache = cache_dir("overhead");
     let rt = runtime(&cache, 1)?;
     let metrics = Arc::new(Metrics::new());
@@ -332,7 +334,11 @@ fn overhead(dir: &Path) -> anyhow::Result<Vec<OverheadRow>> {
         );
         let snapshot = registry.snapshot();
         for batch in [1usize, 16, 256, 1024] {
-            let total = if batch == 1 { 4096 } else { 65_536 };
+            let total = match (quick, batch) {
+                (true, _) => 2048,
+                (false, 1) => 4096,
+                (false, _) => 65_536,
+            };
             let (mut f_ns, mut r_ns) = (0u128, 0u128);
             let mut kept_total = 0usize;
             // Warm-up: targets pushed, caches hot.

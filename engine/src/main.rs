@@ -61,6 +61,9 @@ enum Command {
         /// Records per end-to-end run.
         #[arg(long, default_value_t = 100_000)]
         records: u64,
+        /// A short smoke run (fewer iterations; rough figures).
+        #[arg(long)]
+        quick: bool,
         /// Folder with field_filter.wasm and p2c_router.wasm.
         #[arg(
             long,
@@ -117,10 +120,11 @@ fn main() -> ExitCode {
         Command::Bench {
             out,
             records,
+            quick,
             plugin_dir,
         } => {
             init_logs("warn");
-            bench(out, records, plugin_dir)
+            bench(out, records, quick, plugin_dir)
         }
         Command::DemoServer {
             id,
@@ -263,10 +267,16 @@ fn demo_server(
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(out: Option<PathBuf>, records: u64, plugin_dir: PathBuf) -> anyhow::Result<ExitCode> {
+fn bench(
+    out: Option<PathBuf>,
+    records: u64,
+    quick: bool,
+    plugin_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
     let opts = cdrs::bench::BenchOptions {
         plugin_dir,
         records,
+        quick,
     };
     let report = runtime()?.block_on(cdrs::bench::run(opts))?;
     print!("{}", cdrs::bench::table(&report));

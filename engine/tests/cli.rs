@@ -66,3 +66,46 @@ fn check_accepts_the_example_config() {
     assert!(ok, "{out}");
     assert!(out.contains("ok:"), "{out}");
 }
+
+/// `cdrs bench --quick --out F` runs all four benchmarks and writes every
+/// key the performance goals are stated in, each a measured positive number.
+/// (A smoke run of the command: no figure is judged here.)
+#[test]
+fn bench_writes_every_figure() {
+    let out_file = std::env::temp_dir().join(format!("cdrs-bench-{}.json", std::process::id()));
+    let (ok, out) = cdrs(&[
+        "bench",
+        "--quick",
+        "--records",
+        "2000",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("plugin overhead"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    for key in [
+        "overhead_ns_per_record",
+        "native_ns_per_record",
+        "e2e_records_per_s",
+        "passthrough_records_per_s",
+        "e2e_ratio_trivial",
+        "e2e_ratio_json",
+        "p99_latency_ms",
+        "cold_load_ms",
+        "cached_load_ms",
+        "instance_rss_bytes",
+    ] {
+        let v = json[key].as_f64().unwrap_or(f64::NAN);
+        // RSS growth can round to zero pages; everything else is a rate or a time.
+        let min_ok = if key == "instance_rss_bytes" {
+            v >= 0.0
+        } else {
+            v > 0.0
+        };
+        assert!(v.is_finite() && min_ok, "{key} = {v} in {json}");
+    }
+    assert_eq!(json["overhead"].as_array().unwrap().len(), 8);
+    let _ = std::fs::remove_file(&out_file);
+}
