@@ -92,6 +92,16 @@ impl P2cRouter {
     }
 
     fn set_targets(&mut self, targets: &[Target]) {
+        // In-flight counts change the snapshot version every refresh under
+        // load: keep the assigned counts while the target list is the same
+        // one, or the split would only follow the in-flight counts (which
+        // lag and depend on each target's batch latency).
+        let same = self.slots.len() == targets.len()
+            && self
+                .slots
+                .iter()
+                .zip(targets)
+                .all(|(s, t)| s.id_hash == xxh3_64(t.id.as_bytes()));
         self.slots = targets
             .iter()
             .map(|t| Slot {
@@ -101,7 +111,9 @@ impl P2cRouter {
                 health: t.health,
             })
             .collect();
-        self.assigned = vec![0.0; self.slots.len()];
+        if !same {
+            self.assigned = vec![0.0; self.slots.len()];
+        }
         let by = |h: Health| -> Vec<u32> {
             (0..self.slots.len() as u32)
                 .filter(|&i| self.slots[i as usize].health == h)
@@ -265,6 +277,37 @@ mod tests {
         let total = 10_000.0;
         for (i, want) in [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0].iter().enumerate() {
             let got = c[i] as f64 / total;
+            assert!(
+                (got - want).abs() < 0.05,
+                "target {i}: {got} vs {want} ({c:?})"
+            );
+        }
+    }
+
+    /// Targets are re-pushed every refresh under load (in-flight counts
+    /// change the version): the split must still follow capacity, batch by
+    /// batch, not start over each time.
+    #[test]
+    fn split_follows_capacity_across_frequent_target_updates() {
+        let (mut r, _) = P2cRouter::parse("{}").unwrap();
+        let mut c = [0usize; 3];
+        for v in 0..200 {
+            r.update_targets(
+                v,
+                vec![
+                    target("a", 1, Health::Healthy),
+                    target("b", 2, Health::Healthy),
+                    target("c", 4, Health::Healthy),
+                ],
+            );
+            for d in r.route(batch(50, false)) {
+                if let Decision::Route(i) = d {
+                    c[i as usize] += 1;
+                }
+            }
+        }
+        for (i, want) in [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0].iter().enumerate() {
+            let got = c[i] as f64 / 10_000.0;
             assert!(
                 (got - want).abs() < 0.05,
                 "target {i}: {got} vs {want} ({c:?})"
