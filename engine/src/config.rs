@@ -56,6 +56,8 @@ pub const DEFAULT_RETRY_DEADLINE_MS: u64 = 30_000;
 pub const DEFAULT_LANES: usize = 4;
 /// Default `delivery.queue_capacity` (records queued per target).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Default `pipeline.pause_after_records` (per partition).
+pub const DEFAULT_PAUSE_AFTER_RECORDS: usize = 16_384;
 /// Default `pipeline.max_inflight_records` (per partition).
 pub const DEFAULT_MAX_INFLIGHT_RECORDS: usize = 10_000;
 /// Default `pipeline.shutdown_grace_ms`.
@@ -177,6 +179,12 @@ pub struct PipelineConfig {
     /// when full, the source pauses the partition. Default 2048.
     #[serde(default = "d_partition_queue")]
     pub partition_queue: usize,
+    /// Records fetched beyond a full worker channel (held in a stash) before
+    /// the source pauses the partition. Pausing makes librdkafka drop what
+    /// it prefetched and fetch it again on resume, so pausing early costs
+    /// throughput; this bounds the memory it may take. Default 16384.
+    #[serde(default = "d_pause_after")]
+    pub pause_after_records: usize,
     /// Records of one partition read but not yet finished (delivered,
     /// dropped, dead-lettered) at most: the in-flight window. When it is
     /// full the partition's worker waits and the source pauses the
@@ -194,6 +202,9 @@ pub struct PipelineConfig {
     pub revoke_drain_ms: u64,
 }
 
+fn d_pause_after() -> usize {
+    DEFAULT_PAUSE_AFTER_RECORDS
+}
 fn d_max_inflight() -> usize {
     DEFAULT_MAX_INFLIGHT_RECORDS
 }
@@ -220,6 +231,7 @@ impl Default for PipelineConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             partition_queue: DEFAULT_PARTITION_QUEUE,
+            pause_after_records: DEFAULT_PAUSE_AFTER_RECORDS,
             max_inflight_records: DEFAULT_MAX_INFLIGHT_RECORDS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             revoke_drain_ms: DEFAULT_REVOKE_DRAIN_MS,
@@ -1070,6 +1082,12 @@ impl Config {
         if b.interval_ms == 0 {
             bad(
                 "delivery.breaker.interval_ms".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.pipeline.pause_after_records == 0 {
+            bad(
+                "pipeline.pause_after_records".into(),
                 "must be at least 1".into(),
             );
         }

@@ -171,6 +171,7 @@ async fn slow_targets_pause_partitions_within_bounded_windows() {
     let (window, queue) = (256, 200);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-backpressure", |c| {
         c.pipeline.partition_queue = 64;
+        c.pipeline.pause_after_records = 64;
         c.pipeline.batch_size = 64;
         c.pipeline.max_inflight_records = window;
         c.delivery.queue_capacity = queue;
