@@ -323,8 +323,11 @@ pub async fn run(
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("final offsets committed"),
-        // "No offset stored" is the normal case when nothing new completed.
-        Err(e) => tracing::info!(error = %e, "final commit"),
+        // Every stored offset was already auto-committed.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => tracing::info!("final offsets committed (nothing new since the last auto-commit)"),
+        Err(e) => tracing::warn!(error = %e, "final commit failed"),
     }
     consumer.unsubscribe();
     Ok(())
