@@ -516,6 +516,42 @@ fn watch_topic(
     Ok((last.zip(first).map_or(Duration::ZERO, |(l, f)| l - f), ages))
 }
 
+/// CDRS from `input` to the `kafka://` target `out` with `filter` and the
+/// non-sticky P2C router.
+fn config(
+    brokers: &str,
+    tag: &str,
+    input: &str,
+    out: &str,
+    filter: PluginConfig,
+    plugin_dir: &Path,
+) -> crate::config::Config {
+    let target = TargetConfig {
+        id: "sink".into(),
+        url: format!("kafka://{out}"),
+        capacity: 10_000,
+        weight: crate::config::DEFAULT_WEIGHT,
+        zone: None,
+        labels: Default::default(),
+        health_url: None,
+    };
+    let mut cfg = demo_config(
+        brokers,
+        &format!("bench-{tag}"),
+        input,
+        "bench-dlq",
+        plugin_dir,
+        vec![target],
+    );
+    cfg.filters = vec![filter];
+    cfg.router = demo_router(plugin_dir, false);
+    cfg.log.level = "warn".into();
+    cfg.kafka
+        .options
+        .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+    cfg
+}
+
 async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     let n = opts.records;
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
@@ -588,15 +624,6 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         0.8 * n as f64 / span.as_secs_f64()
     };
 
-    let kafka_target = |topic: &str| TargetConfig {
-        id: "sink".into(),
-        url: format!("kafka://{topic}"),
-        capacity: 10_000,
-        weight: crate::config::DEFAULT_WEIGHT,
-        zone: None,
-        labels: Default::default(),
-        health_url: None,
-    };
     let trivial_filter = PluginConfig {
         name: "pass".into(),
         path: opts.plugin_dir.join("field_filter.wasm"),
@@ -609,20 +636,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         ("json", demo_filter(&opts.plugin_dir), kept),
     ] {
         let out = format!("bench-{tag}-out");
-        let mut cfg = demo_config(
-            &brokers,
-            &format!("bench-{tag}"),
-            "bench-in",
-            "bench-dlq",
-            &opts.plugin_dir,
-            vec![kafka_target(&out)],
-        );
-        cfg.filters = vec![filter];
-        cfg.router = demo_router(&opts.plugin_dir, false);
-        cfg.log.level = "warn".into();
-        cfg.kafka
-            .options
-            .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+        let cfg = config(&brokers, tag, "bench-in", &out, filter, &opts.plugin_dir);
         let daemon = Daemon::start(cfg, None).await?;
         let b = brokers.clone();
         let (span, _) =
@@ -633,20 +647,14 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     }
 
     // Latency: a steady 2,000 records/s through the trivial path.
-    let mut cfg = demo_config(
+    let cfg = config(
         &brokers,
-        "bench-lat",
+        "lat",
         "bench-lat-in",
-        "bench-dlq",
+        "bench-lat-out",
+        trivial_filter,
         &opts.plugin_dir,
-        vec![kafka_target("bench-lat-out")],
     );
-    cfg.filters = vec![trivial_filter];
-    cfg.router = demo_router(&opts.plugin_dir, false);
-    cfg.log.level = "warn".into();
-    cfg.kafka
-        .options
-        .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
     let daemon = Daemon::start(cfg, None).await?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
     let lat_n = 10_000usize;

@@ -12,11 +12,10 @@
 
 use cdrs::config::{Config, TargetConfig, WhenNoTarget};
 use cdrs::demo::appserver::{read_log, LogLine};
-use cdrs::demo::{demo_config, produce_events, trade_event, Fate, Ledger};
+use cdrs::demo::{dead_letter_headers, demo_config, produce_events, trade_event, Fate, Ledger};
 use cdrs_e2e::{cdrs_bin, create_topics, free_port, mock_cluster_handle, plugin_dir, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::TopicPartitionList;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -205,23 +204,9 @@ impl DeadLetters {
             let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) else {
                 return;
             };
-            let mut h = HashMap::new();
-            if let Some(hs) = m.headers() {
-                for x in hs.iter() {
-                    h.insert(
-                        x.key.to_string(),
-                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            let get = |k: &str| h.get(k).cloned().unwrap_or_default();
-            let id = format!(
-                "{}/{}/{}",
-                get("cdrs-original-topic"),
-                get("cdrs-original-partition"),
-                get("cdrs-original-offset")
-            );
-            self.seen.insert(id, get("cdrs-dlq-stage"));
+            let (id, h) = dead_letter_headers(&m);
+            self.seen
+                .insert(id, h.get("cdrs-dlq-stage").cloned().unwrap_or_default());
         }
     }
 }
@@ -603,13 +588,9 @@ async fn chaos_4_broker_down_and_up() {
     rig.finish(Duration::from_secs(120)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_5_all_targets_down_for_5_s_records_wait() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::new("all-down-wait", None, |c| {
-        c.delivery.when_no_target = WhenNoTarget::Wait;
-    })
-    .await;
+/// All three servers `kill -9`ed for 5 s at 30% delivered, then restarted.
+async fn all_targets_down(name: &'static str, when: WhenNoTarget) -> Tally {
+    let mut rig = Rig::new(name, None, |c| c.delivery.when_no_target = when).await;
     rig.start_instance().await;
     rig.wait_delivered(0.3).await;
     for s in &mut rig.servers {
@@ -619,7 +600,13 @@ async fn chaos_5_all_targets_down_for_5_s_records_wait() {
     for s in &mut rig.servers {
         s.restart();
     }
-    let t = rig.finish(Duration::from_secs(120)).await;
+    rig.finish(Duration::from_secs(120)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_5_all_targets_down_for_5_s_records_wait() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = all_targets_down("all-down-wait", WhenNoTarget::Wait).await;
     assert_eq!(
         t.dead_lettered,
         rig_malformed(),
@@ -630,20 +617,7 @@ async fn chaos_5_all_targets_down_for_5_s_records_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_5b_all_targets_down_for_5_s_records_dead_lettered() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::new("all-down-dlq", None, |c| {
-        c.delivery.when_no_target = WhenNoTarget::DeadLetter;
-    })
-    .await;
-    rig.start_instance().await;
-    rig.wait_delivered(0.3).await;
-    for s in &mut rig.servers {
-        s.kill9();
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for s in &mut rig.servers {
-        s.restart();
-    }
-    let t = rig.finish(Duration::from_secs(120)).await;
+    let t = all_targets_down("all-down-dlq", WhenNoTarget::DeadLetter).await;
     assert!(
         t.dead_lettered > rig_malformed(),
         "records no target could take went to the dead-letter topic: {t:?}"

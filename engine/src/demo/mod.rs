@@ -170,6 +170,28 @@ pub fn account(ledger: &Ledger, servers: &[&AppServer]) -> Accounting {
     }
 }
 
+/// The original id (`topic/partition/offset`) of a dead letter and all its
+/// headers as text.
+pub fn dead_letter_headers<M: Message>(m: &M) -> (String, HashMap<String, String>) {
+    let mut h = HashMap::new();
+    if let Some(hs) = m.headers() {
+        for x in hs.iter() {
+            h.insert(
+                x.key.to_string(),
+                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    let get = |k: &str| h.get(k).map_or("", String::as_str);
+    let id = format!(
+        "{}/{}/{}",
+        get("cdrs-original-topic"),
+        get("cdrs-original-partition"),
+        get("cdrs-original-offset")
+    );
+    (id, h)
+}
+
 /// Reads the whole dead-letter topic (partitions `0..partitions`) and
 /// returns the original ids (`cdrs-original-*` headers) with their reasons.
 pub fn read_dead_letters(
@@ -196,23 +218,8 @@ pub fn read_dead_letters(
             continue;
         };
         let m = m?;
-        let mut h = HashMap::new();
-        if let Some(hs) = m.headers() {
-            for x in hs.iter() {
-                h.insert(
-                    x.key.to_string(),
-                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
-        let get = |k: &str| h.get(k).cloned().unwrap_or_default();
-        let id = format!(
-            "{}/{}/{}",
-            get("cdrs-original-topic"),
-            get("cdrs-original-partition"),
-            get("cdrs-original-offset")
-        );
-        out.push((id, get("cdrs-dlq-reason")));
+        let (id, h) = dead_letter_headers(&m);
+        out.push((id, h.get("cdrs-dlq-reason").cloned().unwrap_or_default()));
     }
     Ok(out)
 }

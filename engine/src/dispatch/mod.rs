@@ -66,8 +66,6 @@ pub struct Partition {
     /// Stores the watermark (next offset to read) in the consumer.
     store: Box<dyn Fn(i64) + Send + Sync>,
     inflight: prometheus::IntGauge,
-    /// Notified whenever a record of the partition finishes.
-    pub finished: Notify,
 }
 
 #[derive(Default)]
@@ -103,7 +101,6 @@ impl Partition {
             revoked: AtomicBool::new(false),
             store: Box::new(store),
             inflight,
-            finished: Notify::new(),
         })
     }
 
@@ -139,15 +136,6 @@ impl Partition {
         self.state.lock().expect("partition lock").tracker.pending()
     }
 
-    /// The commit watermark: the next offset to read after a restart.
-    pub fn watermark(&self) -> Option<i64> {
-        self.state
-            .lock()
-            .expect("partition lock")
-            .tracker
-            .watermark()
-    }
-
     /// One copy of `offset` finished (delivered, dropped, dead-lettered);
     /// `key` if the copy was bound to its key's route.
     fn finish(&self, offset: i64, key: Option<u64>) {
@@ -167,8 +155,6 @@ impl Partition {
         if let Some(w) = st.tracker.advanced() {
             (self.store)(w);
         }
-        drop(st);
-        self.finished.notify_waiters();
     }
 
     /// Binds one more copy of key `h` to `target`, or — if the key already
