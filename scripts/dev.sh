@@ -52,6 +52,13 @@ need_tansu() {
   echo "$bin"
 }
 
+# Plugins built, Tansu installed, both exported for the test binaries.
+test_env() {
+  build_plugins
+  CDRS_TANSU=$(need_tansu)
+  export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+}
+
 cmd=${1:-help}; shift || true
 case "$cmd" in
   plugins) build_plugins ;;
@@ -62,9 +69,7 @@ case "$cmd" in
     exec "$ROOT/target/release/cdrs" demo --plugin-dir "$PLUGIN_DIR" "$@"
     ;;
   test)
-    build_plugins
-    CDRS_TANSU=$(need_tansu)
-    export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+    test_env
     # Host crates (engine unit tests, end-to-end tests), then the plugins'
     # native unit tests (policy logic, no Wasm).
     cargo test --workspace --no-fail-fast "$@"
@@ -75,9 +80,7 @@ case "$cmd" in
     exec "$ROOT/target/release/cdrs" bench --plugin-dir "$PLUGIN_DIR" "$@"
     ;;
   chaos)
-    build_plugins
-    CDRS_TANSU=$(need_tansu)
-    export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+    test_env
     cargo build -q -p cdrs >&2
     echo "| case | produced | filtered | delivered | duplicates | dead-lettered | lost | out of key order | max RSS MiB | s |"
     echo "|---|---|---|---|---|---|---|---|---|---|"

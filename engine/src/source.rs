@@ -52,6 +52,30 @@ struct Assigned {
 }
 
 impl Assigned {
+    /// Pauses or resumes fetching the partition (backpressure).
+    fn set_paused(&mut self, consumer: &Source, metrics: &Metrics, paused: bool) {
+        self.paused = paused;
+        let (t, p) = (&*self.part.topic, self.part.partition);
+        let result = if paused {
+            consumer.pause(&one(t, p))
+        } else {
+            consumer.resume(&one(t, p))
+        };
+        if let Err(e) = result {
+            tracing::debug!(topic = t, partition = p, paused, error = %e, "pause/resume failed");
+        }
+        metrics
+            .partition_paused
+            .with_label_values(&[t, &p.to_string()])
+            .set(i64::from(paused));
+        tracing::debug!(
+            topic = t,
+            partition = p,
+            paused,
+            "partition backpressure changed"
+        );
+    }
+
     /// Moves stashed records into the worker's channel while it has room.
     fn flush(&mut self) {
         while let Some(r) = self.stash.pop_front() {
@@ -273,16 +297,7 @@ pub async fn run(
         a.stash.push_back(record);
         a.flush();
         if !a.paused && a.stash.len() >= cfg.pause_after_records {
-            a.paused = true;
-            let (t, p) = (&*a.part.topic, a.part.partition);
-            if let Err(e) = consumer.pause(&one(t, p)) {
-                tracing::debug!(topic = t, partition = p, error = %e, "pause failed");
-            }
-            metrics
-                .partition_paused
-                .with_label_values(&[t, &p.to_string()])
-                .set(1);
-            tracing::debug!(topic = t, partition = p, "partition paused (backpressure)");
+            a.set_paused(&consumer, &metrics, true);
         }
     }
 
@@ -374,16 +389,7 @@ fn resume_drained(consumer: &Source, assigned: &Assignment, metrics: &Metrics) {
     for a in map.values_mut() {
         a.flush();
         if a.paused && a.stash.is_empty() && a.tx.capacity() * 2 >= a.tx.max_capacity() {
-            a.paused = false;
-            let (t, p) = (&*a.part.topic, a.part.partition);
-            if let Err(e) = consumer.resume(&one(t, p)) {
-                tracing::debug!(topic = t, partition = p, error = %e, "resume failed");
-            }
-            metrics
-                .partition_paused
-                .with_label_values(&[t, &p.to_string()])
-                .set(0);
-            tracing::debug!(topic = t, partition = p, "partition resumed");
+            a.set_paused(consumer, metrics, false);
         }
     }
 }
