@@ -43,11 +43,17 @@ pub struct BenchOptions {
     pub records: u64,
     /// Fewer iterations (a smoke run: the figures are rough).
     pub quick: bool,
+    /// Run one part only: `overhead`, `load` or `e2e` (the others report 0).
+    pub only: Option<String>,
 }
 
 /// One row of the overhead benchmark.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct OverheadRow {
+    /// `json`: the demo filter (one JSON field rule) + P2C router;
+    /// `trivial`: a filter without rules (keeps all) + P2C router, i.e.
+    /// mostly the cost of crossing into the plugins.
+    pub policy: &'static str,
     pub batch: usize,
     pub targets: usize,
     /// Wasm filter + router, ns per record.
@@ -103,20 +109,34 @@ pub struct BenchReport {
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let rss_idle_bytes = rss_bytes("VmRSS");
     let (dir, quick) = (opts.plugin_dir.clone(), opts.quick);
+    let wants = |part: &str| opts.only.as_deref().is_none_or(|o| o == part);
+    let (want_overhead, want_load) = (wants("overhead"), wants("load"));
     let (overhead, loads, instantiate_ms, instance_rss_bytes) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let overhead = overhead(&dir, quick)?;
-            let (loads, instantiate_ms, per_instance) = loading(&dir)?;
+            let overhead = if want_overhead {
+                overhead(&dir, quick)?
+            } else {
+                Vec::new()
+            };
+            let (loads, instantiate_ms, per_instance) = if want_load {
+                loading(&dir)?
+            } else {
+                (Vec::new(), 0.0, 0.0)
+            };
             Ok((overhead, loads, instantiate_ms, per_instance))
         })
         .await??;
-    let e2e = end_to_end(&opts).await?;
+    let e2e = if wants("e2e") {
+        end_to_end(&opts).await?
+    } else {
+        EndToEnd::default()
+    };
     let at = |b: usize, t: usize| {
         overhead
             .iter()
-            .find(|r| r.batch == b && r.targets == t)
+            .find(|r| r.policy == "json" && r.batch == b && r.targets == t)
             .cloned()
-            .expect("measured row")
+            .unwrap_or_default()
     };
     let main = at(256, 16);
     let router = loads
@@ -129,8 +149,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         native_ns_per_record: main.native_ns,
         e2e_records_per_s: e2e.trivial,
         passthrough_records_per_s: e2e.passthrough,
-        e2e_ratio_trivial: e2e.trivial / e2e.passthrough,
-        e2e_ratio_json: e2e.json / e2e.passthrough,
+        e2e_ratio_trivial: ratio(e2e.trivial, e2e.passthrough),
+        e2e_ratio_json: ratio(e2e.json, e2e.passthrough),
         p50_latency_ms: e2e.p50_ms,
         p99_latency_ms: e2e.p99_ms,
         cold_load_ms: router.cold_ms,
@@ -147,50 +167,65 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
 /// The table `cdrs bench` prints.
 pub fn table(r: &BenchReport) -> String {
-    let mut s = format!("cdrs bench on {}\n\n", r.machine);
-    s += "plugin overhead (filter + router, ns/record)\n";
-    s += "| batch | targets | wasm | filter | router | native | wasm/native |\n|---|---|---|---|---|---|---|\n";
-    for o in &r.overhead {
-        s += &format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}× |\n",
-            o.batch,
-            o.targets,
-            o.wasm_ns,
-            o.filter_ns,
-            o.router_ns,
-            o.native_ns,
-            o.wasm_ns / o.native_ns
-        );
+    let mut s = format!("cdrs bench on {}\n", r.machine);
+    if !r.overhead.is_empty() {
+        s += "\nplugin overhead (filter + router, ns/record)\n";
+        s += "| policy | batch | targets | wasm | filter | router | native | wasm/native |\n|---|---|---|---|---|---|---|---|\n";
+        for o in &r.overhead {
+            s += &format!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}× |\n",
+                o.policy,
+                o.batch,
+                o.targets,
+                o.wasm_ns,
+                o.filter_ns,
+                o.router_ns,
+                o.native_ns,
+                o.wasm_ns / o.native_ns
+            );
+        }
     }
-    s += &format!(
-        "\nend to end ({} records of 200 bytes, embedded broker)\n\
+    if r.passthrough_records_per_s > 0.0 {
+        s += &format!(
+            "\nend to end ({} records of 200 bytes, embedded broker)\n\
          | path | records/s | ratio |\n|---|---|---|\n\
          | rdkafka passthrough | {:.0} | 1.00 |\n\
          | CDRS, trivial filter | {:.0} | {:.2} |\n\
          | CDRS, JSON filter | {:.0} | {:.2} |\n\
          latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
-        r.records,
-        r.passthrough_records_per_s,
-        r.e2e_records_per_s,
-        r.e2e_ratio_trivial,
-        r.e2e_json_records_per_s,
-        r.e2e_ratio_json,
-        r.p50_latency_ms,
-        r.p99_latency_ms
-    );
-    s += "\nload\n| plugin | cold compile ms | cached load ms |\n|---|---|---|\n";
-    for l in &r.loads {
-        s += &format!("| {} | {:.1} | {:.2} |\n", l.plugin, l.cold_ms, l.cached_ms);
+            r.records,
+            r.passthrough_records_per_s,
+            r.e2e_records_per_s,
+            r.e2e_ratio_trivial,
+            r.e2e_json_records_per_s,
+            r.e2e_ratio_json,
+            r.p50_latency_ms,
+            r.p99_latency_ms
+        );
     }
-    s += &format!(
+    if !r.loads.is_empty() {
+        s += "\nload\n| plugin | cold compile ms | cached load ms |\n|---|---|---|\n";
+        for l in &r.loads {
+            s += &format!("| {} | {:.1} | {:.2} |\n", l.plugin, l.cold_ms, l.cached_ms);
+        }
+        s += &format!(
         "instantiate + init: {:.3} ms\n\nmemory: {:.0} KiB per plugin instance; process RSS idle {:.1} MiB, peak {:.1} MiB\n",
         r.instantiate_ms,
         r.instance_rss_bytes / 1024.0,
         r.rss_idle_bytes as f64 / 1048576.0,
         r.rss_load_bytes as f64 / 1048576.0
     );
+    }
     s
 }
 
@@ -270,17 +305,18 @@ fn cache_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// The demo filter's policy natively: keep unless `type` is "heartbeat";
-/// not JSON → dead-letter.
+/// The demo filter's policy natively, with the same JSON code the plugin
+/// runs (`cdrs_plugin_sdk::json::lookup`): keep unless `type` is
+/// "heartbeat"; not JSON → dead-letter.
 fn native_filter(records: &[&Record]) -> Vec<bool> {
     records
         .iter()
         .map(|r| {
-            let v: Option<serde_json::Value> = r
+            let ty = r
                 .value
                 .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok());
-            v.is_some_and(|v| v.get("type").and_then(|t| t.as_str()) != Some("heartbeat"))
+                .map(|b| cdrs_plugin_sdk::json::lookup(b, &["type"]));
+            matches!(ty, Some(Ok(t)) if t.as_ref().and_then(|t| t.as_str()) != Some("heartbeat"))
         })
         .collect()
 }
@@ -309,7 +345,16 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
     let cache = cache_dir("overhead");
     let rt = runtime(&cache, 1)?;
     let metrics = Arc::new(Metrics::new());
-    let filter = FilterPlugin::load(&rt, &demo_filter(dir), metrics.clone())?;
+    let json_filter = FilterPlugin::load(&rt, &demo_filter(dir), metrics.clone())?;
+    let trivial_filter = FilterPlugin::load(
+        &rt,
+        &PluginConfig {
+            name: "keep-all".into(),
+            config: toml::Table::new(),
+            ..demo_filter(dir)
+        },
+        metrics.clone(),
+    )?;
     let router = RouterPlugin::load(&rt, &demo_router(dir, false), metrics.clone())?;
     let records: Vec<Record> = (0..8192u64)
         .map(|i| {
@@ -326,81 +371,87 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
         })
         .collect();
     let mut rows = Vec::new();
-    for n_targets in [16, 128] {
-        let registry = Registry::new(
-            CapacityConfig::default(),
-            &targets(n_targets),
-            metrics.clone(),
-        );
-        let snapshot = registry.snapshot();
-        for batch in [1usize, 16, 256, 1024] {
-            let total = match (quick, batch) {
-                (true, _) => 2048,
-                (false, 1) => 4096,
-                (false, _) => 65_536,
-            };
-            let (mut f_ns, mut r_ns) = (0u128, 0u128);
-            let mut kept_total = 0usize;
-            // Warm-up: targets pushed, caches hot.
-            let warm: Vec<&Record> = records.iter().take(batch).collect();
-            let _ = router.route(&snapshot, "bench", 0, &warm);
-            let mut done = 0;
-            while done < total {
-                let start = done % (records.len() - batch + 1);
-                let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
-                let t0 = Instant::now();
-                let verdicts = filter.filter("bench", 0, &chunk);
-                let t1 = Instant::now();
-                let kept: Vec<&Record> = chunk
-                    .iter()
-                    .zip(&verdicts)
-                    .filter(|(_, v)| matches!(v, Verdict::Keep))
-                    .map(|(r, _)| *r)
-                    .collect();
-                let routes = router.route(&snapshot, "bench", 0, &kept);
-                let t2 = Instant::now();
-                assert!(routes
-                    .iter()
-                    .all(|r| matches!(r, Route::Targets(_) | Route::Default)));
-                f_ns += (t1 - t0).as_nanos();
-                r_ns += (t2 - t1).as_nanos();
-                kept_total += kept.len();
-                done += batch;
-            }
-            // Native, same records, same batches.
-            let mut assigned = vec![0u32; n_targets];
-            let mut native_ns = 0u128;
-            let mut native_kept = 0usize;
-            let mut done = 0;
-            while done < total {
-                let start = done % (records.len() - batch + 1);
-                let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
-                let t0 = Instant::now();
-                let keep = native_filter(&chunk);
-                let kept: Vec<&Record> = chunk
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(r, _)| *r)
-                    .collect();
-                let picks = native_route(&snapshot, &mut assigned, &kept);
-                native_ns += t0.elapsed().as_nanos();
-                native_kept += picks.len();
-                done += batch;
-            }
-            anyhow::ensure!(
-                native_kept == kept_total,
-                "native and Wasm policies disagree: {native_kept} vs {kept_total} kept"
+    for (policy, filter) in [("json", &json_filter), ("trivial", &trivial_filter)] {
+        for n_targets in [16, 128] {
+            let registry = Registry::new(
+                CapacityConfig::default(),
+                &targets(n_targets),
+                metrics.clone(),
             );
-            let per = |ns: u128| ns as f64 / total as f64;
-            rows.push(OverheadRow {
-                batch,
-                targets: n_targets,
-                wasm_ns: per(f_ns + r_ns),
-                filter_ns: per(f_ns),
-                router_ns: per(r_ns),
-                native_ns: per(native_ns),
-            });
+            let snapshot = registry.snapshot();
+            for batch in [1usize, 16, 256, 1024] {
+                let total = match (quick, batch) {
+                    (true, _) => 2048,
+                    (false, 1) => 4096,
+                    (false, _) => 65_536,
+                };
+                let (mut f_ns, mut r_ns) = (0u128, 0u128);
+                let mut kept_total = 0usize;
+                // Warm-up: targets pushed, caches hot.
+                let warm: Vec<&Record> = records.iter().take(batch).collect();
+                let _ = router.route(&snapshot, "bench", 0, &warm);
+                let mut done = 0;
+                while done < total {
+                    let start = done % (records.len() - batch + 1);
+                    let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
+                    let t0 = Instant::now();
+                    let verdicts = filter.filter("bench", 0, &chunk);
+                    let t1 = Instant::now();
+                    let kept: Vec<&Record> = chunk
+                        .iter()
+                        .zip(&verdicts)
+                        .filter(|(_, v)| matches!(v, Verdict::Keep))
+                        .map(|(r, _)| *r)
+                        .collect();
+                    let routes = router.route(&snapshot, "bench", 0, &kept);
+                    let t2 = Instant::now();
+                    assert!(routes
+                        .iter()
+                        .all(|r| matches!(r, Route::Targets(_) | Route::Default)));
+                    f_ns += (t1 - t0).as_nanos();
+                    r_ns += (t2 - t1).as_nanos();
+                    kept_total += kept.len();
+                    done += batch;
+                }
+                // Native, same records, same batches.
+                let mut assigned = vec![0u32; n_targets];
+                let mut native_ns = 0u128;
+                let mut native_kept = 0usize;
+                let mut done = 0;
+                while done < total {
+                    let start = done % (records.len() - batch + 1);
+                    let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
+                    let t0 = Instant::now();
+                    let keep = match policy {
+                        "json" => native_filter(&chunk),
+                        _ => vec![true; chunk.len()],
+                    };
+                    let kept: Vec<&Record> = chunk
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(r, _)| *r)
+                        .collect();
+                    let picks = native_route(&snapshot, &mut assigned, &kept);
+                    native_ns += t0.elapsed().as_nanos();
+                    native_kept += picks.len();
+                    done += batch;
+                }
+                anyhow::ensure!(
+                    native_kept == kept_total,
+                    "native and Wasm policies disagree: {native_kept} vs {kept_total} kept"
+                );
+                let per = |ns: u128| ns as f64 / total as f64;
+                rows.push(OverheadRow {
+                    policy,
+                    batch,
+                    targets: n_targets,
+                    wasm_ns: per(f_ns + r_ns),
+                    filter_ns: per(f_ns),
+                    router_ns: per(r_ns),
+                    native_ns: per(native_ns),
+                });
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&cache);
@@ -447,6 +498,7 @@ fn loading(dir: &Path) -> anyhow::Result<(Vec<LoadRow>, f64, f64)> {
     Ok((loads, instantiate_ms, per_instance))
 }
 
+#[derive(Default)]
 struct EndToEnd {
     passthrough: f64,
     trivial: f64,

@@ -26,6 +26,12 @@ pub const DEFAULT_PARTITION_QUEUE: usize = 2048;
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 200;
 /// Default `plugins.max_memory_bytes` (64 MiB).
 pub const DEFAULT_MAX_MEMORY_BYTES: usize = 64 << 20;
+/// Default `plugins.max_output_bytes` (1 MiB: librdkafka's default
+/// `message.max.bytes` is 1000000, so a larger record could not be produced
+/// to a Kafka target or the dead-letter topic anyway).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Longest dead-letter reason kept from a plugin, bytes; longer ones are cut.
+pub const MAX_REASON_BYTES: usize = 1024;
 /// Default `plugins.instances` (instances per plugin; one per worker thread).
 pub const DEFAULT_INSTANCES: usize = 2;
 /// Default `plugins.rollback_faults`.
@@ -249,6 +255,11 @@ pub struct PluginRuntimeConfig {
     /// Linear memory cap per plugin instance, bytes. Default 64 MiB.
     #[serde(default = "d_max_memory")]
     pub max_memory_bytes: usize,
+    /// Largest record a filter may return in a `transform` verdict (key +
+    /// value + headers), bytes; a larger one is dead-lettered with the
+    /// reason. Default 1 MiB (`max_output_bytes = 1048576`).
+    #[serde(default = "d_max_output")]
+    pub max_output_bytes: usize,
     /// Instances kept per plugin (parallel calls). Default 2.
     #[serde(default = "d_instances")]
     pub instances: usize,
@@ -289,6 +300,9 @@ fn d_call_timeout() -> u64 {
 fn d_max_memory() -> usize {
     DEFAULT_MAX_MEMORY_BYTES
 }
+fn d_max_output() -> usize {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
 fn d_instances() -> usize {
     DEFAULT_INSTANCES
 }
@@ -298,6 +312,7 @@ impl Default for PluginRuntimeConfig {
         PluginRuntimeConfig {
             call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             instances: DEFAULT_INSTANCES,
             cache_dir: None,
             rollback_faults: DEFAULT_ROLLBACK_FAULTS,
@@ -848,6 +863,15 @@ impl Config {
                 format!(
                     "{} is below the 1 MiB minimum (1048576)",
                     self.plugins.max_memory_bytes
+                ),
+            );
+        }
+        if self.plugins.max_output_bytes < 1024 {
+            bad(
+                "plugins.max_output_bytes".into(),
+                format!(
+                    "{} is below the 1 KiB minimum (1024)",
+                    self.plugins.max_output_bytes
                 ),
             );
         }

@@ -28,29 +28,89 @@ pub fn record_from_kafka(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record {
     }
 }
 
-fn wit_headers<'a>(hs: impl Iterator<Item = &'a (String, Option<Vec<u8>>)>) -> Vec<wit::Header> {
-    hs.map(|(k, v)| wit::Header {
-        key: k.clone(),
-        value: v.clone(),
-    })
-    .collect()
-}
-
-/// The records of one partition as a filter batch.
-pub fn filter_batch(topic: &str, partition: i32, records: &[&Record]) -> wit::FilterBatch {
-    wit::FilterBatch {
+/// Encodes records of one partition as the contract's flat `batch`: one
+/// `data` buffer with every key, value and header, spans into it per record.
+/// `headers` picks the headers to pass (all for filters; the ones a router
+/// asked for); `values` whether payloads are passed.
+///
+/// Lowering this shape costs three copies per call whatever the batch size,
+/// instead of one guest allocation per key, value and header.
+pub fn batch(
+    topic: &str,
+    partition: i32,
+    records: &[&Record],
+    headers: HeaderSelection<'_>,
+    values: bool,
+) -> wit::Batch {
+    let bytes: usize = records
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, Vec::len)
+                + if values {
+                    r.value.as_ref().map_or(0, Vec::len)
+                } else {
+                    0
+                }
+        })
+        .sum();
+    let mut b = wit::Batch {
         topic: topic.to_string(),
         partition,
-        messages: records
-            .iter()
-            .map(|r| wit::Message {
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: wit_headers(r.headers.iter()),
-            })
-            .collect(),
+        messages: Vec::with_capacity(records.len()),
+        headers: Vec::new(),
+        data: Vec::with_capacity(bytes),
+    };
+    for r in records {
+        let first = b.headers.len() as u32;
+        for (k, v) in &r.headers {
+            if headers.passes(k) {
+                let key = append(&mut b.data, k.as_bytes());
+                let value = v.as_deref().map(|v| append(&mut b.data, v));
+                b.headers.push(wit::HeaderSpan { key, value });
+            }
+        }
+        let key = r.key.as_deref().map(|k| append(&mut b.data, k));
+        let value = match &r.value {
+            Some(v) if values => Some(append(&mut b.data, v)),
+            _ => None,
+        };
+        b.messages.push(wit::Message {
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key,
+            value,
+            headers: wit::Span {
+                start: first,
+                len: b.headers.len() as u32 - first,
+            },
+        });
+    }
+    b
+}
+
+/// Which record headers go into a batch.
+#[derive(Clone, Copy)]
+pub enum HeaderSelection<'a> {
+    All,
+    /// Exact, case-sensitive keys.
+    Only(&'a [String]),
+}
+
+impl HeaderSelection<'_> {
+    fn passes(&self, key: &str) -> bool {
+        match self {
+            HeaderSelection::All => true,
+            HeaderSelection::Only(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
+fn append(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
+    let start = data.len() as u32;
+    data.extend_from_slice(bytes);
+    wit::Span {
+        start,
+        len: bytes.len() as u32,
     }
 }
 
@@ -61,38 +121,14 @@ pub fn apply_rewrite(r: &mut Record, rw: wit::Rewrite) {
     r.headers = rw.headers.into_iter().map(|h| (h.key, h.value)).collect();
 }
 
-/// The slim view a router asked for in its `router-options`.
-pub fn route_batch(
-    topic: &str,
-    partition: i32,
-    records: &[&Record],
-    options: &wit::RouterOptions,
-) -> wit::RouteBatch {
-    wit::RouteBatch {
-        topic: topic.to_string(),
-        partition,
-        records: records
+/// Bytes of a rewrite (key, value, header keys and values).
+pub fn rewrite_bytes(rw: &wit::Rewrite) -> usize {
+    rw.key.as_ref().map_or(0, Vec::len)
+        + rw.value.as_ref().map_or(0, Vec::len)
+        + rw.headers
             .iter()
-            .map(|r| wit::RouteInput {
-                offset: r.offset,
-                key: r.key.clone(),
-                headers: if options.headers.is_empty() {
-                    Vec::new()
-                } else {
-                    wit_headers(
-                        r.headers
-                            .iter()
-                            .filter(|(k, _)| options.headers.contains(k)),
-                    )
-                },
-                value: if options.needs_value {
-                    r.value.clone()
-                } else {
-                    None
-                },
-            })
-            .collect(),
-    }
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
 }
 
 /// A snapshot target as the WIT `target` record.

@@ -64,6 +64,9 @@ enum Command {
         /// A short smoke run (fewer iterations; rough figures).
         #[arg(long)]
         quick: bool,
+        /// Run one part only (the others report 0).
+        #[arg(long, value_parser = ["overhead", "load", "e2e"])]
+        only: Option<String>,
         /// Folder with field_filter.wasm and p2c_router.wasm.
         #[arg(
             long,
@@ -121,10 +124,11 @@ fn main() -> ExitCode {
             out,
             records,
             quick,
+            only,
             plugin_dir,
         } => {
             init_logs("warn");
-            bench(out, records, quick, plugin_dir)
+            bench(out, records, quick, only, plugin_dir)
         }
         Command::DemoServer {
             id,
@@ -271,12 +275,14 @@ fn bench(
     out: Option<PathBuf>,
     records: u64,
     quick: bool,
+    only: Option<String>,
     plugin_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let opts = cdrs::bench::BenchOptions {
         plugin_dir,
         records,
         quick,
+        only,
     };
     let report = runtime()?.block_on(cdrs::bench::run(opts))?;
     print!("{}", cdrs::bench::table(&report));

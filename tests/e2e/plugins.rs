@@ -52,7 +52,7 @@ fn missing_file_non_wasm_and_wrong_world_are_named() {
     );
     assert!(
         e.to_string()
-            .contains("does not fit the cdrs:plugin@0.1.0 filter world"),
+            .contains("does not fit the cdrs:plugin@0.2.0 filter world"),
         "{e}"
     );
 }
@@ -104,13 +104,26 @@ fn fault_filter(config: &str) -> (FilterPlugin, Arc<Metrics>) {
     )
 }
 
-/// Infinite loop, memory bomb, panic, stack overflow: each hits its limit,
+/// Infinite loop, memory bomb, panic, stack overflow, `unreachable`, an
+/// oversized output: each hits its limit,
 /// only that record is dead-lettered with the reason, the host stays up and
 /// the next batch is served by a fresh instance.
 #[test]
 fn sandbox_limits_isolate_each_misbehaving_record() {
     let (f, metrics) = fault_filter("");
-    let values = ["ok", "loop", "ok", "oom", "panic", "stack", "ok", "env"];
+    let values = [
+        "ok",
+        "loop",
+        "ok",
+        "oom",
+        "panic",
+        "stack",
+        "ok",
+        "env",
+        "unreachable",
+        "huge",
+        "long-reason",
+    ];
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -144,13 +157,21 @@ fn sandbox_limits_isolate_each_misbehaving_record() {
     assert!(reason(5).contains("trapped"), "{}", reason(5));
     // Nothing granted: no env vars, no args, no files, no directories.
     assert_eq!(reason(7), "env=0 args=0 file=false dir=false");
+    assert!(reason(8).contains("trapped"), "{}", reason(8));
+    assert!(
+        reason(9).contains("over plugins.max_output_bytes = 1048576"),
+        "{}",
+        reason(9)
+    );
+    assert!(reason(10).len() <= 1024 && reason(10).ends_with("..."));
     let errors = |kind: &str| {
         metrics
             .plugin_errors
             .with_label_values(&["faults", kind])
             .get()
     };
-    assert!(errors("deadline") >= 1 && errors("memory") >= 1 && errors("trap") >= 2);
+    assert!(errors("deadline") >= 1 && errors("memory") >= 1 && errors("trap") >= 3);
+    assert_eq!(errors("output"), 1);
 
     let next = [record(10, "ok"), record(11, "ok")];
     let verdicts = f.filter("t", 0, &next.iter().collect::<Vec<_>>());
@@ -291,7 +312,7 @@ fn router_failures_fall_back_to_the_host_policy() {
         metrics.clone(),
     );
     let snapshot: Arc<Snapshot> = registry.snapshot();
-    let keys = ["ok", "panic", "ok", "loop", "far", "ok"];
+    let keys = ["ok", "panic", "ok", "loop", "far", "ok", "many"];
     let records: Vec<Record> = keys
         .iter()
         .enumerate()
@@ -308,6 +329,8 @@ fn router_failures_fall_back_to_the_host_policy() {
         Route::Default,
         Route::Default,
         Route::Targets(vec![0]),
+        // 100,000 indexes: deduplicated, out-of-range ones ignored.
+        Route::Targets(vec![0, 1]),
     ];
     assert_eq!(routes, want);
     let errors = |kind: &str| {

@@ -2,9 +2,11 @@
 
 use super::bindings::filter::{Filter, FilterPre};
 use super::bindings::types::Verdict;
-use super::{isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
+use super::{
+    cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
+};
 use crate::config::PluginConfig;
-use crate::convert;
+use crate::convert::{self, HeaderSelection};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;
@@ -96,7 +98,7 @@ impl FilterPlugin {
                     slot = Some(self.instantiate()?);
                 }
                 let inst = slot.as_mut().expect("instance just created");
-                let batch = convert::filter_batch(topic, partition, chunk);
+                let batch = convert::batch(topic, partition, chunk, HeaderSelection::All, true);
                 self.runtime.arm(&mut inst.store);
                 let started = Instant::now();
                 let result = inst.bindings.call_filter(&mut inst.store, &batch);
@@ -106,7 +108,9 @@ impl FilterPlugin {
                     .observe(started.elapsed().as_secs_f64());
                 self.meta.observe_call(started.elapsed());
                 let err = match result {
-                    Ok(v) if v.len() == chunk.len() => return Ok(v),
+                    Ok(v) if v.len() == chunk.len() => {
+                        return Ok(v.into_iter().map(|v| self.checked(v)).collect())
+                    }
                     Ok(v) => PluginError::Contract {
                         name: self.meta.name.to_string(),
                         msg: format!("returned {} verdicts for {} records", v.len(), chunk.len()),
@@ -130,5 +134,33 @@ impl FilterPlugin {
             self.pool.put(i);
         }
         out
+    }
+
+    /// Enforces the output limits on one verdict: a `transform` larger than
+    /// `plugins.max_output_bytes` becomes `dead-letter` (counted as an
+    /// `output` error), a dead-letter reason is cut to 1 KiB.
+    fn checked(&self, v: Verdict) -> Verdict {
+        match v {
+            Verdict::Transform(rw) => {
+                let (bytes, max) = (
+                    convert::rewrite_bytes(&rw),
+                    self.runtime.limits.max_output_bytes,
+                );
+                if bytes <= max {
+                    return Verdict::Transform(rw);
+                }
+                self.metrics
+                    .plugin_errors
+                    .with_label_values(&[&*self.meta.name, "output"])
+                    .inc();
+                tracing::warn!(plugin = %self.meta.name, bytes, max, "filter output too large");
+                Verdict::DeadLetter(format!(
+                    "plugin {:?} returned a record of {bytes} bytes, over plugins.max_output_bytes = {max}",
+                    &*self.meta.name
+                ))
+            }
+            Verdict::DeadLetter(reason) => Verdict::DeadLetter(cut_reason(reason)),
+            v => v,
+        }
     }
 }

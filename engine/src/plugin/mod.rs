@@ -52,7 +52,7 @@ pub enum PluginError {
         path: String,
         msg: String,
     },
-    #[error("plugin {name:?} does not fit the cdrs:plugin@0.1.0 {world} world: {msg}")]
+    #[error("plugin {name:?} does not fit the cdrs:plugin@0.2.0 {world} world: {msg}")]
     Link {
         name: String,
         world: &'static str,
@@ -273,6 +273,12 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `CDRS_WASM_PERFMAP=1` writes /tmp/perf-PID.map so `perf report`
+        // names the plugins' JIT-compiled functions (wasmtime's perf map
+        // profiler; costs nothing when unset).
+        if std::env::var_os("CDRS_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // Pooling allocator: instance slots, memories and tables are
         // reserved once and reused (a reset after a trap costs a madvise,
         // not an mmap); linear memories are capped at the configured size.
@@ -537,6 +543,23 @@ pub fn isolate<R, T>(
         }
         Err(e) => items.iter().map(|r| failed(r, &e)).collect(),
     }
+}
+
+/// A plugin's dead-letter reason, cut to [`MAX_REASON_BYTES`] (at a char
+/// boundary) so a runaway string cannot bloat the dead-letter topic's headers.
+///
+/// [`MAX_REASON_BYTES`]: crate::config::MAX_REASON_BYTES
+pub fn cut_reason(mut reason: String) -> String {
+    let max = crate::config::MAX_REASON_BYTES;
+    if reason.len() > max {
+        let mut end = max - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
 }
 
 /// A small pool of instances of one plugin; calls take one out and put it

@@ -4,10 +4,12 @@
 
 use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Decision, RouterOptions};
-use super::{isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State};
+use super::{
+    cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
+};
 use crate::capacity::Snapshot;
 use crate::config::PluginConfig;
-use crate::convert;
+use crate::convert::{self, HeaderSelection};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;
@@ -150,7 +152,13 @@ impl RouterPlugin {
                         )?;
                         inst.pushed = Some(snapshot.version);
                     }
-                    let batch = convert::route_batch(topic, partition, chunk, &self.options);
+                    let batch = convert::batch(
+                        topic,
+                        partition,
+                        chunk,
+                        HeaderSelection::Only(&self.options.headers),
+                        self.options.needs_value,
+                    );
                     self.runtime.arm(&mut inst.store);
                     inst.bindings.call_route(&mut inst.store, &batch)
                 })();
@@ -210,7 +218,7 @@ fn to_route(d: Decision, n_targets: usize) -> Route {
             }
         }
         Decision::Drop => Route::Drop,
-        Decision::DeadLetter(reason) => Route::DeadLetter(reason),
+        Decision::DeadLetter(reason) => Route::DeadLetter(cut_reason(reason)),
         Decision::Default => Route::Default,
     }
 }

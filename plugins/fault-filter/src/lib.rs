@@ -5,6 +5,10 @@
 //! * `loop` → spins forever (the call deadline must stop it);
 //! * `oom` → allocates until memory runs out (the memory cap must stop it);
 //! * `stack` → recurses without end (stack overflow trap);
+//! * `unreachable` → executes the Wasm `unreachable` instruction (a trap);
+//! * `huge` → returns a `transform` with a 4 MiB value (over the host's
+//!   output limit);
+//! * `long-reason` → dead-letters with a 100 KiB reason (the host cuts it);
 //! * `env` → dead-letters with what it could see of the environment, files
 //!   and clock, so a test can check that nothing was granted;
 //! * anything else → keep.
@@ -13,7 +17,7 @@
 //! return one verdict too few, to test the one-verdict-per-record rule;
 //! `{"stamp_header": "x"}` adds header `x: fault-filter` to kept records.
 
-use cdrs_plugin_sdk::filter::{stamp, Filter, FilterBatch, Verdict};
+use cdrs_plugin_sdk::filter::{stamp, Batch, Filter, Verdict};
 
 pub struct FaultFilter {
     short: bool,
@@ -43,17 +47,16 @@ impl Filter for FaultFilter {
         })
     }
 
-    fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
+    fn filter(&mut self, batch: Batch) -> Vec<Verdict> {
         let mut out: Vec<Verdict> = batch
-            .messages
-            .into_iter()
+            .records()
             .map(|m| {
-                let v = m.value.as_deref().unwrap_or_default();
+                let v = m.value().unwrap_or_default();
                 let text = String::from_utf8_lossy(v);
                 match &*text {
-                    "panic" => panic!("fault-filter: panic at offset {}", m.offset),
+                    "panic" => panic!("fault-filter: panic at offset {}", m.offset()),
                     "loop" => loop {
-                        std::hint::black_box(m.offset);
+                        std::hint::black_box(m.offset());
                     },
                     "oom" => {
                         let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -62,12 +65,24 @@ impl Filter for FaultFilter {
                         }
                     }
                     "stack" => Verdict::DeadLetter(recurse(0).to_string()),
+                    "unreachable" => {
+                        #[cfg(target_arch = "wasm32")]
+                        core::arch::wasm32::unreachable();
+                        #[cfg(not(target_arch = "wasm32"))]
+                        panic!("unreachable")
+                    }
+                    "huge" => {
+                        let mut rw = m.to_rewrite();
+                        rw.value = Some(vec![b'x'; 4 << 20]);
+                        Verdict::Transform(rw)
+                    }
+                    "long-reason" => Verdict::DeadLetter("why ".repeat(25_600)),
                     "env" => Verdict::DeadLetter(probe_environment()),
                     t if t.contains("\"poison\":true") => {
-                        panic!("fault-filter: poison at offset {}", m.offset)
+                        panic!("fault-filter: poison at offset {}", m.offset())
                     }
                     _ => match &self.stamp_header {
-                        Some(h) => Verdict::Transform(stamp(m, h, "fault-filter")),
+                        Some(h) => Verdict::Transform(stamp(&m, h, "fault-filter")),
                         None => Verdict::Keep,
                     },
                 }

@@ -26,7 +26,8 @@
 //! reason = "replayed records are not routed"
 //! ```
 
-use cdrs_plugin_sdk::filter::{header, stamp, Filter, FilterBatch, Message, Verdict};
+use cdrs_plugin_sdk::filter::{stamp, Batch, Filter, Record, Verdict};
+use cdrs_plugin_sdk::json::lookup;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -142,19 +143,33 @@ impl FieldFilter {
         })
     }
 
-    fn verdict_for(&self, m: &Message) -> Verdict {
-        let json: Option<Value> = if self.reads_json {
-            match m.value.as_deref().map(serde_json::from_slice::<Value>) {
-                Some(Ok(v)) => Some(v),
-                _ => return act(self.non_json, "value is not a JSON document".to_string()),
+    fn verdict_for(&self, r: &Record<'_>) -> Verdict {
+        // Field rules read only their path (no document tree is built); a
+        // value that is not one JSON document takes the `non_json` action
+        // before any rule, as documented.
+        let mut fields: Vec<Option<Value>> = Vec::new();
+        if self.reads_json {
+            let Some(doc) = r.value() else {
+                return act(self.non_json, "value is not a JSON document".to_string());
+            };
+            for rule in &self.rules {
+                let found = match &rule.subject {
+                    Subject::Field(path) => match lookup(doc, path) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            return act(self.non_json, "value is not a JSON document".to_string())
+                        }
+                    },
+                    Subject::Header(_) => None,
+                };
+                fields.push(found);
             }
-        } else {
-            None
-        };
-        for rule in &self.rules {
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
             let found: Option<Value> = match &rule.subject {
-                Subject::Field(path) => json.as_ref().and_then(|j| lookup(j, path)).cloned(),
-                Subject::Header(h) => header(&m.headers, h)
+                Subject::Field(_) => fields[i].take(),
+                Subject::Header(h) => r
+                    .header(h)
                     .map(|v| Value::String(String::from_utf8_lossy(v).into_owned())),
             };
             let hit = match &rule.test {
@@ -178,21 +193,16 @@ fn act(action: Action, reason: String) -> Verdict {
     }
 }
 
-fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, k| v.get(k.as_str()))
-}
-
 impl Filter for FieldFilter {
     fn init(config: &str) -> Result<Self, String> {
         Self::parse(config)
     }
 
-    fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict> {
+    fn filter(&mut self, batch: Batch) -> Vec<Verdict> {
         batch
-            .messages
-            .into_iter()
-            .map(|m| match (self.verdict_for(&m), &self.stamp_header) {
-                (Verdict::Keep, Some(h)) => Verdict::Transform(stamp(m, h, "field-filter")),
+            .records()
+            .map(|r| match (self.verdict_for(&r), &self.stamp_header) {
+                (Verdict::Keep, Some(h)) => Verdict::Transform(stamp(&r, h, "field-filter")),
                 (v, _) => v,
             })
             .collect()
@@ -204,22 +214,16 @@ cdrs_plugin_sdk::export_filter!(FieldFilter);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cdrs_plugin_sdk::filter::Header;
-
-    fn msg(value: &str, headers: &[(&str, &str)]) -> Message {
-        Message {
-            offset: 1,
-            timestamp_ms: None,
-            key: None,
-            value: Some(value.as_bytes().to_vec()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| Header {
-                    key: k.to_string(),
-                    value: Some(v.as_bytes().to_vec()),
-                })
-                .collect(),
-        }
+    /// Verdict for one record with this value and headers.
+    fn verdict(f: &FieldFilter, value: &str, headers: &[(&str, &str)]) -> Verdict {
+        let headers: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (*k, Some(v.as_bytes())))
+            .collect();
+        let mut b = Batch::new("t", 0);
+        b.push(1, None, Some(value.as_bytes()), &headers);
+        let r = b.records().next().unwrap();
+        f.verdict_for(&r)
     }
 
     fn is(v: &Verdict, want: &str) -> bool {
@@ -235,12 +239,9 @@ mod tests {
             r#"{"non_json":"dead-letter","rules":[{"field":"type","equals":"heartbeat","action":"drop"}]}"#,
         )
         .unwrap();
-        assert!(is(
-            &f.verdict_for(&msg(r#"{"type":"heartbeat"}"#, &[])),
-            "drop"
-        ));
-        assert!(is(&f.verdict_for(&msg(r#"{"type":"trade"}"#, &[])), "keep"));
-        assert!(is(&f.verdict_for(&msg("not json", &[])), "dl"));
+        assert!(is(&verdict(&f, r#"{"type":"heartbeat"}"#, &[]), "drop"));
+        assert!(is(&verdict(&f, r#"{"type":"trade"}"#, &[]), "keep"));
+        assert!(is(&verdict(&f, "not json", &[]), "dl"));
     }
 
     #[test]
@@ -252,17 +253,14 @@ mod tests {
                 {"field":"trade","exists":true,"action":"drop"}]}"#,
         )
         .unwrap();
-        let dl = f.verdict_for(&msg("{}", &[("x-source", "replay")]));
+        let dl = verdict(&f, "{}", &[("x-source", "replay")]);
         assert!(matches!(dl, Verdict::DeadLetter(ref r) if r == "replay"));
+        assert!(is(&verdict(&f, r#"{"trade":{"side":"buy"}}"#, &[]), "keep"));
         assert!(is(
-            &f.verdict_for(&msg(r#"{"trade":{"side":"buy"}}"#, &[])),
-            "keep"
-        ));
-        assert!(is(
-            &f.verdict_for(&msg(r#"{"trade":{"side":"hold"}}"#, &[])),
+            &verdict(&f, r#"{"trade":{"side":"hold"}}"#, &[]),
             "drop"
         ));
-        assert!(is(&f.verdict_for(&msg(r#"{"other":1}"#, &[])), "keep"));
+        assert!(is(&verdict(&f, r#"{"other":1}"#, &[]), "keep"));
     }
 
     #[test]

@@ -20,9 +20,7 @@
 //! Config (JSON): `{"sticky": false, "sticky_header": null, "seed": 1}`.
 //! `sticky_header` names a header to hash instead of the key.
 
-use cdrs_plugin_sdk::router::{
-    header, Decision, Health, RouteBatch, RouteInput, Router, RouterOptions, Target,
-};
+use cdrs_plugin_sdk::router::{Batch, Decision, Health, Record, Router, RouterOptions, Target};
 use serde::Deserialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -169,14 +167,14 @@ impl P2cRouter {
         best.1
     }
 
-    fn sticky_key<'a>(&self, r: &'a RouteInput) -> Option<&'a [u8]> {
+    fn sticky_key<'a>(&self, r: &Record<'a>) -> Option<&'a [u8]> {
         match &self.sticky_header {
-            Some(h) => header(&r.headers, h),
-            None => r.key.as_deref(),
+            Some(h) => r.header(h),
+            None => r.key(),
         }
     }
 
-    fn decide(&mut self, r: &RouteInput) -> Decision {
+    fn decide(&mut self, r: &Record<'_>) -> Decision {
         if self.eligible.is_empty() {
             return Decision::Default;
         }
@@ -198,14 +196,14 @@ impl Router for P2cRouter {
         self.set_targets(&targets);
     }
 
-    fn route(&mut self, batch: RouteBatch) -> Vec<Decision> {
+    fn route(&mut self, batch: Batch) -> Vec<Decision> {
         // Decay by records, not batches, so small batches (a slow stream)
         // keep as much history as large ones.
-        let decay = 0.5f64.powf(batch.records.len() as f64 / ASSIGNED_HALF_LIFE);
+        let decay = 0.5f64.powf(batch.len() as f64 / ASSIGNED_HALF_LIFE);
         for a in &mut self.assigned {
             *a *= decay;
         }
-        batch.records.iter().map(|r| self.decide(r)).collect()
+        batch.records().map(|r| self.decide(&r)).collect()
     }
 }
 
@@ -232,19 +230,13 @@ mod tests {
         }
     }
 
-    fn batch(n: usize, keyed: bool) -> RouteBatch {
-        RouteBatch {
-            topic: "t".into(),
-            partition: 0,
-            records: (0..n)
-                .map(|i| RouteInput {
-                    offset: i as i64,
-                    key: keyed.then(|| format!("client-{}", i % 500).into_bytes()),
-                    headers: vec![],
-                    value: None,
-                })
-                .collect(),
+    fn batch(n: usize, keyed: bool) -> Batch {
+        let mut b = Batch::new("t", 0);
+        for i in 0..n {
+            let key = format!("client-{}", i % 500);
+            b.push(i as i64, keyed.then_some(key.as_bytes()), None, &[]);
         }
+        b
     }
 
     fn shares(r: &mut P2cRouter, keyed: bool) -> [usize; 3] {

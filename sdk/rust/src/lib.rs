@@ -14,8 +14,8 @@
 //!         Ok((First, RouterOptions::default()))
 //!     }
 //!     fn update_targets(&mut self, _version: u64, _targets: Vec<Target>) {}
-//!     fn route(&mut self, batch: RouteBatch) -> Vec<Decision> {
-//!         batch.records.iter().map(|_| Decision::Route(0)).collect()
+//!     fn route(&mut self, batch: Batch) -> Vec<Decision> {
+//!         batch.records().map(|_| Decision::Route(0)).collect()
 //!     }
 //! }
 //!
@@ -23,9 +23,11 @@
 //! ```
 //!
 //! The contract (types, call order, rules the host enforces) is the WIT package
-//! `cdrs:plugin@0.1.0` in `sdk/wit/plugin.wit`; this crate only makes it
-//! pleasant: plugin state lives in `self`, `init` hands back the instance, and
-//! helpers cover header lookup and logging.
+//! `cdrs:plugin@0.2.0` in `sdk/wit/plugin.wit`; this crate only makes it
+//! pleasant: plugin state lives in `self`, `init` hands back the instance,
+//! [`filter::Record`] / [`router::Record`] are typed views over the flat batch
+//! (`record.key()`, `record.header("x")`, ... borrow from the batch's one
+//! buffer, nothing is copied), and helpers cover logging and test batches.
 //!
 //! Plugin logic can be unit-tested natively (`cargo test`): the traits are
 //! plain Rust, and [`log`] prints to stderr outside Wasm.
@@ -35,7 +37,11 @@
 extern crate self as cdrs_plugin_sdk;
 
 #[doc(hidden)]
+#[cfg(any(feature = "filter", feature = "router"))]
 pub use wit_bindgen;
+
+#[cfg(feature = "json")]
+pub mod json;
 
 /// Logging through the host's `log` import (stderr when not on Wasm).
 pub mod log {
@@ -110,18 +116,136 @@ mod imports {
     }
 }
 
-/// Returns the value of the first header named `key`, if any (a null header
-/// counts as absent).
+/// Typed views over the flat `batch` of the contract, and a builder for
+/// test batches. Expanded in each world's module (each has its own
+/// generated types).
 #[cfg(any(feature = "filter", feature = "router"))]
-macro_rules! header_fn {
+macro_rules! batch_views {
     () => {
-        /// Returns the value of the first header named `key` (exact match),
-        /// if present and not null.
-        pub fn header<'a>(headers: &'a [Header], key: &str) -> Option<&'a [u8]> {
-            headers
-                .iter()
-                .find(|h| h.key == key)
-                .and_then(|h| h.value.as_deref())
+        /// One record of a [`Batch`], read in place: every accessor borrows
+        /// from the batch's `data` buffer.
+        #[derive(Clone, Copy)]
+        pub struct Record<'a> {
+            batch: &'a Batch,
+            m: &'a Message,
+        }
+
+        impl<'a> Record<'a> {
+            /// Kafka offset of the record in its partition.
+            pub fn offset(&self) -> i64 {
+                self.m.offset
+            }
+            /// Record timestamp, ms since the Unix epoch, if set.
+            pub fn timestamp_ms(&self) -> Option<i64> {
+                self.m.timestamp_ms
+            }
+            /// The record key, if any.
+            pub fn key(&self) -> Option<&'a [u8]> {
+                self.m.key.map(|s| self.batch.bytes(s))
+            }
+            /// The payload, if any (routers: only with `needs-value`).
+            pub fn value(&self) -> Option<&'a [u8]> {
+                self.m.value.map(|s| self.batch.bytes(s))
+            }
+            /// The headers in record order as `(key, value)`; a null header
+            /// has value `None`. Routers see only the ones they asked for.
+            pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+                let b = self.batch;
+                let (start, len) = (self.m.headers.start as usize, self.m.headers.len as usize);
+                b.headers
+                    .get(start..start.saturating_add(len))
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(move |h| {
+                        let key = std::str::from_utf8(b.bytes(h.key)).unwrap_or("");
+                        (key, h.value.map(|v| b.bytes(v)))
+                    })
+            }
+            /// The value of the first header named `key` (exact match), if
+            /// present and not null.
+            pub fn header(&self, key: &str) -> Option<&'a [u8]> {
+                self.headers().find(|(k, _)| *k == key).and_then(|(_, v)| v)
+            }
+        }
+
+        impl std::fmt::Debug for Record<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("Record")
+                    .field("offset", &self.offset())
+                    .field("key", &self.key())
+                    .field("value", &self.value().map(|v| v.len()))
+                    .finish()
+            }
+        }
+
+        impl Batch {
+            /// Number of records.
+            pub fn len(&self) -> usize {
+                self.messages.len()
+            }
+            /// Whether the batch has no records.
+            pub fn is_empty(&self) -> bool {
+                self.messages.is_empty()
+            }
+            /// The records in offset order.
+            pub fn records(&self) -> impl ExactSizeIterator<Item = Record<'_>> + '_ {
+                self.messages.iter().map(move |m| Record { batch: self, m })
+            }
+            /// Bytes of a span; empty if the span is out of range (the host
+            /// never sends one).
+            fn bytes(&self, s: Span) -> &[u8] {
+                let start = s.start as usize;
+                self.data
+                    .get(start..start.saturating_add(s.len as usize))
+                    .unwrap_or(&[])
+            }
+            /// An empty batch for records of `topic`/`partition`, to fill with
+            /// [`Batch::push`] (for unit tests of plugin logic).
+            pub fn new(topic: &str, partition: i32) -> Batch {
+                Batch {
+                    topic: topic.to_string(),
+                    partition,
+                    messages: Vec::new(),
+                    headers: Vec::new(),
+                    data: Vec::new(),
+                }
+            }
+            /// Appends a record the way the host encodes it.
+            pub fn push(
+                &mut self,
+                offset: i64,
+                key: Option<&[u8]>,
+                value: Option<&[u8]>,
+                headers: &[(&str, Option<&[u8]>)],
+            ) -> &mut Batch {
+                let first = self.headers.len() as u32;
+                for (k, v) in headers {
+                    let key = self.append(k.as_bytes());
+                    let value = v.map(|v| self.append(v));
+                    self.headers.push(HeaderSpan { key, value });
+                }
+                let key = key.map(|k| self.append(k));
+                let value = value.map(|v| self.append(v));
+                self.messages.push(Message {
+                    offset,
+                    timestamp_ms: None,
+                    key,
+                    value,
+                    headers: Span {
+                        start: first,
+                        len: headers.len() as u32,
+                    },
+                });
+                self
+            }
+            fn append(&mut self, bytes: &[u8]) -> Span {
+                let start = self.data.len() as u32;
+                self.data.extend_from_slice(bytes);
+                Span {
+                    start,
+                    len: bytes.len() as u32,
+                }
+            }
         }
     };
 }
@@ -142,22 +266,38 @@ pub mod filter {
         });
     }
 
-    pub use bindings::cdrs::plugin::types::{FilterBatch, Header, Message, Rewrite, Verdict};
+    pub use bindings::cdrs::plugin::types::{
+        Batch, Header, HeaderSpan, Message, Rewrite, Span, Verdict,
+    };
 
-    header_fn!();
+    batch_views!();
 
-    /// `m` rewritten with header `key: value` appended (for `transform`).
-    pub fn stamp(m: Message, key: &str, value: &str) -> Rewrite {
-        let mut headers = m.headers;
-        headers.push(Header {
+    impl Record<'_> {
+        /// An owned copy of key, value and headers, to edit and return as
+        /// `Verdict::Transform`.
+        pub fn to_rewrite(&self) -> Rewrite {
+            Rewrite {
+                key: self.key().map(<[u8]>::to_vec),
+                value: self.value().map(<[u8]>::to_vec),
+                headers: self
+                    .headers()
+                    .map(|(k, v)| Header {
+                        key: k.to_string(),
+                        value: v.map(<[u8]>::to_vec),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    /// `r` rewritten with header `key: value` appended (for `transform`).
+    pub fn stamp(r: &Record<'_>, key: &str, value: &str) -> Rewrite {
+        let mut rw = r.to_rewrite();
+        rw.headers.push(Header {
             key: key.to_string(),
             value: Some(value.as_bytes().to_vec()),
         });
-        Rewrite {
-            key: m.key,
-            value: m.value,
-            headers,
-        }
+        rw
     }
 
     /// A filter plugin. One value of this type lives per plugin instance;
@@ -168,8 +308,9 @@ pub mod filter {
         /// version with that message.
         fn init(config: &str) -> Result<Self, String>;
 
-        /// Returns exactly one verdict per message of `batch`, in order.
-        fn filter(&mut self, batch: FilterBatch) -> Vec<Verdict>;
+        /// Returns exactly one verdict per record of `batch`, in order
+        /// (iterate with `batch.records()`).
+        fn filter(&mut self, batch: Batch) -> Vec<Verdict>;
     }
 
     /// Exports a [`Filter`] implementation as the component's `filter` world.
@@ -189,7 +330,7 @@ pub mod filter {
                         __CDRS_FILTER.with(|s| *s.borrow_mut() = Some(f));
                         Ok(())
                     }
-                    fn filter(batch: __b::FilterBatch) -> Vec<__b::Verdict> {
+                    fn filter(batch: __b::Batch) -> Vec<__b::Verdict> {
                         __CDRS_FILTER.with(|s| {
                             let mut s = s.borrow_mut();
                             let f = s.as_mut().expect("cdrs host calls init before filter");
@@ -220,10 +361,10 @@ pub mod router {
     }
 
     pub use bindings::cdrs::plugin::types::{
-        Decision, Header, Health, RouteBatch, RouteInput, RouterOptions, Target,
+        Batch, Decision, HeaderSpan, Health, Message, RouterOptions, Span, Target,
     };
 
-    header_fn!();
+    batch_views!();
 
     impl Default for RouterOptions {
         /// Key and offset only: no headers, no payload.
@@ -246,8 +387,9 @@ pub mod router {
         /// before the first `route` and whenever the table changes.
         fn update_targets(&mut self, version: u64, targets: Vec<Target>);
 
-        /// Returns exactly one decision per record of `batch`, in order.
-        fn route(&mut self, batch: RouteBatch) -> Vec<Decision>;
+        /// Returns exactly one decision per record of `batch`, in order
+        /// (iterate with `batch.records()`).
+        fn route(&mut self, batch: Batch) -> Vec<Decision>;
     }
 
     /// Exports a [`Router`] implementation as the component's `router` world.
@@ -274,7 +416,7 @@ pub mod router {
                             $crate::router::Router::update_targets(r, version, targets)
                         })
                     }
-                    fn route(batch: __b::RouteBatch) -> Vec<__b::Decision> {
+                    fn route(batch: __b::Batch) -> Vec<__b::Decision> {
                         __CDRS_ROUTER.with(|s| {
                             let mut s = s.borrow_mut();
                             let r = s.as_mut().expect("cdrs host calls init before route");
