@@ -4,6 +4,7 @@
 use crate::capacity::{Health, TargetView};
 use crate::plugin::bindings::types as wit;
 use crate::record::Record;
+use cdrs_plugin_sdk::layout::Tables;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use std::sync::Arc;
 
@@ -28,13 +29,13 @@ pub fn record_from_kafka(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record {
     }
 }
 
-/// Encodes records of one partition as the contract's flat `batch`: one
-/// `data` buffer with every key, value and header, spans into it per record.
+/// Encodes records of one partition as the contract's packed `batch`
+/// (layout in `sdk/wit/plugin.wit`, written by the SDK's `layout::Tables`):
 /// `headers` picks the headers to pass (all for filters; the ones a router
 /// asked for); `values` whether payloads are passed.
 ///
-/// Lowering this shape costs three copies per call whatever the batch size,
-/// instead of one guest allocation per key, value and header.
+/// Lowering this shape costs four copies per call whatever the batch size;
+/// a `list<record>` would cost a store per field per record.
 pub fn batch(
     topic: &str,
     partition: i32,
@@ -53,39 +54,27 @@ pub fn batch(
                 }
         })
         .sum();
-    let mut b = wit::Batch {
+    let mut t = Tables::with_capacity(records.len(), bytes);
+    for r in records {
+        t.push(
+            r.offset,
+            r.timestamp_ms,
+            r.key.as_deref(),
+            if values { r.value.as_deref() } else { None },
+            r.headers
+                .iter()
+                .filter(|(k, _)| headers.passes(k))
+                .map(|(k, v)| (k.as_str(), v.as_deref())),
+        );
+    }
+    wit::Batch {
         topic: topic.to_string(),
         partition,
-        messages: Vec::with_capacity(records.len()),
-        headers: Vec::new(),
-        data: Vec::with_capacity(bytes),
-    };
-    for r in records {
-        let first = b.headers.len() as u32;
-        for (k, v) in &r.headers {
-            if headers.passes(k) {
-                let key = append(&mut b.data, k.as_bytes());
-                let value = v.as_deref().map(|v| append(&mut b.data, v));
-                b.headers.push(wit::HeaderSpan { key, value });
-            }
-        }
-        let key = r.key.as_deref().map(|k| append(&mut b.data, k));
-        let value = match &r.value {
-            Some(v) if values => Some(append(&mut b.data, v)),
-            _ => None,
-        };
-        b.messages.push(wit::Message {
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-            key,
-            value,
-            headers: wit::Span {
-                start: first,
-                len: b.headers.len() as u32 - first,
-            },
-        });
+        count: t.count,
+        records: t.records,
+        headers: t.headers,
+        data: t.data,
     }
-    b
 }
 
 /// Which record headers go into a batch.
@@ -102,15 +91,6 @@ impl HeaderSelection<'_> {
             HeaderSelection::All => true,
             HeaderSelection::Only(keys) => keys.iter().any(|k| k == key),
         }
-    }
-}
-
-fn append(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
-    let start = data.len() as u32;
-    data.extend_from_slice(bytes);
-    wit::Span {
-        start,
-        len: bytes.len() as u32,
     }
 }
 

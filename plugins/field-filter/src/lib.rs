@@ -220,8 +220,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (*k, Some(v.as_bytes())))
             .collect();
-        let mut b = Batch::new("t", 0);
-        b.push(1, None, Some(value.as_bytes()), &headers);
+        let b = Batch::of("t", 0, &[(1, None, Some(value.as_bytes()), &headers)]);
         let r = b.records().next().unwrap();
         f.verdict_for(&r)
     }

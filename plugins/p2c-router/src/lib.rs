@@ -231,12 +231,13 @@ mod tests {
     }
 
     fn batch(n: usize, keyed: bool) -> Batch {
-        let mut b = Batch::new("t", 0);
-        for i in 0..n {
-            let key = format!("client-{}", i % 500);
-            b.push(i as i64, keyed.then_some(key.as_bytes()), None, &[]);
-        }
-        b
+        let keys: Vec<String> = (0..n).map(|i| format!("client-{}", i % 500)).collect();
+        let records: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i as i64, keyed.then_some(k.as_bytes()), None, &[][..]))
+            .collect();
+        Batch::of("t", 0, &records)
     }
 
     fn shares(r: &mut P2cRouter, keyed: bool) -> [usize; 3] {

@@ -42,6 +42,7 @@ pub use wit_bindgen;
 
 #[cfg(feature = "json")]
 pub mod json;
+pub mod layout;
 
 /// Logging through the host's `log` import (stderr when not on Wasm).
 pub mod log {
@@ -116,134 +117,46 @@ mod imports {
     }
 }
 
-/// Typed views over the flat `batch` of the contract, and a builder for
+/// Typed views over the packed `batch` of the contract, and a builder for
 /// test batches. Expanded in each world's module (each has its own
-/// generated types).
+/// generated `Batch` type).
 #[cfg(any(feature = "filter", feature = "router"))]
 macro_rules! batch_views {
     () => {
-        /// One record of a [`Batch`], read in place: every accessor borrows
-        /// from the batch's `data` buffer.
-        #[derive(Clone, Copy)]
-        pub struct Record<'a> {
-            batch: &'a Batch,
-            m: &'a Message,
-        }
-
-        impl<'a> Record<'a> {
-            /// Kafka offset of the record in its partition.
-            pub fn offset(&self) -> i64 {
-                self.m.offset
-            }
-            /// Record timestamp, ms since the Unix epoch, if set.
-            pub fn timestamp_ms(&self) -> Option<i64> {
-                self.m.timestamp_ms
-            }
-            /// The record key, if any.
-            pub fn key(&self) -> Option<&'a [u8]> {
-                self.m.key.map(|s| self.batch.bytes(s))
-            }
-            /// The payload, if any (routers: only with `needs-value`).
-            pub fn value(&self) -> Option<&'a [u8]> {
-                self.m.value.map(|s| self.batch.bytes(s))
-            }
-            /// The headers in record order as `(key, value)`; a null header
-            /// has value `None`. Routers see only the ones they asked for.
-            pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
-                let b = self.batch;
-                let (start, len) = (self.m.headers.start as usize, self.m.headers.len as usize);
-                b.headers
-                    .get(start..start.saturating_add(len))
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(move |h| {
-                        let key = std::str::from_utf8(b.bytes(h.key)).unwrap_or("");
-                        (key, h.value.map(|v| b.bytes(v)))
-                    })
-            }
-            /// The value of the first header named `key` (exact match), if
-            /// present and not null.
-            pub fn header(&self, key: &str) -> Option<&'a [u8]> {
-                self.headers().find(|(k, _)| *k == key).and_then(|(_, v)| v)
-            }
-        }
-
-        impl std::fmt::Debug for Record<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct("Record")
-                    .field("offset", &self.offset())
-                    .field("key", &self.key())
-                    .field("value", &self.value().map(|v| v.len()))
-                    .finish()
-            }
-        }
+        pub use $crate::layout::Record;
 
         impl Batch {
             /// Number of records.
             pub fn len(&self) -> usize {
-                self.messages.len()
+                self.count as usize
             }
             /// Whether the batch has no records.
             pub fn is_empty(&self) -> bool {
-                self.messages.is_empty()
+                self.count == 0
             }
-            /// The records in offset order.
+            /// The records in offset order, read in place.
             pub fn records(&self) -> impl ExactSizeIterator<Item = Record<'_>> + '_ {
-                self.messages.iter().map(move |m| Record { batch: self, m })
+                $crate::layout::View::new(&self.records, &self.headers, &self.data).iter()
             }
-            /// Bytes of a span; empty if the span is out of range (the host
-            /// never sends one).
-            fn bytes(&self, s: Span) -> &[u8] {
-                let start = s.start as usize;
-                self.data
-                    .get(start..start.saturating_add(s.len as usize))
-                    .unwrap_or(&[])
-            }
-            /// An empty batch for records of `topic`/`partition`, to fill with
-            /// [`Batch::push`] (for unit tests of plugin logic).
-            pub fn new(topic: &str, partition: i32) -> Batch {
+            /// A batch of these records, encoded as the host encodes them
+            /// (for unit tests of plugin logic). Each record is `(offset,
+            /// key, value, headers)`.
+            pub fn of(
+                topic: &str,
+                partition: i32,
+                records: &[(i64, Option<&[u8]>, Option<&[u8]>, &[(&str, Option<&[u8]>)])],
+            ) -> Batch {
+                let mut t = $crate::layout::Tables::default();
+                for (offset, key, value, headers) in records {
+                    t.push(*offset, None, *key, *value, headers.iter().copied());
+                }
                 Batch {
                     topic: topic.to_string(),
                     partition,
-                    messages: Vec::new(),
-                    headers: Vec::new(),
-                    data: Vec::new(),
-                }
-            }
-            /// Appends a record the way the host encodes it.
-            pub fn push(
-                &mut self,
-                offset: i64,
-                key: Option<&[u8]>,
-                value: Option<&[u8]>,
-                headers: &[(&str, Option<&[u8]>)],
-            ) -> &mut Batch {
-                let first = self.headers.len() as u32;
-                for (k, v) in headers {
-                    let key = self.append(k.as_bytes());
-                    let value = v.map(|v| self.append(v));
-                    self.headers.push(HeaderSpan { key, value });
-                }
-                let key = key.map(|k| self.append(k));
-                let value = value.map(|v| self.append(v));
-                self.messages.push(Message {
-                    offset,
-                    timestamp_ms: None,
-                    key,
-                    value,
-                    headers: Span {
-                        start: first,
-                        len: headers.len() as u32,
-                    },
-                });
-                self
-            }
-            fn append(&mut self, bytes: &[u8]) -> Span {
-                let start = self.data.len() as u32;
-                self.data.extend_from_slice(bytes);
-                Span {
-                    start,
-                    len: bytes.len() as u32,
+                    count: t.count,
+                    records: t.records,
+                    headers: t.headers,
+                    data: t.data,
                 }
             }
         }
@@ -254,6 +167,7 @@ macro_rules! batch_views {
 #[cfg(feature = "filter")]
 pub mod filter {
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)] // generated: a batch is 10 core parameters
     pub mod bindings {
         wit_bindgen::generate!({
             world: "filter",
@@ -266,9 +180,7 @@ pub mod filter {
         });
     }
 
-    pub use bindings::cdrs::plugin::types::{
-        Batch, Header, HeaderSpan, Message, Rewrite, Span, Verdict,
-    };
+    pub use bindings::cdrs::plugin::types::{Batch, Header, Rewrite, Verdict};
 
     batch_views!();
 
@@ -348,6 +260,7 @@ pub mod filter {
 #[cfg(feature = "router")]
 pub mod router {
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)] // generated: a batch is 10 core parameters
     pub mod bindings {
         wit_bindgen::generate!({
             world: "router",
@@ -360,9 +273,7 @@ pub mod router {
         });
     }
 
-    pub use bindings::cdrs::plugin::types::{
-        Batch, Decision, HeaderSpan, Health, Message, RouterOptions, Span, Target,
-    };
+    pub use bindings::cdrs::plugin::types::{Batch, Decision, Health, RouterOptions, Target};
 
     batch_views!();
 
