@@ -32,6 +32,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,9 @@ pub struct BenchReport {
     pub rss_idle_bytes: u64,
     pub rss_load_bytes: u64,
     pub e2e_json_records_per_s: f64,
+    /// Cores busy (CPU s per wall s, broker included) during the
+    /// passthrough, trivial and JSON runs.
+    pub e2e_busy_cores: Vec<f64>,
     pub overhead: Vec<OverheadRow>,
     pub loads: Vec<LoadRow>,
     pub records: u64,
@@ -160,6 +164,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         rss_idle_bytes,
         rss_load_bytes: rss_bytes("VmHWM"),
         e2e_json_records_per_s: e2e.json,
+        e2e_busy_cores: e2e.busy_cores.clone(),
         overhead,
         loads,
         records: opts.records,
@@ -195,20 +200,24 @@ pub fn table(r: &BenchReport) -> String {
             );
         }
     }
+    let busy = |i: usize| r.e2e_busy_cores.get(i).copied().unwrap_or(0.0);
     if r.passthrough_records_per_s > 0.0 {
         s += &format!(
             "\nend to end ({} records of 200 bytes, embedded broker)\n\
-         | path | records/s | ratio |\n|---|---|---|\n\
-         | rdkafka passthrough | {:.0} | 1.00 |\n\
-         | CDRS, trivial filter | {:.0} | {:.2} |\n\
-         | CDRS, JSON filter | {:.0} | {:.2} |\n\
+         | path | records/s | ratio | cores busy |\n|---|---|---|---|\n\
+         | rdkafka passthrough | {:.0} | 1.00 | {:.2} |\n\
+         | CDRS, trivial filter | {:.0} | {:.2} | {:.2} |\n\
+         | CDRS, JSON filter | {:.0} | {:.2} | {:.2} |\n\
          latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
             r.records,
             r.passthrough_records_per_s,
+            busy(0),
             r.e2e_records_per_s,
             r.e2e_ratio_trivial,
+            busy(1),
             r.e2e_json_records_per_s,
             r.e2e_ratio_json,
+            busy(2),
             r.p50_latency_ms,
             r.p99_latency_ms
         );
@@ -248,6 +257,20 @@ fn machine() -> String {
             "release"
         }
     )
+}
+
+/// User + system CPU time of this process so far, seconds (`/proc/self/stat`,
+/// clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// A line of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).
@@ -500,6 +523,9 @@ fn loading(dir: &Path) -> anyhow::Result<(Vec<LoadRow>, f64, f64)> {
 
 #[derive(Default)]
 struct EndToEnd {
+    /// CPU seconds per wall second (cores busy) while the 10%..90% of each
+    /// run passed: passthrough, trivial, JSON (the embedded broker included).
+    busy_cores: Vec<f64>,
     passthrough: f64,
     trivial: f64,
     json: f64,
@@ -523,7 +549,8 @@ fn watch_topic(
     topic: &str,
     want: usize,
     limit: Duration,
-) -> anyhow::Result<(Duration, Vec<f64>)> {
+    progress: Option<Arc<AtomicUsize>>,
+) -> anyhow::Result<Watched> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-watch-{topic}"))
@@ -539,6 +566,7 @@ fn watch_topic(
     c.assign(&tpl)?;
     let (from, to) = (want / 10, want * 9 / 10);
     let (mut first, mut last, mut seen) = (None, None, 0usize);
+    let (mut cpu_first, mut cpu_last) = (0.0, 0.0);
     let mut ages = Vec::new();
     let deadline = Instant::now() + limit;
     while seen < want {
@@ -552,11 +580,16 @@ fn watch_topic(
         let m = m?;
         let now = Instant::now();
         seen += 1;
+        if let Some(p) = &progress {
+            p.store(seen, Ordering::Relaxed);
+        }
         if seen == from.max(1) {
             first = Some(now);
+            cpu_first = cpu_seconds();
         }
         if seen == to.max(1) {
             last = Some(now);
+            cpu_last = cpu_seconds();
         }
         if let Some(ts) = m.timestamp().to_millis() {
             let wall = std::time::SystemTime::now()
@@ -565,7 +598,21 @@ fn watch_topic(
             ages.push((wall - ts) as f64);
         }
     }
-    Ok((last.zip(first).map_or(Duration::ZERO, |(l, f)| l - f), ages))
+    let span = last.zip(first).map_or(Duration::ZERO, |(l, f)| l - f);
+    Ok(Watched {
+        span,
+        ages,
+        busy_cores: (cpu_last - cpu_first) / span.as_secs_f64().max(1e-3),
+    })
+}
+
+/// What [`watch_topic`] saw between the 10% and 90% marks.
+struct Watched {
+    span: Duration,
+    /// Consume time minus record timestamp per record, ms.
+    ages: Vec<f64>,
+    /// CPU seconds of this process (broker included) per wall second.
+    busy_cores: f64,
 }
 
 /// CDRS from `input` to the `kafka://` target `out` with `filter` and the
@@ -668,13 +715,15 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
             Ok(())
         });
         let b = brokers.clone();
-        let (span, _) = tokio::task::spawn_blocking(move || {
-            watch_topic(&b, "bench-pass-out", n as usize, limit)
+        let w = tokio::task::spawn_blocking(move || {
+            watch_topic(&b, "bench-pass-out", n as usize, limit, None)
         })
         .await??;
         copier.await??;
-        0.8 * n as f64 / span.as_secs_f64()
+        w
     };
+    let mut busy = vec![passthrough.busy_cores];
+    let passthrough = 0.8 * n as f64 / passthrough.span.as_secs_f64();
 
     let trivial_filter = PluginConfig {
         name: "pass".into(),
@@ -691,11 +740,12 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         let cfg = config(&brokers, tag, "bench-in", &out, filter, &opts.plugin_dir);
         let daemon = Daemon::start(cfg, None).await?;
         let b = brokers.clone();
-        let (span, _) =
-            tokio::task::spawn_blocking(move || watch_topic(&b, &out, want, limit)).await??;
+        let w =
+            tokio::task::spawn_blocking(move || watch_topic(&b, &out, want, limit, None)).await??;
         daemon.stop().await?;
+        busy.push(w.busy_cores);
         // Input records per second (the JSON filter drops some of them).
-        rates.push(0.8 * n as f64 / span.as_secs_f64());
+        rates.push(0.8 * n as f64 / w.span.as_secs_f64());
     }
 
     // Latency: a steady 2,000 records/s through the trivial path.
@@ -709,26 +759,41 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     );
     let daemon = Daemon::start(cfg, None).await?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
-    let lat_n = 10_000usize;
+    // A warm-up of 500 records first, waited for, so the figures are the
+    // steady state: right after start the first records wait up to ~0.6 s
+    // (first fetches, the target producer's start), which made p99 ~550 ms
+    // when they were counted.
+    let (warm, lat_n) = (500usize, 10_000usize);
     let b = brokers.clone();
-    let watcher =
-        tokio::task::spawn_blocking(move || watch_topic(&b, "bench-lat-out", lat_n, limit));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    let watcher = tokio::task::spawn_blocking(move || {
+        watch_topic(&b, "bench-lat-out", warm + lat_n, limit, Some(seen))
+    });
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "0")
         .create()?;
-    let started = Instant::now();
-    for i in 0..lat_n {
+    let mut started = Instant::now();
+    for i in 0..warm + lat_n {
+        if i == warm {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while progress.load(Ordering::Relaxed) < warm && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            started = Instant::now();
+        }
         let (key, value, _) = record(i as u64 * 10);
-        let due = started + Duration::from_micros(500 * i as u64);
+        let due = started + Duration::from_micros(500 * (i.saturating_sub(warm)) as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
         let _ = p.send(BaseRecord::to("bench-lat-in").key(&key).payload(&value));
     }
     p.flush(Duration::from_secs(30))?;
-    let (_, mut ages) = watcher.await??;
+    let ages = watcher.await??.ages;
     daemon.stop().await?;
+    let mut ages = ages.get(warm..).unwrap_or_default().to_vec();
     ages.sort_by(f64::total_cmp);
     let q = |p: f64| {
         ages.get(((ages.len() as f64 - 1.0) * p) as usize)
@@ -736,6 +801,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
             .unwrap_or(0.0)
     };
     Ok(EndToEnd {
+        busy_cores: busy,
         passthrough,
         trivial: rates[0],
         json: rates[1],

@@ -154,15 +154,32 @@ impl Pipeline {
                 .count("filter", "kept", kept.len() - transformed);
             self.metrics.count("filter", "transformed", transformed);
             self.metrics.count("filter", "dropped", dropped);
-            for (r, reason) in &dead {
-                let why = DeadLetter {
-                    stage: "filter",
-                    plugin: Some((&f.meta.name, &f.meta.hash)),
-                    reason,
-                    attempts: 0,
-                };
-                self.dead_letter(r, &why, &stop).await?;
-                part.finish_unrouted(r.offset);
+            if !dead.is_empty() {
+                // Written off the worker: waiting here for each broker ack
+                // (a linger plus a round trip) capped a partition at a few
+                // batches per round trip. Their offsets stay unfinished, and
+                // their window permits taken, until the dead-letter topic
+                // acked them; on a hard stop they stay unfinished and are
+                // consumed again.
+                let (pipeline, part, f, stop) =
+                    (self.clone(), part.clone(), f.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let writes = dead.iter().map(|(r, reason)| {
+                        let why = DeadLetter {
+                            stage: "filter",
+                            plugin: Some((&f.meta.name, &f.meta.hash)),
+                            reason,
+                            attempts: 0,
+                        };
+                        let (pipeline, part, stop) = (&pipeline, &part, &stop);
+                        async move {
+                            if pipeline.dead_letter(r, &why, stop).await.is_ok() {
+                                part.finish_unrouted(r.offset);
+                            }
+                        }
+                    });
+                    futures::future::join_all(writes).await;
+                });
             }
             live = kept;
         }
