@@ -106,6 +106,11 @@ fn bench_writes_every_figure() {
         };
         assert!(v.is_finite() && min_ok, "{key} = {v} in {json}");
     }
-    assert_eq!(json["overhead"].as_array().unwrap().len(), 8);
+    // Two policies (json, trivial) × 4 batch sizes × 2 target counts.
+    let rows = json["overhead"].as_array().unwrap();
+    assert_eq!(rows.len(), 16);
+    for policy in ["json", "trivial"] {
+        assert_eq!(rows.iter().filter(|r| r["policy"] == policy).count(), 8);
+    }
     let _ = std::fs::remove_file(&out_file);
 }

@@ -155,8 +155,12 @@ fn sandbox_limits_isolate_each_misbehaving_record() {
     );
     assert!(reason(4).contains("trapped"), "{}", reason(4));
     assert!(reason(5).contains("trapped"), "{}", reason(5));
-    // Nothing granted: no env vars, no args, no files, no directories.
-    assert_eq!(reason(7), "env=0 args=0 file=false dir=false");
+    // Nothing granted: no env vars, no args, no files, no directories, no
+    // network, no clock finer than the contract's `now-ms`.
+    assert_eq!(
+        reason(7),
+        "env=0 args=0 file=false dir=false net=false clock=ms"
+    );
     assert!(reason(8).contains("trapped"), "{}", reason(8));
     assert!(
         reason(9).contains("over plugins.max_output_bytes = 1048576"),

@@ -96,6 +96,34 @@ impl PluginError {
     }
 }
 
+/// WASI wall clock with millisecond resolution.
+struct MillisecondWallClock;
+
+impl wasmtime_wasi::HostWallClock for MillisecondWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Duration::from_millis(since_epoch.as_millis() as u64)
+    }
+}
+
+/// WASI monotonic clock with millisecond resolution (ns since the store was
+/// created, in whole ms).
+struct MillisecondMonotonicClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for MillisecondMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64 * 1_000_000
+    }
+}
+
 /// Per-store data: the empty WASI context and the memory limiter.
 pub struct State {
     plugin: Arc<str>,
@@ -470,11 +498,16 @@ impl Runtime {
     }
 
     /// A fresh store for one instance of plugin `name`, with the memory cap
-    /// and an empty WASI context.
+    /// and an empty WASI context: no preopened directories, environment,
+    /// arguments or sockets (wasmtime-wasi's defaults), and clocks cut to
+    /// whole milliseconds, what the contract's `now-ms` gives anyway.
     fn store(&self, name: &Arc<str>) -> Store<State> {
         let state = State {
             plugin: name.clone(),
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .wall_clock(MillisecondWallClock)
+                .monotonic_clock(MillisecondMonotonicClock(std::time::Instant::now()))
+                .build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.max_memory_bytes)

@@ -18,9 +18,17 @@ use crate::sink::http::{DeliveryError, IDEMPOTENCY_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Where and why a record is dead-lettered.
 #[derive(Debug, Clone)]
@@ -53,15 +61,52 @@ fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientC
 }
 
 /// The Kafka sink of `kafka://` targets.
+///
+/// One acknowledgement per batch, not one future per record: every record of
+/// a batch carries the same [`BatchAck`] as its delivery opaque, librdkafka's
+/// delivery callback (on the producer's polling thread) counts it down, and
+/// the lane wakes once, when the last record of its batch is acked. With a
+/// future per record, each ack woke a task (a futex wake and a context switch
+/// on 2 cores).
 pub struct TargetProducer {
-    producer: FutureProducer,
+    producer: ThreadedProducer<AckContext>,
+}
+
+/// Counts the acks of one batch down; the first error wins.
+struct BatchAck {
+    pending: AtomicUsize,
+    error: Mutex<Option<String>>,
+    done: Notify,
+}
+
+impl BatchAck {
+    fn ack(&self, error: Option<String>) {
+        if let Some(e) = error {
+            self.error.lock().expect("ack lock").get_or_insert(e);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        ack.ack(result.as_ref().err().map(|(e, _)| e.to_string()));
+    }
 }
 
 impl TargetProducer {
     /// An idempotent producer on `brokers` (`options`: `[kafka.options]`).
     pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         Ok(TargetProducer {
-            producer: producer_config(brokers, options).create()?,
+            producer: producer_config(brokers, options).create_with_context(AckContext)?,
         })
     }
 
@@ -75,9 +120,21 @@ impl TargetProducer {
         records: &[&Record],
         timeout: Duration,
     ) -> Result<(), DeliveryError> {
+        let fail = |msg: String| DeliveryError::Request {
+            url: url.into(),
+            msg,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
         let topic = target_topic(url).unwrap_or_default();
-        let sends = records.iter().map(|r| {
-            let id = r.id();
+        let ack = Arc::new(BatchAck {
+            pending: AtomicUsize::new(records.len()),
+            error: Mutex::new(None),
+            done: Notify::new(),
+        });
+        let mut id = String::new();
+        for (i, r) in records.iter().enumerate() {
+            id.clear();
+            let _ = write!(id, "{}/{}/{}", r.topic, r.partition, r.offset);
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
             for (k, v) in &r.headers {
                 headers = headers.insert(Header {
@@ -89,7 +146,8 @@ impl TargetProducer {
                 key: IDEMPOTENCY_HEADER,
                 value: Some(&id),
             });
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            let mut rec: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
+                BaseRecord::with_opaque_to(topic, ack.clone()).headers(headers);
             if let Some(k) = &r.key {
                 rec = rec.key(k.as_slice());
             }
@@ -99,17 +157,55 @@ impl TargetProducer {
             if let Some(ts) = r.timestamp_ms {
                 rec = rec.timestamp(ts);
             }
-            self.producer.send(rec, timeout)
-        });
-        for result in futures::future::join_all(sends).await {
-            if let Err((e, _)) = result {
-                return Err(DeliveryError::Request {
-                    url: url.into(),
-                    msg: e.to_string(),
-                });
+            // The local queue is full (`queue.buffering.max.*`): wait for
+            // acks to drain it, up to the deadline.
+            while let Err((e, back)) = self.producer.send(rec) {
+                let full = matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                );
+                if !full || tokio::time::Instant::now() >= deadline {
+                    // Records never handed over will not be acked.
+                    let unsent = records.len() - i;
+                    if ack.pending.fetch_sub(unsent, Ordering::AcqRel) == unsent {
+                        ack.done.notify_one();
+                    }
+                    let _ = tokio::time::timeout_at(deadline, wait_acked(&ack)).await;
+                    return Err(fail(e.to_string()));
+                }
+                rec = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
             }
         }
-        Ok(())
+        if tokio::time::timeout_at(deadline, wait_acked(&ack))
+            .await
+            .is_err()
+        {
+            return Err(fail(format!(
+                "{} of {} records not acknowledged within {} ms",
+                ack.pending.load(Ordering::Acquire),
+                records.len(),
+                timeout.as_millis()
+            )));
+        }
+        let error = ack.error.lock().expect("ack lock").take();
+        match error {
+            Some(e) => Err(fail(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How long a send waits before retrying when librdkafka's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+
+async fn wait_acked(ack: &BatchAck) {
+    loop {
+        let notified = ack.done.notified();
+        if ack.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -9,8 +9,8 @@
 //! * `huge` → returns a `transform` with a 4 MiB value (over the host's
 //!   output limit);
 //! * `long-reason` → dead-letters with a 100 KiB reason (the host cuts it);
-//! * `env` → dead-letters with what it could see of the environment, files
-//!   and clock, so a test can check that nothing was granted;
+//! * `env` → dead-letters with what it could see of the environment, files,
+//!   network and clock, so a test can check that nothing was granted;
 //! * anything else → keep.
 //!
 //! Config (JSON, unknown keys ignored): `{"verdicts": "short"}` makes it
@@ -34,7 +34,16 @@ fn probe_environment() -> String {
     let args = std::env::args().count();
     let file = std::fs::read_to_string("/etc/passwd").is_ok();
     let dir = std::fs::read_dir("/").is_ok();
-    format!("env={env} args={args} file={file} dir={dir}")
+    let net = std::net::TcpStream::connect("127.0.0.1:1").is_ok();
+    // Clocks finer than the host's `now-ms` would show sub-millisecond parts.
+    let fine = (0..16).any(|_| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        wall.subsec_nanos() % 1_000_000 != 0
+    });
+    let clock = if fine { "fine" } else { "ms" };
+    format!("env={env} args={args} file={file} dir={dir} net={net} clock={clock}")
 }
 
 impl Filter for FaultFilter {

@@ -2,11 +2,16 @@
 //! per key when configured.
 //!
 //! * **Load-aware (default)**: for each record pick two distinct healthy
-//!   targets at random and send the record to the one with the lower load
-//!   `(inflight + assigned) / (capacity × weight)`, where `assigned` counts what
-//!   this instance routed recently (halving every 256 records, so the counts
-//!   follow the current load while keeping the split proportional). Power of two choices: Mitzenmacher, "The Power of Two
-//!   Choices in Randomized Load Balancing", IEEE TPDS 12(10), 2001.
+//!   targets at random, each in proportion to its capacity × weight, and
+//!   send the record to the one with the lower load
+//!   `(assigned + max(0, inflight − capacity)) / (capacity × weight)`, where
+//!   `assigned` counts what this instance routed recently (halving every 256
+//!   records, so the counts follow the current load while keeping the split
+//!   proportional) and in-flight records beyond the server's capacity (an
+//!   EWMA over target updates) count as overload: a server falling behind,
+//!   or fed by other CDRS processes, gets less. Power of two choices:
+//!   Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing",
+//!   IEEE TPDS 12(10), 2001.
 //! * **Sticky** (`sticky = true`): a record with a key goes to the target that
 //!   wins weighted rendezvous hashing of the key (score `-w / ln(u)`, with `u`
 //!   the key×target hash mapped to (0, 1) and `w = capacity × weight`;
@@ -42,10 +47,16 @@ fn default_seed() -> u64 {
 /// Records after which this instance's own assignment counts weigh half.
 const ASSIGNED_HALF_LIFE: f64 = 256.0;
 
+/// Weight of a new in-flight count in its EWMA (per `update-targets`).
+const INFLIGHT_ALPHA: f64 = 0.2;
+
 /// Per-target view the policy needs, rebuilt on `update-targets`.
 struct Slot {
     /// Capacity × weight, at least 1.
     weight: f64,
+    /// Records the server says it can hold in flight.
+    capacity: f64,
+    /// EWMA of the in-flight count.
     inflight: f64,
     id_hash: u64,
     health: Health,
@@ -100,13 +111,24 @@ impl P2cRouter {
                 .iter()
                 .zip(targets)
                 .all(|(s, t)| s.id_hash == xxh3_64(t.id.as_bytes()));
+        let before: Vec<f64> = self.slots.iter().map(|s| s.inflight).collect();
         self.slots = targets
             .iter()
-            .map(|t| Slot {
-                weight: (f64::from(t.capacity) * f64::from(t.weight)).max(1.0),
-                inflight: f64::from(t.inflight),
-                id_hash: xxh3_64(t.id.as_bytes()),
-                health: t.health,
+            .enumerate()
+            .map(|(i, t)| {
+                let now = f64::from(t.inflight);
+                Slot {
+                    weight: (f64::from(t.capacity) * f64::from(t.weight)).max(1.0),
+                    capacity: f64::from(t.capacity),
+                    // Smoothed: the counts arrive a refresh late, and acting
+                    // on each raw step makes the split oscillate.
+                    inflight: match before.get(i) {
+                        Some(prev) if same => prev + INFLIGHT_ALPHA * (now - prev),
+                        _ => now,
+                    },
+                    id_hash: xxh3_64(t.id.as_bytes()),
+                    health: t.health,
+                }
             })
             .collect();
         if !same {
@@ -124,8 +146,13 @@ impl P2cRouter {
     }
 
     fn load(&self, i: u32) -> f64 {
-        let i = i as usize;
-        (self.slots[i].inflight + self.assigned[i]) / self.slots[i].weight
+        let s = &self.slots[i as usize];
+        // In-flight records up to the server's capacity are the normal state
+        // of a target taking its share (and are mostly what this instance
+        // assigned): only the excess, a server falling behind or fed by
+        // other CDRS processes, counts as load.
+        let excess = (s.inflight - s.capacity).max(0.0);
+        (self.assigned[i as usize] + excess) / s.weight
     }
 
     fn least_loaded_of_two(&mut self) -> u32 {
@@ -133,11 +160,12 @@ impl P2cRouter {
         if n == 1 {
             return self.eligible[0];
         }
-        let a = self.rng.usize(..n);
-        let mut b = self.rng.usize(..n - 1);
-        if b >= a {
-            b += 1;
-        }
+        // Candidates are drawn in proportion to capacity × weight, not
+        // uniformly: when the load signal is noisy (in-flight counts lag by a
+        // refresh) the choice then falls back to the capacity split instead
+        // of drifting towards equal shares.
+        let a = self.pick_weighted(None);
+        let b = self.pick_weighted(Some(a));
         let (a, b) = (self.eligible[a], self.eligible[b]);
         // Ties go to the heavier target so equal loads fill by weight.
         match self.load(a).total_cmp(&self.load(b)) {
@@ -150,6 +178,26 @@ impl P2cRouter {
             }
             std::cmp::Ordering::Equal => b,
         }
+    }
+
+    /// An index into `eligible`, drawn with probability proportional to the
+    /// target's weight, never `except`.
+    fn pick_weighted(&mut self, except: Option<usize>) -> usize {
+        let w = |j: usize| self.slots[self.eligible[j] as usize].weight;
+        let total: f64 = (0..self.eligible.len())
+            .filter(|&j| Some(j) != except)
+            .map(w)
+            .sum();
+        let mut r = self.rng.f64() * total;
+        let mut last = 0;
+        for j in (0..self.eligible.len()).filter(|&j| Some(j) != except) {
+            last = j;
+            r -= w(j);
+            if r < 0.0 {
+                return j;
+            }
+        }
+        last
     }
 
     fn rendezvous(&self, key: &[u8]) -> u32 {
@@ -306,6 +354,70 @@ mod tests {
                 "target {i}: {got} vs {want} ({c:?})"
             );
         }
+    }
+
+    /// The host reports each target's in-flight records (what it routed
+    /// recently and is still delivering), a refresh late. Proportional
+    /// in-flight counts must not pull the split away from capacity.
+    #[test]
+    fn split_follows_capacity_with_lagging_inflight_counts() {
+        for in_flight_total in [100.0, 1000.0, 5000.0, 20000.0] {
+            let (mut r, _) = P2cRouter::parse("{}").unwrap();
+            let caps = [1u32, 2, 4];
+            let mut inflight = [0u32; 3];
+            let mut total = [0usize; 3];
+            for v in 0..400 {
+                let mut t: Vec<Target> = caps
+                    .iter()
+                    .zip(["a", "b", "c"])
+                    .map(|(c, id)| target(id, *c, Health::Healthy))
+                    .collect();
+                for (t, f) in t.iter_mut().zip(inflight) {
+                    t.inflight = f;
+                }
+                r.update_targets(v, t);
+                let mut round = [0usize; 3];
+                for d in r.route(batch(100, false)) {
+                    if let Decision::Route(i) = d {
+                        round[i as usize] += 1;
+                    }
+                }
+                for i in 0..3 {
+                    total[i] += round[i];
+                    inflight[i] = (round[i] as f64 / 100.0 * in_flight_total) as u32;
+                }
+            }
+            let n: usize = total.iter().sum();
+            for (i, want) in [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0].iter().enumerate() {
+                let got = total[i] as f64 / n as f64;
+                assert!(
+                    (got / want - 1.0).abs() < 0.10,
+                    "in flight {in_flight_total}: target {i}: {got:.3} vs {want:.3} ({total:?})"
+                );
+            }
+        }
+    }
+
+    /// A server holding far more in flight than its capacity (falling
+    /// behind) gets a smaller share until it catches up.
+    #[test]
+    fn a_target_over_its_capacity_gets_less() {
+        let (mut r, _) = P2cRouter::parse("{}").unwrap();
+        let mut t = vec![
+            target("a", 100, Health::Healthy),
+            target("b", 100, Health::Healthy),
+        ];
+        t[1].inflight = 5_000;
+        let mut c = [0usize; 2];
+        for v in 0..50 {
+            r.update_targets(v, t.clone());
+            for d in r.route(batch(100, false)) {
+                if let Decision::Route(i) = d {
+                    c[i as usize] += 1;
+                }
+            }
+        }
+        assert!(c[1] * 4 < c[0], "overloaded target got {c:?}");
     }
 
     #[test]
