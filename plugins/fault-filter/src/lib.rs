@@ -40,7 +40,7 @@ fn probe_environment() -> String {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        wall.subsec_nanos() % 1_000_000 != 0
+        !wall.subsec_nanos().is_multiple_of(1_000_000)
     });
     let clock = if fine { "fine" } else { "ms" };
     format!("env={env} args={args} file={file} dir={dir} net={net} clock={clock}")
