@@ -428,10 +428,16 @@ impl Pipeline {
             _ => target,
         };
         let q = self.queue(&target);
-        let mut stop = self.dispatch.stop_signal();
-        tokio::select! {
-            permit = q.slots.acquire() => permit.expect("slots are never closed").forget(),
-            _ = stop.wait_for(|s| *s) => return Err(Abandoned),
+        // Fast path without a stop watcher: the queue has room.
+        match q.slots.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                let mut stop = self.dispatch.stop_signal();
+                tokio::select! {
+                    permit = q.slots.acquire() => permit.expect("slots are never closed").forget(),
+                    _ = stop.wait_for(|s| *s) => return Err(Abandoned),
+                }
+            }
         }
         job.holds_slot = true;
         q.push(job, false);

@@ -72,6 +72,8 @@ pub struct P2cRouter {
     assigned: Vec<f64>,
     /// Indexes of the targets eligible for new records.
     eligible: Vec<u32>,
+    /// Prefix sums of the eligible targets' weights.
+    cumulative: Vec<f64>,
 }
 
 impl P2cRouter {
@@ -95,6 +97,7 @@ impl P2cRouter {
                 slots: Vec::new(),
                 assigned: Vec::new(),
                 eligible: Vec::new(),
+                cumulative: Vec::new(),
             },
             options,
         ))
@@ -143,6 +146,15 @@ impl P2cRouter {
         if self.eligible.is_empty() {
             self.eligible = by(Health::Degraded);
         }
+        let mut sum = 0.0;
+        self.cumulative = self
+            .eligible
+            .iter()
+            .map(|&i| {
+                sum += self.slots[i as usize].weight;
+                sum
+            })
+            .collect();
     }
 
     fn load(&self, i: u32) -> f64 {
@@ -181,23 +193,22 @@ impl P2cRouter {
     }
 
     /// An index into `eligible`, drawn with probability proportional to the
-    /// target's weight, never `except`.
+    /// target's weight (binary search over the prefix sums), never `except`
+    /// (drawn again: the second draw then follows weight among the others).
     fn pick_weighted(&mut self, except: Option<usize>) -> usize {
-        let w = |j: usize| self.slots[self.eligible[j] as usize].weight;
-        let total: f64 = (0..self.eligible.len())
-            .filter(|&j| Some(j) != except)
-            .map(w)
-            .sum();
-        let mut r = self.rng.f64() * total;
-        let mut last = 0;
-        for j in (0..self.eligible.len()).filter(|&j| Some(j) != except) {
-            last = j;
-            r -= w(j);
-            if r < 0.0 {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        for _ in 0..16 {
+            let r = self.rng.f64() * total;
+            let j = self
+                .cumulative
+                .partition_point(|&c| c <= r)
+                .min(self.eligible.len() - 1);
+            if Some(j) != except {
                 return j;
             }
         }
-        last
+        // One target holds nearly all the weight: take a neighbour.
+        except.map_or(0, |e| (e + 1) % self.eligible.len())
     }
 
     fn rendezvous(&self, key: &[u8]) -> u32 {
