@@ -347,19 +347,19 @@ fn native_filter(records: &[&Record]) -> Vec<bool> {
 
 /// The P2C router's policy natively: two targets drawn in proportion to
 /// capacity × weight, the lower (assigned + excess in-flight) / (capacity ×
-/// weight) wins.
-fn native_route(snapshot: &Snapshot, assigned: &mut [u32], records: &[&Record]) -> Vec<usize> {
+/// weight) wins. `cumulative`: prefix sums of the weights (computed once per
+/// target table, as the plugin does in `update-targets`).
+fn native_route(
+    snapshot: &Snapshot,
+    cumulative: &[f64],
+    assigned: &mut [u32],
+    records: &[&Record],
+) -> Vec<usize> {
     let weight = |i: usize| {
         let t = &snapshot.targets[i];
         (f64::from(t.capacity) * f64::from(t.weight)).max(1.0)
     };
-    let mut sum = 0.0;
-    let cumulative: Vec<f64> = (0..snapshot.targets.len())
-        .map(|i| {
-            sum += weight(i);
-            sum
-        })
-        .collect();
+    let sum = cumulative.last().copied().unwrap_or(0.0);
     let n = cumulative.len();
     let draw = || {
         let r = fastrand::f64() * sum;
@@ -462,6 +462,14 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
                 }
                 // Native, same records, same batches.
                 let mut assigned = vec![0u32; n_targets];
+                let cumulative: Vec<f64> = snapshot
+                    .targets
+                    .iter()
+                    .scan(0.0, |sum, t| {
+                        *sum += (f64::from(t.capacity) * f64::from(t.weight)).max(1.0);
+                        Some(*sum)
+                    })
+                    .collect();
                 let mut native_ns = 0u128;
                 let mut native_kept = 0usize;
                 let mut done = 0;
@@ -479,7 +487,7 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
                         .filter(|(_, k)| **k)
                         .map(|(r, _)| *r)
                         .collect();
-                    let picks = native_route(&snapshot, &mut assigned, &kept);
+                    let picks = native_route(&snapshot, &cumulative, &mut assigned, &kept);
                     native_ns += t0.elapsed().as_nanos();
                     native_kept += picks.len();
                     done += batch;
