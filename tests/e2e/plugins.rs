@@ -327,14 +327,14 @@ fn router_failures_fall_back_to_the_host_policy() {
         .collect();
     let routes = r.route(&snapshot, "t", 0, &records.iter().collect::<Vec<_>>());
     let want = [
-        Route::Targets(vec![0]),
+        Route::Targets([0].into_iter().collect()),
         Route::Default,
-        Route::Targets(vec![0]),
+        Route::Targets([0].into_iter().collect()),
         Route::Default,
         Route::Default,
-        Route::Targets(vec![0]),
+        Route::Targets([0].into_iter().collect()),
         // 100,000 indexes: deduplicated, out-of-range ones ignored.
-        Route::Targets(vec![0, 1]),
+        Route::Targets([0, 1].into_iter().collect()),
     ];
     assert_eq!(routes, want);
     let errors = |kind: &str| {

@@ -37,7 +37,7 @@ use crate::config::{DeliveryConfig, KeyOrder, WhenNoTarget};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{fallback, Abandoned, Pipeline};
-use crate::plugin::router::Route;
+use crate::plugin::router::{Route, Targets};
 use crate::record::Record;
 use crate::sink::http::DeliveryError;
 use crate::sink::kafka::DeadLetter;
@@ -738,11 +738,11 @@ impl Pipeline {
                         && !j.excluded.contains(&view.targets[t].id)
                 };
                 let decided = j.key.and_then(|h| keys.get(&h).copied());
-                let targets: Vec<usize> = match (decided, route) {
-                    (Some(Some(t)), _) => vec![t],
-                    (Some(None), _) => Vec::new(),
+                let targets: Targets = match (decided, route) {
+                    (Some(Some(t)), _) => smallvec::smallvec![t],
+                    (Some(None), _) => Targets::new(),
                     (None, Route::Targets(ts)) => {
-                        let up: Vec<usize> = ts.into_iter().filter(|&t| allowed(t)).collect();
+                        let up: Targets = ts.into_iter().filter(|&t| allowed(t)).collect();
                         if up.is_empty() {
                             fallback(&view, &extra).into_iter().collect()
                         } else {
@@ -812,9 +812,9 @@ impl Pipeline {
         let (mut routed, mut defaulted) = (0, 0);
         let mut unplaced = Vec::new();
         for (mut j, route) in jobs.into_iter().zip(routes) {
-            let targets: Vec<usize> = match route {
+            let targets: Targets = match route {
                 Route::Targets(ts) => {
-                    let up: Vec<usize> = ts
+                    let up: Targets = ts
                         .into_iter()
                         .filter(|&t| view.targets[t].health != Health::Down)
                         .collect();

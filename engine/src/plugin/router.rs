@@ -16,11 +16,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
 
+/// Target indexes of one decision.
+pub type Targets = smallvec::SmallVec<[usize; 2]>;
+
 /// The host's reading of one router decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Deliver to these targets (indexes into the snapshot given to `route`).
-    Targets(Vec<usize>),
+    /// Deliver to these targets (indexes into the snapshot given to `route`);
+    /// inline up to two, so the usual single target costs no allocation.
+    Targets(Targets),
     Drop,
     DeadLetter(String),
     /// The host's fallback policy picks the target.
@@ -201,10 +205,12 @@ impl RouterPlugin {
 
 fn to_route(d: Decision, n_targets: usize) -> Route {
     match d {
-        Decision::Route(i) if (i as usize) < n_targets => Route::Targets(vec![i as usize]),
+        Decision::Route(i) if (i as usize) < n_targets => {
+            Route::Targets(smallvec::smallvec![i as usize])
+        }
         Decision::Route(_) => Route::Default,
         Decision::RouteMany(is) => {
-            let mut v: Vec<usize> = is
+            let mut v: Targets = is
                 .into_iter()
                 .map(|i| i as usize)
                 .filter(|&i| i < n_targets)
