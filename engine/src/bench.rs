@@ -346,8 +346,7 @@ fn native_filter(records: &[&Record]) -> Vec<bool> {
 }
 
 /// The P2C router's policy natively: two targets drawn in proportion to
-/// capacity × weight, the lower (assigned + excess in-flight) / (capacity ×
-/// weight) wins. `cumulative`: prefix sums of the weights (computed once per
+/// capacity × weight, the lower assigned / (capacity × weight) wins. `cumulative`: prefix sums of the weights (computed once per
 /// target table, as the plugin does in `update-targets`).
 fn native_route(
     snapshot: &Snapshot,
@@ -376,11 +375,7 @@ fn native_route(
                 }
                 b = draw();
             }
-            let load = |i: usize| {
-                let t = &snapshot.targets[i];
-                let excess = (f64::from(t.inflight) - f64::from(t.capacity)).max(0.0);
-                (f64::from(assigned[i]) + excess) / weight(i)
-            };
+            let load = |i: usize| f64::from(assigned[i]) / weight(i);
             let pick = if load(a) <= load(b) { a } else { b };
             assigned[pick] += 1;
             pick
