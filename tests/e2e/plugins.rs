@@ -51,8 +51,9 @@ fn missing_file_non_wasm_and_wrong_world_are_named() {
         "{e}"
     );
     assert!(
-        e.to_string()
-            .contains("does not fit the cdrs:plugin@0.2.0 filter world"),
+        e.to_string().contains(
+            "does not fit the filter world of cdrs:plugin@1.0.0: it implements the router world"
+        ),
         "{e}"
     );
 }

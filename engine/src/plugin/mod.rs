@@ -15,8 +15,11 @@
 //!   only the record(s) that make the plugin fail are singled out.
 
 pub mod bindings;
+pub mod contract;
 pub mod filter;
 pub mod router;
+pub mod scaffold;
+pub mod testbed;
 
 use crate::config::PluginRuntimeConfig;
 use bindings::host;
@@ -52,12 +55,18 @@ pub enum PluginError {
         path: String,
         msg: String,
     },
-    #[error("plugin {name:?} does not fit the cdrs:plugin@0.2.0 {world} world: {msg}")]
+    #[error("plugin {name:?} does not fit the {world} world of cdrs:plugin@{host}: {msg}")]
     Link {
         name: String,
         world: &'static str,
+        /// The contract version this host implements.
+        host: contract::Version,
         msg: String,
     },
+    /// Built against a contract version this host does not run, or asks
+    /// for an import the host does not grant.
+    #[error("plugin {name:?} {msg}")]
+    Incompatible { name: String, msg: String },
     #[error("plugin {name:?} rejected its config in init: {msg}")]
     Init { name: String, msg: String },
     #[error("plugin {name:?} trapped: {msg}")]
@@ -75,7 +84,7 @@ impl PluginError {
     pub fn kind(&self) -> &'static str {
         match self {
             PluginError::Read { .. } | PluginError::Compile { .. } => "compile",
-            PluginError::Link { .. } => "link",
+            PluginError::Link { .. } | PluginError::Incompatible { .. } => "link",
             PluginError::Init { .. } => "init",
             PluginError::Trap { .. } => "trap",
             PluginError::Deadline { .. } => "deadline",
@@ -181,6 +190,7 @@ pub(crate) fn link_error<'a>(
     move |e| PluginError::Link {
         name: name.to_string(),
         world,
+        host: contract::host_version(),
         msg: format!("{e:#}"),
     }
 }
@@ -287,6 +297,9 @@ pub struct Runtime {
     router_linker: Linker<State>,
     limits: PluginRuntimeConfig,
     ticking: Arc<AtomicBool>,
+    /// Give instances created from now on the process's stderr (off in the
+    /// daemon; `cdrs plugin test` turns it on so tracebacks show).
+    guest_stderr: AtomicBool,
 }
 
 impl Drop for Runtime {
@@ -355,6 +368,7 @@ impl Runtime {
             router_linker,
             limits: limits.clone(),
             ticking,
+            guest_stderr: AtomicBool::new(false),
         }))
     }
 
@@ -492,9 +506,71 @@ impl Runtime {
         } else {
             &self.filter_linker
         };
-        linker
-            .instantiate_pre(component)
-            .map_err(link_error(name, world))
+        // Name the contract versions and refused imports before wasmtime's
+        // own (type-level) link error, which names neither.
+        let inspection = contract::Inspection::of(&self.engine, component);
+        let incompatible = |msg: String| PluginError::Incompatible {
+            name: name.into(),
+            msg,
+        };
+        if let Some(msg) = inspection.version_problem() {
+            return Err(incompatible(msg));
+        }
+        if let Some(i) = inspection.refused().next() {
+            return Err(incompatible(format!(
+                "imports {:?}, which this host does not provide (it grants {}/host and \
+                 links WASI 0.2 with nothing granted)",
+                i.name,
+                contract::PACKAGE
+            )));
+        }
+        if let Some(other) = inspection.world.filter(|w| *w != world) {
+            return Err(PluginError::Link {
+                name: name.into(),
+                world,
+                host: contract::host_version(),
+                msg: format!("it implements the {other} world; configure it as a {other}"),
+            });
+        }
+        linker.instantiate_pre(component).map_err(|e| {
+            let mut err = link_error(name, world)(e);
+            if let (PluginError::Link { msg, .. }, Some(v)) = (&mut err, inspection.version()) {
+                msg.push_str(&format!(
+                    " (the plugin was built against {}@{v})",
+                    contract::PACKAGE
+                ));
+            }
+            err
+        })
+    }
+
+    /// Whether `component` links against `world` (version, imports, exports);
+    /// nothing is instantiated.
+    pub fn check_links(
+        &self,
+        world: &'static str,
+        name: &str,
+        component: &Component,
+    ) -> Result<(), PluginError> {
+        let pre = self.instance_pre(world, name, component)?;
+        if world == "router" {
+            bindings::router::RouterPre::new(pre).map_err(link_error(name, world))?;
+        } else {
+            bindings::filter::FilterPre::new(pre).map_err(link_error(name, world))?;
+        }
+        Ok(())
+    }
+
+    /// Whether instances created from now on write their stderr to the
+    /// process's (a Python traceback, a panic message). Off by default: in
+    /// the daemon plugins get no stdio; `cdrs plugin test` turns it on.
+    pub fn set_guest_stderr(&self, on: bool) {
+        self.guest_stderr.store(on, Ordering::Relaxed);
+    }
+
+    /// The wasmtime engine (to inspect components).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// A fresh store for one instance of plugin `name`, with the memory cap
@@ -504,10 +580,15 @@ impl Runtime {
     fn store(&self, name: &Arc<str>) -> Store<State> {
         let state = State {
             plugin: name.clone(),
-            wasi: WasiCtx::builder()
-                .wall_clock(MillisecondWallClock)
-                .monotonic_clock(MillisecondMonotonicClock(std::time::Instant::now()))
-                .build(),
+            wasi: {
+                let mut b = WasiCtx::builder();
+                b.wall_clock(MillisecondWallClock)
+                    .monotonic_clock(MillisecondMonotonicClock(std::time::Instant::now()));
+                if self.guest_stderr.load(Ordering::Relaxed) {
+                    b.inherit_stderr();
+                }
+                b.build()
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.max_memory_bytes)

@@ -23,7 +23,7 @@
 //! ```
 //!
 //! The contract (types, call order, rules the host enforces) is the WIT package
-//! `cdrs:plugin@0.2.0` in `sdk/wit/plugin.wit`; this crate only makes it
+//! `cdrs:plugin@1.0.0` in `sdk/wit/plugin.wit`; this crate only makes it
 //! pleasant: plugin state lives in `self`, `init` hands back the instance,
 //! [`filter::Record`] / [`router::Record`] are typed views over the flat batch
 //! (`record.key()`, `record.header("x")`, ... borrow from the batch's one

@@ -1,0 +1,372 @@
+//! `cdrs plugin new`: a buildable plugin project per guest language.
+//!
+//! Each project is small on purpose: one source file with a working policy
+//! (routers: least in-flight per capacity among healthy targets; filters:
+//! drop records without a key), fixtures to run it on with
+//! `cdrs plugin test`, and a README with the three commands that matter
+//! (build, check, test). The language guides in `sdk/<lang>/README.md` say
+//! the rest.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// The `sdk/` folder of the source tree this binary was built from.
+pub fn default_sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk")
+}
+
+/// Creates the project folder `dir` for `lang` (`rust`, `python`, `js`, `c`)
+/// and `world` (`router`, `filter`), with paths to `sdk`; returns the files
+/// written.
+///
+/// Errors: an unknown language or world, `dir` already exists, `sdk` is not
+/// a CDRS SDK folder, or a write fails.
+pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !matches!(world, "router" | "filter") {
+        bail!("unknown world {world:?}; use router or filter");
+    }
+    if dir.exists() {
+        bail!("\"{}\" already exists; pick a new folder", dir.display());
+    }
+    let sdk = sdk
+        .canonicalize()
+        .ok()
+        .filter(|p| p.join("wit/plugin.wit").is_file())
+        .with_context(|| {
+            format!(
+                "\"{}\" is not the CDRS sdk folder (no wit/plugin.wit); pass --sdk PATH/TO/cdrs/sdk",
+                sdk.display()
+            )
+        })?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .with_context(|| {
+            format!(
+                "the folder name of \"{}\" must be letters, digits, '-' or '_' (it names the plugin)",
+                dir.display()
+            )
+        })?;
+    let files = template(lang, world)?;
+    let sdk_s = sdk.display().to_string();
+    let mut written = Vec::new();
+    for (rel, text) in files
+        .iter()
+        .chain(common(lang, world).iter())
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+    {
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{name_snake}}", &name.replace('-', "_"))
+            .replace("{{world}}", world)
+            .replace("{{sdk}}", &sdk_s);
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create \"{}\"", parent.display()))?;
+        }
+        std::fs::write(&path, text)
+            .with_context(|| format!("failed to write \"{}\"", path.display()))?;
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("failed to make \"{}\" executable", path.display()))?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+type Files = Vec<(&'static str, &'static str)>;
+
+fn template(lang: &str, world: &str) -> anyhow::Result<Files> {
+    Ok(match (lang, world) {
+        ("rust", w) => vec![
+            ("Cargo.toml", RUST_CARGO),
+            (
+                "src/lib.rs",
+                if w == "router" {
+                    RUST_ROUTER
+                } else {
+                    RUST_FILTER
+                },
+            ),
+            ("build.sh", RUST_BUILD),
+        ],
+        ("python", w) => vec![
+            (
+                "app.py",
+                if w == "router" {
+                    PYTHON_ROUTER
+                } else {
+                    PYTHON_FILTER
+                },
+            ),
+            ("build.sh", PYTHON_BUILD),
+        ],
+        ("js", w) => vec![
+            (
+                "plugin.js",
+                if w == "router" { JS_ROUTER } else { JS_FILTER },
+            ),
+            ("build.sh", JS_BUILD),
+        ],
+        ("c", w) => vec![
+            ("plugin.c", if w == "router" { C_ROUTER } else { C_FILTER }),
+            ("build.sh", C_BUILD),
+        ],
+        (other, _) => bail!("unknown language {other:?}; use rust, python, js or c"),
+    })
+}
+
+/// Fixtures and README, the same for every language.
+fn common(lang: &str, world: &str) -> Files {
+    let guide = match lang {
+        "rust" => "sdk/README.md (Rust)",
+        "python" => "sdk/python/README.md",
+        "js" => "sdk/js/README.md",
+        _ => "sdk/c/README.md",
+    };
+    let readme = if world == "router" {
+        README_ROUTER
+    } else {
+        README_FILTER
+    };
+    vec![
+        ("fixtures/records.jsonl", FIXTURE_RECORDS),
+        ("fixtures/targets.json", FIXTURE_TARGETS),
+        ("README.md", readme),
+        (
+            "GUIDE",
+            match guide {
+                "sdk/python/README.md" => "{{sdk}}/python/README.md\n",
+                "sdk/js/README.md" => "{{sdk}}/js/README.md\n",
+                "sdk/c/README.md" => "{{sdk}}/c/README.md\n",
+                _ => "{{sdk}}/README.md\n",
+            },
+        ),
+    ]
+}
+
+const README_ROUTER: &str = r#"# {{name}}: a CDRS router plugin
+
+    ./build.sh                                   # -> {{name_snake}}.wasm
+    cdrs plugin check {{name_snake}}.wasm        # world, contract version, imports
+    cdrs plugin test {{name_snake}}.wasm --records fixtures/records.jsonl --targets fixtures/targets.json
+
+`cdrs plugin test` prints one decision per record. Save a run you have checked
+by eye as `fixtures/expect.jsonl` and add `--expect fixtures/expect.jsonl`:
+from then on it prints a diff and exits 1 when a change alters a decision.
+
+Deploy: point `[router] path` in the CDRS config at the .wasm file; CDRS
+compiles it off the hot path, calls `init`, and swaps it in between batches.
+The guide for this language is named in `GUIDE`.
+"#;
+
+const README_FILTER: &str = r#"# {{name}}: a CDRS filter plugin
+
+    ./build.sh                                   # -> {{name_snake}}.wasm
+    cdrs plugin check {{name_snake}}.wasm        # world, contract version, imports
+    cdrs plugin test {{name_snake}}.wasm --records fixtures/records.jsonl
+
+`cdrs plugin test` prints one verdict per record. Save a run you have checked
+by eye as `fixtures/expect.jsonl` and add `--expect fixtures/expect.jsonl`:
+from then on it prints a diff and exits 1 when a change alters a verdict.
+
+Deploy: add a `[[filters]]` entry with `path` = the .wasm file to the CDRS
+config; CDRS compiles it off the hot path, calls `init`, and swaps it in
+between batches. The guide for this language is named in `GUIDE`.
+"#;
+
+const FIXTURE_RECORDS: &str = r#"{"key": "client-1", "value": "{\"type\":\"trade\",\"qty\":5}"}
+{"key": "client-2", "value": "{\"type\":\"trade\",\"qty\":7}", "headers": [["x-source", "live"]]}
+{"value": "{\"type\":\"heartbeat\"}"}
+{"key": "client-1", "value": "{\"type\":\"quote\"}"}
+"#;
+
+const FIXTURE_TARGETS: &str = r#"[
+  {"id": "blotter-1", "capacity": 100, "inflight": 0},
+  {"id": "blotter-2", "capacity": 200, "inflight": 1},
+  {"id": "blotter-3", "capacity": 400, "inflight": 0, "health": "down"}
+]
+"#;
+
+const RUST_CARGO: &str = r#"[package]
+name = "{{name}}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+cdrs-plugin-sdk = { path = "{{sdk}}/rust", features = ["{{world}}"] }
+
+# Small, no unwinding: a panic is a trap the host handles.
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+panic = "abort"
+strip = true
+
+# Its own workspace, even when created inside another one.
+[workspace]
+"#;
+
+const RUST_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {{name_snake}}.wasm (a wasm32-wasip2 component).
+set -euo pipefail
+cd "$(dirname "$0")"
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --release --target wasm32-wasip2
+cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/{{name_snake}}.wasm" .
+echo "built {{name_snake}}.wasm"
+"#;
+
+const RUST_ROUTER: &str = r#"//! {{name}}: sends each record to the healthy target with the fewest
+//! records in flight per unit of capacity.
+
+use cdrs_plugin_sdk::router::{Batch, Decision, Health, Router, RouterOptions, Target};
+
+pub struct Plugin {
+    targets: Vec<Target>,
+    /// Records routed to each target since the last update-targets.
+    assigned: Vec<u64>,
+}
+
+impl Router for Plugin {
+    fn init(_config: &str) -> Result<(Self, RouterOptions), String> {
+        let plugin = Plugin { targets: Vec::new(), assigned: Vec::new() };
+        Ok((plugin, RouterOptions::default()))
+    }
+
+    fn update_targets(&mut self, _version: u64, targets: Vec<Target>) {
+        self.assigned = vec![0; targets.len()];
+        self.targets = targets;
+    }
+
+    fn route(&mut self, batch: Batch) -> Vec<Decision> {
+        batch
+            .records()
+            .map(|_record| {
+                let load = |i: usize| {
+                    let t = &self.targets[i];
+                    (u64::from(t.inflight) + self.assigned[i]) as f64 / f64::from(t.capacity.max(1))
+                };
+                let best = (0..self.targets.len())
+                    .filter(|&i| self.targets[i].health == Health::Healthy)
+                    .min_by(|&a, &b| load(a).total_cmp(&load(b)));
+                match best {
+                    Some(i) => {
+                        self.assigned[i] += 1;
+                        Decision::Route(i as u32)
+                    }
+                    // No healthy target: let the host's fallback decide.
+                    None => Decision::Default,
+                }
+            })
+            .collect()
+    }
+}
+
+cdrs_plugin_sdk::export_router!(Plugin);
+"#;
+
+const RUST_FILTER: &str = r#"//! {{name}}: drops records without a key, keeps the rest.
+
+use cdrs_plugin_sdk::filter::{Batch, Filter, Verdict};
+
+pub struct Plugin;
+
+impl Filter for Plugin {
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(Plugin)
+    }
+
+    fn filter(&mut self, batch: Batch) -> Vec<Verdict> {
+        batch
+            .records()
+            .map(|r| if r.key().is_some() { Verdict::Keep } else { Verdict::Drop })
+            .collect()
+    }
+}
+
+cdrs_plugin_sdk::export_filter!(Plugin);
+"#;
+
+const PYTHON_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {{name_snake}}.wasm with componentize-py (installed on first use).
+set -euo pipefail
+cd "$(dirname "$0")"
+"{{sdk}}/python/build.sh" . {{world}} {{name_snake}}.wasm
+"#;
+
+const PYTHON_ROUTER: &str = include_str!("scaffold/router.py");
+const PYTHON_FILTER: &str = include_str!("scaffold/filter.py");
+
+const JS_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {{name_snake}}.wasm with componentize-js (installed on first use).
+set -euo pipefail
+cd "$(dirname "$0")"
+"{{sdk}}/js/build.sh" . {{world}} {{name_snake}}.wasm
+"#;
+
+const JS_ROUTER: &str = include_str!("scaffold/router.js");
+const JS_FILTER: &str = include_str!("scaffold/filter.js");
+
+const C_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {{name_snake}}.wasm with Zig and the CDRS component tools (installed on first use).
+set -euo pipefail
+cd "$(dirname "$0")"
+"{{sdk}}/c/build.sh" . {{world}} {{name_snake}}.wasm
+"#;
+
+const C_ROUTER: &str = include_str!("scaffold/router.c");
+const C_FILTER: &str = include_str!("scaffold/filter.c");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_and_world_scaffolds_and_bad_names_are_refused() {
+        let base = std::env::temp_dir().join(format!("cdrs-scaffold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for lang in ["rust", "python", "js", "c"] {
+            for world in ["router", "filter"] {
+                let dir = base.join(format!("{lang}-{world}"));
+                let files = create(lang, world, &dir, &default_sdk_dir()).unwrap();
+                assert!(files.iter().any(|f| f.ends_with("README.md")));
+                let text: String = files
+                    .iter()
+                    .map(|f| std::fs::read_to_string(f).unwrap())
+                    .collect();
+                assert!(
+                    !text.contains("{{"),
+                    "unfilled placeholder in {lang} {world}"
+                );
+            }
+        }
+        let again = create(
+            "rust",
+            "router",
+            &base.join("rust-router"),
+            &default_sdk_dir(),
+        );
+        assert!(again.unwrap_err().to_string().contains("already exists"));
+        let e = create("cobol", "router", &base.join("x"), &default_sdk_dir()).unwrap_err();
+        assert!(e.to_string().contains("unknown language \"cobol\""), "{e}");
+        let e = create("rust", "router", &base.join("a b"), &default_sdk_dir()).unwrap_err();
+        assert!(e.to_string().contains("must be letters"), "{e}");
+        let e = create("rust", "router", &base.join("y"), Path::new("/nonexistent")).unwrap_err();
+        assert!(e.to_string().contains("--sdk"), "{e}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

@@ -1,0 +1,553 @@
+//! Running a plugin on fixtures, off the data path: what `cdrs plugin test`
+//! and the conformance suite use. The plugin goes through the same runtime,
+//! conversions and checks as in the daemon (sandbox, deadline, memory cap,
+//! one answer per record, out-of-range targets → `default`); only the
+//! records come from a file instead of Kafka.
+//!
+//! Fixture formats (also in `sdk/example-policy.md`):
+//!
+//! * records, JSON lines: `offset` (default: the line's index),
+//!   `timestamp_ms`, `key` (UTF-8 string; `key_base64` for other bytes),
+//!   `value` (a string is its UTF-8 bytes, other JSON its compact text;
+//!   `value_base64` for other bytes), `headers` (`[[key, value-or-null], …]`);
+//! * targets, a JSON array: `id` and the `target` fields of the contract in
+//!   snake_case, each with a default (weight 100, capacity 100, health
+//!   healthy, the rest 0 / none);
+//! * output, one JSON line per record: `{"offset":0,"decision":"route",
+//!   "targets":["b"]}`, `{"decision":"default"}`, `"drop"`, `"dead-letter"`
+//!   with `reason`; filters: `{"verdict":"keep"}`, `"drop"`, `"dead-letter"`,
+//!   `"transform"` with `key`, `value`, `headers`. A plugin whose `init`
+//!   fails gives the single line `{"init":"error","message":"…"}`.
+
+use super::bindings::types::Verdict;
+use super::contract::Inspection;
+use super::filter::FilterPlugin;
+use super::router::{Route, RouterPlugin};
+use super::{PluginError, Runtime};
+use crate::capacity::{Health, Snapshot, TargetView};
+use crate::metrics::Metrics;
+use crate::record::Record;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Topic name the fixture records carry.
+pub const FIXTURE_TOPIC: &str = "fixtures";
+
+/// A fixture problem: the file, the line (1-based, 0 for the whole file) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {msg}", if *line > 0 { format!(" line {line}") } else { String::new() })]
+pub struct FixtureError {
+    pub file: String,
+    pub line: usize,
+    pub msg: String,
+}
+
+fn bytes_field(
+    o: &serde_json::Map<String, Value>,
+    name: &str,
+    any_json: bool,
+) -> Result<Option<Vec<u8>>, String> {
+    let b64 = format!("{name}_base64");
+    match (o.get(name), o.get(&b64)) {
+        (Some(_), Some(_)) => Err(format!("give `{name}` or `{b64}`, not both")),
+        (None | Some(Value::Null), None) => Ok(None),
+        (Some(Value::String(s)), None) => Ok(Some(s.as_bytes().to_vec())),
+        (Some(v), None) if any_json => Ok(Some(v.to_string().into_bytes())),
+        (Some(_), None) => Err(format!("`{name}` must be a string or null")),
+        (None, Some(Value::String(s))) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Some)
+            .map_err(|e| format!("`{b64}` is not base64: {e}")),
+        (None, Some(_)) => Err(format!("`{b64}` must be a base64 string")),
+    }
+}
+
+fn record_from(i: usize, v: &Value) -> Result<Record, String> {
+    let o = v
+        .as_object()
+        .ok_or("expected a JSON object (one record per line)")?;
+    const KNOWN: [&str; 7] = [
+        "offset",
+        "timestamp_ms",
+        "key",
+        "key_base64",
+        "value",
+        "value_base64",
+        "headers",
+    ];
+    if let Some(k) = o.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!("unknown field `{k}`; known: {}", KNOWN.join(", ")));
+    }
+    let int = |name: &str| -> Result<Option<i64>, String> {
+        match o.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or(format!("`{name}` must be an integer")),
+        }
+    };
+    let headers = match o.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(hs)) => hs
+            .iter()
+            .map(|h| match h.as_array().map(Vec::as_slice) {
+                Some([Value::String(k), Value::String(v)]) => {
+                    Ok((k.clone(), Some(v.as_bytes().to_vec())))
+                }
+                Some([Value::String(k), Value::Null]) => Ok((k.clone(), None)),
+                _ => Err(format!(
+                    "`headers` entries are [key, value-or-null] string pairs, got {h}"
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("`headers` must be a list of [key, value-or-null] pairs".into()),
+    };
+    Ok(Record {
+        topic: FIXTURE_TOPIC.into(),
+        partition: 0,
+        offset: int("offset")?.unwrap_or(i as i64),
+        timestamp_ms: int("timestamp_ms")?,
+        key: bytes_field(o, "key", false)?,
+        value: bytes_field(o, "value", true)?,
+        headers,
+    })
+}
+
+/// The JSON values of a JSON-lines file with their 1-based line numbers
+/// (blank lines skipped).
+fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>, FixtureError> {
+    let file = path.display().to_string();
+    let err = |line: usize, msg: String| FixtureError {
+        file: file.clone(),
+        line,
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(0, e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l)
+                .map(|v| (n + 1, v))
+                .map_err(|e| err(n + 1, format!("not JSON: {e}")))
+        })
+        .collect()
+}
+
+/// Reads fixture records (JSON lines; blank lines skipped).
+pub fn read_records(path: &Path) -> Result<Vec<Record>, FixtureError> {
+    read_json_lines(path)?
+        .iter()
+        .enumerate()
+        .map(|(i, (line, v))| {
+            record_from(i, v).map_err(|msg| FixtureError {
+                file: path.display().to_string(),
+                line: *line,
+                msg,
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFixture {
+    id: String,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "hundred")]
+    weight: u32,
+    #[serde(default = "hundred")]
+    capacity: u32,
+    #[serde(default)]
+    inflight: u32,
+    #[serde(default)]
+    queue_depth: u32,
+    #[serde(default)]
+    cpu_permille: u16,
+    #[serde(default)]
+    latency_ewma_us: u32,
+    #[serde(default)]
+    error_rate_permille: u16,
+    #[serde(default = "healthy")]
+    health: HealthFixture,
+    #[serde(default)]
+    report_age_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HealthFixture {
+    Healthy,
+    Degraded,
+    Down,
+}
+
+fn hundred() -> u32 {
+    100
+}
+fn healthy() -> HealthFixture {
+    HealthFixture::Healthy
+}
+
+/// Reads a target snapshot (a JSON array of targets).
+pub fn read_targets(path: &Path) -> Result<Vec<TargetView>, FixtureError> {
+    let file = path.display().to_string();
+    let err = |msg: String| FixtureError {
+        file: file.clone(),
+        line: 0,
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let raw: Vec<TargetFixture> = serde_json::from_str(&text).map_err(|e| {
+        err(format!(
+            "{e} (expected a JSON array of targets: id, weight, capacity, inflight, \
+             health = healthy|degraded|down, …)"
+        ))
+    })?;
+    Ok(raw
+        .into_iter()
+        .map(|t| TargetView {
+            id: t.id.into(),
+            url: "".into(),
+            zone: t.zone,
+            labels: t.labels.into_iter().collect(),
+            weight: t.weight,
+            capacity: t.capacity,
+            inflight: t.inflight,
+            own_inflight: 0,
+            queue_depth: t.queue_depth,
+            cpu_permille: t.cpu_permille,
+            mem_permille: 0,
+            latency_p99_ms: 0,
+            latency_ewma_us: t.latency_ewma_us,
+            error_rate_permille: t.error_rate_permille,
+            health: match t.health {
+                HealthFixture::Healthy => Health::Healthy,
+                HealthFixture::Degraded => Health::Degraded,
+                HealthFixture::Down => Health::Down,
+            },
+            reason: None,
+            report_age_ms: t.report_age_ms,
+            feed: None,
+            phi: None,
+            dynamic: false,
+            slow_start_percent: None,
+        })
+        .collect())
+}
+
+/// The result of running a plugin on fixtures.
+#[derive(Debug)]
+pub struct TestRun {
+    /// `filter` or `router`.
+    pub world: &'static str,
+    /// One JSON line per record, or the single `init` error line.
+    pub lines: Vec<Value>,
+    /// Compile (or cache load) time, ms.
+    pub load_ms: f64,
+    /// Records and wall time of each batch call (conversion included).
+    pub calls: Vec<(usize, Duration)>,
+    /// Failed plugin calls (trap, deadline, memory cap, wrong answer count,
+    /// oversized output): the daemon would have dead-lettered (filters) or
+    /// placed by its default policy (routers) the records involved, and so
+    /// do the lines above. Each is logged as it happens.
+    pub errors: u64,
+}
+
+impl TestRun {
+    /// Mean call time per record, µs.
+    pub fn us_per_record(&self) -> f64 {
+        let n: usize = self.calls.iter().map(|c| c.0).sum();
+        let t: Duration = self.calls.iter().map(|c| c.1).sum();
+        if n == 0 {
+            0.0
+        } else {
+            t.as_secs_f64() * 1e6 / n as f64
+        }
+    }
+}
+
+/// How the output shows bytes: a UTF-8 string under `name`, else base64
+/// under `name_base64` (the records format).
+fn show_bytes(o: &mut serde_json::Map<String, Value>, name: &str, b: Option<&[u8]>) {
+    match b.map(std::str::from_utf8) {
+        None => {
+            o.insert(name.into(), Value::Null);
+        }
+        Some(Ok(s)) => {
+            o.insert(name.into(), Value::String(s.into()));
+        }
+        Some(Err(_)) => {
+            let b = b.expect("checked above");
+            o.insert(
+                format!("{name}_base64"),
+                base64::engine::general_purpose::STANDARD.encode(b).into(),
+            );
+        }
+    }
+}
+
+fn verdict_line(offset: i64, v: Verdict) -> Value {
+    match v {
+        Verdict::Keep => json!({"offset": offset, "verdict": "keep"}),
+        Verdict::Drop => json!({"offset": offset, "verdict": "drop"}),
+        Verdict::DeadLetter(reason) => {
+            json!({"offset": offset, "verdict": "dead-letter", "reason": reason})
+        }
+        Verdict::Transform(rw) => {
+            let mut o = serde_json::Map::new();
+            o.insert("offset".into(), offset.into());
+            o.insert("verdict".into(), "transform".into());
+            show_bytes(&mut o, "key", rw.key.as_deref());
+            show_bytes(&mut o, "value", rw.value.as_deref());
+            let headers: Vec<Value> = rw
+                .headers
+                .iter()
+                .map(|h| {
+                    let v = h
+                        .value
+                        .as_deref()
+                        .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()));
+                    json!([h.key, v])
+                })
+                .collect();
+            o.insert("headers".into(), headers.into());
+            Value::Object(o)
+        }
+    }
+}
+
+fn route_line(offset: i64, r: &Route, snapshot: &Snapshot) -> Value {
+    match r {
+        Route::Targets(ts) => {
+            let ids: Vec<&str> = ts.iter().map(|&i| &*snapshot.targets[i].id).collect();
+            json!({"offset": offset, "decision": "route", "targets": ids})
+        }
+        Route::Drop => json!({"offset": offset, "decision": "drop"}),
+        Route::DeadLetter(reason) => {
+            json!({"offset": offset, "decision": "dead-letter", "reason": reason})
+        }
+        Route::Default => json!({"offset": offset, "decision": "default"}),
+    }
+}
+
+/// Runs the component at `wasm` on `records` in batches of `batch` (the
+/// world is read from its exports), routers against one snapshot of
+/// `targets`, with `config` (JSON) given to `init`.
+///
+/// Errors: the plugin cannot be read, compiled or linked (an `init` that
+/// fails is a result, not an error: the `{"init":"error"}` line).
+pub fn run(
+    runtime: &Arc<Runtime>,
+    wasm: &Path,
+    records: &[Record],
+    targets: &[TargetView],
+    config: &str,
+    batch: usize,
+) -> Result<TestRun, PluginError> {
+    let name = wasm
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let compiled = runtime.compile(&name, wasm, None)?;
+    let load_ms = compiled.load_ms;
+    let world = Inspection::of(runtime.engine(), &compiled.component)
+        .world
+        .unwrap_or("filter");
+    let metrics = Arc::new(Metrics::new());
+    let errors = {
+        let (metrics, name) = (metrics.clone(), name.clone());
+        move || -> u64 {
+            ["trap", "deadline", "memory", "contract", "output"]
+                .iter()
+                .map(|kind| {
+                    metrics
+                        .plugin_errors
+                        .with_label_values(&[name.as_str(), kind])
+                        .get()
+                })
+                .sum()
+        }
+    };
+    let refs: Vec<&Record> = records.iter().collect();
+    let mut calls = Vec::new();
+    let init_failed = |e: PluginError| match e {
+        PluginError::Init { msg, .. } => Ok(vec![json!({"init": "error", "message": msg})]),
+        e => Err(e),
+    };
+    let lines = if world == "router" {
+        match RouterPlugin::from_compiled(runtime, &name, compiled, config.into(), metrics) {
+            Err(e) => init_failed(e)?,
+            Ok(plugin) => {
+                let snapshot = Arc::new(Snapshot {
+                    version: 1,
+                    targets: targets.to_vec(),
+                });
+                let mut lines = Vec::with_capacity(records.len());
+                for chunk in refs.chunks(batch.max(1)) {
+                    let started = Instant::now();
+                    let routes = plugin.route(&snapshot, FIXTURE_TOPIC, 0, chunk);
+                    calls.push((chunk.len(), started.elapsed()));
+                    lines.extend(
+                        chunk
+                            .iter()
+                            .zip(&routes)
+                            .map(|(r, d)| route_line(r.offset, d, &snapshot)),
+                    );
+                }
+                lines
+            }
+        }
+    } else {
+        match FilterPlugin::from_compiled(runtime, &name, compiled, config.into(), metrics) {
+            Err(e) => init_failed(e)?,
+            Ok(plugin) => {
+                let mut lines = Vec::with_capacity(records.len());
+                for chunk in refs.chunks(batch.max(1)) {
+                    let started = Instant::now();
+                    let verdicts = plugin.filter(FIXTURE_TOPIC, 0, chunk);
+                    calls.push((chunk.len(), started.elapsed()));
+                    lines.extend(
+                        chunk
+                            .iter()
+                            .zip(verdicts)
+                            .map(|(r, v)| verdict_line(r.offset, v)),
+                    );
+                }
+                lines
+            }
+        }
+    };
+    Ok(TestRun {
+        world,
+        lines,
+        load_ms,
+        calls,
+        errors: errors(),
+    })
+}
+
+/// Reads expected lines (JSON lines, blank lines skipped).
+pub fn read_expect(path: &Path) -> Result<Vec<Value>, FixtureError> {
+    Ok(read_json_lines(path)?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Differences between expected and actual lines, one message each (empty:
+/// they match). An expected `{"init":"error"}` matches any init error
+/// (messages differ between languages).
+pub fn diff(expect: &[Value], got: &[Value]) -> Vec<String> {
+    let init_error = |v: &Value| v.get("init").and_then(Value::as_str) == Some("error");
+    if let ([e], [g]) = (expect, got) {
+        if init_error(e) && init_error(g) {
+            return Vec::new();
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (e, g)) in expect.iter().zip(got).enumerate() {
+        if e != g {
+            out.push(format!("line {}: expected {e}\n          got {g}", i + 1));
+        }
+    }
+    for (i, e) in expect.iter().enumerate().skip(got.len()) {
+        out.push(format!("line {}: expected {e}, got nothing", i + 1));
+    }
+    for (i, g) in got.iter().enumerate().skip(expect.len()) {
+        out.push(format!("line {}: not expected: {g}", i + 1));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cdrs-testbed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn records_parse_with_defaults_and_every_encoding() {
+        let p = write(
+            "r.jsonl",
+            r#"{"key": "c-1", "value": "hello", "headers": [["x-client", "c-1"], ["n", null]]}
+
+{"offset": 7, "timestamp_ms": 5, "value": {"type": "trade"}, "key_base64": "AP8="}
+"#,
+        );
+        let r = read_records(&p).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].offset, r[0].key.as_deref()), (0, Some(&b"c-1"[..])));
+        assert_eq!(r[0].headers[1], ("n".to_string(), None));
+        assert_eq!(r[1].offset, 7);
+        assert_eq!(r[1].timestamp_ms, Some(5));
+        assert_eq!(r[1].value.as_deref(), Some(&br#"{"type":"trade"}"#[..]));
+        assert_eq!(r[1].key.as_deref(), Some(&[0u8, 255][..]));
+    }
+
+    #[test]
+    fn bad_records_name_the_line_and_field() {
+        for (text, want) in [
+            ("{\"key\": 1}\n", "line 1: `key` must be a string or null"),
+            ("{}\n{\"offest\": 1}\n", "line 2: unknown field `offest`"),
+            ("[1]\n", "line 1: expected a JSON object"),
+            ("{\"headers\": [[\"a\"]]}\n", "line 1: `headers` entries"),
+            ("{nope\n", "line 1: not JSON"),
+        ] {
+            let e = read_records(&write("bad.jsonl", text))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn targets_take_defaults_and_reject_unknown_fields() {
+        let t = read_targets(&write(
+            "t.json",
+            r#"[{"id": "a"}, {"id": "b", "capacity": 5, "health": "down"}]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (t[0].weight, t[0].capacity, t[0].health),
+            (100, 100, Health::Healthy)
+        );
+        assert_eq!((t[1].capacity, t[1].health), (5, Health::Down));
+        let e = read_targets(&write("t2.json", r#"[{"id": "a", "cap": 1}]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `cap`"), "{e}");
+    }
+
+    #[test]
+    fn diff_names_each_line_and_accepts_any_init_error() {
+        let a = vec![
+            json!({"offset": 0, "verdict": "keep"}),
+            json!({"offset": 1, "verdict": "drop"}),
+        ];
+        let b = vec![
+            json!({"offset": 0, "verdict": "keep"}),
+            json!({"offset": 1, "verdict": "keep"}),
+        ];
+        assert!(diff(&a, &a).is_empty());
+        let d = diff(&a, &b);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].starts_with("line 2:"), "{d:?}");
+        assert_eq!(diff(&a, &b[..1]).len(), 1);
+        assert!(diff(
+            &[json!({"init": "error"})],
+            &[json!({"init": "error", "message": "bad seed"})]
+        )
+        .is_empty());
+    }
+}
