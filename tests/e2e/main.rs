@@ -10,6 +10,7 @@
 mod capacity;
 mod chaos;
 mod common;
+mod conformance;
 mod daemon;
 mod delivery;
 mod failures;

@@ -1,0 +1,256 @@
+//! The SDK conformance suite: every language's example router and filter
+//! (`plugins/example-{router,filter}[-python|-js|-c]`, the portable policy of
+//! `sdk/example-policy.md`) runs on the fixtures in `tests/conformance/` and
+//! must give exactly the expected decisions, so all languages agree with each
+//! other. The decisions also pass checks that do not depend on the expected
+//! files: nothing goes to a down, zero-capacity or zero-weight target, a
+//! draining one only when no healthy one is left, and a sticky key keeps its
+//! target.
+
+use cdrs::capacity::{Health, TargetView};
+use cdrs::config::PluginRuntimeConfig;
+use cdrs::plugin::testbed::{self, TestRun};
+use cdrs::plugin::Runtime;
+use cdrs_e2e::{plugin_dir, root};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// (language, file-name suffix of its example plugins).
+const LANGUAGES: [(&str, &str); 4] = [
+    ("rust", ""),
+    ("python", "_python"),
+    ("js", "_js"),
+    ("c", "_c"),
+];
+
+fn cases(world: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("tests/conformance").join(world))
+        .expect("tests/conformance exists")
+        .map(|e| e.expect("readable dir").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 8, "too few {world} cases: {dirs:?}");
+    dirs
+}
+
+fn example(world: &str, suffix: &str) -> PathBuf {
+    let wasm = plugin_dir().join(format!("example_{world}{suffix}.wasm"));
+    assert!(
+        wasm.is_file(),
+        "{} missing: build the examples with `scripts/dev.sh plugins` (it installs each \
+         language's toolchain)",
+        wasm.display()
+    );
+    wasm
+}
+
+fn run_case(runtime: &std::sync::Arc<Runtime>, wasm: &Path, case: &Path) -> TestRun {
+    let records = testbed::read_records(&case.join("records.jsonl")).expect("records");
+    let targets = match case.join("targets.json") {
+        t if t.is_file() => testbed::read_targets(&t).expect("targets"),
+        _ => Vec::new(),
+    };
+    let config = std::fs::read_to_string(case.join("config.json")).expect("config");
+    testbed::run(runtime, wasm, &records, &targets, &config, 256)
+        .unwrap_or_else(|e| panic!("{} on {}: {e}", wasm.display(), case.display()))
+}
+
+/// Checks router decisions against the policy's invariants.
+fn check_router_invariants(
+    case: &Path,
+    targets: &[TargetView],
+    lines: &[Value],
+    problems: &mut Vec<String>,
+) {
+    let records = testbed::read_records(&case.join("records.jsonl")).expect("records");
+    let usable = |t: &TargetView| t.capacity > 0 && t.weight > 0;
+    let any_healthy = targets
+        .iter()
+        .any(|t| t.health == Health::Healthy && usable(t));
+    let any_usable = targets
+        .iter()
+        .any(|t| t.health != Health::Down && usable(t));
+    let config = std::fs::read_to_string(case.join("config.json")).unwrap_or_default();
+    let sticky_on_key = config.contains("\"sticky\": true") && !config.contains("sticky_header");
+    let mut sticky: HashMap<Vec<u8>, String> = HashMap::new();
+    for (line, record) in lines.iter().zip(&records) {
+        if line.get("init").is_some() {
+            return;
+        }
+        let decision = line["decision"].as_str().unwrap_or("");
+        if !any_usable {
+            if decision != "default" {
+                problems.push(format!(
+                    "{}: no eligible target, yet {line}",
+                    case.display()
+                ));
+            }
+            continue;
+        }
+        for id in line["targets"].as_array().into_iter().flatten() {
+            let t = targets
+                .iter()
+                .find(|t| *t.id == *id.as_str().unwrap_or(""))
+                .expect("known id");
+            let bad = t.health == Health::Down
+                || !usable(t)
+                || (t.health == Health::Degraded && any_healthy);
+            if bad {
+                problems.push(format!(
+                    "{}: routed to ineligible {:?}: {line}",
+                    case.display(),
+                    t.id
+                ));
+            }
+            if let (true, Some(key)) = (sticky_on_key, &record.key) {
+                let first = sticky
+                    .entry(key.clone())
+                    .or_insert_with(|| t.id.to_string());
+                if *first != *t.id {
+                    problems.push(format!(
+                        "{}: key {key:?} moved from {first} to {}",
+                        case.display(),
+                        t.id
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_language_gives_the_expected_decisions() {
+    let runtime = Runtime::new(&PluginRuntimeConfig {
+        instances: 1,
+        ..Default::default()
+    })
+    .expect("runtime");
+    let mut problems = Vec::new();
+    let mut table = Vec::new();
+    for world in ["router", "filter"] {
+        let cases = cases(world);
+        for (lang, suffix) in LANGUAGES {
+            let wasm = example(world, suffix);
+            let size = std::fs::metadata(&wasm).expect("wasm").len();
+            let mut us = Vec::new();
+            for case in &cases {
+                let run = run_case(&runtime, &wasm, case);
+                assert_eq!(run.world, world, "{} is not a {world}", wasm.display());
+                if run.errors > 0 {
+                    problems.push(format!(
+                        "{lang} {world} {}: {} failed call(s)",
+                        case.display(),
+                        run.errors
+                    ));
+                }
+                let expect =
+                    testbed::read_expect(&case.join("expect.jsonl")).expect("expect.jsonl");
+                for d in testbed::diff(&expect, &run.lines) {
+                    problems.push(format!("{lang} {world} {}: {d}", case.display()));
+                }
+                if world == "router" {
+                    let targets =
+                        testbed::read_targets(&case.join("targets.json")).expect("targets");
+                    check_router_invariants(case, &targets, &run.lines, &mut problems);
+                }
+                if !run.calls.is_empty() {
+                    us.push(run.us_per_record());
+                }
+            }
+            us.sort_by(f64::total_cmp);
+            let median = us.get(us.len() / 2).copied().unwrap_or(0.0);
+            table.push(format!(
+                "{world:<7} {lang:<7} {:>9} bytes  {median:>8.2} µs/record (median of cases)",
+                size
+            ));
+        }
+    }
+    eprintln!("conformance: {}", table.join("\n             "));
+    assert!(
+        problems.is_empty(),
+        "{} difference(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn plugin_test_reports_a_changed_decision() {
+    // The diff path end to end: one changed expected decision is reported.
+    let case = root().join("tests/conformance/router/weighted");
+    let runtime = Runtime::new(&PluginRuntimeConfig::default()).expect("runtime");
+    let run = run_case(&runtime, &example("router", ""), &case);
+    let mut expect = testbed::read_expect(&case.join("expect.jsonl")).expect("expect");
+    expect[3]["targets"] = serde_json::json!(["nobody"]);
+    let diff = testbed::diff(&expect, &run.lines);
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert!(
+        diff[0].starts_with("line 4:") && diff[0].contains("nobody"),
+        "{diff:?}"
+    );
+}
+
+/// `cdrs plugin new` for each language and world gives a project whose one
+/// build command makes a component that loads and runs on its own fixtures.
+#[test]
+fn scaffolded_projects_build_and_run_in_every_language() {
+    let base = std::env::temp_dir().join(format!("cdrs-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let runtime = Runtime::new(&PluginRuntimeConfig {
+        instances: 1,
+        ..Default::default()
+    })
+    .expect("runtime");
+    for lang in ["rust", "python", "js", "c"] {
+        for world in ["router", "filter"] {
+            let name = format!("my-{lang}-{world}");
+            let dir = base.join(&name);
+            cdrs::plugin::scaffold::create(lang, world, &dir, &root().join("sdk"))
+                .expect("scaffold");
+            let out = std::process::Command::new("bash")
+                .arg(dir.join("build.sh"))
+                // Rust projects share one target folder so dependencies compile once.
+                .env("CARGO_TARGET_DIR", root().join("target/scaffold"))
+                .output()
+                .expect("run build.sh");
+            assert!(
+                out.status.success(),
+                "{lang} {world} build failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let wasm = dir.join(format!("{}.wasm", name.replace('-', "_")));
+            let records =
+                testbed::read_records(&dir.join("fixtures/records.jsonl")).expect("records");
+            let targets =
+                testbed::read_targets(&dir.join("fixtures/targets.json")).expect("targets");
+            let run = testbed::run(&runtime, &wasm, &records, &targets, "{}", 256)
+                .unwrap_or_else(|e| panic!("{lang} {world}: {e}"));
+            assert_eq!(run.world, world);
+            assert_eq!(run.errors, 0, "{lang} {world}: failed plugin calls");
+            let got: Vec<String> = run.lines.iter().map(|l| l.to_string()).collect();
+            // The templates' policies: routers pick the least loaded healthy
+            // target by (in-flight + assigned) / capacity: blotter-1 0/100,
+            // blotter-2 1/200, then they take turns (ties go to the first);
+            // blotter-3 is down. Filters drop the one record without a key.
+            let want: Vec<String> = if world == "router" {
+                ["blotter-1", "blotter-2", "blotter-1", "blotter-2"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        format!(r#"{{"decision":"route","offset":{i},"targets":["{t}"]}}"#)
+                    })
+                    .collect()
+            } else {
+                ["keep", "keep", "drop", "keep"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!(r#"{{"offset":{i},"verdict":"{v}"}}"#))
+                    .collect()
+            };
+            assert_eq!(got, want, "{lang} {world}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
