@@ -3,7 +3,7 @@
 #
 #   scripts/dev.sh demo [cdrs demo flags]   build plugins + cdrs, run the demo
 #   scripts/dev.sh test                     install the test broker, build, run all tests
-#   scripts/dev.sh plugins                  build the example plugins (wasm32-wasip2)
+#   scripts/dev.sh plugins                  build the plugins: Rust, and the Python/JS/C examples
 #   scripts/dev.sh broker                   install Tansu (the test broker), print its path
 #   scripts/dev.sh chaos                    only the chaos cases, printing the reliability table
 #   scripts/dev.sh bench [--out FILE]       release build, then `cdrs bench` (table; JSON with --out)
@@ -26,9 +26,31 @@ build_plugins() {
   # fault-filter and fault-router misbehave on purpose; the tests use them
   # against the sandbox.
   cargo build -q --profile plugin --target wasm32-wasip2 \
-    -p field-filter -p p2c-router -p fault-filter -p fault-router >&2
-  for p in field_filter p2c_router fault_filter fault_router; do
+    -p field-filter -p p2c-router -p fault-filter -p fault-router \
+    -p example-router -p example-filter >&2
+  for p in field_filter p2c_router fault_filter fault_router example_router example_filter; do
     ls "$PLUGIN_DIR/$p.wasm" >/dev/null
+  done
+}
+
+# The example plugins of the other guest languages (sdk/example-policy.md),
+# each built by its SDK's one-command build, which installs the toolchain on
+# first use (componentize-py and Zig from PyPI, componentize-js from npm).
+# Skipped when the .wasm is newer than its sources: Python and JS builds are
+# not byte-reproducible, and a new hash costs a fresh wasmtime compile.
+build_examples() {
+  local lang dir world out
+  for lang in python js c; do
+    for world in router filter; do
+      dir="$ROOT/plugins/example-$world-$lang"
+      out="$PLUGIN_DIR/example_${world}_$lang.wasm"
+      if [ -f "$out" ] && [ -z "$(find "$dir" "$ROOT/sdk/$lang" "$ROOT/sdk/wit" \
+          -newer "$out" -type f -not -path '*/__pycache__/*' -not -path '*/test*' -print -quit)" ]; then
+        continue
+      fi
+      echo "== building example-$world-$lang" >&2
+      "$ROOT/sdk/$lang/build.sh" "$dir" "$world" "$out" >&2
+    done
   done
 }
 
@@ -55,13 +77,14 @@ need_tansu() {
 # Plugins built, Tansu installed, both exported for the test binaries.
 test_env() {
   build_plugins
+  build_examples
   CDRS_TANSU=$(need_tansu)
   export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
 }
 
 cmd=${1:-help}; shift || true
 case "$cmd" in
-  plugins) build_plugins ;;
+  plugins) build_plugins; build_examples ;;
   broker) need_tansu ;;
   demo)
     build_plugins
@@ -73,6 +96,11 @@ case "$cmd" in
     # Host crates (engine unit tests, end-to-end tests), then the plugins'
     # native unit tests (policy logic, no Wasm).
     cargo test --workspace --no-fail-fast "$@"
+    # The guest SDKs' own tests: policy logic natively, layout readers.
+    echo "== SDK tests: python, js, c" >&2
+    PYTHONDONTWRITEBYTECODE=1 "$TOOLS/venv/bin/python" -m unittest discover -s sdk/python/tests
+    node --test sdk/js/test/
+    sdk/c/test/run.sh
     ;;
   bench)
     build_plugins
