@@ -7,6 +7,7 @@
 #   scripts/dev.sh broker                   install Tansu (the test broker), print its path
 #   scripts/dev.sh chaos                    only the chaos cases, printing the reliability table
 #   scripts/dev.sh bench [--out FILE]       release build, then `cdrs bench` (table; JSON with --out)
+#   scripts/dev.sh sdk-bench                time per record of each language's example plugins
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -113,6 +114,41 @@ case "$cmd" in
     echo "| case | produced | filtered | delivered | duplicates | dead-lettered | lost | out of key order | max RSS MiB | s |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
     cargo test -q -p cdrs-e2e --test e2e chaos -- --nocapture --test-threads=1 2>/dev/null | grep -o '| [a-z0-9-]* | .*|$'
+    ;;
+  sdk-bench)
+    # Per-language time per record of the example plugins (sdk/README.md):
+    # 10,000 records, 16 targets, batch 256, release build.
+    build_plugins; build_examples
+    cargo build -q --release -p cdrs >&2
+    work=$(mktemp -d)
+    python3 - "$work" <<'PY'
+import json, random, sys
+random.seed(1)
+d = sys.argv[1]
+with open(f"{d}/records.jsonl", "w") as f:
+    for i in range(10000):
+        c = random.randrange(1000)
+        value = json.dumps({"type": "trade", "client": c, "qty": random.randrange(100), "pad": "x" * 120})
+        f.write(json.dumps({"offset": i, "key": f"client-{c}", "value": value,
+                            "headers": [["x-client", f"client-{c}"], ["x-source", "live"]]}) + "\n")
+targets = [{"id": f"blotter-{i}", "capacity": 100 * (1 + i % 4), "inflight": i * 3} for i in range(16)]
+targets[3]["health"] = "down"
+targets[7]["health"] = "degraded"
+json.dump(targets, open(f"{d}/targets.json", "w"))
+PY
+    printf '%-10s %-8s %10s %12s\n' case lang bytes "µs/record"
+    for case in 'router:p2c:{"seed": 7}' 'router:sticky:{"sticky": true, "sticky_header": "x-client"}' \
+        'filter:rules:{"require_key": true, "max_value_bytes": 1000, "deny_header": "x-deny"}'; do
+      world=${case%%:*}; rest=${case#*:}; name=${rest%%:*}; config=${rest#*:}
+      for lang in rust c python js; do
+        suffix=$([ $lang = rust ] && echo "" || echo "_$lang")
+        wasm="$PLUGIN_DIR/example_${world}${suffix}.wasm"
+        us=$("$ROOT/target/release/cdrs" plugin test "$wasm" --records "$work/records.jsonl" \
+          --targets "$work/targets.json" --config "$config" 2>&1 >/dev/null | grep -o '[0-9.]* µs/record' | cut -d' ' -f1)
+        printf '%-10s %-8s %10s %12s\n' "$world-$name" $lang "$(stat -c %s "$wasm")" "$us"
+      done
+    done
+    rm -rf "$work"
     ;;
   *)
     sed -n '2,10p' "$0"; exit 2 ;;
