@@ -18,7 +18,9 @@
 #
 # Environment: CDRS_ZIG_VERSION (default below), CDRS_VENV (default
 # .tools/venv), CDRS_PLUGIN_TOOLS (a prebuilt cdrs-plugin-tools: skips cargo),
-# CDRS_CFLAGS (extra compiler flags), CARGO_BUILD_JOBS (default 2).
+# CDRS_CFLAGS (extra compiler flags), CDRS_WIT_DIR (another copy of the
+# contract, e.g. to build against a later version; default sdk/wit),
+# CARGO_BUILD_JOBS (default 2).
 set -euo pipefail
 
 ZIG_VERSION="${CDRS_ZIG_VERSION:-0.17.0}"
@@ -39,7 +41,7 @@ OUT="$3"
 
 SDK_C="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SDK_C/../.." && pwd)"
-WIT="$ROOT/sdk/wit"
+WIT="${CDRS_WIT_DIR:-$ROOT/sdk/wit}"
 VENV="${CDRS_VENV:-$ROOT/.tools/venv}"
 
 [ -d "$PLUGIN_DIR" ] || die "plugin directory '$PLUGIN_DIR' does not exist"

@@ -254,3 +254,73 @@ fn scaffolded_projects_build_and_run_in_every_language() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Contract versioning on real components: the C example filter built
+/// against a copy of the contract marked 1.1.0 loads and gives the same
+/// verdicts (semver: a later 1.x only adds); built against 2.0.0 it is
+/// refused with a message naming both versions.
+#[test]
+fn a_later_1x_plugin_loads_and_another_major_is_refused() {
+    let base = std::env::temp_dir().join(format!("cdrs-versions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let wit = std::fs::read_to_string(root().join("sdk/wit/plugin.wit")).expect("wit");
+    let host = cdrs::plugin::contract::host_version();
+    let case = root().join("tests/conformance/filter/all-rules");
+    let runtime = Runtime::new(&PluginRuntimeConfig {
+        instances: 1,
+        ..Default::default()
+    })
+    .expect("runtime");
+    let build = |version: &str| -> PathBuf {
+        let tag = version.replace('.', "-");
+        let wit_dir = base.join(format!("wit-{tag}"));
+        std::fs::create_dir_all(&wit_dir).unwrap();
+        let marked = wit.replace(
+            &format!("package cdrs:plugin@{host};"),
+            &format!("package cdrs:plugin@{version};"),
+        );
+        assert_ne!(marked, wit, "the WIT names its version");
+        std::fs::write(wit_dir.join("plugin.wit"), marked).unwrap();
+        // Its own folder name, so the C build's scratch folder is its own too.
+        let src = base.join(format!("filter-{tag}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::copy(
+            root().join("plugins/example-filter-c/filter.c"),
+            src.join("filter.c"),
+        )
+        .unwrap();
+        let wasm = base.join(format!("filter-{tag}.wasm"));
+        let out = std::process::Command::new("bash")
+            .arg(root().join("sdk/c/build.sh"))
+            .args([src.as_os_str(), "filter".as_ref(), wasm.as_os_str()])
+            .env("CDRS_WIT_DIR", &wit_dir)
+            .output()
+            .expect("sdk/c/build.sh");
+        assert!(
+            out.status.success(),
+            "build against {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wasm
+    };
+    let later = format!("{}.{}.0", host.major, host.minor + 1);
+    let run = run_case(&runtime, &build(&later), &case);
+    let expect = testbed::read_expect(&case.join("expect.jsonl")).expect("expect");
+    assert!(
+        testbed::diff(&expect, &run.lines).is_empty(),
+        "{later}: {:?}",
+        run.lines
+    );
+
+    let next_major = format!("{}.0.0", host.major + 1);
+    let records = testbed::read_records(&case.join("records.jsonl")).expect("records");
+    let err = testbed::run(&runtime, &build(&next_major), &records, &[], "{}", 256)
+        .expect_err("another major is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cdrs:plugin@{next_major}"))
+            && msg.contains(&format!("cdrs:plugin@{host}")),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
