@@ -490,12 +490,21 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
                     run.errors
                 );
             }
+            let init_error = run
+                .lines
+                .first()
+                .and_then(|l| l.get("message"))
+                .filter(|_| run.lines.len() == 1 && run.lines[0].get("init").is_some());
             let failed = if run.errors > 0 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             };
             let Some(expect) = expect else {
+                if let Some(msg) = init_error {
+                    eprintln!("error: the plugin's init refused the config: {msg}");
+                    return Ok(ExitCode::FAILURE);
+                }
                 return Ok(failed);
             };
             let diff = testbed::diff(&expect, &run.lines);

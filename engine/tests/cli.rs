@@ -114,3 +114,92 @@ fn bench_writes_every_figure() {
     }
     let _ = std::fs::remove_file(&out_file);
 }
+
+/// `cdrs plugin check|test|new` on real components: exit codes and messages
+/// a plugin author relies on.
+#[test]
+fn plugin_tooling_reports_and_exits_by_outcome() {
+    let dir = root().join("target/wasm32-wasip2/plugin");
+    if !dir.join("example_router.wasm").is_file() {
+        panic!("plugins not built: run `scripts/dev.sh plugins`");
+    }
+    let router = dir.join("example_router.wasm");
+    let router = router.to_str().unwrap();
+    let case = "tests/conformance/router/weighted";
+
+    let (ok, out) = cdrs(&["plugin", "check", router]);
+    assert!(ok, "{out}");
+    for needle in [
+        "world:    router",
+        "contract: cdrs:plugin@1.0.0",
+        "ok: a router plugin",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let (ok, out) = cdrs(&["plugin", "check", "tests/fixtures/config/not-wasm.txt"]);
+    assert!(!ok && out.contains("not a WebAssembly file"), "{out}");
+
+    // Matching output: exit 0; one changed expectation: a diff and exit 1.
+    let args = |expect: &str| -> Vec<String> {
+        [
+            "plugin",
+            "test",
+            router,
+            "--records",
+            &format!("{case}/records.jsonl"),
+            "--targets",
+            &format!("{case}/targets.json"),
+            "--config",
+            &format!("{case}/config.json"),
+            "--expect",
+            expect,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let argv = args(&format!("{case}/expect.jsonl"));
+    let (ok, out) = cdrs(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok && out.contains("ok: 40 line(s) as expected"), "{out}");
+    assert!(out.contains("µs/record"), "{out}");
+    let changed =
+        std::env::temp_dir().join(format!("cdrs-cli-expect-{}.jsonl", std::process::id()));
+    let text = std::fs::read_to_string(root().join(case).join("expect.jsonl")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let swapped = lines[1].replace("blotter-", "blotter-9");
+    lines[1] = &swapped;
+    std::fs::write(&changed, lines.join("\n")).unwrap();
+    let argv = args(changed.to_str().unwrap());
+    let (ok, out) = cdrs(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && out.contains("1 difference(s)") && out.contains("line 2:"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(changed);
+
+    // A config the plugin refuses: exit 1 with its message; bad fixtures name the line.
+    let (ok, out) = cdrs(&[
+        "plugin",
+        "test",
+        router,
+        "--records",
+        &format!("{case}/records.jsonl"),
+        "--config",
+        r#"{"seed": 0}"#,
+    ]);
+    assert!(
+        !ok && out.contains("refused the config") && out.contains("seed"),
+        "{out}"
+    );
+    let (ok, out) = cdrs(&[
+        "plugin",
+        "test",
+        router,
+        "--records",
+        "tests/conformance/router/weighted/targets.json",
+    ]);
+    assert!(!ok && out.contains("targets.json line 1"), "{out}");
+
+    // `new` refuses an existing folder, naming it.
+    let (ok, out) = cdrs(&["plugin", "new", "--lang", "rust", "engine"]);
+    assert!(!ok && out.contains("\"engine\" already exists"), "{out}");
+}
