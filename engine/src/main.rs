@@ -493,7 +493,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             let init_error = run
                 .lines
                 .first()
-                .and_then(|l| l.get("message"))
+                .and_then(|l| l.get("message")?.as_str())
                 .filter(|_| run.lines.len() == 1 && run.lines[0].get("init").is_some());
             let failed = if run.errors > 0 {
                 ExitCode::FAILURE
