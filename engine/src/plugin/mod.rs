@@ -36,6 +36,20 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// all versions alive during a swap). Each reserves address space, not memory.
 pub const POOL_COMPONENT_INSTANCES: u32 = 256;
 
+/// Largest plugin call duration the per-version histograms tell apart, µs
+/// (one hour; longer calls count as one hour).
+const MAX_CALL_US: u64 = 3_600_000_000;
+
+/// An empty histogram of call durations, µs, 1 µs .. [`MAX_CALL_US`].
+///
+/// Fixed bounds: `saturating_record` never grows an auto-resizing
+/// histogram, it clamps to its current top (2 µs at first), which once hid
+/// every call over ~2 ms.
+fn call_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, MAX_CALL_US, 3)
+        .expect("1 µs .. 1 h at 3 significant digits is valid")
+}
+
 /// Period of the epoch ticker; call deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -233,9 +247,7 @@ impl PluginMeta {
             traps: Default::default(),
             deadline_misses: Default::default(),
             memory_faults: Default::default(),
-            call_us: std::sync::Mutex::new(
-                hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"),
-            ),
+            call_us: std::sync::Mutex::new(call_histogram()),
         }
     }
 
@@ -699,6 +711,29 @@ impl<I> Pool<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_percentiles_keep_long_calls() {
+        let meta = PluginMeta {
+            name: "t".into(),
+            hash: "0".repeat(64),
+            loaded_at_ms: 0,
+            load_ms: 0.0,
+            cached: false,
+            calls: Default::default(),
+            faults: Default::default(),
+            traps: Default::default(),
+            deadline_misses: Default::default(),
+            memory_faults: Default::default(),
+            call_us: std::sync::Mutex::new(call_histogram()),
+        };
+        for ms in [1, 5, 5, 5, 50] {
+            meta.observe_call(Duration::from_millis(ms));
+        }
+        let (p50, p99) = meta.call_percentiles_us();
+        assert!((4_990..=5_010).contains(&p50), "p50 {p50}");
+        assert!((49_900..=50_100).contains(&p99), "p99 {p99}");
+    }
 
     #[test]
     fn isolate_singles_out_the_bad_items() {
