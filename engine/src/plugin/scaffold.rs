@@ -57,13 +57,14 @@ pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result
     let mut written = Vec::new();
     for (rel, text) in files
         .iter()
-        .chain(common(lang, world).iter())
+        .chain(common(world).iter())
         .map(|(r, t)| (r.to_string(), t.to_string()))
     {
         let text = text
             .replace("{{name}}", name)
             .replace("{{name_snake}}", &name.replace('-', "_"))
             .replace("{{world}}", world)
+            .replace("{{guide}}", &format!("{sdk_s}/{}", guide(lang)))
             .replace("{{sdk}}", &sdk_s);
         let path = dir.join(&rel);
         if let Some(parent) = path.parent() {
@@ -125,32 +126,30 @@ fn template(lang: &str, world: &str) -> anyhow::Result<Files> {
 }
 
 /// Fixtures and README, the same for every language.
-fn common(lang: &str, world: &str) -> Files {
-    let guide = match lang {
-        "rust" => "sdk/README.md (Rust)",
-        "python" => "sdk/python/README.md",
-        "js" => "sdk/js/README.md",
-        _ => "sdk/c/README.md",
-    };
+fn common(world: &str) -> Files {
     let readme = if world == "router" {
         README_ROUTER
     } else {
         README_FILTER
     };
-    vec![
+    let mut files = vec![
         ("fixtures/records.jsonl", FIXTURE_RECORDS),
-        ("fixtures/targets.json", FIXTURE_TARGETS),
         ("README.md", readme),
-        (
-            "GUIDE",
-            match guide {
-                "sdk/python/README.md" => "{{sdk}}/python/README.md\n",
-                "sdk/js/README.md" => "{{sdk}}/js/README.md\n",
-                "sdk/c/README.md" => "{{sdk}}/c/README.md\n",
-                _ => "{{sdk}}/README.md\n",
-            },
-        ),
-    ]
+    ];
+    if world == "router" {
+        files.push(("fixtures/targets.json", FIXTURE_TARGETS));
+    }
+    files
+}
+
+/// The language guide in the SDK folder.
+fn guide(lang: &str) -> &'static str {
+    match lang {
+        "python" => "python/README.md",
+        "js" => "js/README.md",
+        "c" => "c/README.md",
+        _ => "rust/README.md",
+    }
 }
 
 const README_ROUTER: &str = r#"# {{name}}: a CDRS router plugin
@@ -165,7 +164,8 @@ from then on it prints a diff and exits 1 when a change alters a decision.
 
 Deploy: point `[router] path` in the CDRS config at the .wasm file; CDRS
 compiles it off the hot path, calls `init`, and swaps it in between batches.
-The guide for this language is named in `GUIDE`.
+The guide for this language: `{{guide}}`; the contract and the host's rules:
+`{{sdk}}/README.md`.
 "#;
 
 const README_FILTER: &str = r#"# {{name}}: a CDRS filter plugin
@@ -180,7 +180,8 @@ from then on it prints a diff and exits 1 when a change alters a verdict.
 
 Deploy: add a `[[filters]]` entry with `path` = the .wasm file to the CDRS
 config; CDRS compiles it off the hot path, calls `init`, and swaps it in
-between batches. The guide for this language is named in `GUIDE`.
+between batches. The guide for this language: `{{guide}}`; the contract and the host's rules:
+`{{sdk}}/README.md`.
 "#;
 
 const FIXTURE_RECORDS: &str = r#"{"key": "client-1", "value": "{\"type\":\"trade\",\"qty\":5}"}
