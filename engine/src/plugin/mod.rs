@@ -234,14 +234,19 @@ pub struct PluginMeta {
 
 impl PluginMeta {
     fn new(name: &str, compiled: &Compiled) -> PluginMeta {
+        PluginMeta::with(name, &compiled.hash, compiled.load_ms, compiled.cached)
+    }
+
+    /// A version's identity with zeroed counters, loaded now.
+    fn with(name: &str, hash: &str, load_ms: f64, cached: bool) -> PluginMeta {
         PluginMeta {
             name: name.into(),
-            hash: compiled.hash.clone(),
+            hash: hash.to_string(),
             loaded_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
-            load_ms: compiled.load_ms,
-            cached: compiled.cached,
+            load_ms,
+            cached,
             calls: Default::default(),
             faults: Default::default(),
             traps: Default::default(),
@@ -714,19 +719,7 @@ mod tests {
 
     #[test]
     fn call_percentiles_keep_long_calls() {
-        let meta = PluginMeta {
-            name: "t".into(),
-            hash: "0".repeat(64),
-            loaded_at_ms: 0,
-            load_ms: 0.0,
-            cached: false,
-            calls: Default::default(),
-            faults: Default::default(),
-            traps: Default::default(),
-            deadline_misses: Default::default(),
-            memory_faults: Default::default(),
-            call_us: std::sync::Mutex::new(call_histogram()),
-        };
+        let meta = PluginMeta::with("t", &"0".repeat(64), 0.0, false);
         for ms in [1, 5, 5, 5, 50] {
             meta.observe_call(Duration::from_millis(ms));
         }
