@@ -64,6 +64,7 @@ pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result
             .replace("{{name}}", name)
             .replace("{{name_snake}}", &name.replace('-', "_"))
             .replace("{{world}}", world)
+            .replace("{{lang}}", lang)
             .replace("{{guide}}", &format!("{sdk_s}/{}", guide(lang)))
             .replace("{{sdk}}", &sdk_s);
         let path = dir.join(&rel);
@@ -108,18 +109,18 @@ fn template(lang: &str, world: &str) -> anyhow::Result<Files> {
                     PYTHON_FILTER
                 },
             ),
-            ("build.sh", PYTHON_BUILD),
+            ("build.sh", SDK_BUILD),
         ],
         ("js", w) => vec![
             (
                 "plugin.js",
                 if w == "router" { JS_ROUTER } else { JS_FILTER },
             ),
-            ("build.sh", JS_BUILD),
+            ("build.sh", SDK_BUILD),
         ],
         ("c", w) => vec![
             ("plugin.c", if w == "router" { C_ROUTER } else { C_FILTER }),
-            ("build.sh", C_BUILD),
+            ("build.sh", SDK_BUILD),
         ],
         (other, _) => bail!("unknown language {other:?}; use rust, python, js or c"),
     })
@@ -302,32 +303,21 @@ impl Filter for Plugin {
 cdrs_plugin_sdk::export_filter!(Plugin);
 "#;
 
-const PYTHON_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {{name_snake}}.wasm with componentize-py (installed on first use).
+/// Python, JS and C projects build with their SDK's one-command build
+/// (which installs its toolchain on first use: componentize-py, or
+/// componentize-js, or Zig and the CDRS component tools).
+const SDK_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {{name_snake}}.wasm with the CDRS {{lang}} SDK's build.
 set -euo pipefail
 cd "$(dirname "$0")"
-"{{sdk}}/python/build.sh" . {{world}} {{name_snake}}.wasm
+"{{sdk}}/{{lang}}/build.sh" . {{world}} {{name_snake}}.wasm
 "#;
 
 const PYTHON_ROUTER: &str = include_str!("scaffold/router.py");
 const PYTHON_FILTER: &str = include_str!("scaffold/filter.py");
 
-const JS_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {{name_snake}}.wasm with componentize-js (installed on first use).
-set -euo pipefail
-cd "$(dirname "$0")"
-"{{sdk}}/js/build.sh" . {{world}} {{name_snake}}.wasm
-"#;
-
 const JS_ROUTER: &str = include_str!("scaffold/router.js");
 const JS_FILTER: &str = include_str!("scaffold/filter.js");
-
-const C_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {{name_snake}}.wasm with Zig and the CDRS component tools (installed on first use).
-set -euo pipefail
-cd "$(dirname "$0")"
-"{{sdk}}/c/build.sh" . {{world}} {{name_snake}}.wasm
-"#;
 
 const C_ROUTER: &str = include_str!("scaffold/router.c");
 const C_FILTER: &str = include_str!("scaffold/filter.c");
