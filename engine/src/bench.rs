@@ -6,11 +6,13 @@
 //!    256, 1024 and 16 / 128 targets, against a native Rust implementation of
 //!    the same policy (serde_json field check + weighted power of two
 //!    choices) in the same process.
-//! 2. **End to end**: records/s through CDRS (embedded broker → filter →
-//!    router → `kafka://` target topic) with a trivial filter and with the
-//!    JSON filter, against a bare rdkafka consume → produce passthrough on
-//!    the same broker (three interleaved rounds, medians); p50/p99 consume →
-//!    deliver latency at a steady rate after a warm-up.
+//! 2. **End to end**: records/s through CDRS (broker → filter → router →
+//!    `kafka://` target topic) with a trivial filter and with the JSON
+//!    filter, against a bare rdkafka consume → produce passthrough on the
+//!    same broker (three interleaved rounds, medians); p50/p99 consume →
+//!    deliver latency at a steady rate after a warm-up. The broker is Tansu
+//!    in its own process when installed (its CPU is reported apart), else
+//!    librdkafka's in-process mock ([`BenchBroker`]).
 //! 3. **Load**: cold compile and cached load per plugin; instantiation (+ `init`).
 //! 4. **Memory**: resident set of the process idle and under load; per plugin
 //!    instance (RSS growth over 64 extra instances).
@@ -47,6 +49,119 @@ pub struct BenchOptions {
     pub quick: bool,
     /// Run one part only: `overhead`, `load` or `e2e` (the others report 0).
     pub only: Option<String>,
+    /// The broker of the end-to-end part.
+    pub broker: BenchBroker,
+}
+
+/// The broker the end-to-end part runs against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchBroker {
+    /// librdkafka's in-process mock cluster. Its CPU counts in this
+    /// process, and its fetch path scans a partition's message sets
+    /// linearly (`rd_kafka_mock_msgset_find` was 12% of all samples at
+    /// 100,000 records; at 1,000,000 the passthrough stalled), so keep runs
+    /// small with it.
+    Embedded,
+    /// Tansu started from this binary on a free loopback port, in its own
+    /// process (DESIGN.md §7), stopped afterwards.
+    Tansu(PathBuf),
+    /// A broker already running at these bootstrap servers; topics and
+    /// groups get a per-run suffix.
+    External(String),
+}
+
+impl std::fmt::Display for BenchBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchBroker::Embedded => f.write_str("embedded mock broker"),
+            BenchBroker::Tansu(_) => f.write_str("Tansu 0.6 (own process)"),
+            BenchBroker::External(b) => write!(f, "broker at {b}"),
+        }
+    }
+}
+
+/// A running bench broker: bootstrap servers and topic creation.
+enum Running {
+    Mock(rdkafka::mocking::MockCluster<'static, DefaultProducerContext>),
+    Process(String, std::process::Child),
+    External(String),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Process(_, child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Running {
+    async fn start(broker: &BenchBroker) -> anyhow::Result<Running> {
+        let running = match broker {
+            BenchBroker::Embedded => Running::Mock(rdkafka::mocking::MockCluster::new(1)?),
+            BenchBroker::External(b) => Running::External(b.clone()),
+            BenchBroker::Tansu(bin) => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let url = format!("tcp://127.0.0.1:{port}");
+                let child = std::process::Command::new(bin)
+                    .args(["broker", "--listener-url", &url])
+                    .args(["--advertised-listener-url", &url])
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", bin.display()))?;
+                Running::Process(format!("127.0.0.1:{port}"), child)
+            }
+        };
+        let brokers = running.brokers();
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = probe.fetch_metadata(None, Duration::from_secs(1)) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the bench broker at {brokers} did not answer: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(running)
+    }
+
+    /// The broker's process id, when it runs in its own process here.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Process(_, child) => Some(child.id()),
+            _ => None,
+        }
+    }
+
+    fn brokers(&self) -> String {
+        match self {
+            Running::Mock(c) => c.bootstrap_servers(),
+            Running::Process(b, _) | Running::External(b) => b.clone(),
+        }
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        if let Running::Mock(c) = self {
+            c.create_topic(name, partitions, 1)?;
+            return Ok(());
+        }
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t:?}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// One row of the overhead benchmark.
@@ -104,9 +219,13 @@ pub struct BenchReport {
     /// Cores busy (CPU s per wall s, broker included) during the
     /// passthrough, trivial and JSON runs.
     pub e2e_busy_cores: Vec<f64>,
+    /// The same for the broker's process when it runs in its own (Tansu).
+    pub e2e_broker_cores: Vec<f64>,
     pub overhead: Vec<OverheadRow>,
     pub loads: Vec<LoadRow>,
     pub records: u64,
+    /// The broker of the end-to-end part.
+    pub broker: String,
     pub machine: String,
 }
 
@@ -166,9 +285,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         rss_load_bytes: rss_bytes("VmHWM"),
         e2e_json_records_per_s: e2e.json,
         e2e_busy_cores: e2e.busy_cores.clone(),
+        e2e_broker_cores: e2e.broker_cores.clone(),
         overhead,
         loads,
         records: opts.records,
+        broker: opts.broker.to_string(),
         machine: machine(),
     })
 }
@@ -201,16 +322,23 @@ pub fn table(r: &BenchReport) -> String {
             );
         }
     }
-    let busy = |i: usize| r.e2e_busy_cores.get(i).copied().unwrap_or(0.0);
+    let busy = |i: usize| {
+        let own = r.e2e_busy_cores.get(i).copied().unwrap_or(0.0);
+        match r.e2e_broker_cores.get(i).copied().unwrap_or(0.0) {
+            b if b > 0.0 => format!("{own:.2} + broker {b:.2}"),
+            _ => format!("{own:.2}"),
+        }
+    };
     if r.passthrough_records_per_s > 0.0 {
         s += &format!(
-            "\nend to end ({} records of 200 bytes, embedded broker)\n\
+            "\nend to end ({} records of 200 bytes, {})\n\
          | path | records/s | ratio | cores busy |\n|---|---|---|---|\n\
-         | rdkafka passthrough | {:.0} | 1.00 | {:.2} |\n\
-         | CDRS, trivial filter | {:.0} | {:.2} | {:.2} |\n\
-         | CDRS, JSON filter | {:.0} | {:.2} | {:.2} |\n\
+         | rdkafka passthrough | {:.0} | 1.00 | {} |\n\
+         | CDRS, trivial filter | {:.0} | {:.2} | {} |\n\
+         | CDRS, JSON filter | {:.0} | {:.2} | {} |\n\
          latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
             r.records,
+            r.broker,
             r.passthrough_records_per_s,
             busy(0),
             r.e2e_records_per_s,
@@ -260,10 +388,11 @@ fn machine() -> String {
     )
 }
 
-/// User + system CPU time of this process so far, seconds (`/proc/self/stat`,
-/// clock ticks of 1/100 s).
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
+/// User + system CPU time so far of this process (`None`) or of process
+/// `pid`, seconds (`/proc/PID/stat`, clock ticks of 1/100 s).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let stat = pid.map_or_else(|| "/proc/self/stat".into(), |p| format!("/proc/{p}/stat"));
+    std::fs::read_to_string(stat)
         .ok()
         .and_then(|s| {
             let after = s.rsplit_once(')')?.1;
@@ -553,6 +682,8 @@ struct EndToEnd {
     /// CPU seconds per wall second (cores busy) while the 10%..90% of each
     /// run passed: passthrough, trivial, JSON (the embedded broker included).
     busy_cores: Vec<f64>,
+    /// The same for the broker's own process (Tansu; 0 when embedded).
+    broker_cores: Vec<f64>,
     passthrough: f64,
     trivial: f64,
     json: f64,
@@ -568,11 +699,19 @@ const FETCH_WAIT_MS: &str = "10";
 /// Partitions of every bench topic.
 const PARTITIONS: i32 = 6;
 
+/// Group settings of the bench's group consumers: a real broker (Tansu)
+/// holds a group's first JoinGroup for the rebalance timeout, which is
+/// `max.poll.interval.ms` (default 5 min).
+const GROUP_OPTIONS: [(&str, &str); 2] = [
+    ("session.timeout.ms", "6000"),
+    ("max.poll.interval.ms", "6000"),
+];
+
 /// Counts records on `topic` until `want`. Returns the time between the
 /// 10th and the 90th percentile record seen (steady state: no group join,
 /// no tail) and each record's age (now − its timestamp) in ms.
 fn watch_topic(
-    brokers: &str,
+    (brokers, broker_pid): (&str, Option<u32>),
     topic: &str,
     want: usize,
     limit: Duration,
@@ -593,7 +732,13 @@ fn watch_topic(
     c.assign(&tpl)?;
     let (from, to) = (want / 10, want * 9 / 10);
     let (mut first, mut last, mut seen) = (None, None, 0usize);
-    let (mut cpu_first, mut cpu_last) = (0.0, 0.0);
+    let cpu = || {
+        (
+            cpu_seconds(None),
+            broker_pid.map_or(0.0, |p| cpu_seconds(Some(p))),
+        )
+    };
+    let (mut cpu_first, mut cpu_last) = ((0.0, 0.0), (0.0, 0.0));
     let mut ages = Vec::new();
     let deadline = Instant::now() + limit;
     while seen < want {
@@ -612,11 +757,11 @@ fn watch_topic(
         }
         if seen == from.max(1) {
             first = Some(now);
-            cpu_first = cpu_seconds();
+            cpu_first = cpu();
         }
         if seen == to.max(1) {
             last = Some(now);
-            cpu_last = cpu_seconds();
+            cpu_last = cpu();
         }
         if let Some(ts) = m.timestamp().to_millis() {
             let wall = std::time::SystemTime::now()
@@ -629,7 +774,8 @@ fn watch_topic(
     Ok(Watched {
         span,
         ages,
-        busy_cores: (cpu_last - cpu_first) / span.as_secs_f64().max(1e-3),
+        busy_cores: (cpu_last.0 - cpu_first.0) / span.as_secs_f64().max(1e-3),
+        broker_cores: (cpu_last.1 - cpu_first.1) / span.as_secs_f64().max(1e-3),
     })
 }
 
@@ -640,13 +786,16 @@ struct Watched {
     ages: Vec<f64>,
     /// CPU seconds of this process (broker included) per wall second.
     busy_cores: f64,
+    /// The same for the broker's process (0 when it runs in this one).
+    broker_cores: f64,
 }
 
 /// CDRS from `input` to the `kafka://` target `out` with `filter` and the
-/// non-sticky P2C router.
+/// non-sticky P2C router; `tag` names its consumer group, `dlq` is the
+/// dead-letter topic.
 fn config(
     brokers: &str,
-    tag: &str,
+    (tag, dlq): (&str, &str),
     input: &str,
     out: &str,
     filter: PluginConfig,
@@ -665,7 +814,7 @@ fn config(
         brokers,
         &format!("bench-{tag}"),
         input,
-        "bench-dlq",
+        dlq,
         plugin_dir,
         vec![target],
     );
@@ -675,28 +824,33 @@ fn config(
     cfg.kafka
         .options
         .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+    for (k, v) in GROUP_OPTIONS {
+        cfg.kafka.options.insert(k.into(), v.into());
+    }
     cfg
 }
 
 /// Bare rdkafka: consume → produce, nothing else (round `round` gets its
 /// own consumer group and output topic).
 async fn passthrough(
-    brokers: &str,
-    round: usize,
+    (brokers, broker_pid): (&str, Option<u32>),
+    (input, out): (&str, &str),
     n: u64,
     limit: Duration,
 ) -> anyhow::Result<Watched> {
-    let out = format!("bench-pass{round}-out");
-    let b = brokers.to_string();
+    let (b, input, out) = (brokers.to_string(), input.to_string(), out.to_string());
     let topic = out.clone();
     let copier = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", format!("bench-pass{round}"))
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &b)
+            .set("group.id", format!("{topic}-group"))
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-            .create()?;
-        c.subscribe(&["bench-in"])?;
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS);
+        for (k, v) in GROUP_OPTIONS {
+            cfg.set(k, v);
+        }
+        let c: BaseConsumer = cfg.create()?;
+        c.subscribe(&[&input])?;
         let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &b)
             .set("linger.ms", "5")
@@ -730,8 +884,10 @@ async fn passthrough(
         Ok(())
     });
     let b = brokers.to_string();
-    let w = tokio::task::spawn_blocking(move || watch_topic(&b, &out, n as usize, limit, None))
-        .await??;
+    let w = tokio::task::spawn_blocking(move || {
+        watch_topic((&b, broker_pid), &out, n as usize, limit, None)
+    })
+    .await??;
     copier.await??;
     Ok(w)
 }
@@ -743,15 +899,26 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     let n = opts.records;
-    let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    for t in ["bench-in", "bench-lat-in", "bench-lat-out"] {
-        cluster.create_topic(t, PARTITIONS, 1)?;
+    let cluster = Running::start(&opts.broker).await?;
+    // Topic and group names unique per run: an external broker keeps them.
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    );
+    let name = |what: &str| format!("bench-{what}-{run}");
+    let (input, dlq) = (name("in"), name("dlq"));
+    let (lat_in, lat_out) = (name("lat-in"), name("lat-out"));
+    for t in [&input, &lat_in, &lat_out] {
+        cluster.create_topic(t, PARTITIONS).await?;
     }
-    cluster.create_topic("bench-dlq", 1, 1)?;
-    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic(&dlq, 1).await?;
+    let (brokers, pid) = (cluster.brokers(), cluster.pid());
     let events: Vec<_> = (0..n).map(record).collect();
     let kept = events.iter().filter(|e| e.2 == Fate::Delivered).count();
-    produce_events(&brokers, "bench-in", events).await?;
+    produce_events(&brokers, &input, events).await?;
     let limit = Duration::from_secs(300);
 
     let trivial_filter = PluginConfig {
@@ -765,8 +932,9 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     let rounds = if opts.quick { 1 } else { 3 };
     let mut runs: [Vec<Watched>; 3] = Default::default();
     for round in 0..rounds {
-        cluster.create_topic(&format!("bench-pass{round}-out"), PARTITIONS, 1)?;
-        runs[0].push(passthrough(&brokers, round, n, limit).await?);
+        let out = name(&format!("pass{round}-out"));
+        cluster.create_topic(&out, PARTITIONS).await?;
+        runs[0].push(passthrough((&brokers, pid), (&input, &out), n, limit).await?);
         for (i, (tag, filter, want)) in [
             ("trivial", trivial_filter.clone(), n as usize),
             ("json", demo_filter(&opts.plugin_dir), kept),
@@ -774,14 +942,23 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         .into_iter()
         .enumerate()
         {
-            let tag = format!("{tag}{round}");
-            let out = format!("bench-{tag}-out");
-            cluster.create_topic(&out, PARTITIONS, 1)?;
-            let cfg = config(&brokers, &tag, "bench-in", &out, filter, &opts.plugin_dir);
+            let tag = format!("{tag}{round}-{run}");
+            let out = name(&format!("{tag}-out"));
+            cluster.create_topic(&out, PARTITIONS).await?;
+            let cfg = config(
+                &brokers,
+                (&tag, &dlq),
+                &input,
+                &out,
+                filter,
+                &opts.plugin_dir,
+            );
             let daemon = Daemon::start(cfg, None).await?;
             let b = brokers.clone();
-            let w = tokio::task::spawn_blocking(move || watch_topic(&b, &out, want, limit, None))
-                .await??;
+            let w = tokio::task::spawn_blocking(move || {
+                watch_topic((&b, pid), &out, want, limit, None)
+            })
+            .await??;
             daemon.stop().await?;
             runs[i + 1].push(w);
         }
@@ -795,18 +972,20 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
                 .collect(),
         )
     };
-    let busy: Vec<f64> = runs
-        .iter()
-        .map(|ws| median(ws.iter().map(|w| w.busy_cores).collect()))
-        .collect();
+    let cores = |f: fn(&Watched) -> f64| -> Vec<f64> {
+        runs.iter()
+            .map(|ws| median(ws.iter().map(f).collect()))
+            .collect()
+    };
+    let (busy, broker_busy) = (cores(|w| w.busy_cores), cores(|w| w.broker_cores));
     let (passthrough, rates) = (rate(&runs[0]), [rate(&runs[1]), rate(&runs[2])]);
 
     // Latency: a steady 2,000 records/s through the trivial path.
     let cfg = config(
         &brokers,
-        "lat",
-        "bench-lat-in",
-        "bench-lat-out",
+        (&format!("lat-{run}"), &dlq),
+        &lat_in,
+        &lat_out,
         trivial_filter,
         &opts.plugin_dir,
     );
@@ -820,8 +999,9 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     let b = brokers.clone();
     let progress = Arc::new(AtomicUsize::new(0));
     let seen = progress.clone();
+    let out = lat_out.clone();
     let watcher = tokio::task::spawn_blocking(move || {
-        watch_topic(&b, "bench-lat-out", warm + lat_n, limit, Some(seen))
+        watch_topic((&b, pid), &out, warm + lat_n, limit, Some(seen))
     });
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -841,7 +1021,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
-        let _ = p.send(BaseRecord::to("bench-lat-in").key(&key).payload(&value));
+        let _ = p.send(BaseRecord::to(&lat_in).key(&key).payload(&value));
     }
     p.flush(Duration::from_secs(30))?;
     let ages = watcher.await??.ages;
@@ -855,6 +1035,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     };
     Ok(EndToEnd {
         busy_cores: busy,
+        broker_cores: broker_busy,
         passthrough,
         trivial: rates[0],
         json: rates[1],

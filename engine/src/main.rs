@@ -72,6 +72,12 @@ enum Command {
         /// Run one part only (the others report 0).
         #[arg(long, value_parser = ["overhead", "load", "e2e"])]
         only: Option<String>,
+        /// Broker of the end-to-end part: `tansu` (started from $CDRS_TANSU
+        /// or .tools/bin/tansu, in its own process), `embedded`
+        /// (librdkafka's in-process mock) or HOST:PORT of a running broker.
+        /// Default: tansu if installed (`scripts/dev.sh broker`), else embedded.
+        #[arg(long)]
+        broker: Option<String>,
         /// Folder with field_filter.wasm and p2c_router.wasm.
         #[arg(
             long,
@@ -187,10 +193,12 @@ fn main() -> ExitCode {
             records,
             quick,
             only,
+            broker,
             plugin_dir,
         } => {
             init_logs("warn");
-            bench(out, records, quick, only, plugin_dir)
+            bench_broker(broker.as_deref())
+                .and_then(|broker| bench(out, records, quick, only, broker, plugin_dir))
         }
         Command::DemoServer {
             id,
@@ -333,11 +341,33 @@ fn demo_server(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--broker` of `cdrs bench`.
+fn bench_broker(arg: Option<&str>) -> anyhow::Result<cdrs::bench::BenchBroker> {
+    use cdrs::bench::BenchBroker;
+    let tansu = std::env::var_os("CDRS_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".tools/bin/tansu"));
+    Ok(match arg {
+        None if tansu.is_file() => BenchBroker::Tansu(tansu),
+        None | Some("embedded") => BenchBroker::Embedded,
+        Some("tansu") if tansu.is_file() => BenchBroker::Tansu(tansu),
+        Some("tansu") => anyhow::bail!(
+            "--broker tansu: no Tansu binary at {} (set CDRS_TANSU, or run `scripts/dev.sh broker`)",
+            tansu.display()
+        ),
+        Some(addr) if addr.contains(':') => BenchBroker::External(addr.to_string()),
+        Some(other) => anyhow::bail!(
+            "--broker {other:?}: expected `tansu`, `embedded` or HOST:PORT of a running broker"
+        ),
+    })
+}
+
 fn bench(
     out: Option<PathBuf>,
     records: u64,
     quick: bool,
     only: Option<String>,
+    broker: cdrs::bench::BenchBroker,
     plugin_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let opts = cdrs::bench::BenchOptions {
@@ -345,6 +375,7 @@ fn bench(
         records,
         quick,
         only,
+        broker,
     };
     let report = runtime()?.block_on(cdrs::bench::run(opts))?;
     print!("{}", cdrs::bench::table(&report));
