@@ -92,6 +92,9 @@ pub struct FieldFilter {
     non_json: Action,
     reads_json: bool,
     stamp_header: Option<String>,
+    /// Per-rule field values of the record at hand, reused across records
+    /// (one allocation per instance, not one per record).
+    fields: Vec<Option<Value>>,
 }
 
 impl FieldFilter {
@@ -140,25 +143,25 @@ impl FieldFilter {
             non_json: raw.non_json,
             reads_json,
             stamp_header: raw.stamp_header,
+            fields: Vec::new(),
         })
     }
 
-    fn verdict_for(&self, r: &Record<'_>) -> Verdict {
+    fn verdict_for(&mut self, r: &Record<'_>) -> Verdict {
         // Field rules read only their path (no document tree is built); a
         // value that is not one JSON document takes the `non_json` action
         // before any rule, as documented.
-        let mut fields: Vec<Option<Value>> = Vec::new();
+        let fields = &mut self.fields;
+        fields.clear();
         if self.reads_json {
             let Some(doc) = r.value() else {
-                return act(self.non_json, "value is not a JSON document".to_string());
+                return act(self.non_json, NOT_JSON);
             };
             for rule in &self.rules {
                 let found = match &rule.subject {
                     Subject::Field(path) => match lookup(doc, path) {
                         Ok(v) => v,
-                        Err(_) => {
-                            return act(self.non_json, "value is not a JSON document".to_string())
-                        }
+                        Err(_) => return act(self.non_json, NOT_JSON),
                     },
                     Subject::Header(_) => None,
                 };
@@ -178,18 +181,21 @@ impl FieldFilter {
                 Test::Exists(b) => found.is_some() == *b,
             };
             if hit {
-                return act(rule.action, rule.reason.clone());
+                return act(rule.action, &rule.reason);
             }
         }
         Verdict::Keep
     }
 }
 
-fn act(action: Action, reason: String) -> Verdict {
+const NOT_JSON: &str = "value is not a JSON document";
+
+/// The verdict of `action`; the reason is copied only for a dead letter.
+fn act(action: Action, reason: &str) -> Verdict {
     match action {
         Action::Keep => Verdict::Keep,
         Action::Drop => Verdict::Drop,
-        Action::DeadLetter => Verdict::DeadLetter(reason),
+        Action::DeadLetter => Verdict::DeadLetter(reason.to_string()),
     }
 }
 
@@ -201,9 +207,12 @@ impl Filter for FieldFilter {
     fn filter(&mut self, batch: Batch) -> Vec<Verdict> {
         batch
             .records()
-            .map(|r| match (self.verdict_for(&r), &self.stamp_header) {
-                (Verdict::Keep, Some(h)) => Verdict::Transform(stamp(&r, h, "field-filter")),
-                (v, _) => v,
+            .map(|r| match self.verdict_for(&r) {
+                Verdict::Keep => match &self.stamp_header {
+                    Some(h) => Verdict::Transform(stamp(&r, h, "field-filter")),
+                    None => Verdict::Keep,
+                },
+                v => v,
             })
             .collect()
     }
@@ -215,7 +224,7 @@ cdrs_plugin_sdk::export_filter!(FieldFilter);
 mod tests {
     use super::*;
     /// Verdict for one record with this value and headers.
-    fn verdict(f: &FieldFilter, value: &str, headers: &[(&str, &str)]) -> Verdict {
+    fn verdict(f: &mut FieldFilter, value: &str, headers: &[(&str, &str)]) -> Verdict {
         let headers: Vec<_> = headers
             .iter()
             .map(|(k, v)| (*k, Some(v.as_bytes())))
@@ -234,32 +243,32 @@ mod tests {
 
     #[test]
     fn drops_heartbeats_and_dead_letters_non_json() {
-        let f = FieldFilter::parse(
+        let mut f = FieldFilter::parse(
             r#"{"non_json":"dead-letter","rules":[{"field":"type","equals":"heartbeat","action":"drop"}]}"#,
         )
         .unwrap();
-        assert!(is(&verdict(&f, r#"{"type":"heartbeat"}"#, &[]), "drop"));
-        assert!(is(&verdict(&f, r#"{"type":"trade"}"#, &[]), "keep"));
-        assert!(is(&verdict(&f, "not json", &[]), "dl"));
+        assert!(is(&verdict(&mut f, r#"{"type":"heartbeat"}"#, &[]), "drop"));
+        assert!(is(&verdict(&mut f, r#"{"type":"trade"}"#, &[]), "keep"));
+        assert!(is(&verdict(&mut f, "not json", &[]), "dl"));
     }
 
     #[test]
     fn nested_fields_headers_in_and_exists() {
-        let f = FieldFilter::parse(
+        let mut f = FieldFilter::parse(
             r#"{"rules":[
                 {"header":"x-source","equals":"replay","action":"dead-letter","reason":"replay"},
                 {"field":"trade.side","in":["buy","sell"],"action":"keep"},
                 {"field":"trade","exists":true,"action":"drop"}]}"#,
         )
         .unwrap();
-        let dl = verdict(&f, "{}", &[("x-source", "replay")]);
+        let dl = verdict(&mut f, "{}", &[("x-source", "replay")]);
         assert!(matches!(dl, Verdict::DeadLetter(ref r) if r == "replay"));
-        assert!(is(&verdict(&f, r#"{"trade":{"side":"buy"}}"#, &[]), "keep"));
+        assert!(is(&verdict(&mut f, r#"{"trade":{"side":"buy"}}"#, &[]), "keep"));
         assert!(is(
-            &verdict(&f, r#"{"trade":{"side":"hold"}}"#, &[]),
+            &verdict(&mut f, r#"{"trade":{"side":"hold"}}"#, &[]),
             "drop"
         ));
-        assert!(is(&verdict(&f, r#"{"other":1}"#, &[]), "keep"));
+        assert!(is(&verdict(&mut f, r#"{"other":1}"#, &[]), "keep"));
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //! `sticky_header` names a header to hash instead of the key.
 
 use cdrs_plugin_sdk::router::{Batch, Decision, Health, Record, Router, RouterOptions, Target};
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Deserialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -62,7 +64,10 @@ struct Slot {
 pub struct P2cRouter {
     sticky: bool,
     sticky_header: Option<String>,
-    rng: fastrand::Rng,
+    /// Xoshiro256++ (Blackman & Vigna, "Scrambled linear pseudorandom
+    /// number generators", ACM TOMS 2021): 64-bit operations only. fastrand's
+    /// wyrand multiplies in 128 bits, a `__multi3` call per draw on wasm32.
+    rng: Xoshiro256PlusPlus,
     slots: Vec<Slot>,
     /// Records this instance routed to each slot, decayed per batch.
     assigned: Vec<f64>,
@@ -89,7 +94,7 @@ impl P2cRouter {
             P2cRouter {
                 sticky: c.sticky,
                 sticky_header: c.sticky_header,
-                rng: fastrand::Rng::with_seed(c.seed),
+                rng: Xoshiro256PlusPlus::seed_from_u64(c.seed),
                 slots: Vec::new(),
                 assigned: Vec::new(),
                 eligible: Vec::new(),
@@ -176,7 +181,9 @@ impl P2cRouter {
     fn pick_weighted(&mut self, except: Option<usize>) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
         for _ in 0..16 {
-            let r = self.rng.f64() * total;
+            // Uniform in [0, 1): the top 53 bits as a fraction.
+            let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let r = u * total;
             let j = self
                 .cumulative
                 .partition_point(|&c| c <= r)
