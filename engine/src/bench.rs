@@ -203,6 +203,12 @@ pub struct BenchReport {
     pub passthrough_records_per_s: f64,
     pub e2e_ratio_trivial: f64,
     pub e2e_ratio_json: f64,
+    /// rdkafka consume → produce writing what CDRS's Kafka sink writes
+    /// (idempotent producer, `cdrs-idempotency-key` header), records/s.
+    pub passthrough_like_cdrs_records_per_s: f64,
+    /// CDRS against that like-for-like passthrough.
+    pub e2e_ratio_trivial_like_cdrs: f64,
+    pub e2e_ratio_json_like_cdrs: f64,
     /// Consume → deliver latency at a steady rate, ms.
     pub p50_latency_ms: f64,
     pub p99_latency_ms: f64,
@@ -216,8 +222,9 @@ pub struct BenchReport {
     pub rss_idle_bytes: u64,
     pub rss_load_bytes: u64,
     pub e2e_json_records_per_s: f64,
-    /// Cores busy (CPU s per wall s, broker included) during the
-    /// passthrough, trivial and JSON runs.
+    /// Cores busy in this process (CPU s per wall s; the embedded broker
+    /// included) during the bare passthrough, trivial, JSON and
+    /// like-for-like passthrough runs.
     pub e2e_busy_cores: Vec<f64>,
     /// The same for the broker's process when it runs in its own (Tansu).
     pub e2e_broker_cores: Vec<f64>,
@@ -275,6 +282,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         passthrough_records_per_s: e2e.passthrough,
         e2e_ratio_trivial: ratio(e2e.trivial, e2e.passthrough),
         e2e_ratio_json: ratio(e2e.json, e2e.passthrough),
+        passthrough_like_cdrs_records_per_s: e2e.passthrough_like_cdrs,
+        e2e_ratio_trivial_like_cdrs: ratio(e2e.trivial, e2e.passthrough_like_cdrs),
+        e2e_ratio_json_like_cdrs: ratio(e2e.json, e2e.passthrough_like_cdrs),
         p50_latency_ms: e2e.p50_ms,
         p99_latency_ms: e2e.p99_ms,
         cold_load_ms: router.cold_ms,
@@ -332,23 +342,28 @@ pub fn table(r: &BenchReport) -> String {
     if r.passthrough_records_per_s > 0.0 {
         s += &format!(
             "\nend to end ({} records of 200 bytes, {})\n\
-         | path | records/s | ratio | cores busy |\n|---|---|---|---|\n\
-         | rdkafka passthrough | {:.0} | 1.00 | {} |\n\
-         | CDRS, trivial filter | {:.0} | {:.2} | {} |\n\
-         | CDRS, JSON filter | {:.0} | {:.2} | {} |\n\
-         latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
-            r.records,
-            r.broker,
-            r.passthrough_records_per_s,
-            busy(0),
-            r.e2e_records_per_s,
-            r.e2e_ratio_trivial,
-            busy(1),
-            r.e2e_json_records_per_s,
-            r.e2e_ratio_json,
-            busy(2),
-            r.p50_latency_ms,
-            r.p99_latency_ms
+             | path | records/s | vs bare | vs like-for-like | cores busy |\n|---|---|---|---|---|\n",
+            r.records, r.broker
+        );
+        let like = r.passthrough_like_cdrs_records_per_s;
+        for (i, path, rate) in [
+            (0, "rdkafka passthrough, bare", r.passthrough_records_per_s),
+            (3, "rdkafka passthrough, like-for-like", like),
+            (1, "CDRS, trivial filter", r.e2e_records_per_s),
+            (2, "CDRS, JSON filter", r.e2e_json_records_per_s),
+        ] {
+            s += &format!(
+                "| {path} | {rate:.0} | {:.2} | {:.2} | {} |\n",
+                ratio(rate, r.passthrough_records_per_s),
+                ratio(rate, like),
+                busy(i)
+            );
+        }
+        s += &format!(
+            "like-for-like: what CDRS's Kafka sink writes (idempotent producer, \
+             cdrs-idempotency-key header)\n\
+             latency consume → deliver at a steady rate: p50 {:.1} ms, p99 {:.1} ms\n",
+            r.p50_latency_ms, r.p99_latency_ms
         );
     }
     if !r.loads.is_empty() {
@@ -680,11 +695,13 @@ fn loading(dir: &Path) -> anyhow::Result<(Vec<LoadRow>, f64, f64)> {
 #[derive(Default)]
 struct EndToEnd {
     /// CPU seconds per wall second (cores busy) while the 10%..90% of each
-    /// run passed: passthrough, trivial, JSON (the embedded broker included).
+    /// run passed: bare passthrough, trivial, JSON, like-for-like
+    /// passthrough (the embedded broker included).
     busy_cores: Vec<f64>,
     /// The same for the broker's own process (Tansu; 0 when embedded).
     broker_cores: Vec<f64>,
     passthrough: f64,
+    passthrough_like_cdrs: f64,
     trivial: f64,
     json: f64,
     p50_ms: f64,
@@ -830,11 +847,15 @@ fn config(
     cfg
 }
 
-/// Bare rdkafka: consume → produce, nothing else (round `round` gets its
-/// own consumer group and output topic).
+/// rdkafka alone: consume → produce, nothing else (each output topic gets
+/// its own consumer group). `like_cdrs`: the records produced as CDRS's
+/// Kafka sink produces them (idempotent producer, `acks=all`, the
+/// `cdrs-idempotency-key` header); otherwise bare (default producer, no
+/// header).
 async fn passthrough(
     (brokers, broker_pid): (&str, Option<u32>),
     (input, out): (&str, &str),
+    like_cdrs: bool,
     n: u64,
     limit: Duration,
 ) -> anyhow::Result<Watched> {
@@ -851,11 +872,14 @@ async fn passthrough(
         }
         let c: BaseConsumer = cfg.create()?;
         c.subscribe(&[&input])?;
-        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("linger.ms", "5")
-            .create()?;
+        let mut pc = ClientConfig::new();
+        pc.set("bootstrap.servers", &b).set("linger.ms", "5");
+        if like_cdrs {
+            pc.set("enable.idempotence", "true").set("acks", "all");
+        }
+        let p: ThreadedProducer<DefaultProducerContext> = pc.create()?;
         let mut copied = 0;
+        let mut id = String::new();
         while copied < n {
             let Some(m) = c.poll(Duration::from_millis(100)) else {
                 continue;
@@ -867,6 +891,17 @@ async fn passthrough(
             }
             if let Some(v) = m.payload() {
                 rec = rec.payload(v);
+            }
+            if like_cdrs {
+                use std::fmt::Write;
+                id.clear();
+                let _ = write!(id, "{}/{}/{}", m.topic(), m.partition(), m.offset());
+                rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(
+                    rdkafka::message::Header {
+                        key: crate::sink::http::IDEMPOTENCY_HEADER,
+                        value: Some(id.as_bytes()),
+                    },
+                ));
             }
             let mut rec = rec;
             loop {
@@ -930,11 +965,14 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     // Three rounds (one with --quick), the paths interleaved so a noisy
     // neighbour hits all of them alike; each figure is the median.
     let rounds = if opts.quick { 1 } else { 3 };
-    let mut runs: [Vec<Watched>; 3] = Default::default();
+    let mut runs: [Vec<Watched>; 4] = Default::default();
     for round in 0..rounds {
-        let out = name(&format!("pass{round}-out"));
-        cluster.create_topic(&out, PARTITIONS).await?;
-        runs[0].push(passthrough((&brokers, pid), (&input, &out), n, limit).await?);
+        for (i, like_cdrs) in [(0, false), (3, true)] {
+            let out = name(&format!("pass{i}{round}-out"));
+            cluster.create_topic(&out, PARTITIONS).await?;
+            let w = passthrough((&brokers, pid), (&input, &out), like_cdrs, n, limit).await?;
+            runs[i].push(w);
+        }
         for (i, (tag, filter, want)) in [
             ("trivial", trivial_filter.clone(), n as usize),
             ("json", demo_filter(&opts.plugin_dir), kept),
@@ -978,7 +1016,8 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
             .collect()
     };
     let (busy, broker_busy) = (cores(|w| w.busy_cores), cores(|w| w.broker_cores));
-    let (passthrough, rates) = (rate(&runs[0]), [rate(&runs[1]), rate(&runs[2])]);
+    let (passthrough, like_cdrs) = (rate(&runs[0]), rate(&runs[3]));
+    let rates = [rate(&runs[1]), rate(&runs[2])];
 
     // Latency: a steady 2,000 records/s through the trivial path.
     let cfg = config(
@@ -1037,6 +1076,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         busy_cores: busy,
         broker_cores: broker_busy,
         passthrough,
+        passthrough_like_cdrs: like_cdrs,
         trivial: rates[0],
         json: rates[1],
         p50_ms: q(0.5),

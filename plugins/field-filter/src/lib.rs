@@ -263,7 +263,10 @@ mod tests {
         .unwrap();
         let dl = verdict(&mut f, "{}", &[("x-source", "replay")]);
         assert!(matches!(dl, Verdict::DeadLetter(ref r) if r == "replay"));
-        assert!(is(&verdict(&mut f, r#"{"trade":{"side":"buy"}}"#, &[]), "keep"));
+        assert!(is(
+            &verdict(&mut f, r#"{"trade":{"side":"buy"}}"#, &[]),
+            "keep"
+        ));
         assert!(is(
             &verdict(&mut f, r#"{"trade":{"side":"hold"}}"#, &[]),
             "drop"
