@@ -105,6 +105,9 @@ case "$cmd" in
     ;;
   bench)
     build_plugins
+    # The end-to-end part runs against Tansu in its own process.
+    CDRS_TANSU=$(need_tansu)
+    export CDRS_TANSU
     cargo build -q --release -p cdrs >&2
     exec "$ROOT/target/release/cdrs" bench --plugin-dir "$PLUGIN_DIR" "$@"
     ;;

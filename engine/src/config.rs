@@ -518,7 +518,9 @@ pub struct DeliveryConfig {
     #[serde(default = "d_lanes")]
     pub lanes: usize,
     /// Records queued per target at most (records routed again may exceed
-    /// it; they are bounded by the partitions' in-flight windows). Default 10000.
+    /// it; they are bounded by the partitions' in-flight windows). Default
+    /// 10000; a `kafka://` target gets at least two lane batches per lane
+    /// (2 × `lanes` × 5000).
     #[serde(default = "d_queue_capacity")]
     pub queue_capacity: usize,
     /// What happens to a record no target can take (all down, open or

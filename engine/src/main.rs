@@ -63,9 +63,11 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Records per end-to-end run.
-        #[arg(long, default_value_t = 100_000)]
-        records: u64,
+        /// Records per end-to-end run. Default: 500,000 on Tansu or an
+        /// external broker; 100,000 on the embedded one, whose fetch path
+        /// slows down as a partition grows.
+        #[arg(long)]
+        records: Option<u64>,
         /// A short smoke run (fewer iterations; rough figures).
         #[arg(long)]
         quick: bool,
@@ -197,8 +199,13 @@ fn main() -> ExitCode {
             plugin_dir,
         } => {
             init_logs("warn");
-            bench_broker(broker.as_deref())
-                .and_then(|broker| bench(out, records, quick, only, broker, plugin_dir))
+            bench_broker(broker.as_deref()).and_then(|broker| {
+                let records = records.unwrap_or(match broker {
+                    cdrs::bench::BenchBroker::Embedded => 100_000,
+                    _ => 500_000,
+                });
+                bench(out, records, quick, only, broker, plugin_dir)
+            })
         }
         Command::DemoServer {
             id,

@@ -384,6 +384,19 @@ impl Pipeline {
         }
         let cfg = &self.delivery.load().cfg;
         let lanes = cfg.lanes;
+        let snapshot = self.registry.snapshot();
+        let kafka = snapshot
+            .index_of(target)
+            .is_some_and(|i| snapshot.targets[i].url.starts_with("kafka://"));
+        // A `kafka://` lane waits for its batch's acks before taking the
+        // next (per-key order); room for two lane batches per lane keeps the
+        // next ones ready meanwhile (`cdrs bench` on Tansu: with 10,000 the
+        // partition workers waited for slots most of the run).
+        let capacity = if kafka {
+            cfg.queue_capacity.max(2 * lanes * KAFKA_LANE_BATCH)
+        } else {
+            cfg.queue_capacity
+        };
         let q = Arc::new(TargetQueue {
             id: target.clone(),
             lanes: (0..lanes)
@@ -392,7 +405,7 @@ impl Pipeline {
                     ready: Notify::new(),
                 })
                 .collect(),
-            slots: Semaphore::new(cfg.queue_capacity),
+            slots: Semaphore::new(capacity),
             depth: self
                 .metrics
                 .target_queue
