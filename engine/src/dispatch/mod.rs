@@ -384,10 +384,7 @@ impl Pipeline {
         }
         let cfg = &self.delivery.load().cfg;
         let lanes = cfg.lanes;
-        let snapshot = self.registry.snapshot();
-        let kafka = snapshot
-            .index_of(target)
-            .is_some_and(|i| snapshot.targets[i].url.starts_with("kafka://"));
+        let kafka = self.is_kafka_target(target);
         // A `kafka://` lane waits for its batch's acks before taking the
         // next (per-key order); room for two lane batches per lane keeps the
         // next ones ready meanwhile (`cdrs bench` on Tansu: with 10,000 the
@@ -457,16 +454,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether `target`'s URL in the current snapshot is `kafka://`.
+    fn is_kafka_target(&self, target: &str) -> bool {
+        let snapshot = self.registry.snapshot();
+        snapshot
+            .index_of(target)
+            .is_some_and(|i| snapshot.targets[i].url.starts_with("kafka://"))
+    }
+
     async fn run_lane(self: Arc<Self>, q: Arc<TargetQueue>, lane: usize) {
         let mut stop = self.dispatch.stop_signal();
         loop {
             let mut max = self.delivery.load().cfg.max_batch;
-            let snapshot = self.registry.snapshot();
-            let kafka = snapshot
-                .index_of(&q.id)
-                .is_some_and(|i| snapshot.targets[i].url.starts_with("kafka://"));
-            drop(snapshot);
-            if kafka {
+            if self.is_kafka_target(&q.id) {
                 // A Kafka producer batches by itself; what bounds a lane is
                 // how many records it hands over per acknowledgement wait.
                 max = max.max(KAFKA_LANE_BATCH);
