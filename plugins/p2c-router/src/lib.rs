@@ -29,7 +29,9 @@
 //! `sticky_header` names a header to hash instead of the key.
 
 use cdrs_plugin_sdk::router::{Batch, Decision, Health, Record, Router, RouterOptions, Target};
-use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_distr::weighted::WeightedAliasIndex;
+use rand_distr::Distribution;
+use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Deserialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -73,8 +75,11 @@ pub struct P2cRouter {
     assigned: Vec<f64>,
     /// Indexes of the targets eligible for new records.
     eligible: Vec<u32>,
-    /// Prefix sums of the eligible targets' weights.
-    cumulative: Vec<f64>,
+    /// Draws an index into `eligible` in proportion to its weight in O(1)
+    /// (Walker's alias method, A. J. Walker, ACM TOMS 3(3), 1977, as built
+    /// by `rand_distr`); `None` while nothing is eligible. A binary search
+    /// over prefix sums mispredicts a branch per step on every draw.
+    alias: Option<WeightedAliasIndex<f64>>,
 }
 
 impl P2cRouter {
@@ -98,7 +103,7 @@ impl P2cRouter {
                 slots: Vec::new(),
                 assigned: Vec::new(),
                 eligible: Vec::new(),
-                cumulative: Vec::new(),
+                alias: None,
             },
             options,
         ))
@@ -135,15 +140,16 @@ impl P2cRouter {
         if self.eligible.is_empty() {
             self.eligible = by(Health::Degraded);
         }
-        let mut sum = 0.0;
-        self.cumulative = self
-            .eligible
-            .iter()
-            .map(|&i| {
-                sum += self.slots[i as usize].weight;
-                sum
-            })
-            .collect();
+        // Weights are at least 1 and finite, so this fails only for an
+        // empty list (or one too large for f64 sums, then: uniform draws).
+        self.alias = WeightedAliasIndex::new(
+            self.eligible
+                .iter()
+                .map(|&i| self.slots[i as usize].weight)
+                .collect(),
+        )
+        .or_else(|_| WeightedAliasIndex::new(vec![1.0; self.eligible.len()]))
+        .ok();
     }
 
     fn load(&self, i: u32) -> f64 {
@@ -176,18 +182,14 @@ impl P2cRouter {
     }
 
     /// An index into `eligible`, drawn with probability proportional to the
-    /// target's weight (binary search over the prefix sums), never `except`
-    /// (drawn again: the second draw then follows weight among the others).
+    /// target's weight, never `except` (drawn again: the second draw then
+    /// follows weight among the others).
     fn pick_weighted(&mut self, except: Option<usize>) -> usize {
-        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let Some(alias) = &self.alias else {
+            return 0;
+        };
         for _ in 0..16 {
-            // Uniform in [0, 1): the top 53 bits as a fraction.
-            let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let r = u * total;
-            let j = self
-                .cumulative
-                .partition_point(|&c| c <= r)
-                .min(self.eligible.len() - 1);
+            let j = alias.sample(&mut self.rng);
             if Some(j) != except {
                 return j;
             }
