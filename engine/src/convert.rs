@@ -30,31 +30,40 @@ pub fn record_from_kafka(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record {
 }
 
 /// Encodes records of one partition as the contract's packed `batch`
-/// (layout in `sdk/wit/plugin.wit`, written by the SDK's `layout::Tables`):
-/// `headers` picks the headers to pass (all for filters; the ones a router
-/// asked for); `values` whether payloads are passed.
+/// (layout in `sdk/wit/plugin.wit`, written by the SDK's `layout::Tables`)
+/// into `out`, reusing its buffers: a plugin instance keeps one `wit::Batch`,
+/// so once its buffers have grown to the batch size a call allocates
+/// nothing here. `headers` picks the headers to pass (all for filters; the
+/// ones a router asked for); `values` whether payloads are passed.
 ///
 /// Lowering this shape costs four copies per call whatever the batch size;
 /// a `list<record>` would cost a store per field per record.
-pub fn batch(
+pub fn batch_into(
+    out: &mut wit::Batch,
     topic: &str,
     partition: i32,
     records: &[&Record],
     headers: HeaderSelection<'_>,
     values: bool,
-) -> wit::Batch {
-    let bytes: usize = records
-        .iter()
-        .map(|r| {
-            r.key.as_ref().map_or(0, Vec::len)
-                + if values {
-                    r.value.as_ref().map_or(0, Vec::len)
-                } else {
-                    0
-                }
-        })
-        .sum();
-    let mut t = Tables::with_capacity(records.len(), bytes);
+) {
+    if out.topic != topic {
+        out.topic.clear();
+        out.topic.push_str(topic);
+    }
+    out.partition = partition;
+    let mut t = Tables {
+        count: 0,
+        records: std::mem::take(&mut out.records),
+        headers: std::mem::take(&mut out.headers),
+        data: std::mem::take(&mut out.data),
+    };
+    for buf in [&mut t.records, &mut t.headers, &mut t.data] {
+        // A batch of large records does not pin its memory per instance.
+        if buf.capacity() > KEEP_BATCH_BYTES {
+            *buf = Vec::new();
+        }
+        buf.clear();
+    }
     for r in records {
         t.push(
             r.offset,
@@ -67,13 +76,26 @@ pub fn batch(
                 .map(|(k, v)| (k.as_str(), v.as_deref())),
         );
     }
+    out.count = t.count;
+    out.records = t.records;
+    out.headers = t.headers;
+    out.data = t.data;
+}
+
+/// Buffer capacity a plugin instance keeps between calls, bytes (4 MiB:
+/// a batch of 1,024 records of 4 KiB). Larger buffers are dropped after
+/// use, so an instance's host memory stays bounded.
+pub const KEEP_BATCH_BYTES: usize = 4 << 20;
+
+/// An empty batch, to be filled by [`batch_into`].
+pub fn empty_batch() -> wit::Batch {
     wit::Batch {
-        topic: topic.to_string(),
-        partition,
-        count: t.count,
-        records: t.records,
-        headers: t.headers,
-        data: t.data,
+        topic: String::new(),
+        partition: 0,
+        count: 0,
+        records: Vec::new(),
+        headers: Vec::new(),
+        data: Vec::new(),
     }
 }
 

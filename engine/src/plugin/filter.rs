@@ -1,7 +1,7 @@
 //! Filter plugins: load, instantiate, call with trap isolation.
 
 use super::bindings::filter::{Filter, FilterPre};
-use super::bindings::types::Verdict;
+use super::bindings::types::{Batch, Verdict};
 use super::{
     cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
 };
@@ -16,6 +16,8 @@ use wasmtime::Store;
 struct Instance {
     store: Store<State>,
     bindings: Filter,
+    /// The last batch's buffers, refilled for the next call.
+    batch: Batch,
 }
 
 /// A loaded filter plugin: compiled once, a pool of initialised instances.
@@ -77,7 +79,11 @@ impl FilterPlugin {
             .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
         self.runtime.arm(&mut store);
         match bindings.call_init(&mut store, &self.config_json) {
-            Ok(Ok(())) => Ok(Instance { store, bindings }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                batch: convert::empty_batch(),
+            }),
             Ok(Err(msg)) => Err(PluginError::Init {
                 name: self.meta.name.to_string(),
                 msg,
@@ -98,10 +104,17 @@ impl FilterPlugin {
                     slot = Some(self.instantiate()?);
                 }
                 let inst = slot.as_mut().expect("instance just created");
-                let batch = convert::batch(topic, partition, chunk, HeaderSelection::All, true);
+                convert::batch_into(
+                    &mut inst.batch,
+                    topic,
+                    partition,
+                    chunk,
+                    HeaderSelection::All,
+                    true,
+                );
                 self.runtime.arm(&mut inst.store);
                 let started = Instant::now();
-                let result = inst.bindings.call_filter(&mut inst.store, &batch);
+                let result = inst.bindings.call_filter(&mut inst.store, &inst.batch);
                 self.metrics
                     .plugin_call_seconds
                     .with_label_values(&[&*self.meta.name, "filter"])

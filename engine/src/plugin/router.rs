@@ -3,7 +3,7 @@
 //! targets.
 
 use super::bindings::router::{Router, RouterPre};
-use super::bindings::types::{Decision, RouterOptions};
+use super::bindings::types::{Batch, Decision, RouterOptions};
 use super::{
     cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
 };
@@ -36,6 +36,8 @@ struct Instance {
     bindings: Router,
     /// Version of the snapshot this instance last received.
     pushed: Option<u64>,
+    /// The last batch's buffers, refilled for the next call.
+    batch: Batch,
 }
 
 /// A loaded router plugin.
@@ -111,6 +113,7 @@ impl RouterPlugin {
                     store,
                     bindings,
                     pushed: None,
+                    batch: convert::empty_batch(),
                 },
                 options,
             )),
@@ -156,7 +159,8 @@ impl RouterPlugin {
                         )?;
                         inst.pushed = Some(snapshot.version);
                     }
-                    let batch = convert::batch(
+                    convert::batch_into(
+                        &mut inst.batch,
                         topic,
                         partition,
                         chunk,
@@ -164,7 +168,7 @@ impl RouterPlugin {
                         self.options.needs_value,
                     );
                     self.runtime.arm(&mut inst.store);
-                    inst.bindings.call_route(&mut inst.store, &batch)
+                    inst.bindings.call_route(&mut inst.store, &inst.batch)
                 })();
                 self.metrics
                     .plugin_call_seconds
