@@ -423,8 +423,13 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             println!("file:     {}", file.display());
             println!("sha256:   {}", compiled.hash);
             println!(
-                "world:    {}",
-                i.world.unwrap_or("none (exports neither filter nor route)")
+                "world:    {}{}",
+                i.world.unwrap_or("none (exports neither filter nor route)"),
+                match (i.world, i.packed) {
+                    (Some("router"), true) => " (packed decisions)",
+                    (Some(_), true) => " (packed verdicts)",
+                    _ => "",
+                }
             );
             match i.version() {
                 Some(v) => println!(

@@ -133,11 +133,14 @@ fn plugin_tooling_reports_and_exits_by_outcome() {
     let (ok, out) = cdrs(&["plugin", "check", router]);
     assert!(ok, "{out}");
     for needle in [
-        "world:    router",
-        "contract: cdrs:plugin@1.0.0",
-        "ok: a router plugin",
+        "world:    router (packed decisions)".to_string(),
+        format!(
+            "contract: cdrs:plugin@{}",
+            cdrs::plugin::contract::host_version()
+        ),
+        "ok: a router plugin".to_string(),
     ] {
-        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+        assert!(out.contains(&needle), "missing {needle:?} in:\n{out}");
     }
     let (ok, out) = cdrs(&["plugin", "check", "tests/fixtures/config/not-wasm.txt"]);
     assert!(!ok && out.contains("not a WebAssembly file"), "{out}");

@@ -260,11 +260,13 @@ fn scaffolded_projects_build_and_run_in_every_language() {
 }
 
 /// Contract versioning on real components: the C example filter built
-/// against a copy of the contract marked 1.1.0 loads and gives the same
-/// verdicts (semver: a later 1.x only adds); built against 2.0.0 it is
-/// refused with a message naming both versions.
+/// against the contract as released at 1.0.0 (kept in
+/// `tests/conformance/contract-1.0.0/`), and against a copy of the current
+/// one marked with the next minor, loads and gives the same verdicts
+/// (semver: a 1.x only adds); built against the next major it is refused
+/// with a message naming both versions.
 #[test]
-fn a_later_1x_plugin_loads_and_another_major_is_refused() {
+fn earlier_and_later_1x_plugins_load_and_another_major_is_refused() {
     let base = std::env::temp_dir().join(format!("cdrs-versions-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let wit = std::fs::read_to_string(root().join("sdk/wit/plugin.wit")).expect("wit");
@@ -275,16 +277,19 @@ fn a_later_1x_plugin_loads_and_another_major_is_refused() {
         ..Default::default()
     })
     .expect("runtime");
-    let build = |version: &str| -> PathBuf {
-        let tag = version.replace('.', "-");
-        let wit_dir = base.join(format!("wit-{tag}"));
-        std::fs::create_dir_all(&wit_dir).unwrap();
+    let marked = |version: &str| {
         let marked = wit.replace(
             &format!("package cdrs:plugin@{host};"),
             &format!("package cdrs:plugin@{version};"),
         );
         assert_ne!(marked, wit, "the WIT names its version");
-        std::fs::write(wit_dir.join("plugin.wit"), marked).unwrap();
+        marked
+    };
+    let build = |version: &str, wit: String| -> PathBuf {
+        let tag = version.replace('.', "-");
+        let wit_dir = base.join(format!("wit-{tag}"));
+        std::fs::create_dir_all(&wit_dir).unwrap();
+        std::fs::write(wit_dir.join("plugin.wit"), wit).unwrap();
         // Its own folder name, so the C build's scratch folder is its own too.
         let src = base.join(format!("filter-{tag}"));
         std::fs::create_dir_all(&src).unwrap();
@@ -307,19 +312,45 @@ fn a_later_1x_plugin_loads_and_another_major_is_refused() {
         );
         wasm
     };
-    let later = format!("{}.{}.0", host.major, host.minor + 1);
-    let run = run_case(&runtime, &build(&later), &case);
     let expect = testbed::read_expect(&case.join("expect.jsonl")).expect("expect");
-    assert!(
-        testbed::diff(&expect, &run.lines).is_empty(),
-        "{later}: {:?}",
-        run.lines
-    );
+    let released = std::fs::read_to_string(case.join("../../contract-1.0.0/plugin.wit"))
+        .expect("contract 1.0.0");
+    let later = format!("{}.{}.0", host.major, host.minor + 1);
+    for (version, wit) in [
+        ("1.0.0".to_string(), released),
+        (later.clone(), marked(&later)),
+    ] {
+        let wasm = build(&version, wit);
+        let inspection = cdrs::plugin::contract::Inspection::of(
+            runtime.engine(),
+            &runtime
+                .compile("versioned", &wasm, None)
+                .expect("compile")
+                .component,
+        );
+        assert_eq!(
+            inspection.version().map(|v| v.to_string()),
+            Some(version.clone())
+        );
+        let run = run_case(&runtime, &wasm, &case);
+        assert!(
+            testbed::diff(&expect, &run.lines).is_empty(),
+            "{version}: {:?}",
+            run.lines
+        );
+    }
 
     let next_major = format!("{}.0.0", host.major + 1);
     let records = testbed::read_records(&case.join("records.jsonl")).expect("records");
-    let err = testbed::run(&runtime, &build(&next_major), &records, &[], "{}", 256)
-        .expect_err("another major is refused");
+    let err = testbed::run(
+        &runtime,
+        &build(&next_major, marked(&next_major)),
+        &records,
+        &[],
+        "{}",
+        256,
+    )
+    .expect_err("another major is refused");
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("cdrs:plugin@{next_major}"))

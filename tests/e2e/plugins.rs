@@ -51,9 +51,10 @@ fn missing_file_non_wasm_and_wrong_world_are_named() {
         "{e}"
     );
     assert!(
-        e.to_string().contains(
-            "does not fit the filter world of cdrs:plugin@1.0.0: it implements the router world"
-        ),
+        e.to_string().contains(&format!(
+            "does not fit the filter world of cdrs:plugin@{}: it implements the router world",
+            cdrs::plugin::contract::host_version()
+        )),
         "{e}"
     );
 }

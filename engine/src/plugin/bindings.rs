@@ -1,6 +1,6 @@
 //! Host bindings generated from the WIT contract in `sdk/wit/` (the only
-//! `bindgen!` in the crate). The router world reuses the filter world's
-//! `types` and `host` modules so both share one set of Rust types.
+//! `bindgen!` in the crate). The other worlds reuse the filter world's
+//! `types` and `host` modules so all share one set of Rust types.
 
 /// The `filter` world.
 pub mod filter {
@@ -14,6 +14,30 @@ pub mod filter {
 pub mod router {
     wasmtime::component::bindgen!({
         world: "router",
+        path: "../sdk/wit",
+        with: {
+            "cdrs:plugin/types": super::filter::cdrs::plugin::types,
+            "cdrs:plugin/host": super::filter::cdrs::plugin::host,
+        },
+    });
+}
+
+/// The `packed-filter` world (since 1.1: verdicts packed).
+pub mod packed_filter {
+    wasmtime::component::bindgen!({
+        world: "packed-filter",
+        path: "../sdk/wit",
+        with: {
+            "cdrs:plugin/types": super::filter::cdrs::plugin::types,
+            "cdrs:plugin/host": super::filter::cdrs::plugin::host,
+        },
+    });
+}
+
+/// The `packed-router` world (since 1.1: decisions packed).
+pub mod packed_router {
+    wasmtime::component::bindgen!({
+        world: "packed-router",
         path: "../sdk/wit",
         with: {
             "cdrs:plugin/types": super::filter::cdrs::plugin::types,

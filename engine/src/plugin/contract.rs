@@ -96,6 +96,9 @@ pub struct Import {
 pub struct Inspection {
     /// `filter` or `router`, from its exports; none if it fits neither.
     pub world: Option<&'static str>,
+    /// Whether it answers in packed form (`filter-packed` / `route-packed`,
+    /// the worlds `packed-filter` / `packed-router` of contract 1.1).
+    pub packed: bool,
     /// Contract versions named by its `cdrs:plugin/…` imports (one, normally).
     pub versions: Vec<Version>,
     pub imports: Vec<Import>,
@@ -138,16 +141,19 @@ impl Inspection {
             .collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         let has = |n: &str| exports.iter().any(|e| e == n);
-        let world = if has("route") && has("update-targets") && has("init") {
+        let world = if (has("route") || has("route-packed")) && has("update-targets") && has("init")
+        {
             Some("router")
-        } else if has("filter") && has("init") {
+        } else if (has("filter") || has("filter-packed")) && has("init") {
             Some("filter")
         } else {
             None
         };
+        let packed = has("route-packed") || has("filter-packed");
         versions.sort();
         Inspection {
             world,
+            packed,
             versions,
             imports,
             exports,

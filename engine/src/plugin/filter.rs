@@ -1,6 +1,7 @@
 //! Filter plugins: load, instantiate, call with trap isolation.
 
 use super::bindings::filter::{Filter, FilterPre};
+use super::bindings::packed_filter::{PackedFilter, PackedFilterPre};
 use super::bindings::types::{Batch, Verdict};
 use super::{
     cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
@@ -13,9 +14,21 @@ use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
 
+/// A linked component of either filter world.
+enum Pre {
+    Plain(FilterPre<State>),
+    /// `packed-filter` (contract 1.1): verdicts come back as codes.
+    Packed(PackedFilterPre<State>),
+}
+
+enum Bindings {
+    Plain(Filter),
+    Packed(PackedFilter),
+}
+
 struct Instance {
     store: Store<State>,
-    bindings: Filter,
+    bindings: Bindings,
     /// The last batch's buffers, refilled for the next call.
     batch: Batch,
 }
@@ -24,7 +37,7 @@ struct Instance {
 pub struct FilterPlugin {
     pub meta: PluginMeta,
     runtime: Arc<Runtime>,
-    pre: FilterPre<State>,
+    pre: Pre,
     config_json: String,
     pool: Pool<Instance>,
     metrics: Arc<Metrics>,
@@ -52,8 +65,13 @@ impl FilterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<FilterPlugin, PluginError> {
-        let pre = runtime.instance_pre("filter", name, &compiled.component)?;
-        let pre = FilterPre::new(pre).map_err(link_error(name, "filter"))?;
+        let (pre, packed) = runtime.instance_pre("filter", name, &compiled.component)?;
+        let pre = if packed {
+            PackedFilterPre::new(pre).map(Pre::Packed)
+        } else {
+            FilterPre::new(pre).map(Pre::Plain)
+        }
+        .map_err(link_error(name, "filter"))?;
         let mut plugin = FilterPlugin {
             meta: PluginMeta::new(name, &compiled),
             runtime: runtime.clone(),
@@ -73,12 +91,17 @@ impl FilterPlugin {
     fn instantiate(&self) -> Result<Instance, PluginError> {
         let mut store = self.runtime.store(&self.meta.name);
         self.runtime.arm(&mut store);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
+        let bindings = match &self.pre {
+            Pre::Plain(pre) => pre.instantiate(&mut store).map(Bindings::Plain),
+            Pre::Packed(pre) => pre.instantiate(&mut store).map(Bindings::Packed),
+        }
+        .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
         self.runtime.arm(&mut store);
-        match bindings.call_init(&mut store, &self.config_json) {
+        let init = match &bindings {
+            Bindings::Plain(b) => b.call_init(&mut store, &self.config_json),
+            Bindings::Packed(b) => b.call_init(&mut store, &self.config_json),
+        };
+        match init {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
@@ -114,19 +137,31 @@ impl FilterPlugin {
                 );
                 self.runtime.arm(&mut inst.store);
                 let started = Instant::now();
-                let result = inst.bindings.call_filter(&mut inst.store, &inst.batch);
+                let result = match &inst.bindings {
+                    Bindings::Plain(b) => b.call_filter(&mut inst.store, &inst.batch).map(Ok),
+                    Bindings::Packed(b) => b
+                        .call_filter_packed(&mut inst.store, &inst.batch)
+                        .map(|v| convert::unpack_verdicts(v, chunk.len())),
+                };
                 self.metrics
                     .plugin_call_seconds
                     .with_label_values(&[&*self.meta.name, "filter"])
                     .observe(started.elapsed().as_secs_f64());
                 self.meta.observe_call(started.elapsed());
                 let err = match result {
-                    Ok(v) if v.len() == chunk.len() => {
-                        return Ok(v.into_iter().map(|v| self.checked(v)).collect())
+                    Ok(Ok(v)) if v.len() == chunk.len() => {
+                        if v.iter().all(|v| matches!(v, Verdict::Keep | Verdict::Drop)) {
+                            return Ok(v); // nothing to check
+                        }
+                        return Ok(v.into_iter().map(|v| self.checked(v)).collect());
                     }
-                    Ok(v) => PluginError::Contract {
+                    Ok(Ok(v)) => PluginError::Contract {
                         name: self.meta.name.to_string(),
                         msg: format!("returned {} verdicts for {} records", v.len(), chunk.len()),
+                    },
+                    Ok(Err(msg)) => PluginError::Contract {
+                        name: self.meta.name.to_string(),
+                        msg,
                     },
                     Err(e) => {
                         slot = None; // a trapped instance is never reused

@@ -509,7 +509,9 @@ impl Runtime {
             }
         }
     }
-    /// Links `component` against `world`'s linker ("filter" or "router").
+    /// Links `component` against `world`'s linker ("filter" or "router");
+    /// also says whether it answers packed (`packed-filter` /
+    /// `packed-router`, contract 1.1).
     ///
     /// Errors: `Link`, naming the import or export that does not fit.
     pub(crate) fn instance_pre(
@@ -517,7 +519,7 @@ impl Runtime {
         world: &'static str,
         name: &str,
         component: &Component,
-    ) -> Result<wasmtime::component::InstancePre<State>, PluginError> {
+    ) -> Result<(wasmtime::component::InstancePre<State>, bool), PluginError> {
         let linker = if world == "router" {
             &self.router_linker
         } else {
@@ -549,7 +551,7 @@ impl Runtime {
                 msg: format!("it implements the {other} world; configure it as a {other}"),
             });
         }
-        linker.instantiate_pre(component).map_err(|e| {
+        let pre = linker.instantiate_pre(component).map_err(|e| {
             let mut err = link_error(name, world)(e);
             if let (PluginError::Link { msg, .. }, Some(v)) = (&mut err, inspection.version()) {
                 msg.push_str(&format!(
@@ -558,7 +560,8 @@ impl Runtime {
                 ));
             }
             err
-        })
+        })?;
+        Ok((pre, inspection.packed))
     }
 
     /// Whether `component` links against `world` (version, imports, exports);
@@ -569,13 +572,14 @@ impl Runtime {
         name: &str,
         component: &Component,
     ) -> Result<(), PluginError> {
-        let pre = self.instance_pre(world, name, component)?;
-        if world == "router" {
-            bindings::router::RouterPre::new(pre).map_err(link_error(name, world))?;
-        } else {
-            bindings::filter::FilterPre::new(pre).map_err(link_error(name, world))?;
-        }
-        Ok(())
+        let (pre, packed) = self.instance_pre(world, name, component)?;
+        let linked = match (world, packed) {
+            ("router", false) => bindings::router::RouterPre::new(pre).map(drop),
+            ("router", true) => bindings::packed_router::PackedRouterPre::new(pre).map(drop),
+            (_, false) => bindings::filter::FilterPre::new(pre).map(drop),
+            (_, true) => bindings::packed_filter::PackedFilterPre::new(pre).map(drop),
+        };
+        linked.map_err(link_error(name, world))
     }
 
     /// Whether instances created from now on write their stderr to the

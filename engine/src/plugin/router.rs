@@ -2,6 +2,7 @@
 //! isolation, and map decisions (indexes into the pushed snapshot) back to
 //! targets.
 
+use super::bindings::packed_router::{PackedRouter, PackedRouterPre};
 use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Batch, Decision, RouterOptions};
 use super::{
@@ -31,9 +32,21 @@ pub enum Route {
     Default,
 }
 
+/// A linked component of either router world.
+enum Pre {
+    Plain(RouterPre<State>),
+    /// `packed-router` (contract 1.1): decisions come back as codes.
+    Packed(PackedRouterPre<State>),
+}
+
+enum Bindings {
+    Plain(Router),
+    Packed(PackedRouter),
+}
+
 struct Instance {
     store: Store<State>,
-    bindings: Router,
+    bindings: Bindings,
     /// Version of the snapshot this instance last received.
     pushed: Option<u64>,
     /// The last batch's buffers, refilled for the next call.
@@ -46,7 +59,7 @@ pub struct RouterPlugin {
     /// What the router asked to see of each record.
     pub options: RouterOptions,
     runtime: Arc<Runtime>,
-    pre: RouterPre<State>,
+    pre: Pre,
     config_json: String,
     pool: Pool<Instance>,
     metrics: Arc<Metrics>,
@@ -72,8 +85,13 @@ impl RouterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<RouterPlugin, PluginError> {
-        let pre = runtime.instance_pre("router", name, &compiled.component)?;
-        let pre = RouterPre::new(pre).map_err(link_error(name, "router"))?;
+        let (pre, packed) = runtime.instance_pre("router", name, &compiled.component)?;
+        let pre = if packed {
+            PackedRouterPre::new(pre).map(Pre::Packed)
+        } else {
+            RouterPre::new(pre).map(Pre::Plain)
+        }
+        .map_err(link_error(name, "router"))?;
         let mut plugin = RouterPlugin {
             meta: PluginMeta::new(name, &compiled),
             options: RouterOptions {
@@ -102,12 +120,17 @@ impl RouterPlugin {
     fn instantiate(&self) -> Result<(Instance, RouterOptions), PluginError> {
         let mut store = self.runtime.store(&self.meta.name);
         self.runtime.arm(&mut store);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
+        let bindings = match &self.pre {
+            Pre::Plain(pre) => pre.instantiate(&mut store).map(Bindings::Plain),
+            Pre::Packed(pre) => pre.instantiate(&mut store).map(Bindings::Packed),
+        }
+        .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
         self.runtime.arm(&mut store);
-        match bindings.call_init(&mut store, &self.config_json) {
+        let init = match &bindings {
+            Bindings::Plain(b) => b.call_init(&mut store, &self.config_json),
+            Bindings::Packed(b) => b.call_init(&mut store, &self.config_json),
+        };
+        match init {
             Ok(Ok(options)) => Ok((
                 Instance {
                     store,
@@ -152,11 +175,14 @@ impl RouterPlugin {
                         let targets: Vec<_> =
                             snapshot.targets.iter().map(convert::wit_target).collect();
                         self.runtime.arm(&mut inst.store);
-                        inst.bindings.call_update_targets(
-                            &mut inst.store,
-                            snapshot.version,
-                            &targets,
-                        )?;
+                        match &inst.bindings {
+                            Bindings::Plain(b) => {
+                                b.call_update_targets(&mut inst.store, snapshot.version, &targets)
+                            }
+                            Bindings::Packed(b) => {
+                                b.call_update_targets(&mut inst.store, snapshot.version, &targets)
+                            }
+                        }?;
                         inst.pushed = Some(snapshot.version);
                     }
                     convert::batch_into(
@@ -168,7 +194,15 @@ impl RouterPlugin {
                         self.options.needs_value,
                     );
                     self.runtime.arm(&mut inst.store);
-                    inst.bindings.call_route(&mut inst.store, &inst.batch)
+                    let to_route = |d| to_route(d, n_targets);
+                    match &inst.bindings {
+                        Bindings::Plain(b) => b
+                            .call_route(&mut inst.store, &inst.batch)
+                            .map(|ds| Ok(ds.into_iter().map(to_route).collect::<Vec<_>>())),
+                        Bindings::Packed(b) => b
+                            .call_route_packed(&mut inst.store, &inst.batch)
+                            .map(|ds| convert::unpack_decisions(ds, chunk.len(), to_route)),
+                    }
                 })();
                 self.metrics
                     .plugin_call_seconds
@@ -176,12 +210,14 @@ impl RouterPlugin {
                     .observe(started.elapsed().as_secs_f64());
                 self.meta.observe_call(started.elapsed());
                 let err = match result {
-                    Ok(v) if v.len() == chunk.len() => {
-                        return Ok(v.into_iter().map(|d| to_route(d, n_targets)).collect())
-                    }
-                    Ok(v) => PluginError::Contract {
+                    Ok(Ok(routes)) if routes.len() == chunk.len() => return Ok(routes),
+                    Ok(Ok(v)) => PluginError::Contract {
                         name: self.meta.name.to_string(),
                         msg: format!("returned {} decisions for {} records", v.len(), chunk.len()),
+                    },
+                    Ok(Err(msg)) => PluginError::Contract {
+                        name: self.meta.name.to_string(),
+                        msg,
                     },
                     Err(e) => {
                         slot = None;

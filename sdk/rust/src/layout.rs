@@ -15,6 +15,31 @@ pub const ABSENT: u32 = u32::MAX;
 /// Timestamp that marks a record without one.
 pub const NO_TIMESTAMP: i64 = i64::MIN;
 
+/// Codes of the packed answers (`verdicts.codes`, `decisions.targets`,
+/// since contract 1.1), shared by the SDK that writes them and the host
+/// that reads them.
+pub mod codes {
+    /// `verdicts.codes`: pass the record on unchanged.
+    pub const KEEP: u8 = 0;
+    /// `verdicts.codes`: discard the record.
+    pub const DROP: u8 = 1;
+    /// `verdicts.codes`: the next entry of `verdicts.rewrites` replaces it.
+    pub const TRANSFORM: u8 = 2;
+    /// `verdicts.codes`: dead-letter with the next entry of `verdicts.reasons`.
+    pub const DEAD_LETTER: u8 = 3;
+
+    /// `decisions.targets`: the host's fallback policy chooses.
+    pub const ROUTE_DEFAULT: u32 = u32::MAX;
+    /// `decisions.targets`: discard the record.
+    pub const ROUTE_DROP: u32 = u32::MAX - 1;
+    /// `decisions.targets`: dead-letter with the next `decisions.reasons`.
+    pub const ROUTE_DEAD_LETTER: u32 = u32::MAX - 2;
+    /// `decisions.targets`: fan out to the next entry of `decisions.many`.
+    pub const ROUTE_MANY: u32 = u32::MAX - 3;
+    /// Entries below this are target indexes.
+    pub const FIRST_CODE: u32 = ROUTE_MANY;
+}
+
 /// A batch being written: record table, header table, data buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tables {
@@ -58,12 +83,14 @@ impl Tables {
         let n_headers = (self.headers.len() / HEADER_BYTES) as u32 - first;
         let (ks, kl) = self.append(key);
         let (vs, vl) = self.append(value);
-        let r = &mut self.records;
-        r.extend_from_slice(&offset.to_le_bytes());
-        r.extend_from_slice(&timestamp_ms.unwrap_or(NO_TIMESTAMP).to_le_bytes());
-        for n in [ks, kl, vs, vl, first, n_headers] {
-            r.extend_from_slice(&n.to_le_bytes());
+        // One 40-byte write per record, not eight growing ones.
+        let mut entry = [0u8; RECORD_BYTES];
+        entry[0..8].copy_from_slice(&offset.to_le_bytes());
+        entry[8..16].copy_from_slice(&timestamp_ms.unwrap_or(NO_TIMESTAMP).to_le_bytes());
+        for (i, n) in [ks, kl, vs, vl, first, n_headers].into_iter().enumerate() {
+            entry[16 + 4 * i..20 + 4 * i].copy_from_slice(&n.to_le_bytes());
         }
+        self.records.extend_from_slice(&entry);
         self.count += 1;
     }
 

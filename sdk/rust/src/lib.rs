@@ -23,7 +23,7 @@
 //! ```
 //!
 //! The contract (types, call order, rules the host enforces) is the WIT package
-//! `cdrs:plugin@1.0.0` in `sdk/wit/plugin.wit`; this crate only makes it
+//! `cdrs:plugin@1.1.0` in `sdk/wit/plugin.wit`; this crate only makes it
 //! pleasant: plugin state lives in `self`, `init` hands back the instance,
 //! [`filter::Record`] / [`router::Record`] are typed views over the flat batch
 //! (`record.key()`, `record.header("x")`, ... borrow from the batch's one
@@ -31,6 +31,12 @@
 //!
 //! Plugin logic can be unit-tested natively (`cargo test`): the traits are
 //! plain Rust, and [`log`] prints to stderr outside Wasm.
+//!
+//! The export macros build the contract's packed worlds (`packed-filter`,
+//! `packed-router`, since 1.1): a plugin still returns `Vec<Verdict>` /
+//! `Vec<Decision>`, and the macro hands the host one code per record
+//! ([`filter::pack`], [`router::pack`]), which the host reads as one copy
+//! instead of lifting a variant per record.
 
 // Lets the generated bindings name this crate the same way from inside and
 // from the plugin crates that expand the export macros.
@@ -170,7 +176,7 @@ pub mod filter {
     #[allow(clippy::too_many_arguments)] // generated: a batch is 10 core parameters
     pub mod bindings {
         wit_bindgen::generate!({
-            world: "filter",
+            world: "packed-filter",
             path: "../wit",
             pub_export_macro: true,
             export_macro_name: "__cdrs_export_filter_world",
@@ -180,7 +186,8 @@ pub mod filter {
         });
     }
 
-    pub use bindings::cdrs::plugin::types::{Batch, Header, Rewrite, Verdict};
+    use crate::layout::codes;
+    pub use bindings::cdrs::plugin::types::{Batch, Header, Rewrite, Verdict, Verdicts};
 
     batch_views!();
 
@@ -212,6 +219,32 @@ pub mod filter {
         rw
     }
 
+    /// `verdicts` in the contract's packed form (what the export macro
+    /// returns to the host): one code per record, rewrites and reasons in
+    /// record order.
+    pub fn pack(verdicts: Vec<Verdict>) -> Verdicts {
+        let mut packed = Verdicts {
+            codes: Vec::with_capacity(verdicts.len()),
+            rewrites: Vec::new(),
+            reasons: Vec::new(),
+        };
+        for v in verdicts {
+            packed.codes.push(match v {
+                Verdict::Keep => codes::KEEP,
+                Verdict::Drop => codes::DROP,
+                Verdict::Transform(rw) => {
+                    packed.rewrites.push(rw);
+                    codes::TRANSFORM
+                }
+                Verdict::DeadLetter(reason) => {
+                    packed.reasons.push(reason);
+                    codes::DEAD_LETTER
+                }
+            });
+        }
+        packed
+    }
+
     /// A filter plugin. One value of this type lives per plugin instance;
     /// the host calls it from one thread at a time.
     pub trait Filter: Sized + 'static {
@@ -225,7 +258,8 @@ pub mod filter {
         fn filter(&mut self, batch: Batch) -> Vec<Verdict>;
     }
 
-    /// Exports a [`Filter`] implementation as the component's `filter` world.
+    /// Exports a [`Filter`] implementation as the component's
+    /// `packed-filter` world (verdicts packed with [`pack`]).
     #[macro_export]
     macro_rules! export_filter {
         ($t:ty) => {
@@ -242,11 +276,11 @@ pub mod filter {
                         __CDRS_FILTER.with(|s| *s.borrow_mut() = Some(f));
                         Ok(())
                     }
-                    fn filter(batch: __b::Batch) -> Vec<__b::Verdict> {
+                    fn filter_packed(batch: __b::Batch) -> __b::Verdicts {
                         __CDRS_FILTER.with(|s| {
                             let mut s = s.borrow_mut();
                             let f = s.as_mut().expect("cdrs host calls init before filter");
-                            $crate::filter::Filter::filter(f, batch)
+                            $crate::filter::pack($crate::filter::Filter::filter(f, batch))
                         })
                     }
                 }
@@ -263,7 +297,7 @@ pub mod router {
     #[allow(clippy::too_many_arguments)] // generated: a batch is 10 core parameters
     pub mod bindings {
         wit_bindgen::generate!({
-            world: "router",
+            world: "packed-router",
             path: "../wit",
             pub_export_macro: true,
             export_macro_name: "__cdrs_export_router_world",
@@ -273,7 +307,10 @@ pub mod router {
         });
     }
 
-    pub use bindings::cdrs::plugin::types::{Batch, Decision, Health, RouterOptions, Target};
+    use crate::layout::codes;
+    pub use bindings::cdrs::plugin::types::{
+        Batch, Decision, Decisions, Health, RouterOptions, Target,
+    };
 
     batch_views!();
 
@@ -285,6 +322,35 @@ pub mod router {
                 needs_value: false,
             }
         }
+    }
+
+    /// `decisions` in the contract's packed form (what the export macro
+    /// returns to the host): one entry per record, fan-out lists and reasons
+    /// in record order. A `Route` index at or past [`codes::FIRST_CODE`]
+    /// (out of range for any target table) becomes `default`, as the host
+    /// treats an out-of-range index.
+    pub fn pack(decisions: Vec<Decision>) -> Decisions {
+        let mut packed = Decisions {
+            targets: Vec::with_capacity(decisions.len()),
+            many: Vec::new(),
+            reasons: Vec::new(),
+        };
+        for d in decisions {
+            packed.targets.push(match d {
+                Decision::Route(i) if i < codes::FIRST_CODE => i,
+                Decision::Route(_) | Decision::Default => codes::ROUTE_DEFAULT,
+                Decision::Drop => codes::ROUTE_DROP,
+                Decision::RouteMany(targets) => {
+                    packed.many.push(targets);
+                    codes::ROUTE_MANY
+                }
+                Decision::DeadLetter(reason) => {
+                    packed.reasons.push(reason);
+                    codes::ROUTE_DEAD_LETTER
+                }
+            });
+        }
+        packed
     }
 
     /// A router plugin. One value of this type lives per plugin instance;
@@ -303,7 +369,8 @@ pub mod router {
         fn route(&mut self, batch: Batch) -> Vec<Decision>;
     }
 
-    /// Exports a [`Router`] implementation as the component's `router` world.
+    /// Exports a [`Router`] implementation as the component's
+    /// `packed-router` world (decisions packed with [`pack`]).
     #[macro_export]
     macro_rules! export_router {
         ($t:ty) => {
@@ -327,16 +394,80 @@ pub mod router {
                             $crate::router::Router::update_targets(r, version, targets)
                         })
                     }
-                    fn route(batch: __b::Batch) -> Vec<__b::Decision> {
+                    fn route_packed(batch: __b::Batch) -> __b::Decisions {
                         __CDRS_ROUTER.with(|s| {
                             let mut s = s.borrow_mut();
                             let r = s.as_mut().expect("cdrs host calls init before route");
-                            $crate::router::Router::route(r, batch)
+                            $crate::router::pack($crate::router::Router::route(r, batch))
                         })
                     }
                 }
                 $crate::router::bindings::__cdrs_export_router_world!(__CdrsRouter with_types_in $crate::router::bindings);
             };
         };
+    }
+}
+
+#[cfg(all(test, feature = "filter", feature = "router"))]
+mod tests {
+    use crate::layout::codes;
+
+    #[test]
+    fn verdicts_pack_one_code_per_record_with_payloads_in_order() {
+        use crate::filter::{pack, Rewrite, Verdict};
+        let rw = |v: &[u8]| Rewrite {
+            key: None,
+            value: Some(v.to_vec()),
+            headers: vec![],
+        };
+        let p = pack(vec![
+            Verdict::Keep,
+            Verdict::DeadLetter("a".into()),
+            Verdict::Transform(rw(b"x")),
+            Verdict::Drop,
+            Verdict::Transform(rw(b"y")),
+            Verdict::DeadLetter("b".into()),
+        ]);
+        assert_eq!(
+            p.codes,
+            [
+                codes::KEEP,
+                codes::DEAD_LETTER,
+                codes::TRANSFORM,
+                codes::DROP,
+                codes::TRANSFORM,
+                codes::DEAD_LETTER
+            ]
+        );
+        assert_eq!(p.rewrites, vec![rw(b"x"), rw(b"y")]);
+        assert_eq!(p.reasons, ["a", "b"]);
+    }
+
+    #[test]
+    fn decisions_pack_indexes_and_codes() {
+        use crate::router::{pack, Decision};
+        let p = pack(vec![
+            Decision::Route(3),
+            Decision::RouteMany(vec![0, 2]),
+            Decision::Drop,
+            Decision::DeadLetter("no".into()),
+            Decision::Default,
+            Decision::Route(u32::MAX - 1), // would read as a code: default
+            Decision::RouteMany(vec![]),
+        ]);
+        assert_eq!(
+            p.targets,
+            [
+                3,
+                codes::ROUTE_MANY,
+                codes::ROUTE_DROP,
+                codes::ROUTE_DEAD_LETTER,
+                codes::ROUTE_DEFAULT,
+                codes::ROUTE_DEFAULT,
+                codes::ROUTE_MANY
+            ]
+        );
+        assert_eq!(p.many, vec![vec![0, 2], vec![]]);
+        assert_eq!(p.reasons, ["no"]);
     }
 }
