@@ -219,6 +219,11 @@ pub struct BenchReport {
     pub overhead_ns_per_record: f64,
     /// The same policy natively, batch 256, 16 targets, ns.
     pub native_ns_per_record: f64,
+    /// Wasm filter + router per record with the trivial filter (no rules:
+    /// what crossing into the plugins costs), batch 256, 16 targets, ns.
+    pub overhead_trivial_ns_per_record: f64,
+    /// The trivial policy natively (the P2C pick alone), ns.
+    pub native_trivial_ns_per_record: f64,
     /// CDRS with the trivial filter, records/s.
     pub e2e_records_per_s: f64,
     /// Bare rdkafka consume → produce, records/s.
@@ -287,14 +292,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     } else {
         EndToEnd::default()
     };
-    let at = |b: usize, t: usize| {
+    let at = |policy: &str, b: usize, t: usize| {
         overhead
             .iter()
-            .find(|r| r.policy == "json" && r.batch == b && r.targets == t)
+            .find(|r| r.policy == policy && r.batch == b && r.targets == t)
             .cloned()
             .unwrap_or_default()
     };
-    let main = at(256, 16);
+    let (main, trivial) = (at("json", 256, 16), at("trivial", 256, 16));
     let router = loads
         .iter()
         .find(|l| l.plugin == "p2c_router")
@@ -303,6 +308,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         overhead_ns_per_record: main.wasm_ns,
         native_ns_per_record: main.native_ns,
+        overhead_trivial_ns_per_record: trivial.wasm_ns,
+        native_trivial_ns_per_record: trivial.native_ns,
         e2e_records_per_s: e2e.trivial,
         passthrough_records_per_s: e2e.passthrough,
         e2e_ratio_trivial: ratio(e2e.trivial, e2e.passthrough),

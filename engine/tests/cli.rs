@@ -88,6 +88,8 @@ fn bench_writes_every_figure() {
     for key in [
         "overhead_ns_per_record",
         "native_ns_per_record",
+        "overhead_trivial_ns_per_record",
+        "native_trivial_ns_per_record",
         "e2e_records_per_s",
         "passthrough_records_per_s",
         "e2e_ratio_trivial",
