@@ -11,7 +11,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -40,67 +39,29 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// A Tansu broker process (memory storage), killed on drop.
+/// A Tansu broker process (memory storage), killed on drop (the engine's
+/// [`cdrs::tansu::TansuProcess`], which `cdrs bench` uses too).
 pub struct Tansu {
     pub brokers: String,
-    child: Child,
+    _process: cdrs::tansu::TansuProcess,
 }
 
 impl Tansu {
     /// Starts a broker on a free loopback port and waits until it answers
     /// a metadata request.
     pub fn start() -> Tansu {
-        let bin = std::env::var_os("CDRS_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join(".tools/bin/tansu"));
+        let bin = cdrs::tansu::TansuProcess::binary(&root());
         assert!(
             bin.is_file(),
             "Tansu broker not found at {}: run `scripts/dev.sh broker` (or the README's test command)",
             bin.display()
         );
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to start {}: {e}", bin.display()));
-        let t = Tansu {
-            brokers: format!("127.0.0.1:{port}"),
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let probe: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &t.brokers)
-                .create()
-                .expect("probe consumer");
-            if probe.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tansu did not answer on {}",
-                t.brokers
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let process = cdrs::tansu::TansuProcess::start(&bin)
+            .unwrap_or_else(|e| panic!("Tansu did not start: {e:#}"));
+        Tansu {
+            brokers: process.brokers().to_string(),
+            _process: process,
         }
-        t
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

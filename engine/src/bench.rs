@@ -29,6 +29,7 @@ use crate::plugin::filter::FilterPlugin;
 use crate::plugin::router::{Route, RouterPlugin};
 use crate::plugin::Runtime;
 use crate::record::Record;
+use crate::tansu::TansuProcess;
 use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::Distribution;
 use rand_xoshiro::rand_core::SeedableRng;
@@ -87,17 +88,8 @@ impl std::fmt::Display for BenchBroker {
 /// A running bench broker: bootstrap servers and topic creation.
 enum Running {
     Mock(rdkafka::mocking::MockCluster<'static, DefaultProducerContext>),
-    Process(String, std::process::Child),
+    Process(TansuProcess),
     External(String),
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Running::Process(_, child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Running {
@@ -106,19 +98,10 @@ impl Running {
             BenchBroker::Embedded => Running::Mock(rdkafka::mocking::MockCluster::new(1)?),
             BenchBroker::External(b) => Running::External(b.clone()),
             BenchBroker::Tansu(bin) => {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port();
-                let url = format!("tcp://127.0.0.1:{port}");
-                let child = std::process::Command::new(bin)
-                    .args(["broker", "--listener-url", &url])
-                    .args(["--advertised-listener-url", &url])
-                    .env("RUST_LOG", "warn")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", bin.display()))?;
-                Running::Process(format!("127.0.0.1:{port}"), child)
+                let bin = bin.clone();
+                Running::Process(
+                    tokio::task::spawn_blocking(move || TansuProcess::start(&bin)).await??,
+                )
             }
         };
         let brokers = running.brokers();
@@ -139,7 +122,7 @@ impl Running {
     /// The broker's process id, when it runs in its own process here.
     fn pid(&self) -> Option<u32> {
         match self {
-            Running::Process(_, child) => Some(child.id()),
+            Running::Process(t) => Some(t.pid()),
             _ => None,
         }
     }
@@ -147,7 +130,8 @@ impl Running {
     fn brokers(&self) -> String {
         match self {
             Running::Mock(c) => c.bootstrap_servers(),
-            Running::Process(b, _) | Running::External(b) => b.clone(),
+            Running::Process(t) => t.brokers().to_string(),
+            Running::External(b) => b.clone(),
         }
     }
 

@@ -26,3 +26,4 @@ pub mod record;
 pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod tansu;

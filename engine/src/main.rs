@@ -7,7 +7,7 @@ use cdrs::metrics::Metrics;
 use cdrs::plugin::Runtime;
 use cdrs::reload::PluginManager;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -351,9 +351,7 @@ fn demo_server(
 /// The `--broker` of `cdrs bench`.
 fn bench_broker(arg: Option<&str>) -> anyhow::Result<cdrs::bench::BenchBroker> {
     use cdrs::bench::BenchBroker;
-    let tansu = std::env::var_os("CDRS_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".tools/bin/tansu"));
+    let tansu = cdrs::tansu::TansuProcess::binary(Path::new("."));
     Ok(match arg {
         None if tansu.is_file() => BenchBroker::Tansu(tansu),
         None | Some("embedded") => BenchBroker::Embedded,
