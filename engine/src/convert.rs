@@ -82,9 +82,10 @@ pub fn batch_into(
     out.data = t.data;
 }
 
-/// Buffer capacity a plugin instance keeps between calls, bytes (4 MiB:
-/// a batch of 1,024 records of 4 KiB). Larger buffers are dropped after
-/// use, so an instance's host memory stays bounded.
+/// Buffer capacity a plugin instance reuses between calls, bytes (4 MiB:
+/// a batch of 1,024 records of 4 KiB). A buffer that grew past it for one
+/// large batch is released at the next call instead of reused, so an
+/// instance does not keep the memory of its largest batch.
 pub const KEEP_BATCH_BYTES: usize = 4 << 20;
 
 /// An empty batch, to be filled by [`batch_into`].
@@ -133,11 +134,17 @@ pub fn unpack_verdicts(v: wit::Verdicts, n: usize) -> Result<Vec<wit::Verdict>, 
     for &c in &v.codes {
         seen[c as usize] += 1;
     }
-    if let Some((i, c)) = v
-        .codes
+    let unknown = seen[usize::from(codes::DEAD_LETTER) + 1..]
         .iter()
-        .enumerate()
-        .find(|(_, &c)| c > codes::DEAD_LETTER)
+        .any(|&n| n > 0);
+    if let Some((i, c)) = unknown
+        .then(|| {
+            v.codes
+                .iter()
+                .enumerate()
+                .find(|(_, &c)| c > codes::DEAD_LETTER)
+        })
+        .flatten()
     {
         return Err(format!(
             "returned verdict code {c} for record {i} (valid: 0 keep, 1 drop, 2 transform, \
