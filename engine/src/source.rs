@@ -11,8 +11,15 @@
 //!   records in its worker's channel, `pipeline.pause_after_records` in a
 //!   stash behind it, plus its in-flight window
 //!   (`pipeline.max_inflight_records`). When the stash fills, the partition
-//!   is **paused** (`Consumer::pause`); it is resumed once the stash is
-//!   empty and the channel half free. Other partitions keep flowing.
+//!   is **paused** (`Consumer::pause`); it is resumed once the stash is down
+//!   to half, so the fetch that resuming starts overlaps with the records
+//!   still stashed (librdkafka fetches from the offset after the last
+//!   record it handed over, so nothing is read twice or skipped). Other
+//!   partitions keep flowing. When every partition still fetching is full,
+//!   the last one is not paused: the source stops reading instead (at most
+//!   1 s at a time), so librdkafka keeps fetching and notices resumes
+//!   promptly; its prefetch stays within `queued.min.messages` and
+//!   `queued.max.messages.kbytes`.
 //! * revoke (rebalance): the revoked partitions take no new batches; their
 //!   records in flight get up to `pipeline.revoke_drain_ms` to finish; the
 //!   watermark is stored and committed; only then does the callback return
@@ -201,6 +208,18 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .join(",")
 }
 
+/// librdkafka's `fetch.queue.backoff.ms` for the source consumer, unless
+/// `[kafka.options]` sets it: how long a partition whose prefetch queue is
+/// over `queued.min.messages` (100,000) or `queued.max.messages.kbytes`
+/// waits before its next fetch. librdkafka's default, 1000 ms, left the
+/// pipeline idle for ~0.8 s at a time once it had fallen behind by that
+/// much: in `cdrs bench` on Tansu, a consume → produce loop with one such
+/// stall per 500,000 records ran at ~250,000 instead of ~450,000 records/s.
+/// librdkafka's CONFIGURATION.md: "This property may need to be decreased
+/// if the queue thresholds are set low and the application is experiencing
+/// long (~1s) delays between messages."
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+
 /// The consumer type CDRS uses.
 pub type Source = StreamConsumer<SourceContext>;
 
@@ -217,7 +236,8 @@ pub fn consumer(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
@@ -258,15 +278,22 @@ pub async fn run(
     // a `select!` per record were a third of the pipeline's own CPU in
     // `cdrs bench`.
     let mut stream = consumer.stream().ready_chunks(SOURCE_CHUNK);
+    // Since when the source has held off reading (see `backpressure`).
+    let mut held_since: Option<Instant> = None;
     loop {
         let chunk = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
-                resume_drained(&consumer, &assigned, &metrics);
+                let threshold = cfg.pause_after_records;
+                resume_drained(&consumer, &assigned, &metrics, threshold / 2);
+                let may_hold = held_since.is_none_or(|t| t.elapsed() < HOLD_MAX);
+                let mut map = assigned.lock().expect("assignment lock");
+                let hold = backpressure(&mut map, &consumer, &metrics, threshold, may_hold);
+                held_since = hold.then(|| held_since.unwrap_or_else(Instant::now));
                 continue;
             }
-            chunk = stream.next() => match chunk {
+            chunk = stream.next(), if held_since.is_none() => match chunk {
                 Some(chunk) => chunk,
                 None => break,
             },
@@ -313,10 +340,9 @@ pub async fn run(
             // channel was full cut throughput by 7× in `cdrs bench`.)
             a.stash.push_back(record);
             a.flush();
-            if !a.paused && a.stash.len() >= cfg.pause_after_records {
-                a.set_paused(&consumer, &metrics, true);
-            }
         }
+        let hold = backpressure(&mut map, &consumer, &metrics, cfg.pause_after_records, true);
+        held_since = hold.then(Instant::now);
     }
     drop(stream);
 
@@ -401,13 +427,70 @@ fn partition(
     )
 }
 
+/// Longest the source holds off reading instead of pausing its last
+/// fetching partition (see [`backpressure`]); then that one is paused too.
+/// Far below `max.poll.interval.ms`, as the consumer is not polled meanwhile.
+const HOLD_MAX: Duration = Duration::from_secs(1);
+
+/// Pauses the partitions whose stash holds `threshold` records, but one:
+/// when every partition still fetching is full, the last one stays
+/// unpaused and the source holds off reading (returns `true`) until its
+/// stash has room again, or until `may_hold` is false (held for
+/// [`HOLD_MAX`]).
+///
+/// Why: a resumed partition is fetched again only when librdkafka's broker
+/// thread next wakes up, and with every partition paused nothing wakes it:
+/// in `cdrs bench` on Tansu, resuming after all six partitions had been
+/// paused took 200–300 ms to show in a fetch, and the pipeline ran dry
+/// meanwhile (confluent-kafka-go issue #630 shows the same wait, ~550 ms,
+/// in librdkafka's debug log). The partition left unpaused keeps its
+/// prefetch (bounded by librdkafka's `queued.min.messages` and
+/// `queued.max.messages.kbytes`) and its fetches keep the broker thread
+/// awake.
+fn backpressure(
+    map: &mut HashMap<(Arc<str>, i32), Assigned>,
+    consumer: &Source,
+    metrics: &Metrics,
+    threshold: usize,
+    may_hold: bool,
+) -> bool {
+    let full = |a: &Assigned| !a.paused && a.stash.len() >= threshold;
+    if !map.values().any(full) {
+        return false;
+    }
+    // Someone else keeps the fetcher busy: pause every full partition.
+    let mut keep_one = may_hold && !map.values().any(|a| !a.paused && !full(a));
+    let mut hold = false;
+    for a in map.values_mut() {
+        if full(a) {
+            if keep_one {
+                keep_one = false;
+                hold = true;
+            } else {
+                a.set_paused(consumer, metrics, true);
+            }
+        }
+    }
+    hold
+}
+
 /// Feeds stashed records to their workers and resumes paused partitions
-/// whose stash is empty and whose channel is at least half free.
-fn resume_drained(consumer: &Source, assigned: &Assignment, metrics: &Metrics) {
+/// whose stash is down to `resume_at` records (a stash that is empty
+/// also needs a channel at least half free).
+///
+/// Resuming before the stash is empty hides the fetch that resuming starts
+/// (pausing dropped librdkafka's prefetch): waiting for an empty stash left
+/// partitions idle for up to ~0.3 s at a time in `cdrs bench` on Tansu.
+fn resume_drained(consumer: &Source, assigned: &Assignment, metrics: &Metrics, resume_at: usize) {
     let mut map = assigned.lock().expect("assignment lock");
     for a in map.values_mut() {
         a.flush();
-        if a.paused && a.stash.is_empty() && a.tx.capacity() * 2 >= a.tx.max_capacity() {
+        let room = if a.stash.is_empty() {
+            a.tx.capacity() * 2 >= a.tx.max_capacity()
+        } else {
+            a.stash.len() <= resume_at
+        };
+        if a.paused && room {
             a.set_paused(consumer, metrics, false);
         }
     }
