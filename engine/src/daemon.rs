@@ -70,6 +70,7 @@ impl Daemon {
             metrics.clone(),
             (config.kafka.brokers.clone(), config.kafka.options.clone()),
         ));
+        warm_up_target_producer(&pipeline, &config);
         let reloader = Arc::new(ConfigReloader::new(
             config_path,
             config.clone(),
@@ -197,4 +198,32 @@ impl Daemon {
         }
         result
     }
+}
+
+/// Creates the producer of `kafka://` targets now, when there are any, and
+/// loads their topics' metadata in the background: the first records then
+/// find it connected. A failure is only logged; delivery reports its own.
+fn warm_up_target_producer(pipeline: &Arc<Pipeline>, config: &Config) {
+    let topics: Vec<String> = config
+        .targets
+        .iter()
+        .filter_map(|t| crate::sink::kafka::target_topic(&t.url))
+        .map(String::from)
+        .collect();
+    if topics.is_empty() {
+        return;
+    }
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        let warm = pipeline
+            .target_producer()
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                p.warm_up(&topics, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = warm {
+            tracing::warn!(topics = ?topics, error = %e, "target producer warm-up failed");
+        }
+    });
 }

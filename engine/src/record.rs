@@ -20,6 +20,42 @@ pub struct Record {
 impl Record {
     /// `topic/partition/offset`: the record's identity, used as idempotency key.
     pub fn id(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+        let mut id = String::with_capacity(self.topic.len() + 24);
+        self.write_id(&mut id);
+        id
+    }
+
+    /// Replaces `out` with [`Record::id`], reusing its allocation (the Kafka
+    /// sink writes one per record: `format!` took ~3% of the daemon's CPU
+    /// in `cdrs bench`).
+    pub fn write_id(&self, out: &mut String) {
+        out.clear();
+        out.push_str(&self.topic);
+        out.push('/');
+        out.push_str(itoa::Buffer::new().format(self.partition));
+        out.push('/');
+        out.push_str(itoa::Buffer::new().format(self.offset));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_is_topic_partition_offset_and_write_id_replaces_the_buffer() {
+        let r = Record {
+            topic: "trades".into(),
+            partition: -1,
+            offset: 9_223_372_036_854_775_807,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        };
+        assert_eq!(r.id(), "trades/-1/9223372036854775807");
+        let mut buf = String::from("left over");
+        r.write_id(&mut buf);
+        assert_eq!(buf, r.id());
     }
 }

@@ -24,7 +24,6 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,6 +109,19 @@ impl TargetProducer {
         })
     }
 
+    /// Connects to the cluster and loads the metadata of `topics` (at most
+    /// `timeout` each), so the first records do not wait for it: in
+    /// `cdrs bench` on Tansu the first delivery otherwise waited ~0.4 s.
+    ///
+    /// Errors: the first topic whose metadata could not be fetched.
+    pub fn warm_up(&self, topics: &[String], timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        for t in topics {
+            self.producer.client().fetch_metadata(Some(t), timeout)?;
+        }
+        Ok(())
+    }
+
     /// Produces `records` to the topic of `url` and waits for every ack
     /// (at most `timeout`). Any failure fails the whole batch (the records
     /// that did land are sent again: at-least-once, de-duplicated by the
@@ -133,8 +145,7 @@ impl TargetProducer {
         });
         let mut id = String::new();
         for (i, r) in records.iter().enumerate() {
-            id.clear();
-            let _ = write!(id, "{}/{}/{}", r.topic, r.partition, r.offset);
+            r.write_id(&mut id);
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
             for (k, v) in &r.headers {
                 headers = headers.insert(Header {
