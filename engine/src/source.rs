@@ -454,24 +454,44 @@ fn backpressure(
     threshold: usize,
     may_hold: bool,
 ) -> bool {
-    let full = |a: &Assigned| !a.paused && a.stash.len() >= threshold;
-    if !map.values().any(full) {
+    if !map
+        .values()
+        .any(|a| !a.paused && a.stash.len() >= threshold)
+    {
         return false;
     }
-    // Someone else keeps the fetcher busy: pause every full partition.
-    let mut keep_one = may_hold && !map.values().any(|a| !a.paused && !full(a));
+    let mut parts: Vec<&mut Assigned> = map.values_mut().collect();
+    let states: Vec<(bool, usize)> = parts.iter().map(|a| (a.paused, a.stash.len())).collect();
+    let (pause, hold) = backpressure_plan(&states, threshold, may_hold);
+    for i in pause {
+        parts[i].set_paused(consumer, metrics, true);
+    }
+    hold
+}
+
+/// The decision of [`backpressure`] over `(paused, stashed records)` per
+/// partition: the indexes to pause, and whether to hold off reading.
+fn backpressure_plan(
+    parts: &[(bool, usize)],
+    threshold: usize,
+    may_hold: bool,
+) -> (Vec<usize>, bool) {
+    let full = |&(paused, stashed): &(bool, usize)| !paused && stashed >= threshold;
+    // Someone not full still fetches: pause every full partition.
+    let mut keep_one = may_hold && !parts.iter().any(|p| !p.0 && !full(p));
+    let mut pause = Vec::new();
     let mut hold = false;
-    for a in map.values_mut() {
-        if full(a) {
+    for (i, p) in parts.iter().enumerate() {
+        if full(p) {
             if keep_one {
                 keep_one = false;
                 hold = true;
             } else {
-                a.set_paused(consumer, metrics, true);
+                pause.push(i);
             }
         }
     }
-    hold
+    (pause, hold)
 }
 
 /// Feeds stashed records to their workers and resumes paused partitions
@@ -529,5 +549,39 @@ async fn partition_worker(
             tracing::debug!(topic = %part.topic, partition = part.partition, from_offset = from, error = %e, "partition worker stopped");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backpressure_plan;
+
+    #[test]
+    fn full_partitions_are_paused_while_another_still_fetches() {
+        // (paused, stashed), threshold 100.
+        let parts = [(false, 100), (false, 10), (true, 300), (false, 150)];
+        assert_eq!(backpressure_plan(&parts, 100, true), (vec![0, 3], false));
+    }
+
+    #[test]
+    fn the_last_fetching_partition_is_held_not_paused() {
+        let parts = [(true, 100), (false, 120), (true, 0)];
+        assert_eq!(backpressure_plan(&parts, 100, true), (vec![], true));
+        // Several full, none else fetching: one held, the others paused.
+        let parts = [(false, 100), (false, 120), (true, 0)];
+        assert_eq!(backpressure_plan(&parts, 100, true), (vec![1], true));
+    }
+
+    #[test]
+    fn a_hold_that_lasted_too_long_pauses_it_too() {
+        let parts = [(true, 100), (false, 120)];
+        assert_eq!(backpressure_plan(&parts, 100, false), (vec![1], false));
+    }
+
+    #[test]
+    fn nothing_full_nothing_done() {
+        let parts = [(false, 99), (true, 500), (false, 0)];
+        assert_eq!(backpressure_plan(&parts, 100, true), (vec![], false));
+        assert_eq!(backpressure_plan(&[], 100, true), (vec![], false));
     }
 }
