@@ -302,10 +302,16 @@ pub async fn run(
             .into_iter()
             .filter_map(|m| match m {
                 Ok(m) => {
-                    let topic = topics
-                        .entry(m.topic().to_string())
-                        .or_insert_with(|| Arc::from(m.topic()))
-                        .clone();
+                    // Looked up by `&str`: an owned key per record was
+                    // an allocation per record.
+                    let topic = match topics.get(m.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(m.topic());
+                            topics.insert(m.topic().to_string(), t.clone());
+                            t
+                        }
+                    };
                     Some(convert::record_from_kafka(&m, &topic))
                 }
                 Err(e) => {
