@@ -175,7 +175,8 @@ impl Running {
 pub struct OverheadRow {
     /// `json`: the demo filter (one JSON field rule) + P2C router;
     /// `trivial`: a filter without rules (keeps all) + P2C router, i.e.
-    /// mostly the cost of crossing into the plugins.
+    /// mostly the cost of crossing into the plugins; `json-no-deadline`:
+    /// `json` compiled without epoch checks (batch 256, 16 targets only).
     pub policy: &'static str,
     pub batch: usize,
     pub targets: usize,
@@ -208,6 +209,11 @@ pub struct BenchReport {
     pub overhead_trivial_ns_per_record: f64,
     /// The trivial policy natively (the P2C pick alone), ns.
     pub native_trivial_ns_per_record: f64,
+    /// The JSON policy (batch 256, 16 targets) on plugins compiled without
+    /// epoch checks, i.e. without a call deadline, ns; and natively in the
+    /// same round. Not a mode CDRS runs in: it shows what deadlines cost.
+    pub overhead_no_deadline_ns_per_record: f64,
+    pub native_no_deadline_ns_per_record: f64,
     /// CDRS with the trivial filter, records/s.
     pub e2e_records_per_s: f64,
     /// Bare rdkafka consume → produce, records/s.
@@ -284,6 +290,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             .unwrap_or_default()
     };
     let (main, trivial) = (at("json", 256, 16), at("trivial", 256, 16));
+    let no_deadline = at(JSON_NO_DEADLINE, 256, 16);
     let router = loads
         .iter()
         .find(|l| l.plugin == "p2c_router")
@@ -294,6 +301,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         native_ns_per_record: main.native_ns,
         overhead_trivial_ns_per_record: trivial.wasm_ns,
         native_trivial_ns_per_record: trivial.native_ns,
+        overhead_no_deadline_ns_per_record: no_deadline.wasm_ns,
+        native_no_deadline_ns_per_record: no_deadline.native_ns,
         e2e_records_per_s: e2e.trivial,
         passthrough_records_per_s: e2e.passthrough,
         e2e_ratio_trivial: ratio(e2e.trivial, e2e.passthrough),
@@ -348,6 +357,10 @@ pub fn table(r: &BenchReport) -> String {
                 o.native_ns,
                 o.wasm_ns / o.native_ns
             );
+        }
+        if r.overhead.iter().any(|o| o.policy == JSON_NO_DEADLINE) {
+            s += "(json-no-deadline: the json plugins compiled without epoch checks, \
+                  i.e. with no call deadline; not a mode CDRS runs in)\n";
         }
     }
     let busy = |i: usize| {
@@ -564,6 +577,16 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
         metrics.clone(),
     )?;
     let router = RouterPlugin::load(&rt, &demo_router(dir, false), metrics.clone())?;
+    // The same plugins compiled without epoch checks (no call deadline):
+    // one row, to show what the deadline costs.
+    let cache_nd = cache_dir("overhead-no-deadline");
+    let rt_nd = Runtime::without_deadlines(&PluginRuntimeConfig {
+        cache_dir: Some(cache_nd.clone()),
+        instances: 1,
+        ..PluginRuntimeConfig::default()
+    })?;
+    let json_filter_nd = FilterPlugin::load(&rt_nd, &demo_filter(dir), metrics.clone())?;
+    let router_nd = RouterPlugin::load(&rt_nd, &demo_router(dir, false), metrics.clone())?;
     let records: Vec<Record> = (0..8192u64)
         .map(|i| {
             let (key, value, _) = record(i);
@@ -579,8 +602,15 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
         })
         .collect();
     let mut rows = Vec::new();
-    for (policy, filter) in [("json", &json_filter), ("trivial", &trivial_filter)] {
+    for (policy, filter, router) in [
+        ("json", &json_filter, &router),
+        ("trivial", &trivial_filter, &router),
+        (JSON_NO_DEADLINE, &json_filter_nd, &router_nd),
+    ] {
         for n_targets in [16, 128] {
+            if policy == JSON_NO_DEADLINE && n_targets != 16 {
+                continue;
+            }
             let registry = Registry::new(
                 CapacityConfig::default(),
                 &targets(n_targets),
@@ -588,6 +618,9 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
             );
             let snapshot = registry.snapshot();
             for batch in [1usize, 16, 256, 1024] {
+                if policy == JSON_NO_DEADLINE && batch != 256 {
+                    continue;
+                }
                 let total = match (quick, batch) {
                     (true, _) => 2048,
                     (false, 1) => 4096,
@@ -645,8 +678,8 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
                         let chunk: Vec<&Record> = records[start..start + batch].iter().collect();
                         let t0 = Instant::now();
                         let keep = match policy {
-                            "json" => native_filter(&chunk),
-                            _ => vec![true; chunk.len()],
+                            "trivial" => vec![true; chunk.len()],
+                            _ => native_filter(&chunk),
                         };
                         let kept: Vec<&Record> = chunk
                             .iter()
@@ -683,8 +716,13 @@ fn overhead(dir: &Path, quick: bool) -> anyhow::Result<Vec<OverheadRow>> {
         }
     }
     let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&cache_nd);
     Ok(rows)
 }
+
+/// The overhead row of the JSON policy on plugins compiled without epoch
+/// checks (batch 256, 16 targets only).
+const JSON_NO_DEADLINE: &str = "json-no-deadline";
 
 /// Cold and cached load per plugin; instantiation; RSS per instance.
 fn loading(dir: &Path) -> anyhow::Result<(Vec<LoadRow>, f64, f64)> {

@@ -90,6 +90,8 @@ fn bench_writes_every_figure() {
         "native_ns_per_record",
         "overhead_trivial_ns_per_record",
         "native_trivial_ns_per_record",
+        "overhead_no_deadline_ns_per_record",
+        "native_no_deadline_ns_per_record",
         "e2e_records_per_s",
         "passthrough_records_per_s",
         "e2e_ratio_trivial",
@@ -111,12 +113,19 @@ fn bench_writes_every_figure() {
         };
         assert!(v.is_finite() && min_ok, "{key} = {v} in {json}");
     }
-    // Two policies (json, trivial) × 4 batch sizes × 2 target counts.
+    // Two policies (json, trivial) × 4 batch sizes × 2 target counts, and
+    // one row of json without deadlines.
     let rows = json["overhead"].as_array().unwrap();
-    assert_eq!(rows.len(), 16);
+    assert_eq!(rows.len(), 17);
     for policy in ["json", "trivial"] {
         assert_eq!(rows.iter().filter(|r| r["policy"] == policy).count(), 8);
     }
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["policy"] == "json-no-deadline")
+            .count(),
+        1
+    );
     let _ = std::fs::remove_file(&out_file);
 }
 

@@ -328,9 +328,21 @@ impl Drop for Runtime {
 impl Runtime {
     /// Builds the engine and linkers and starts the epoch ticker thread.
     pub fn new(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+        Runtime::build(limits, true)
+    }
+
+    /// A runtime whose compiled code has no epoch checks, so calls have no
+    /// deadline: only for `cdrs bench`, to show what the checks cost (an
+    /// epoch check at each function entry and loop back-edge was ~25% of a
+    /// JSON filter's time on wasmtime 48).
+    pub(crate) fn without_deadlines(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+        Runtime::build(limits, false)
+    }
+
+    fn build(limits: &PluginRuntimeConfig, deadlines: bool) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(deadlines);
         // `CDRS_WASM_PERFMAP=1` writes /tmp/perf-PID.map so `perf report`
         // names the plugins' JIT-compiled functions (wasmtime's perf map
         // profiler; costs nothing when unset).
