@@ -52,10 +52,14 @@ pub struct BenchOptions {
     pub records: u64,
     /// Fewer iterations (a smoke run: the figures are rough).
     pub quick: bool,
-    /// Run one part only: `overhead`, `load` or `e2e` (the others report 0).
+    /// Run one part only: `overhead`, `load`, `e2e`, or `latency` (the
+    /// end-to-end part's latency phase alone); the others report 0.
     pub only: Option<String>,
     /// The broker of the end-to-end part.
     pub broker: BenchBroker,
+    /// librdkafka settings for CDRS's clients in the end-to-end part, put
+    /// into `[kafka.options]` after the bench's own (so they win).
+    pub kafka_options: Vec<(String, String)>,
 }
 
 /// The broker the end-to-end part runs against.
@@ -277,7 +281,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             Ok((overhead, loads, instantiate_ms, per_instance))
         })
         .await??;
-    let e2e = if wants("e2e") {
+    let e2e = if wants("e2e") || wants("latency") {
         end_to_end(&opts).await?
     } else {
         EndToEnd::default()
@@ -390,10 +394,15 @@ pub fn table(r: &BenchReport) -> String {
                 busy(i)
             );
         }
+        s += "like-for-like: what CDRS's Kafka sink writes (idempotent producer, \
+              cdrs-idempotency-key header)\n";
+    }
+    if r.p50_latency_ms > 0.0 {
+        if r.passthrough_records_per_s == 0.0 {
+            s += &format!("\nend to end ({})\n", r.broker);
+        }
         s += &format!(
-            "like-for-like: what CDRS's Kafka sink writes (idempotent producer, \
-             cdrs-idempotency-key header)\n\
-             latency at a steady 2,000 records/s (produce → arrival on the target topic): \
+            "latency at a steady 2,000 records/s (produce → arrival on the target topic): \
              CDRS p50 {:.1} ms, p99 {:.1} ms; like-for-like passthrough p50 {:.1} ms, p99 {:.1} ms\n",
             r.p50_latency_ms,
             r.p99_latency_ms,
@@ -883,15 +892,16 @@ struct Watched {
 
 /// CDRS from `input` to the `kafka://` target `out` with `filter` and the
 /// non-sticky P2C router; `tag` names its consumer group, `dlq` is the
-/// dead-letter topic.
+/// dead-letter topic; `opts.kafka_options` go last into `[kafka.options]`.
 fn config(
     brokers: &str,
     (tag, dlq): (&str, &str),
     input: &str,
     out: &str,
     filter: PluginConfig,
-    plugin_dir: &Path,
+    opts: &BenchOptions,
 ) -> crate::config::Config {
+    let plugin_dir = &opts.plugin_dir;
     let target = TargetConfig {
         id: "sink".into(),
         url: format!("kafka://{out}"),
@@ -917,6 +927,9 @@ fn config(
         .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
     for (k, v) in GROUP_OPTIONS {
         cfg.kafka.options.insert(k.into(), v.into());
+    }
+    for (k, v) in &opts.kafka_options {
+        cfg.kafka.options.insert(k.clone(), v.clone());
     }
     cfg
 }
@@ -1023,7 +1036,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
-    let n = opts.records;
+    // `--only latency`: no throughput rounds, nothing produced for them.
+    let latency_only = opts.only.as_deref() == Some("latency");
+    let n = if latency_only { 0 } else { opts.records };
     let cluster = Running::start(&opts.broker).await?;
     // Topic and group names unique per run: an external broker keeps them.
     let run = format!(
@@ -1057,7 +1072,11 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     // path (a broker may slow down as it fills); each figure is the median.
     // Paths: 0 bare passthrough, 1 CDRS trivial, 2 CDRS JSON, 3 like-for-like
     // passthrough.
-    let rounds = if opts.quick { 1 } else { 3 };
+    let rounds = match (latency_only, opts.quick) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 3,
+    };
     let mut runs: [Vec<Watched>; 4] = Default::default();
     for round in 0..rounds {
         for k in 0..4 {
@@ -1075,14 +1094,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
                         _ => (demo_filter(&opts.plugin_dir), kept),
                     };
                     let tag = format!("path{path}-{round}-{run}");
-                    let cfg = config(
-                        &brokers,
-                        (&tag, &dlq),
-                        &input,
-                        &out,
-                        filter,
-                        &opts.plugin_dir,
-                    );
+                    let cfg = config(&brokers, (&tag, &dlq), &input, &out, filter, opts);
                     let daemon = Daemon::start(cfg, None).await?;
                     let (b, o) = (brokers.clone(), out.clone());
                     let w = tokio::task::spawn_blocking(move || {
@@ -1125,7 +1137,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         &lat_in,
         &lat_out,
         trivial_filter,
-        &opts.plugin_dir,
+        opts,
     );
     let daemon = Daemon::start(cfg, None).await?;
     daemon.wait_ready(Duration::from_secs(60)).await?;

@@ -71,9 +71,15 @@ enum Command {
         /// A short smoke run (fewer iterations; rough figures).
         #[arg(long)]
         quick: bool,
-        /// Run one part only (the others report 0).
-        #[arg(long, value_parser = ["overhead", "load", "e2e"])]
+        /// Run one part only (the others report 0); `latency` is the
+        /// end-to-end part's latency phase alone.
+        #[arg(long, value_parser = ["overhead", "load", "e2e", "latency"])]
         only: Option<String>,
+        /// A librdkafka setting for CDRS's clients in the end-to-end part,
+        /// as in `[kafka.options]` (repeatable; after the bench's own, so
+        /// it overrides them), e.g. `--kafka-option fetch.wait.max.ms=100`.
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = key_value)]
+        kafka_options: Vec<(String, String)>,
         /// Broker of the end-to-end part: `tansu` (started from $CDRS_TANSU
         /// or .tools/bin/tansu, in its own process), `embedded`
         /// (librdkafka's in-process mock) or HOST:PORT of a running broker.
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
             records,
             quick,
             only,
+            kafka_options,
             broker,
             plugin_dir,
         } => {
@@ -204,7 +211,15 @@ fn main() -> ExitCode {
                     cdrs::bench::BenchBroker::Embedded => 100_000,
                     _ => 500_000,
                 });
-                bench(out, records, quick, only, broker, plugin_dir)
+                let opts = cdrs::bench::BenchOptions {
+                    plugin_dir,
+                    records,
+                    quick,
+                    only,
+                    broker,
+                    kafka_options,
+                };
+                bench(out, opts)
             })
         }
         Command::DemoServer {
@@ -367,21 +382,17 @@ fn bench_broker(arg: Option<&str>) -> anyhow::Result<cdrs::bench::BenchBroker> {
     })
 }
 
-fn bench(
-    out: Option<PathBuf>,
-    records: u64,
-    quick: bool,
-    only: Option<String>,
-    broker: cdrs::bench::BenchBroker,
-    plugin_dir: PathBuf,
-) -> anyhow::Result<ExitCode> {
-    let opts = cdrs::bench::BenchOptions {
-        plugin_dir,
-        records,
-        quick,
-        only,
-        broker,
-    };
+/// `KEY=VALUE` of `--kafka-option`.
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE (a librdkafka setting, e.g. fetch.wait.max.ms=100), got {arg:?}"
+        )),
+    }
+}
+
+fn bench(out: Option<PathBuf>, opts: cdrs::bench::BenchOptions) -> anyhow::Result<ExitCode> {
     let report = runtime()?.block_on(cdrs::bench::run(opts))?;
     print!("{}", cdrs::bench::table(&report));
     if let Some(path) = out {

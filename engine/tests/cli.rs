@@ -131,6 +131,15 @@ fn bench_writes_every_figure() {
 
 /// `cdrs plugin check|test|new` on real components: exit codes and messages
 /// a plugin author relies on.
+/// `--kafka-option` takes KEY=VALUE and says so when it gets anything else.
+#[test]
+fn bench_rejects_a_malformed_kafka_option() {
+    let (ok, out) = cdrs(&["bench", "--only", "latency", "--kafka-option", "linger.ms"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("expected KEY=VALUE"), "{out}");
+    assert!(out.contains("\"linger.ms\""), "{out}");
+}
+
 #[test]
 fn plugin_tooling_reports_and_exits_by_outcome() {
     let dir = root().join("target/wasm32-wasip2/plugin");
