@@ -99,6 +99,7 @@ fn template(lang: &str, world: &str) -> anyhow::Result<Files> {
                 },
             ),
             ("build.sh", RUST_BUILD),
+            (".cargo/config.toml", RUST_CARGO_CONFIG),
         ],
         ("python", w) => vec![
             (
@@ -222,6 +223,15 @@ strip = true
 [workspace]
 "#;
 
+/// Same inlining as the repository's own plugins (see `.cargo/config.toml`
+/// at the root of the CDRS tree for the measurement).
+const RUST_CARGO_CONFIG: &str = r#"# More inlining than LLVM's default (225): under wasmtime every call costs an
+# epoch check (the call deadline) and a stack-limit check on entry. In
+# `cdrs bench` this made a JSON filter ~20% faster, for ~20% more bytes.
+[target.wasm32-wasip2]
+rustflags = ["-C", "llvm-args=-inline-threshold=1000"]
+"#;
+
 const RUST_BUILD: &str = r#"#!/usr/bin/env bash
 # Builds {{name_snake}}.wasm (a wasm32-wasip2 component).
 set -euo pipefail
@@ -335,6 +345,12 @@ mod tests {
                 let dir = base.join(format!("{lang}-{world}"));
                 let files = create(lang, world, &dir, &default_sdk_dir()).unwrap();
                 assert!(files.iter().any(|f| f.ends_with("README.md")));
+                if lang == "rust" {
+                    let cfg = dir.join(".cargo/config.toml");
+                    assert!(files.contains(&cfg), "{files:?}");
+                    let cfg = std::fs::read_to_string(cfg).unwrap();
+                    assert!(cfg.contains("inline-threshold=1000"), "{cfg}");
+                }
                 let text: String = files
                     .iter()
                     .map(|f| std::fs::read_to_string(f).unwrap())

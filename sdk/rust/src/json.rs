@@ -88,15 +88,17 @@ impl<'de, S: AsRef<str>> Visitor<'de> for Seek<'_, S> {
     }
 }
 
-/// An object key, compared with the wanted one without allocating when it
-/// has no escapes.
+/// An object key, compared with the wanted one as bytes: no allocation
+/// when it has no escapes, and no UTF-8 check (serde_json does not check
+/// the strings it skips either). Checking each key took ~5% of a
+/// `field-filter` call in `cdrs bench`, twice as much in Wasm as natively.
 struct KeyIs<'a>(&'a str);
 
 impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
     type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
+        d.deserialize_bytes(self)
     }
 }
 
@@ -105,6 +107,10 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
+    }
+
+    fn visit_bytes<E>(self, k: &[u8]) -> Result<bool, E> {
+        Ok(k == self.0.as_bytes())
     }
 
     fn visit_str<E>(self, k: &str) -> Result<bool, E> {
