@@ -80,4 +80,31 @@ fn defaults_are_the_documented_constants() {
     assert_eq!(c.targets[0].weight, DEFAULT_WEIGHT);
     assert_eq!(c.capacity.report_expiry_ms, DEFAULT_REPORT_EXPIRY_MS);
     assert_eq!(c.router.config_json(), "{}");
+    assert_eq!(c.delivery.lanes, DEFAULT_LANES);
+    assert_eq!(c.delivery.kafka_lanes, DEFAULT_KAFKA_LANES);
+}
+
+#[test]
+fn lanes_out_of_range_are_named() {
+    let text = r#"
+        [kafka]
+        brokers = "b:9092"
+        group_id = "g"
+        topics = ["t"]
+        [router]
+        name = "r"
+        path = "not-wasm.txt"
+        [[targets]]
+        id = "a"
+        url = "kafka://out"
+        capacity = 1
+        [delivery]
+        lanes = 0
+        kafka_lanes = 65
+    "#;
+    let e = Config::parse(text, &fixture(""), "inline").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("delivery.lanes"), "{text}");
+    assert!(text.contains("delivery.kafka_lanes"), "{text}");
+    assert!(text.contains("65 is out of range 1..=64"), "{text}");
 }
