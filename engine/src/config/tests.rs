@@ -57,9 +57,10 @@ fn the_example_config_is_valid_apart_from_plugin_builds() {
     }
 }
 
-#[test]
-fn defaults_are_the_documented_constants() {
-    let text = r#"
+/// The smallest valid config with one target at `url`, then `extra`.
+fn minimal(url: &str, extra: &str) -> String {
+    format!(
+        r#"
         [kafka]
         brokers = "b:9092"
         group_id = "g"
@@ -69,11 +70,17 @@ fn defaults_are_the_documented_constants() {
         path = "not-wasm.txt"
         [[targets]]
         id = "a"
-        url = "http://127.0.0.1:1/"
+        url = "{url}"
         capacity = 1
-    "#;
-    let base = fixture("");
-    let c = Config::parse(text, &base, "inline").unwrap_or_else(|e| panic!("{e}"));
+        {extra}
+    "#
+    )
+}
+
+#[test]
+fn defaults_are_the_documented_constants() {
+    let text = minimal("http://127.0.0.1:1/", "");
+    let c = Config::parse(&text, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pipeline.batch_size, DEFAULT_BATCH_SIZE);
     assert_eq!(c.kafka.dead_letter_topic, DEFAULT_DEAD_LETTER_TOPIC);
     assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
@@ -86,23 +93,8 @@ fn defaults_are_the_documented_constants() {
 
 #[test]
 fn lanes_out_of_range_are_named() {
-    let text = r#"
-        [kafka]
-        brokers = "b:9092"
-        group_id = "g"
-        topics = ["t"]
-        [router]
-        name = "r"
-        path = "not-wasm.txt"
-        [[targets]]
-        id = "a"
-        url = "kafka://out"
-        capacity = 1
-        [delivery]
-        lanes = 0
-        kafka_lanes = 65
-    "#;
-    let e = Config::parse(text, &fixture(""), "inline").unwrap_err();
+    let text = minimal("kafka://out", "[delivery]\nlanes = 0\nkafka_lanes = 65");
+    let e = Config::parse(&text, &fixture(""), "inline").unwrap_err();
     let text = e.to_string();
     assert!(text.contains("delivery.lanes"), "{text}");
     assert!(text.contains("delivery.kafka_lanes"), "{text}");
