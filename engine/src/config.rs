@@ -20,8 +20,6 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "cdrs-dead-letter";
 pub const DEFAULT_BATCH_SIZE: usize = 256;
 /// Default `pipeline.batch_linger_ms`.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
-/// Default `pipeline.partition_queue` (records buffered per partition).
-pub const DEFAULT_PARTITION_QUEUE: usize = 2048;
 /// Default `plugins.call_timeout_ms`.
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 200;
 /// Default `plugins.max_memory_bytes` (64 MiB).
@@ -64,8 +62,8 @@ pub const DEFAULT_LANES: usize = 4;
 pub const DEFAULT_KAFKA_LANES: usize = 1;
 /// Default `delivery.queue_capacity` (records queued per target).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
-/// Default `pipeline.pause_after_records` (per partition).
-pub const DEFAULT_PAUSE_AFTER_RECORDS: usize = 16_384;
+/// Default `pipeline.prefetch_records` (per partition).
+pub const DEFAULT_PREFETCH_RECORDS: usize = 16_384;
 /// Default `pipeline.max_inflight_records` (per partition).
 pub const DEFAULT_MAX_INFLIGHT_RECORDS: usize = 10_000;
 /// Default `pipeline.shutdown_grace_ms`.
@@ -183,20 +181,18 @@ pub struct PipelineConfig {
     /// How long a partition waits to fill a batch, ms. Default 5.
     #[serde(default = "d_linger")]
     pub batch_linger_ms: u64,
-    /// Records buffered per partition between the consumer and its worker;
-    /// when full, the source pauses the partition. Default 2048.
-    #[serde(default = "d_partition_queue")]
-    pub partition_queue: usize,
-    /// Records fetched beyond a full worker channel (held in a stash) before
-    /// the source pauses the partition. Pausing makes librdkafka drop what
-    /// it prefetched and fetch it again on resume, so pausing early costs
-    /// throughput; this bounds the memory it may take. Default 16384.
-    #[serde(default = "d_pause_after")]
-    pub pause_after_records: usize,
+    /// Records fetched ahead per partition, waiting for its worker: once a
+    /// partition's queue holds this many, librdkafka stops fetching it until
+    /// the worker has read below (librdkafka's `queued.min.messages`, which
+    /// applies per partition as each partition has its own queue; bytes are
+    /// bounded by `queued.max.messages.kbytes`, 16384 KiB per partition
+    /// unless `[kafka.options]` sets it). Default 16384.
+    #[serde(default = "d_prefetch")]
+    pub prefetch_records: usize,
     /// Records of one partition read but not yet finished (delivered,
     /// dropped, dead-lettered) at most: the in-flight window. When it is
-    /// full the partition's worker waits and the source pauses the
-    /// partition. Default 10000.
+    /// full the partition's worker reads no more, so its prefetch fills
+    /// and librdkafka stops fetching the partition. Default 10000.
     #[serde(default = "d_max_inflight")]
     pub max_inflight_records: usize,
     /// On SIGTERM/SIGINT: how long to finish in-flight records before
@@ -210,8 +206,8 @@ pub struct PipelineConfig {
     pub revoke_drain_ms: u64,
 }
 
-fn d_pause_after() -> usize {
-    DEFAULT_PAUSE_AFTER_RECORDS
+fn d_prefetch() -> usize {
+    DEFAULT_PREFETCH_RECORDS
 }
 fn d_max_inflight() -> usize {
     DEFAULT_MAX_INFLIGHT_RECORDS
@@ -229,17 +225,13 @@ fn d_batch_size() -> usize {
 fn d_linger() -> u64 {
     DEFAULT_BATCH_LINGER_MS
 }
-fn d_partition_queue() -> usize {
-    DEFAULT_PARTITION_QUEUE
-}
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
-            partition_queue: DEFAULT_PARTITION_QUEUE,
-            pause_after_records: DEFAULT_PAUSE_AFTER_RECORDS,
+            prefetch_records: DEFAULT_PREFETCH_RECORDS,
             max_inflight_records: DEFAULT_MAX_INFLIGHT_RECORDS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             revoke_drain_ms: DEFAULT_REVOKE_DRAIN_MS,
@@ -861,12 +853,6 @@ impl Config {
                 format!("{} is out of range 1..=65536", self.pipeline.batch_size),
             );
         }
-        if self.pipeline.partition_queue < 1 {
-            bad(
-                "pipeline.partition_queue".into(),
-                "must be at least 1".into(),
-            );
-        }
         if !(1..=60_000).contains(&self.plugins.call_timeout_ms) {
             bad(
                 "plugins.call_timeout_ms".into(),
@@ -1131,10 +1117,14 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
-        if self.pipeline.pause_after_records == 0 {
+        // librdkafka's range for `queued.min.messages`.
+        if !(1..=10_000_000).contains(&self.pipeline.prefetch_records) {
             bad(
-                "pipeline.pause_after_records".into(),
-                "must be at least 1".into(),
+                "pipeline.prefetch_records".into(),
+                format!(
+                    "{} is out of range 1..=10000000",
+                    self.pipeline.prefetch_records
+                ),
             );
         }
         if self.pipeline.max_inflight_records < self.pipeline.batch_size {

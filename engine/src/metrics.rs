@@ -47,8 +47,10 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `cdrs_target_queue_records{target}`: records queued for the target.
     pub target_queue: IntGaugeVec,
-    /// `cdrs_partition_paused{topic, partition}`: 1 while the source paused the partition.
-    pub partition_paused: IntGaugeVec,
+    /// `cdrs_partition_prefetched_records{topic, partition}`: records
+    /// librdkafka fetched for the partition that its worker has not read
+    /// yet (sampled every 100 ms); at most about `pipeline.prefetch_records`.
+    pub partition_prefetched: IntGaugeVec,
     /// `cdrs_partition_inflight_records{topic, partition}`: records read but not finished.
     pub partition_inflight: IntGaugeVec,
 }
@@ -164,9 +166,9 @@ impl Metrics {
                 "Records queued for delivery to the target",
                 &["target"],
             ),
-            partition_paused: gauge(
-                "cdrs_partition_paused",
-                "1 while the source paused fetching the partition (backpressure)",
+            partition_prefetched: gauge(
+                "cdrs_partition_prefetched_records",
+                "records fetched for the partition and not yet read by its worker",
                 &["topic", "partition"],
             ),
             partition_inflight: gauge(

@@ -1,31 +1,34 @@
 //! Source: one rdkafka consumer in the consumer group (cooperative-sticky
-//! assignment), records handed to one worker task per partition, in
-//! per-partition batches.
+//! assignment). Each assigned partition gets its own fetch queue, split
+//! from the consumer queue before its fetch starts, and one worker task
+//! that reads it in batches (`rd_kafka_consume_batch_queue`: one lock and
+//! one clock read per batch, not per record) and hands each batch to the
+//! pipeline. The consumer queue itself then carries only rebalances,
+//! commit results and errors, which the source loop serves.
 //!
 //! Guarantees:
 //! * at-least-once: `enable.auto.offset.store=false`; each partition's
 //!   [`Partition`] stores its commit watermark — the lowest offset not yet
 //!   delivered, dropped or dead-lettered — whenever it moves. librdkafka
 //!   auto-commits stored offsets; revoke and shutdown commit synchronously.
-//! * bounded memory: a partition holds at most `pipeline.partition_queue`
-//!   records in its worker's channel, `pipeline.pause_after_records` in a
-//!   stash behind it, plus its in-flight window
-//!   (`pipeline.max_inflight_records`). When the stash fills, the partition
-//!   is **paused** (`Consumer::pause`); it is resumed once the stash is down
-//!   to half, so the fetch that resuming starts overlaps with the records
-//!   still stashed (librdkafka fetches from the offset after the last
-//!   record it handed over, so nothing is read twice or skipped). Other
-//!   partitions keep flowing. When every partition still fetching is full,
-//!   the last one is not paused: the source stops reading instead (at most
-//!   1 s at a time), so librdkafka keeps fetching and notices resumes
-//!   promptly; its prefetch stays within `queued.min.messages` and
-//!   `queued.max.messages.kbytes`.
+//! * per-partition order: one reader per partition queue, batches handed to
+//!   the pipeline in offset order.
+//! * bounded memory: a partition holds at most its in-flight window
+//!   (`pipeline.max_inflight_records`) in the pipeline, one batch being
+//!   read, and librdkafka's prefetch in its queue. While the window is full
+//!   the worker does not read; once the queue holds
+//!   `pipeline.prefetch_records` records (librdkafka's `queued.min.messages`)
+//!   or [`PREFETCH_KBYTES`] (`queued.max.messages.kbytes`), both per
+//!   partition because each queue is its own, librdkafka stops fetching
+//!   the partition until the worker has read below them. Other partitions
+//!   keep flowing; nothing is paused, so no prefetch is dropped and fetched
+//!   twice.
 //! * revoke (rebalance): the revoked partitions take no new batches; their
 //!   records in flight get up to `pipeline.revoke_drain_ms` to finish; the
 //!   watermark is stored and committed; only then does the callback return
 //!   and the partitions go. Records read but not started are read again by
 //!   the next owner.
-//! * shutdown: stop fetching, give records in flight up to
+//! * shutdown: stop reading, give records in flight up to
 //!   `pipeline.shutdown_grace_ms`, stop the dispatcher, commit, leave.
 
 use crate::config::{KafkaConfig, PipelineConfig};
@@ -35,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::record::Record;
 use futures::StreamExt;
+use rdkafka::bindings as rd;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -43,77 +47,123 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-/// One assigned partition as the consumer loop sees it.
-struct Assigned {
-    part: Arc<Partition>,
-    tx: mpsc::Sender<Record>,
-    /// Records fetched while the partition is paused, in offset order.
-    stash: VecDeque<Record>,
-    paused: bool,
+/// A partition's own fetch queue, split from the consumer queue
+/// (`rd_kafka_queue_get_partition` + `rd_kafka_queue_forward(q, NULL)`),
+/// as rust-rdkafka's `split_partition_queue` does, but read in batches.
+///
+/// librdkafka keeps a queue unforwarded once the application has set its
+/// forwarding, so a later fetch start does not route it back to the
+/// consumer queue; splitting before the partition is assigned means no
+/// record of it ever lands there.
+pub struct PartitionQueue {
+    queue: *mut rd::rd_kafka_queue_t,
+    /// Woken by librdkafka (on one of its threads, queue lock held) when a
+    /// record lands on the empty queue; and by the source on revoke.
+    ready: Arc<Notify>,
 }
 
-impl Assigned {
-    /// Pauses or resumes fetching the partition (backpressure).
-    fn set_paused(&mut self, consumer: &Source, metrics: &Metrics, paused: bool) {
-        self.paused = paused;
-        let (t, p) = (&*self.part.topic, self.part.partition);
-        let result = if paused {
-            consumer.pause(&one(t, p))
-        } else {
-            consumer.resume(&one(t, p))
+// SAFETY: librdkafka queue handles are thread-safe (every operation takes
+// the queue's lock); the handle is destroyed once, on drop.
+unsafe impl Send for PartitionQueue {}
+unsafe impl Sync for PartitionQueue {}
+
+unsafe extern "C" fn queue_nonempty(_: *mut rd::rd_kafka_t, opaque: *mut std::ffi::c_void) {
+    // SAFETY: `opaque` is the `Notify` of a live `PartitionQueue`: the
+    // callback is disabled in its `drop` before the `Arc` can go.
+    let ready = unsafe { &*(opaque as *const Notify) };
+    ready.notify_one();
+}
+
+impl PartitionQueue {
+    /// Splits the fetch queue of `topic` [`partition`] from the consumer
+    /// queue of `c`. `None` if librdkafka has no such queue (a producer
+    /// handle; not the case for a consumer) or the topic name holds a NUL.
+    fn split(c: &BaseConsumer<SourceContext>, topic: &str, partition: i32) -> Option<Self> {
+        let name = std::ffi::CString::new(topic).ok()?;
+        // SAFETY: a valid client handle and a NUL-terminated name; the
+        // returned handle is ours to destroy.
+        let queue = unsafe {
+            rd::rd_kafka_queue_get_partition(c.client().native_ptr(), name.as_ptr(), partition)
         };
-        if let Err(e) = result {
-            tracing::debug!(topic = t, partition = p, paused, error = %e, "pause/resume failed");
+        if queue.is_null() {
+            return None;
         }
-        metrics
-            .partition_paused
-            .with_label_values(&[t, &p.to_string()])
-            .set(i64::from(paused));
-        tracing::debug!(
-            topic = t,
-            partition = p,
-            paused,
-            "partition backpressure changed"
-        );
+        let ready = Arc::new(Notify::new());
+        // SAFETY: `queue` is valid; the opaque outlives the callback (see
+        // `queue_nonempty`).
+        unsafe {
+            rd::rd_kafka_queue_forward(queue, std::ptr::null_mut());
+            rd::rd_kafka_queue_cb_event_enable(
+                queue,
+                Some(queue_nonempty),
+                Arc::as_ptr(&ready) as *mut std::ffi::c_void,
+            );
+        }
+        Some(PartitionQueue { queue, ready })
     }
 
-    /// Moves stashed records into the worker's channel while it has room.
-    fn flush(&mut self) {
-        while let Some(r) = self.stash.pop_front() {
-            match self.tx.try_send(r) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(r)) => {
-                    self.stash.push_front(r);
-                    return;
-                }
-                // The worker stopped (hard stop): read again later.
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.stash.clear();
-                    return;
-                }
+    /// Records waiting in the queue (prefetched, not yet read).
+    fn len(&self) -> usize {
+        // SAFETY: `queue` is valid until drop.
+        unsafe { rd::rd_kafka_queue_length(self.queue) }
+    }
+
+    /// Moves up to `max` records out of the queue into `out`, without
+    /// waiting; librdkafka's errors for the partition are logged and
+    /// skipped. Returns how many messages were taken (records and errors).
+    fn read(&self, topic: &Arc<str>, out: &mut Vec<Record>, max: usize) -> usize {
+        let mut raw: Vec<*mut rd::rd_kafka_message_t> = vec![std::ptr::null_mut(); max];
+        // SAFETY: `raw` has room for `max` message pointers; each returned
+        // message is ours and destroyed below.
+        let n = unsafe { rd::rd_kafka_consume_batch_queue(self.queue, 0, raw.as_mut_ptr(), max) };
+        let n = usize::try_from(n).unwrap_or(0);
+        for &m in &raw[..n] {
+            // SAFETY: `m` is a valid message until destroyed right after.
+            match unsafe { convert::record_from_raw(m, topic) } {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(topic = %topic, error = %e, "consumer error"),
             }
+            unsafe { rd::rd_kafka_message_destroy(m) };
+        }
+        n
+    }
+}
+
+impl Drop for PartitionQueue {
+    fn drop(&mut self) {
+        // SAFETY: `queue` is valid; after disabling the callback librdkafka
+        // no longer touches `ready`.
+        unsafe {
+            rd::rd_kafka_queue_cb_event_enable(self.queue, None, std::ptr::null_mut());
+            rd::rd_kafka_queue_destroy(self.queue);
         }
     }
+}
+
+/// One assigned partition: its queue, and once the source loop has started
+/// its worker, its tracker.
+struct Assigned {
+    queue: Arc<PartitionQueue>,
+    part: Option<Arc<Partition>>,
 }
 
 type Assignment = Arc<Mutex<HashMap<(Arc<str>, i32), Assigned>>>;
 
-/// Most records the source takes from the consumer at once.
-const SOURCE_CHUNK: usize = 1024;
-
-/// Consumer context: drains revoked partitions, logs rebalances and commit
-/// failures, tracks readiness.
+/// Consumer context: splits assigned partitions' queues, drains revoked
+/// partitions, logs rebalances and commit failures, tracks readiness.
 pub struct SourceContext {
     /// Set once the consumer has joined its group (first assignment, even empty).
     pub joined: Arc<AtomicBool>,
     assigned: Assignment,
+    /// Wakes the source loop to start workers for new partitions.
+    new_partitions: Arc<Notify>,
     revoke_drain: Duration,
 }
 
@@ -123,7 +173,30 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions assigned")
+                tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                // Before the assign starts their fetch (rust-rdkafka assigns
+                // after this callback).
+                let mut map = self.assigned.lock().expect("assignment lock");
+                for e in tpl.elements() {
+                    let key: (Arc<str>, i32) = (Arc::from(e.topic()), e.partition());
+                    // Already ours (an assign without a revoke before it):
+                    // keep its one reader.
+                    if map.contains_key(&key) {
+                        continue;
+                    }
+                    match PartitionQueue::split(c, e.topic(), e.partition()) {
+                        Some(q) => {
+                            let queue = Arc::new(q);
+                            map.insert(key, Assigned { queue, part: None });
+                        }
+                        None => tracing::error!(
+                            topic = e.topic(),
+                            partition = e.partition(),
+                            "could not split the partition's fetch queue; it is not read"
+                        ),
+                    }
+                }
+                self.new_partitions.notify_one();
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked; draining");
@@ -137,16 +210,17 @@ impl ConsumerContext for SourceContext {
                         })
                         .collect()
                 };
-                let parts: Vec<Arc<Partition>> = gone.into_iter().map(|a| a.part).collect();
+                let parts: Vec<Arc<Partition>> = gone
+                    .iter()
+                    .filter_map(|a| {
+                        let p = a.part.clone()?;
+                        p.revoked.store(true, Ordering::Relaxed);
+                        a.queue.ready.notify_one();
+                        Some(p)
+                    })
+                    .collect();
                 let drained = block_while(self.revoke_drain, || {
-                    parts
-                        .iter()
-                        .map(|p| {
-                            p.revoked.store(true, Ordering::Relaxed);
-                            p.pending()
-                        })
-                        .sum::<usize>()
-                        > 0
+                    parts.iter().map(|p| p.pending()).sum::<usize>() > 0
                 });
                 for p in &parts {
                     p.store_now();
@@ -163,7 +237,6 @@ impl ConsumerContext for SourceContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
-
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if matches!(rebalance, Rebalance::Assign(_)) {
             self.joined.store(true, Ordering::Relaxed);
@@ -223,6 +296,13 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 /// The consumer type CDRS uses.
 pub type Source = StreamConsumer<SourceContext>;
 
+/// librdkafka's `queued.max.messages.kbytes` for the source consumer,
+/// unless `[kafka.options]` sets it: KiB prefetched per partition at most
+/// (with split partition queues the limit applies to each partition's
+/// queue, not to the consumer as a whole). librdkafka's default, 65536,
+/// would let each partition take 64 MiB.
+pub const PREFETCH_KBYTES: &str = "16384";
+
 /// Creates the group consumer and subscribes to `kafka.topics`.
 pub fn consumer(
     cfg: &KafkaConfig,
@@ -237,13 +317,16 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("queued.min.messages", pipeline.prefetch_records.to_string())
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
     let context = SourceContext {
         joined,
         assigned: Assignment::default(),
+        new_partitions: Arc::new(Notify::new()),
         revoke_drain: Duration::from_millis(pipeline.revoke_drain_ms),
     };
     let consumer: Source = c.create_with_context(context)?;
@@ -252,14 +335,8 @@ pub fn consumer(
     Ok(consumer)
 }
 
-fn one(topic: &str, partition: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    tpl
-}
-
-/// Reads records until `shutdown`, feeding per-partition workers and
-/// pausing partitions whose worker is full; then drains (at most
+/// Serves the consumer (rebalances, commits, errors) and starts a worker
+/// per assigned partition until `shutdown`; then drains (at most
 /// `pipeline.shutdown_grace_ms`) and commits.
 pub async fn run(
     consumer: Arc<Source>,
@@ -268,93 +345,54 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let assigned = consumer.context().assigned.clone();
+    let new_partitions = consumer.context().new_partitions.clone();
     let metrics = pipeline.metrics.clone();
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Records are taken in chunks: all the consumer has ready (up to
-    // SOURCE_CHUNK), then one lock of the assignment per chunk. A `recv` and
-    // a `select!` per record were a third of the pipeline's own CPU in
-    // `cdrs bench`.
-    let mut stream = consumer.stream().ready_chunks(SOURCE_CHUNK);
-    // Since when the source has held off reading (see `backpressure`).
-    let mut held_since: Option<Instant> = None;
+    // Records do not come this way (every assigned partition's queue is
+    // split before its fetch starts); rebalances, commit results and
+    // errors do, served inside `next()`.
+    let mut stream = consumer.stream();
     loop {
-        let chunk = tokio::select! {
+        tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            _ = tick.tick() => {
-                let threshold = cfg.pause_after_records;
-                resume_drained(&consumer, &assigned, &metrics, threshold / 2);
-                let may_hold = held_since.is_none_or(|t| t.elapsed() < HOLD_MAX);
+            _ = new_partitions.notified() => {
                 let mut map = assigned.lock().expect("assignment lock");
-                let hold = backpressure(&mut map, &consumer, &metrics, threshold, may_hold);
-                held_since = hold.then(|| held_since.unwrap_or_else(Instant::now));
-                continue;
+                for ((topic, p), a) in map.iter_mut().filter(|(_, a)| a.part.is_none()) {
+                    let part = partition(&consumer, topic, *p, &cfg, &metrics);
+                    tasks.spawn(partition_worker(
+                        part.clone(),
+                        a.queue.clone(),
+                        pipeline.clone(),
+                        cfg.clone(),
+                    ));
+                    a.part = Some(part);
+                }
             }
-            chunk = stream.next(), if held_since.is_none() => match chunk {
-                Some(chunk) => chunk,
+            _ = tick.tick() => {
+                let map = assigned.lock().expect("assignment lock");
+                for ((topic, p), a) in map.iter() {
+                    metrics
+                        .partition_prefetched
+                        .with_label_values(&[&**topic, &p.to_string()])
+                        .set(i64::try_from(a.queue.len()).unwrap_or(i64::MAX));
+                }
+            }
+            m = stream.next() => match m {
+                Some(Ok(m)) => tracing::error!(topic = m.topic(), partition = m.partition(),
+                    offset = m.offset(), "record on the consumer queue of a split partition; not read here, read again after a restart"),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => break,
             },
-        };
-        let records: Vec<Record> = chunk
-            .into_iter()
-            .filter_map(|m| match m {
-                Ok(m) => {
-                    // Looked up by `&str`: an owned key per record was
-                    // an allocation per record.
-                    let topic = match topics.get(m.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(m.topic());
-                            topics.insert(m.topic().to_string(), t.clone());
-                            t
-                        }
-                    };
-                    Some(convert::record_from_kafka(&m, &topic))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    None
-                }
-            })
-            .collect();
-        let mut map = assigned.lock().expect("assignment lock");
-        for record in records {
-            let key = (record.topic.clone(), record.partition);
-            let a = map.entry(key).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(cfg.partition_queue);
-                let part = partition(&consumer, &record.topic, record.partition, &cfg, &metrics);
-                tasks.spawn(partition_worker(
-                    part.clone(),
-                    rx,
-                    pipeline.clone(),
-                    cfg.clone(),
-                ));
-                Assigned {
-                    part,
-                    tx,
-                    stash: VecDeque::new(),
-                    paused: false,
-                }
-            });
-            // Records wait in the stash while the channel is full; only a
-            // stash of `pause_after_records` pauses the partition. (Each
-            // pause makes librdkafka drop what it prefetched for the
-            // partition and fetch it again on resume: pausing whenever the
-            // channel was full cut throughput by 7× in `cdrs bench`.)
-            a.stash.push_back(record);
-            a.flush();
         }
-        let hold = backpressure(&mut map, &consumer, &metrics, cfg.pause_after_records, true);
-        held_since = hold.then(Instant::now);
     }
     drop(stream);
 
     let parts: Vec<Arc<Partition>> = {
-        let mut map = assigned.lock().expect("assignment lock");
-        map.drain().map(|(_, a)| a.part).collect()
+        let map = assigned.lock().expect("assignment lock");
+        map.values().filter_map(|a| a.part.clone()).collect()
     };
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     tracing::info!(
@@ -364,6 +402,9 @@ pub async fn run(
     );
     for p in &parts {
         p.revoked.store(true, Ordering::Relaxed);
+    }
+    for a in assigned.lock().expect("assignment lock").values() {
+        a.queue.ready.notify_one();
     }
     let deadline = tokio::time::Instant::now() + grace;
     loop {
@@ -387,6 +428,8 @@ pub async fn run(
     for p in &parts {
         p.store_now();
     }
+    // The queues go before the consumer does.
+    assigned.lock().expect("assignment lock").clear();
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("final offsets committed"),
         // Every stored offset was already auto-committed.
@@ -433,161 +476,54 @@ fn partition(
     )
 }
 
-/// Longest the source holds off reading instead of pausing its last
-/// fetching partition (see [`backpressure`]); then that one is paused too.
-/// Far below `max.poll.interval.ms`, as the consumer is not polled meanwhile.
-const HOLD_MAX: Duration = Duration::from_secs(1);
-
-/// Pauses the partitions whose stash holds `threshold` records, but one:
-/// when every partition still fetching is full, the last one stays
-/// unpaused and the source holds off reading (returns `true`) until its
-/// stash has room again, or until `may_hold` is false (held for
-/// [`HOLD_MAX`]).
-///
-/// Why: a resumed partition is fetched again only when librdkafka's broker
-/// thread next wakes up, and with every partition paused nothing wakes it:
-/// in `cdrs bench` on Tansu, resuming after all six partitions had been
-/// paused took 200–300 ms to show in a fetch, and the pipeline ran dry
-/// meanwhile (confluent-kafka-go issue #630 shows the same wait, ~550 ms,
-/// in librdkafka's debug log). The partition left unpaused keeps its
-/// prefetch (bounded by librdkafka's `queued.min.messages` and
-/// `queued.max.messages.kbytes`) and its fetches keep the broker thread
-/// awake.
-fn backpressure(
-    map: &mut HashMap<(Arc<str>, i32), Assigned>,
-    consumer: &Source,
-    metrics: &Metrics,
-    threshold: usize,
-    may_hold: bool,
-) -> bool {
-    if !map
-        .values()
-        .any(|a| !a.paused && a.stash.len() >= threshold)
-    {
-        return false;
-    }
-    let mut parts: Vec<&mut Assigned> = map.values_mut().collect();
-    let states: Vec<(bool, usize)> = parts.iter().map(|a| (a.paused, a.stash.len())).collect();
-    let (pause, hold) = backpressure_plan(&states, threshold, may_hold);
-    for i in pause {
-        parts[i].set_paused(consumer, metrics, true);
-    }
-    hold
-}
-
-/// The decision of [`backpressure`] over `(paused, stashed records)` per
-/// partition: the indexes to pause, and whether to hold off reading.
-fn backpressure_plan(
-    parts: &[(bool, usize)],
-    threshold: usize,
-    may_hold: bool,
-) -> (Vec<usize>, bool) {
-    let full = |&(paused, stashed): &(bool, usize)| !paused && stashed >= threshold;
-    // Someone not full still fetches: pause every full partition.
-    let mut keep_one = may_hold && !parts.iter().any(|p| !p.0 && !full(p));
-    let mut pause = Vec::new();
-    let mut hold = false;
-    for (i, p) in parts.iter().enumerate() {
-        if full(p) {
-            if keep_one {
-                keep_one = false;
-                hold = true;
-            } else {
-                pause.push(i);
-            }
-        }
-    }
-    (pause, hold)
-}
-
-/// Feeds stashed records to their workers and resumes paused partitions
-/// whose stash is down to `resume_at` records (a stash that is empty
-/// also needs a channel at least half free).
-///
-/// Resuming before the stash is empty hides the fetch that resuming starts
-/// (pausing dropped librdkafka's prefetch): waiting for an empty stash left
-/// partitions idle for up to ~0.3 s at a time in `cdrs bench` on Tansu.
-fn resume_drained(consumer: &Source, assigned: &Assignment, metrics: &Metrics, resume_at: usize) {
-    let mut map = assigned.lock().expect("assignment lock");
-    for a in map.values_mut() {
-        a.flush();
-        let room = if a.stash.is_empty() {
-            a.tx.capacity() * 2 >= a.tx.max_capacity()
-        } else {
-            a.stash.len() <= resume_at
-        };
-        if a.paused && room {
-            a.set_paused(consumer, metrics, false);
-        }
-    }
-}
-
-/// Batches one partition's records (offset order) and hands each batch to
-/// the pipeline; stops when the partition is revoked or on a hard stop.
+/// Reads one partition's queue in batches of up to `pipeline.batch_size`
+/// records (offset order) and hands each to the pipeline; a batch short of
+/// full waits up to `pipeline.batch_linger_ms` for more. While the
+/// partition's in-flight window is full, `process` waits and nothing is
+/// read. Stops when the partition is revoked or on a hard stop.
 async fn partition_worker(
     part: Arc<Partition>,
-    mut rx: mpsc::Receiver<Record>,
+    queue: Arc<PartitionQueue>,
     pipeline: Arc<Pipeline>,
     cfg: PipelineConfig,
 ) {
     let linger = Duration::from_millis(cfg.batch_linger_ms);
-    while let Some(first) = rx.recv().await {
+    let size = cfg.batch_size;
+    loop {
+        let mut batch = Vec::with_capacity(size);
+        // Wait for the first records. (A wake-up that comes while the
+        // worker is reading is kept by `Notify` as a permit: none is lost.)
+        loop {
+            if part.revoked.load(Ordering::Relaxed) {
+                return;
+            }
+            queue.read(&part.topic, &mut batch, size);
+            if !batch.is_empty() {
+                break;
+            }
+            queue.ready.notified().await;
+        }
+        // Fill the batch, up to the linger time.
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < size {
+            let room = size - batch.len();
+            if queue.read(&part.topic, &mut batch, room) > 0 {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, queue.ready.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
         if part.revoked.load(Ordering::Relaxed) {
             return;
-        }
-        let mut batch = Vec::with_capacity(cfg.batch_size.min(1024));
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < cfg.batch_size {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(r)) => batch.push(r),
-                        _ => break,
-                    }
-                }
-            }
         }
         let from = batch[0].offset;
         if let Err(e) = pipeline.process(&part, batch).await {
             tracing::debug!(topic = %part.topic, partition = part.partition, from_offset = from, error = %e, "partition worker stopped");
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backpressure_plan;
-
-    #[test]
-    fn full_partitions_are_paused_while_another_still_fetches() {
-        // (paused, stashed), threshold 100.
-        let parts = [(false, 100), (false, 10), (true, 300), (false, 150)];
-        assert_eq!(backpressure_plan(&parts, 100, true), (vec![0, 3], false));
-    }
-
-    #[test]
-    fn the_last_fetching_partition_is_held_not_paused() {
-        let parts = [(true, 100), (false, 120), (true, 0)];
-        assert_eq!(backpressure_plan(&parts, 100, true), (vec![], true));
-        // Several full, none else fetching: one held, the others paused.
-        let parts = [(false, 100), (false, 120), (true, 0)];
-        assert_eq!(backpressure_plan(&parts, 100, true), (vec![1], true));
-    }
-
-    #[test]
-    fn a_hold_that_lasted_too_long_pauses_it_too() {
-        let parts = [(true, 100), (false, 120)];
-        assert_eq!(backpressure_plan(&parts, 100, false), (vec![1], false));
-    }
-
-    #[test]
-    fn nothing_full_nothing_done() {
-        let parts = [(false, 99), (true, 500), (false, 0)];
-        assert_eq!(backpressure_plan(&parts, 100, true), (vec![], false));
-        assert_eq!(backpressure_plan(&[], 100, true), (vec![], false));
     }
 }

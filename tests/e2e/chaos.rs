@@ -458,12 +458,12 @@ impl Rig {
         }
         let secs = self.started.elapsed().as_secs_f64();
         eprintln!(
-            "{}: rerouted {} retries {} ejections {} paused-now {} (live instances)",
+            "{}: rerouted {} retries {} ejections {} prefetched-now {} (live instances)",
             self.name,
             self.counter("cdrs_rerouted_records_total").await,
             self.counter("cdrs_delivery_retries_total").await,
             self.counter("cdrs_target_ejections_total").await,
-            self.counter("cdrs_partition_paused").await,
+            self.counter("cdrs_partition_prefetched_records").await,
         );
         for i in &mut self.instances {
             i.sigterm(Duration::from_secs(30));

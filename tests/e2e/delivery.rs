@@ -161,17 +161,18 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     assert!(delivered as usize >= got.len());
 }
 
-/// Slow targets and small windows: partitions get paused, in-flight records
+/// Slow targets and small windows: partitions stop being fetched once their
+/// prefetch is full, in-flight records per partition, prefetched records
 /// per partition and queued records per target stay within their bounds,
 /// and once the targets speed up everything arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_targets_pause_partitions_within_bounded_windows() {
+async fn slow_targets_stop_fetching_within_bounded_windows() {
     let (topic, dlq) = ("trades", "trades-dlq");
     let brokers = mock_cluster(&[(topic, 3), (dlq, 1)]);
     let (window, queue) = (256, 200);
+    const PREFETCH: usize = 64;
     let s = start(&brokers, topic, dlq, "cdrs-e2e-backpressure", |c| {
-        c.pipeline.partition_queue = 64;
-        c.pipeline.pause_after_records = 64;
+        c.pipeline.prefetch_records = PREFETCH;
         c.pipeline.batch_size = 64;
         c.pipeline.max_inflight_records = window;
         c.delivery.queue_capacity = queue;
@@ -182,7 +183,9 @@ async fn slow_targets_pause_partitions_within_bounded_windows() {
     for srv in &s.servers {
         srv.behaviour().latency_ms.store(50, Ordering::Relaxed);
     }
-    let ledger = produce(&brokers, topic, 8_000, 1_000).await.unwrap();
+    // ~6,700 records per partition: without the bound a partition's whole
+    // share would be fetched while the targets are slow.
+    let ledger = produce(&brokers, topic, 20_000, 1_000).await.unwrap();
     let m = s.daemon.metrics.clone();
     let gauge_sum = |text: &str, name: &str| -> (i64, i64) {
         let vals: Vec<i64> = text
@@ -193,11 +196,12 @@ async fn slow_targets_pause_partitions_within_bounded_windows() {
             .collect();
         (vals.iter().sum(), vals.iter().copied().max().unwrap_or(0))
     };
-    let (mut paused_seen, mut max_inflight, mut max_queue) = (0, 0, 0);
+    let (mut max_prefetched, mut max_inflight, mut max_queue) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let text = m.render();
-        paused_seen = paused_seen.max(gauge_sum(&text, "cdrs_partition_paused{").0);
+        max_prefetched =
+            max_prefetched.max(gauge_sum(&text, "cdrs_partition_prefetched_records{").1);
         max_inflight = max_inflight.max(gauge_sum(&text, "cdrs_partition_inflight_records{").1);
         max_queue = max_queue.max(gauge_sum(&text, "cdrs_target_queue_records{").1);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -208,9 +212,19 @@ async fn slow_targets_pause_partitions_within_bounded_windows() {
     s.wait_accounted(&ledger, Duration::from_secs(120)).await;
     s.finish(&ledger).await;
     eprintln!(
-        "paused partitions at once: {paused_seen}, max in flight per partition: {max_inflight}, max queued per target: {max_queue}"
+        "max prefetched per partition: {max_prefetched}, max in flight per partition: {max_inflight}, max queued per target: {max_queue}"
     );
-    assert!(paused_seen > 0, "slow targets paused some partition");
+    // The worker stopped reading, so the prefetch filled up to the bound,
+    // plus at most one fetch: the mock broker answers a fetch with one
+    // whole message set, and `produce` sends 2,000 records at a time.
+    assert!(
+        max_prefetched >= PREFETCH as i64,
+        "prefetch filled while the targets were slow: {max_prefetched}"
+    );
+    assert!(
+        max_prefetched <= (PREFETCH + 2_000) as i64,
+        "prefetch bound kept: {max_prefetched}"
+    );
     assert!(
         max_inflight <= window as i64,
         "in-flight window kept: {max_inflight}"
