@@ -89,6 +89,7 @@ fn defaults_are_the_documented_constants() {
     assert_eq!(c.router.config_json(), "{}");
     assert_eq!(c.delivery.lanes, DEFAULT_LANES);
     assert_eq!(c.delivery.kafka_lanes, DEFAULT_KAFKA_LANES);
+    assert_eq!(c.pipeline.prefetch_records, DEFAULT_PREFETCH_RECORDS);
 }
 
 #[test]
@@ -99,4 +100,19 @@ fn lanes_out_of_range_are_named() {
     assert!(text.contains("delivery.lanes"), "{text}");
     assert!(text.contains("delivery.kafka_lanes"), "{text}");
     assert!(text.contains("65 is out of range 1..=64"), "{text}");
+}
+
+#[test]
+fn prefetch_out_of_range_and_removed_keys_are_named() {
+    let text = minimal("kafka://out", "[pipeline]\nprefetch_records = 0");
+    let e = Config::parse(&text, &fixture(""), "inline").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("pipeline.prefetch_records"), "{text}");
+    assert!(text.contains("0 is out of range 1..=10000000"), "{text}");
+    // The 0.x keys of the paused design: unknown, with the valid ones listed.
+    let text = minimal("kafka://out", "[pipeline]\npause_after_records = 100");
+    let e = Config::parse(&text, &fixture(""), "inline").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("pause_after_records"), "{text}");
+    assert!(text.contains("prefetch_records"), "{text}");
 }
