@@ -67,6 +67,12 @@ pub struct PartitionQueue {
     /// Woken by librdkafka (on one of its threads, queue lock held) when a
     /// record lands on the empty queue; and by the source on revoke.
     ready: Arc<Notify>,
+    /// False once the partition is revoked: reads (made under this lock)
+    /// take nothing more. A revoked worker must not read: if the partition
+    /// came back to this consumer, a new worker reads the same librdkafka
+    /// queue, and what the old one took and dropped would be missing from
+    /// the new one's offsets (its watermark would pass over them).
+    open: Mutex<bool>,
 }
 
 // SAFETY: librdkafka queue handles are thread-safe (every operation takes
@@ -106,7 +112,11 @@ impl PartitionQueue {
                 Arc::as_ptr(&ready) as *mut std::ffi::c_void,
             );
         }
-        Some(PartitionQueue { queue, ready })
+        Some(PartitionQueue {
+            queue,
+            ready,
+            open: Mutex::new(true),
+        })
     }
 
     /// Records waiting in the queue (prefetched, not yet read).
@@ -119,6 +129,10 @@ impl PartitionQueue {
     /// waiting; librdkafka's errors for the partition are logged and
     /// skipped. Returns how many messages were taken (records and errors).
     fn read(&self, topic: &Arc<str>, out: &mut Vec<Record>, max: usize) -> usize {
+        let open = self.open.lock().expect("partition queue lock");
+        if !*open {
+            return 0;
+        }
         let mut raw: Vec<*mut rd::rd_kafka_message_t> = vec![std::ptr::null_mut(); max];
         // SAFETY: `raw` has room for `max` message pointers; each returned
         // message is ours and destroyed below.
@@ -133,6 +147,14 @@ impl PartitionQueue {
             unsafe { rd::rd_kafka_message_destroy(m) };
         }
         n
+    }
+}
+
+impl PartitionQueue {
+    /// Stops all reads (revoke): returns once a read in progress is done.
+    fn close(&self) {
+        *self.open.lock().expect("partition queue lock") = false;
+        self.ready.notify_one();
     }
 }
 
@@ -213,10 +235,11 @@ impl ConsumerContext for SourceContext {
                 let parts: Vec<Arc<Partition>> = gone
                     .iter()
                     .filter_map(|a| {
-                        let p = a.part.clone()?;
-                        p.revoked.store(true, Ordering::Relaxed);
-                        a.queue.ready.notify_one();
-                        Some(p)
+                        if let Some(p) = &a.part {
+                            p.revoked.store(true, Ordering::Relaxed);
+                        }
+                        a.queue.close();
+                        a.part.clone()
                     })
                     .collect();
                 let drained = block_while(self.revoke_drain, || {
@@ -404,7 +427,7 @@ pub async fn run(
         p.revoked.store(true, Ordering::Relaxed);
     }
     for a in assigned.lock().expect("assignment lock").values() {
-        a.queue.ready.notify_one();
+        a.queue.close();
     }
     let deadline = tokio::time::Instant::now() + grace;
     loop {

@@ -1,8 +1,12 @@
 //! The main flow: 20,000 keyed records, three servers with capacities 1:2:4.
 
-use crate::common::{assert_capacity_split, assert_sticky_and_ordered, start};
-use cdrs::demo::{produce, Ledger};
-use cdrs_e2e::{committed, create_topics, high_watermarks, mock_cluster, Tansu};
+use crate::common::{assert_capacity_split, assert_sticky_and_ordered, start, trades};
+use cdrs::daemon::Daemon;
+use cdrs::demo::appserver::AppServer;
+use cdrs::demo::{demo_config, produce, produce_events, Ledger};
+use cdrs_e2e::{
+    committed, create_topics, high_watermarks, mock_cluster, plugin_dir, wait_for, Tansu,
+};
 use std::time::{Duration, Instant};
 
 const RECORDS: u64 = 20_000;
@@ -71,6 +75,63 @@ async fn mock_cluster_sticky_routing_keeps_keys_in_order() {
     assert_eq!(end, high_watermarks(&brokers, topic, partitions));
     assert_eq!(
         done, end,
+        "committed offsets reach the end of every partition"
+    );
+}
+
+/// Partitions that move to a second CDRS of the group and back (cooperative
+/// rebalances: revoked from the first, later assigned to it again, so a new
+/// worker reads a queue an old one read) lose nothing, and the committed
+/// offsets reach the end of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_moving_away_and_back_lose_nothing() {
+    let (topic, dlq, partitions, group) = ("moves", "moves-dlq", 6, "cdrs-e2e-moves");
+    let brokers = mock_cluster(&[(topic, partitions), (dlq, 1)]);
+    let s = start(&brokers, topic, dlq, group, |_| {}).await;
+    let mut ledger = Ledger::default();
+    let wave = |from| {
+        let brokers = brokers.clone();
+        async move {
+            produce_events(&brokers, topic, trades(from, 5_000))
+                .await
+                .expect("produce")
+        }
+    };
+    let w = wave(0).await;
+    ledger.fates.extend(w.fates);
+    ledger.keys.extend(w.keys);
+    // A second instance joins: the first gives some partitions up.
+    let targets = s.servers.iter().map(AppServer::target_config).collect();
+    let cfg = demo_config(&brokers, group, topic, dlq, &plugin_dir(), targets);
+    let second = Daemon::start(cfg, None).await.expect("second cdrs starts");
+    second
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("second instance joins");
+    let w = wave(5_000).await;
+    ledger.fates.extend(w.fates);
+    ledger.keys.extend(w.keys);
+    let took = wait_for(Duration::from_secs(60), || {
+        second.metrics.get("source", "in") > 0
+    })
+    .await;
+    assert!(took, "the second instance read some partitions");
+    let read_by_second = second.metrics.get("source", "in");
+    // It leaves: its partitions go back to the first.
+    second.stop().await.expect("second stops cleanly");
+    let w = wave(10_000).await;
+    ledger.fates.extend(w.fates);
+    ledger.keys.extend(w.keys);
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let (a, _, _, _) = s.finish(&ledger).await;
+    eprintln!(
+        "read by the second instance: {read_by_second}; duplicates {}",
+        a.duplicates
+    );
+    let done = committed(&brokers, group, topic, partitions);
+    assert_eq!(
+        done,
+        ends(&ledger, partitions),
         "committed offsets reach the end of every partition"
     );
 }
