@@ -527,7 +527,8 @@ pub struct DeliveryConfig {
     pub queue_capacity: usize,
     /// What happens to a record no target can take (all down, open or
     /// ejected): `"wait"` (keep it, retry with backoff; the partition stops
-    /// advancing and is paused when its window fills) or `"dead-letter"`.
+    /// advancing and is no longer read when its window fills) or
+    /// `"dead-letter"`.
     /// Default "wait".
     #[serde(default)]
     pub when_no_target: WhenNoTarget,

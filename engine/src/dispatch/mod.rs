@@ -27,8 +27,8 @@
 //!   several targets (fan-out) are not held to this.
 //! * **bounded memory**: fresh records wait for room in the target's queue
 //!   (`delivery.queue_capacity`) and in their partition's in-flight window
-//!   (`pipeline.max_inflight_records`); the source pauses partitions whose
-//!   worker waits.
+//!   (`pipeline.max_inflight_records`); a partition whose worker waits is
+//!   not read, and librdkafka stops fetching it once its prefetch is full.
 
 pub mod breaker;
 
