@@ -7,7 +7,8 @@ use cdrs::demo::{produce, produce_events, Fate};
 use cdrs_e2e::{mock_cluster, wait_for};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -94,7 +95,9 @@ async fn retry_after_on_503_is_honoured() {
 }
 
 /// A `kafka://` target: records are produced to that topic, key and value
-/// byte for byte, with the `cdrs-idempotency-key` header.
+/// byte for byte, with the `cdrs-idempotency-key` header; records that
+/// carry headers (a null one, binary bytes) and a timestamp keep them, in
+/// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
@@ -112,6 +115,36 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     })
     .await;
     let ledger = produce(&brokers, topic, 2_000, 100).await.unwrap();
+    // Records with headers and a timestamp, as an upstream service writes them.
+    let headed: Vec<(String, Option<Vec<u8>>)> = vec![
+        ("trace-id".into(), Some(b"abc-123".to_vec())),
+        ("empty".into(), None),
+        ("bin".into(), Some(vec![0, 255, 1])),
+    ];
+    const TS: i64 = 1_700_000_000_123;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let mut with_headers: HashMap<String, String> = HashMap::new();
+    for i in 0..5 {
+        let key = format!("client-h{i}");
+        let value = format!(r#"{{"type":"trade","seq":{i}}}"#);
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in &headed {
+            hs = hs.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(hs)
+            .timestamp(TS);
+        let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        with_headers.insert(format!("{topic}/{}/{}", d.partition, d.offset), key);
+    }
     let want: HashMap<&String, &String> = ledger
         .fates
         .iter()
@@ -126,8 +159,10 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
         .unwrap();
     reader.subscribe(&[out]).unwrap();
     let mut got: HashMap<String, (String, Option<String>)> = HashMap::new();
+    type Seen = (Vec<(String, Option<Vec<u8>>)>, Option<i64>);
+    let mut got_headed: HashMap<String, Seen> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < want.len() && Instant::now() < deadline {
+    while got.len() < want.len() + with_headers.len() && Instant::now() < deadline {
         let Some(Ok(m)) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(100)))
         else {
             continue;
@@ -140,15 +175,33 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
             .expect("idempotency header");
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         let value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+        if with_headers.contains_key(&id) {
+            let hs = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter(|x| x.key != "cdrs-idempotency-key")
+                        .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            got_headed.insert(id.clone(), (hs, m.timestamp().to_millis()));
+        }
         got.insert(id, (key, value));
     }
     let delivered = s.daemon.metrics.get("delivery", "delivered");
     s.daemon.stop().await.unwrap();
     assert_eq!(
         got.len(),
-        want.len(),
+        want.len() + with_headers.len(),
         "every kept record reached the topic once or more"
     );
+    for (id, key) in &with_headers {
+        assert_eq!(&got[id].0, key, "{id}: key");
+        let (hs, ts) = &got_headed[id];
+        assert_eq!(hs, &headed, "{id}: headers byte for byte, in order");
+        assert_eq!(*ts, Some(TS), "{id}: timestamp");
+    }
     for (id, key) in want {
         let (k, v) = &got[id];
         assert_eq!(k, key, "{id}: key byte for byte");
