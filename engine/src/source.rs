@@ -47,7 +47,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -377,6 +377,8 @@ pub async fn run(
     // split before its fetch starts); rebalances, commit results and
     // errors do, served inside `next()`.
     let mut stream = consumer.stream();
+    // Partitions with a prefetch gauge.
+    let mut labelled: HashSet<(Arc<str>, i32)> = HashSet::new();
     loop {
         tokio::select! {
             biased;
@@ -395,6 +397,8 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                // Workers of revoked partitions have returned: reap them.
+                while tasks.try_join_next().is_some() {}
                 let map = assigned.lock().expect("assignment lock");
                 for ((topic, p), a) in map.iter() {
                     metrics
@@ -402,6 +406,17 @@ pub async fn run(
                         .with_label_values(&[&**topic, &p.to_string()])
                         .set(i64::try_from(a.queue.len()).unwrap_or(i64::MAX));
                 }
+                // Revoked partitions leave the gauge.
+                labelled.retain(|(topic, p)| {
+                    let kept = map.contains_key(&(topic.clone(), *p));
+                    if !kept {
+                        let _ = metrics
+                            .partition_prefetched
+                            .remove_label_values(&[&**topic, &p.to_string()]);
+                    }
+                    kept
+                });
+                labelled.extend(map.keys().cloned());
             }
             m = stream.next() => match m {
                 Some(Ok(m)) => tracing::error!(topic = m.topic(), partition = m.partition(),
