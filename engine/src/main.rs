@@ -10,6 +10,17 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// jemalloc, unprefixed, so that it also serves librdkafka's `malloc` and
+/// `free` (an operation per fetched record, a message and its headers per
+/// produced one, freed on other threads than the allocating one). Measured
+/// with `cdrs bench` on Tansu, 4 alternating runs each against glibc's
+/// malloc: CDRS with trivial plugins +8% records/s (236–243k → 247–265k),
+/// with the JSON filter unchanged, the like-for-like rdkafka loop +15%.
+/// Only the binary: the library leaves the allocator to its user.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Duration;
 
 /// CDRS: routes Kafka records through Wasm filter and router plugins to
