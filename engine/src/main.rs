@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// jemalloc, unprefixed, so that it also serves librdkafka's `malloc` and
 /// `free` (an operation per fetched record, a message and its headers per
@@ -21,7 +22,6 @@ use std::sync::Arc;
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use std::time::Duration;
 
 /// CDRS: routes Kafka records through Wasm filter and router plugins to
 /// application servers by their live capacity.
