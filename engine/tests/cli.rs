@@ -100,6 +100,8 @@ fn bench_writes_every_figure() {
         "e2e_ratio_trivial_like_cdrs",
         "e2e_ratio_json_like_cdrs",
         "p99_latency_ms",
+        "passthrough_p99_latency_ms",
+        "broker_p99_latency_ms",
         "cold_load_ms",
         "cached_load_ms",
         "instance_rss_bytes",
