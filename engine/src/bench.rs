@@ -124,11 +124,17 @@ impl Running {
         Ok(running)
     }
 
-    /// The broker's process id, when it runs in its own process here.
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Running::Process(t) => Some(t.pid()),
-            _ => None,
+    /// How the bench's clients reach this broker.
+    fn link(&self) -> Link {
+        let (pid, fetch_wait_ms) = match self {
+            Running::Mock(_) => (None, MOCK_FETCH_WAIT_MS),
+            Running::Process(t) => (Some(t.pid()), FETCH_WAIT_MS),
+            Running::External(_) => (None, FETCH_WAIT_MS),
+        };
+        Link {
+            brokers: self.brokers(),
+            pid,
+            fetch_wait_ms,
         }
     }
 
@@ -803,10 +809,29 @@ struct EndToEnd {
     broker_p99_ms: f64,
 }
 
-/// Consumer settings for every consumer of the bench: the mock broker
-/// answers an empty fetch only after `fetch.wait.max.ms` (default 500 ms),
-/// which would dominate latency at a steady trickle.
-const FETCH_WAIT_MS: &str = "10";
+/// How the bench's clients reach the broker.
+#[derive(Clone)]
+struct Link {
+    /// Bootstrap servers.
+    brokers: String,
+    /// The broker's process id, when it runs in its own process here.
+    pid: Option<u32>,
+    /// `fetch.wait.max.ms` of every consumer of the bench (CDRS's too).
+    fetch_wait_ms: &'static str,
+}
+
+/// `fetch.wait.max.ms` of the bench's consumers on librdkafka's mock
+/// broker, which answers a fetch with nothing to return only after the
+/// wait: at librdkafka's default (500 ms) that wait would be the latency.
+const MOCK_FETCH_WAIT_MS: &str = "10";
+
+/// `fetch.wait.max.ms` of the bench's consumers on a real broker. On Tansu
+/// 0.6 (twelfth session, `--only latency`, 2 runs each, ms): at 10, group
+/// consumers polling that often make it answer produce requests late
+/// (CDRS p50 51–116 / p99 515–1035, like-for-like loop 64–273 /
+/// 924–1432); at 500 it answers a waiting fetch late (broker alone p50 22,
+/// loop and CDRS p50 186–261); at 100 CDRS p50 66–76 / p99 131–162.
+const FETCH_WAIT_MS: &str = "100";
 
 /// Partitions of every bench topic.
 const PARTITIONS: i32 = 6;
@@ -823,18 +848,18 @@ const GROUP_OPTIONS: [(&str, &str); 2] = [
 /// 10th and the 90th percentile record seen (steady state: no group join,
 /// no tail) and each record's age (now − its timestamp) in ms.
 fn watch_topic(
-    (brokers, broker_pid): (&str, Option<u32>),
+    link: &Link,
     topic: &str,
     want: usize,
     limit: Duration,
     progress: Option<Arc<AtomicUsize>>,
 ) -> anyhow::Result<Watched> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &link.brokers)
         .set("group.id", format!("bench-watch-{topic}"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .set("fetch.wait.max.ms", link.fetch_wait_ms)
         .create()?;
     // Assigned, not subscribed: no group join to wait for.
     let mut tpl = rdkafka::TopicPartitionList::new();
@@ -847,7 +872,7 @@ fn watch_topic(
     let cpu = || {
         (
             cpu_seconds(None),
-            broker_pid.map_or(0.0, |p| cpu_seconds(Some(p))),
+            link.pid.map_or(0.0, |p| cpu_seconds(Some(p))),
         )
     };
     let (mut cpu_first, mut cpu_last) = ((0.0, 0.0), (0.0, 0.0));
@@ -906,7 +931,7 @@ struct Watched {
 /// non-sticky P2C router; `tag` names its consumer group, `dlq` is the
 /// dead-letter topic; `opts.kafka_options` go last into `[kafka.options]`.
 fn config(
-    brokers: &str,
+    link: &Link,
     (tag, dlq): (&str, &str),
     input: &str,
     out: &str,
@@ -924,7 +949,7 @@ fn config(
         health_url: None,
     };
     let mut cfg = demo_config(
-        brokers,
+        &link.brokers,
         &format!("bench-{tag}"),
         input,
         dlq,
@@ -936,7 +961,7 @@ fn config(
     cfg.log.level = "warn".into();
     cfg.kafka
         .options
-        .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+        .insert("fetch.wait.max.ms".into(), link.fetch_wait_ms.into());
     for (k, v) in GROUP_OPTIONS {
         cfg.kafka.options.insert(k.into(), v.into());
     }
@@ -952,18 +977,16 @@ fn config(
 /// `cdrs-idempotency-key` header); otherwise bare (default producer, no
 /// header).
 async fn passthrough(
-    (brokers, broker_pid): (&str, Option<u32>),
+    link: &Link,
     (input, out): (&str, &str),
     like_cdrs: bool,
     n: u64,
     limit: Duration,
 ) -> anyhow::Result<Watched> {
-    let copier = copier(brokers, (input, out), like_cdrs, n);
-    let (b, out) = (brokers.to_string(), out.to_string());
-    let w = tokio::task::spawn_blocking(move || {
-        watch_topic((&b, broker_pid), &out, n as usize, limit, None)
-    })
-    .await??;
+    let copier = copier(link, (input, out), like_cdrs, n);
+    let (l, out) = (link.clone(), out.to_string());
+    let w = tokio::task::spawn_blocking(move || watch_topic(&l, &out, n as usize, limit, None))
+        .await??;
     copier.await??;
     Ok(w)
 }
@@ -971,18 +994,18 @@ async fn passthrough(
 /// The copy loop of [`passthrough`]: `n` records from `input` to `out`, on
 /// a blocking thread.
 fn copier(
-    brokers: &str,
+    link: &Link,
     (input, out): (&str, &str),
     like_cdrs: bool,
     n: u64,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let (b, input, topic) = (brokers.to_string(), input.to_string(), out.to_string());
+    let (l, input, topic) = (link.clone(), input.to_string(), out.to_string());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &b)
+        cfg.set("bootstrap.servers", &l.brokers)
             .set("group.id", format!("{topic}-group"))
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+            .set("fetch.wait.max.ms", l.fetch_wait_ms)
             // As CDRS's source sets it: without it, a copy loop that fell
             // 100,000 records behind the fetcher idled ~0.8 s at a time.
             .set(
@@ -995,7 +1018,8 @@ fn copier(
         let c: BaseConsumer = cfg.create()?;
         c.subscribe(&[&input])?;
         let mut pc = ClientConfig::new();
-        pc.set("bootstrap.servers", &b).set("linger.ms", "5");
+        pc.set("bootstrap.servers", &l.brokers)
+            .set("linger.ms", "5");
         if like_cdrs {
             pc.set("enable.idempotence", "true").set("acks", "all");
         }
@@ -1075,10 +1099,10 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
         cluster.create_topic(t, PARTITIONS).await?;
     }
     cluster.create_topic(&dlq, 1).await?;
-    let (brokers, pid) = (cluster.brokers(), cluster.pid());
+    let link = cluster.link();
     let events: Vec<_> = (0..n).map(record).collect();
     let kept = events.iter().filter(|e| e.2 == Fate::Delivered).count();
-    produce_events(&brokers, &input, events).await?;
+    produce_events(&link.brokers, &input, events).await?;
     let limit = Duration::from_secs(300);
 
     let trivial_filter = PluginConfig {
@@ -1106,7 +1130,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
             let w = match path {
                 0 | 3 => {
                     let like_cdrs = path == 3;
-                    passthrough((&brokers, pid), (&input, &out), like_cdrs, n, limit).await?
+                    passthrough(&link, (&input, &out), like_cdrs, n, limit).await?
                 }
                 _ => {
                     let (filter, want) = match path {
@@ -1114,13 +1138,12 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
                         _ => (demo_filter(&opts.plugin_dir), kept),
                     };
                     let tag = format!("path{path}-{round}-{run}");
-                    let cfg = config(&brokers, (&tag, &dlq), &input, &out, filter, opts);
+                    let cfg = config(&link, (&tag, &dlq), &input, &out, filter, opts);
                     let daemon = Daemon::start(cfg, None).await?;
-                    let (b, o) = (brokers.clone(), out.clone());
-                    let w = tokio::task::spawn_blocking(move || {
-                        watch_topic((&b, pid), &o, want, limit, None)
-                    })
-                    .await??;
+                    let (l, o) = (link.clone(), out.clone());
+                    let w =
+                        tokio::task::spawn_blocking(move || watch_topic(&l, &o, want, limit, None))
+                            .await??;
                     daemon.stop().await?;
                     w
                 }
@@ -1152,7 +1175,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     // the like-for-like passthrough (what the broker and the Kafka client
     // alone take for the same two legs), and through the broker alone.
     let cfg = config(
-        &brokers,
+        &link,
         (&format!("lat-{run}"), &dlq),
         &lat_in,
         &lat_out,
@@ -1161,24 +1184,19 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     );
     let daemon = Daemon::start(cfg, None).await?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
-    let cdrs_latency = steady_latency((&brokers, pid), (&lat_in, &lat_out), limit).await?;
+    let cdrs_latency = steady_latency(&link, (&lat_in, &lat_out), limit).await?;
     daemon.stop().await?;
     let (pass_in, pass_out) = (name("lat-pass-in"), name("lat-pass-out"));
     for t in [&pass_in, &pass_out] {
         cluster.create_topic(t, PARTITIONS).await?;
     }
-    let copy = copier(
-        &brokers,
-        (&pass_in, &pass_out),
-        true,
-        LATENCY_RECORDS as u64,
-    );
-    let pass_latency = steady_latency((&brokers, pid), (&pass_in, &pass_out), limit).await?;
+    let copy = copier(&link, (&pass_in, &pass_out), true, LATENCY_RECORDS as u64);
+    let pass_latency = steady_latency(&link, (&pass_in, &pass_out), limit).await?;
     copy.await??;
     // The floor both of the above stand on: one leg through the broker.
     let one_leg = name("lat-one-leg");
     cluster.create_topic(&one_leg, PARTITIONS).await?;
-    let broker_latency = steady_latency((&brokers, pid), (&one_leg, &one_leg), limit).await?;
+    let broker_latency = steady_latency(&link, (&one_leg, &one_leg), limit).await?;
     Ok(EndToEnd {
         busy_cores: busy,
         broker_cores: broker_busy,
@@ -1209,19 +1227,19 @@ const LATENCY_RECORDS: usize = LATENCY_WARM_UP + 10_000;
 /// target producer's start, a group join), which made p99 ~550 ms when they
 /// were counted.
 async fn steady_latency(
-    (brokers, pid): (&str, Option<u32>),
+    link: &Link,
     (input, out): (&str, &str),
     limit: Duration,
 ) -> anyhow::Result<(f64, f64)> {
     let warm = LATENCY_WARM_UP;
-    let (b, o) = (brokers.to_string(), out.to_string());
+    let (l, o) = (link.clone(), out.to_string());
     let progress = Arc::new(AtomicUsize::new(0));
     let seen = progress.clone();
     let watcher = tokio::task::spawn_blocking(move || {
-        watch_topic((&b, pid), &o, LATENCY_RECORDS, limit, Some(seen))
+        watch_topic(&l, &o, LATENCY_RECORDS, limit, Some(seen))
     });
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &link.brokers)
         .set("linger.ms", "0")
         .create()?;
     let mut started = Instant::now();
