@@ -826,7 +826,7 @@ struct Link {
 const MOCK_FETCH_WAIT_MS: &str = "10";
 
 /// `fetch.wait.max.ms` of the bench's consumers on a real broker. On Tansu
-/// 0.6 (twelfth session, `--only latency`, 2 runs each, ms): at 10, group
+/// 0.6 (twelfth session, `--only latency`, 2–3 runs each, ms): at 10, group
 /// consumers polling that often make it answer produce requests late
 /// (CDRS p50 51–116 / p99 515–1035, like-for-like loop 64–273 /
 /// 924–1432); at 500 it answers a waiting fetch late (broker alone p50 22,
