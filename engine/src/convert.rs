@@ -174,26 +174,18 @@ pub fn unpack_verdicts(v: wit::Verdicts, n: usize) -> Result<Vec<wit::Verdict>, 
             n
         ));
     }
-    let mut seen = [0usize; 256];
-    for &c in &v.codes {
-        seen[c as usize] += 1;
-    }
-    let unknown = seen[usize::from(codes::DEAD_LETTER) + 1..]
-        .iter()
-        .any(|&n| n > 0);
-    if let Some((i, c)) = unknown
-        .then(|| {
-            v.codes
-                .iter()
-                .enumerate()
-                .find(|(_, &c)| c > codes::DEAD_LETTER)
-        })
-        .flatten()
-    {
-        return Err(format!(
-            "returned verdict code {c} for record {i} (valid: 0 keep, 1 drop, 2 transform, \
-             3 dead-letter)"
-        ));
+    // Counts of the four known codes; the first unknown one is an error.
+    let mut seen = [0usize; codes::DEAD_LETTER as usize + 1];
+    for (i, &c) in v.codes.iter().enumerate() {
+        match seen.get_mut(usize::from(c)) {
+            Some(n) => *n += 1,
+            None => {
+                return Err(format!(
+                    "returned verdict code {c} for record {i} (valid: 0 keep, 1 drop, \
+                     2 transform, 3 dead-letter)"
+                ))
+            }
+        }
     }
     let (transforms, dead) = (
         seen[codes::TRANSFORM as usize],

@@ -41,6 +41,9 @@ pub struct FilterPlugin {
     config_json: String,
     pool: Pool<Instance>,
     metrics: Arc<Metrics>,
+    /// This plugin's `cdrs_plugin_call_duration_seconds` series, looked up
+    /// once (a label lookup per call hashed both labels each time).
+    call_seconds: prometheus::Histogram,
 }
 
 impl FilterPlugin {
@@ -78,6 +81,9 @@ impl FilterPlugin {
             pre,
             config_json,
             pool: Pool::new(Vec::new()),
+            call_seconds: metrics
+                .plugin_call_seconds
+                .with_label_values(&[name, "filter"]),
             metrics,
         };
         let instances = (0..runtime.limits.instances)
@@ -143,11 +149,9 @@ impl FilterPlugin {
                         .call_filter_packed(&mut inst.store, &inst.batch)
                         .map(|v| convert::unpack_verdicts(v, chunk.len())),
                 };
-                self.metrics
-                    .plugin_call_seconds
-                    .with_label_values(&[&*self.meta.name, "filter"])
-                    .observe(started.elapsed().as_secs_f64());
-                self.meta.observe_call(started.elapsed());
+                let took = started.elapsed();
+                self.call_seconds.observe(took.as_secs_f64());
+                self.meta.observe_call(took);
                 let err = match result {
                     Ok(Ok(v)) if v.len() == chunk.len() => {
                         if v.iter().all(|v| matches!(v, Verdict::Keep | Verdict::Drop)) {

@@ -63,6 +63,9 @@ pub struct RouterPlugin {
     config_json: String,
     pool: Pool<Instance>,
     metrics: Arc<Metrics>,
+    /// This plugin's `cdrs_plugin_call_duration_seconds` series, looked up
+    /// once (a label lookup per call hashed both labels each time).
+    call_seconds: prometheus::Histogram,
 }
 
 impl RouterPlugin {
@@ -102,6 +105,9 @@ impl RouterPlugin {
             pre,
             config_json,
             pool: Pool::new(Vec::new()),
+            call_seconds: metrics
+                .plugin_call_seconds
+                .with_label_values(&[name, "router"]),
             metrics,
         };
         let mut instances = Vec::new();
@@ -204,11 +210,9 @@ impl RouterPlugin {
                             .map(|ds| convert::unpack_decisions(ds, chunk.len(), to_route)),
                     }
                 })();
-                self.metrics
-                    .plugin_call_seconds
-                    .with_label_values(&[&*self.meta.name, "router"])
-                    .observe(started.elapsed().as_secs_f64());
-                self.meta.observe_call(started.elapsed());
+                let took = started.elapsed();
+                self.call_seconds.observe(took.as_secs_f64());
+                self.meta.observe_call(took);
                 let err = match result {
                     Ok(Ok(routes)) if routes.len() == chunk.len() => return Ok(routes),
                     Ok(Ok(v)) => PluginError::Contract {
