@@ -24,6 +24,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 256;
 /// to p50 on the embedded broker, with no throughput gain on either broker:
 /// thirteenth session, README "Performance").
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 0;
+/// Largest `pipeline.batch_linger_ms`: a partition worker holding records
+/// longer than a second only delays them (and a revoke or shutdown waits
+/// for the batch it holds).
+pub const MAX_BATCH_LINGER_MS: u64 = 1_000;
 /// Default `plugins.call_timeout_ms`.
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 200;
 /// Default `plugins.max_memory_bytes` (64 MiB).
@@ -183,7 +187,7 @@ pub struct PipelineConfig {
     #[serde(default = "d_batch_size")]
     pub batch_size: usize,
     /// How long a partition waits to fill a batch short of `batch_size`,
-    /// ms. Default 0: a batch is what the partition's queue holds.
+    /// ms, 0..=1000. Default 0: a batch is what the partition's queue holds.
     #[serde(default = "d_linger")]
     pub batch_linger_ms: u64,
     /// Records fetched ahead per partition, waiting for its worker: once a
@@ -857,6 +861,15 @@ impl Config {
             bad(
                 "pipeline.batch_size".into(),
                 format!("{} is out of range 1..=65536", self.pipeline.batch_size),
+            );
+        }
+        if self.pipeline.batch_linger_ms > MAX_BATCH_LINGER_MS {
+            bad(
+                "pipeline.batch_linger_ms".into(),
+                format!(
+                    "{} is out of range 0..={MAX_BATCH_LINGER_MS}",
+                    self.pipeline.batch_linger_ms
+                ),
             );
         }
         if !(1..=60_000).contains(&self.plugins.call_timeout_ms) {

@@ -103,6 +103,18 @@ fn lanes_out_of_range_are_named() {
 }
 
 #[test]
+fn linger_out_of_range_is_named() {
+    let text = minimal("kafka://out", "[pipeline]\nbatch_linger_ms = 5000");
+    let e = Config::parse(&text, &fixture(""), "inline").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("pipeline.batch_linger_ms"), "{text}");
+    assert!(text.contains("5000 is out of range 0..=1000"), "{text}");
+    let ok = minimal("kafka://out", "[pipeline]\nbatch_linger_ms = 1000");
+    let c = Config::parse(&ok, &fixture(""), "inline").unwrap();
+    assert_eq!(c.pipeline.batch_linger_ms, 1000);
+}
+
+#[test]
 fn prefetch_out_of_range_and_removed_keys_are_named() {
     let text = minimal("kafka://out", "[pipeline]\nprefetch_records = 0");
     let e = Config::parse(&text, &fixture(""), "inline").unwrap_err();
