@@ -96,8 +96,9 @@ async fn fifty_swaps_under_load_lose_nothing() {
     // judged down meanwhile. With reports every 200 ms, phi 8 is reached
     // after ~0.8 s of silence; in one CI run of the whole suite (both cores
     // oversubscribed, swap p99 1056 ms) ~8% of the records, from two of the
-    // three servers, went to the third: both judged down for a moment,
-    // then ramping back (slow start). The failure detector and the call
+    // three servers, went to the third: most likely both judged down for a
+    // moment, then ramping back (slow start); not reproduced alone or
+    // beside busy loops, so inferred. The failure detector and the call
     // deadline have their own tests (capacity, chaos, plugins); here a
     // server is suspected after ~2.3 s (phi 100), comes back at full
     // weight, and a call may take 5 s.
