@@ -637,12 +637,18 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     check("pipeline", old.pipeline != new.pipeline);
     check("plugins", old.plugins != new.plugins);
     check("capacity.topic", old.capacity.topic != new.capacity.topic);
+    // A target's queue and lane tasks are built on its first record and
+    // kept: these three would reach only targets not used yet.
+    let (d, e) = (&old.delivery, &new.delivery);
+    check("delivery.lanes", d.lanes != e.lanes);
+    check("delivery.kafka_lanes", d.kafka_lanes != e.kafka_lanes);
+    check("delivery.queue_capacity", d.queue_capacity != e.queue_capacity);
     out
 }
 
 /// Applies config file changes to a running CDRS as a diff: plugins and
 /// their params, the filter chain, targets, `[capacity]` and `[delivery]`
-/// change live; a change to a restart-only key (see
+/// (but its lanes and queue capacity) change live; a change to a restart-only key (see
 /// [`restart_only_changes`]) or an invalid file changes nothing and is
 /// reported by name.
 pub struct ConfigReloader {
@@ -768,6 +774,49 @@ impl ConfigReloader {
             ok: true,
             changed,
             errors: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_only_changes;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+        group_id = "g"
+        topics = ["in"]
+        [[targets]]
+        id = "a"
+        url = "http://127.0.0.1:1/records"
+        capacity = 10
+        [router]
+        name = "r"
+        path = "r.wasm"
+    "#;
+
+    /// Parsed, not validated (the plugin file does not exist).
+    fn config(extra: &str) -> Config {
+        toml::from_str(&format!("{BASE}\n{extra}")).expect("test config")
+    }
+
+    #[test]
+    fn lanes_and_queue_capacity_need_a_restart_other_delivery_keys_do_not() {
+        let old = config("");
+        for (extra, key) in [
+            ("[delivery]\nlanes = 2", "delivery.lanes"),
+            ("[delivery]\nkafka_lanes = 2", "delivery.kafka_lanes"),
+            ("[delivery]\nqueue_capacity = 77", "delivery.queue_capacity"),
+        ] {
+            assert_eq!(restart_only_changes(&old, &config(extra)), vec![key]);
+        }
+        for live in [
+            "[delivery]\ntimeout_ms = 1234",
+            "[delivery]\nmax_attempts = 2",
+        ] {
+            assert!(restart_only_changes(&old, &config(live)).is_empty(), "{live}");
         }
     }
 }
