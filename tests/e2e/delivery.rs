@@ -214,6 +214,107 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     assert!(delivered as usize >= got.len());
 }
 
+/// A record larger than the Kafka producer's `message.max.bytes` can never
+/// be written to a `kafka://` target: it is dead-lettered (as a stub
+/// without its value, since the dead-letter producer has the same limit),
+/// not retried forever or blamed on the target, and the rest of its batch
+/// is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_kafka_producer_is_dead_lettered() {
+    let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
+    let brokers = mock_cluster(&[(topic, 2), (dlq, 1), (out, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-too-large", |c| {
+        c.targets = vec![TargetConfig {
+            id: "stream-1".into(),
+            url: format!("kafka://{out}"),
+            capacity: 100,
+            weight: DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+        }];
+        c.kafka
+            .options
+            .insert("message.max.bytes".into(), "20000".into());
+    })
+    .await;
+    let events = crate::common::trades(0, 300);
+    let ledger = produce_events(&brokers, topic, events).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let big = format!(r#"{{"type":"trade","pad":"{}"}}"#, "x".repeat(30_000));
+    let d = producer
+        .send(
+            FutureRecord::to(topic).key("client-big").payload(&big),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let big_id = format!("{topic}/{}/{}", d.partition, d.offset);
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "too-large-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[out, dlq]).unwrap();
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    let mut dead: Vec<(Option<usize>, HashMap<String, String>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (delivered.len() < ledger.fates.len() || dead.is_empty()) && Instant::now() < deadline {
+        let Some(Ok(m)) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(100)))
+        else {
+            continue;
+        };
+        let headers: HashMap<String, String> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        let v = x.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                        (x.key.to_string(), v.unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if m.topic() == dlq {
+            dead.push((m.payload().map(<[u8]>::len), headers));
+        } else {
+            *delivered
+                .entry(headers["cdrs-idempotency-key"].clone())
+                .or_default() += 1;
+        }
+    }
+    let dead_metric = s.daemon.metrics.get("delivery", "dead_lettered");
+    s.daemon.stop().await.unwrap();
+
+    let want: std::collections::HashSet<&String> = ledger.fates.keys().collect();
+    let got: std::collections::HashSet<&String> = delivered.keys().collect();
+    assert_eq!(got, want, "every other record reached the topic");
+    assert!(
+        !delivered.contains_key(&big_id),
+        "the large record was not written"
+    );
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    let (payload, h) = &dead[0];
+    let id = format!(
+        "{}/{}/{}",
+        h["cdrs-original-topic"], h["cdrs-original-partition"], h["cdrs-original-offset"]
+    );
+    assert_eq!(id, big_id, "the dead letter is the large record");
+    assert_eq!(h["cdrs-dlq-stage"], "delivery");
+    assert!(
+        h["cdrs-dlq-reason"].contains("message.max.bytes"),
+        "reason names the setting: {h:?}"
+    );
+    assert!(h.contains_key("cdrs-dlq-omitted"), "stub says so: {h:?}");
+    assert_eq!(*payload, None, "the stub has no value");
+    assert_eq!(dead_metric, 1, "counted once");
+}
+
 /// Slow targets and small windows: partitions stop being fetched once their
 /// prefetch is full, in-flight records per partition, prefetched records
 /// per partition and queued records per target stay within their bounds,

@@ -719,6 +719,14 @@ impl Pipeline {
                 .with_label_values(&[&*id])
                 .observe(latency.as_secs_f64());
             let now = Instant::now();
+            // Records the sink can never write (too large for a Kafka
+            // producer): the target took the others, so this counts as a
+            // success, and those go to the dead-letter topic: no retry or
+            // other `kafka://` target would take them.
+            let (result, refused) = match result {
+                Err(DeliveryError::Rejected { records, .. }) => (Ok(()), records),
+                other => (other, Vec::new()),
+            };
             let e = match result {
                 Ok(()) => {
                     self.registry.end_delivery(&id, n, latency, None, false);
@@ -728,12 +736,27 @@ impl Pipeline {
                         .deliveries
                         .with_label_values(&[&*id, "ok"])
                         .inc();
+                    let mut dead = Vec::with_capacity(refused.len());
+                    if !refused.is_empty() {
+                        let mut all: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+                        for (i, why) in refused {
+                            if let Some(j) = all.get_mut(i).and_then(Option::take) {
+                                dead.push((j, format!("{id}: {why}")));
+                            }
+                        }
+                        jobs = all.into_iter().flatten().collect();
+                    }
                     self.metrics
                         .delivered_records
                         .with_label_values(&[&*id])
-                        .inc_by(n.into());
+                        .inc_by(jobs.len() as u64);
                     self.metrics.count("delivery", "delivered", jobs.len());
                     finish_jobs(jobs);
+                    for (j, why) in dead {
+                        tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
+                            "record refused by the sink for good; dead-lettering it");
+                        self.dead_letter_job(j, "delivery", &why).await;
+                    }
                     return Vec::new();
                 }
                 Err(e) => e,
@@ -771,7 +794,9 @@ impl Pipeline {
                 Some(_) => None,
                 None => retries.next(),
             };
-            let Some(wait) = wait.filter(|w| now + *w < deadline) else {
+            // `checked_add`: a `Retry-After` of 10^19 s overflows `Instant`.
+            let Some(wait) = wait.filter(|w| now.checked_add(*w).is_some_and(|t| t < deadline))
+            else {
                 return give_up(jobs, &e.label(), &msg);
             };
             tracing::debug!(target_id = %id, records = n, ?wait, error = %msg, "delivery failed; retrying");

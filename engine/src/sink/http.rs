@@ -138,6 +138,14 @@ pub enum DeliveryError {
     Request { url: String, msg: String },
     #[error("{url} timed out after {ms} ms")]
     Timeout { url: String, ms: u64 },
+    /// Some records of the batch can never be written by this sink (a
+    /// Kafka producer's `message.max.bytes`, an invalid record); the others
+    /// were delivered. `records`: (index in the batch, why).
+    #[error("{url} rejected {} record(s): {}", records.len(), records.first().map_or("", |r| r.1.as_str()))]
+    Rejected {
+        url: String,
+        records: Vec<(usize, String)>,
+    },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
@@ -151,13 +159,13 @@ pub enum DeliveryError {
 impl DeliveryError {
     /// Whether trying the same target again may help: connection errors,
     /// timeouts, 408, 429 and 5xx. Other statuses (4xx: the target refuses
-    /// the request as such) are not retried; the records are routed again.
+    /// the request as such; 3xx: redirects are not followed) are not
+    /// retried; the records are routed again.
     pub fn retryable(&self) -> bool {
         match self {
             DeliveryError::Request { .. } | DeliveryError::Timeout { .. } => true,
-            DeliveryError::Status { status, .. } => {
-                matches!(status, 408 | 429) || *status >= 500 || *status < 400
-            }
+            DeliveryError::Rejected { .. } => false,
+            DeliveryError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
         }
     }
 
@@ -180,6 +188,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Request { .. } => "unreachable".into(),
             DeliveryError::Timeout { .. } => "timeout".into(),
+            DeliveryError::Rejected { .. } => "rejected".into(),
             DeliveryError::Status { status, .. } => status.to_string(),
         }
     }
@@ -205,6 +214,10 @@ pub struct HttpSink {
 impl HttpSink {
     pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<HttpSink> {
         let client = reqwest::Client::builder()
+            // A followed 301/302/303 turns the POST into a GET without the
+            // batch, and its 2xx would count as delivered: a redirect is an
+            // answer of its own (not retried; the records go elsewhere).
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(2_000)))
             .pool_max_idle_per_host(16)
@@ -251,8 +264,7 @@ impl HttpSink {
         } else {
             None
         };
-        let mut body = resp.text().await.unwrap_or_default();
-        body.truncate(200);
+        let body = error_excerpt(resp).await;
         Err(DeliveryError::Status {
             url: url.into(),
             status: status.as_u16(),
@@ -260,6 +272,41 @@ impl HttpSink {
             retry_after,
         })
     }
+}
+
+/// Bytes of an error answer's body kept for the error message.
+const ERROR_EXCERPT_BYTES: usize = 200;
+
+/// Bytes of an error answer's body read at most: a small body is read to
+/// its end so the connection can be reused; a larger one is not held in
+/// memory (the connection is closed instead).
+const ERROR_BODY_READ_BYTES: usize = 64 * 1024;
+
+/// The start of an error answer's body as text: at most
+/// [`ERROR_EXCERPT_BYTES`], cut at a character boundary (bytes that are not
+/// UTF-8 shown as U+FFFD).
+async fn error_excerpt(mut resp: reqwest::Response) -> String {
+    let mut head = Vec::with_capacity(ERROR_EXCERPT_BYTES);
+    let mut read = 0;
+    while read < ERROR_BODY_READ_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = ERROR_EXCERPT_BYTES.saturating_sub(head.len());
+                head.extend_from_slice(&chunk[..room.min(chunk.len())]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut text = String::from_utf8_lossy(&head).into_owned();
+    // A character cut by the byte limit became U+FFFD (3 bytes): trim to
+    // the limit again, at a boundary.
+    let mut end = text.len().min(ERROR_EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -322,7 +369,7 @@ mod tests {
         for s in [408, 429, 500, 503] {
             assert!(status(s).retryable(), "{s}");
         }
-        for s in [400, 401, 404, 413] {
+        for s in [301, 302, 307, 400, 401, 404, 413] {
             assert!(!status(s).retryable(), "{s}");
         }
         let refused = DeliveryError::Request {
@@ -330,5 +377,80 @@ mod tests {
             msg: "refused".into(),
         };
         assert!(refused.retryable() && refused.unreachable());
+    }
+
+    /// An app server on 127.0.0.1 that answers every request with `status`
+    /// and `body` (HTTP/1.1, then closes).
+    async fn answering(status: &'static str, body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/records", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut req = vec![0u8; 64 * 1024];
+                    let _ = conn.read(&mut req).await;
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_nor_taken_for_delivery() {
+        let url = answering(
+            "302 Found\r\nlocation: http://127.0.0.1:9/elsewhere",
+            vec![],
+        )
+        .await;
+        let sink = HttpSink::new(&DeliveryConfig::default()).unwrap();
+        let r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: None,
+            value: Some(b"{}".to_vec()),
+            headers: vec![],
+        };
+        match sink.post(&url, &[&r]).await {
+            Err(e @ DeliveryError::Status { status: 302, .. }) => assert!(!e.retryable()),
+            other => panic!("expected the 302 itself, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_body_is_cut_at_a_character_boundary_and_not_held_whole() {
+        // 199 ASCII bytes, then a 2-byte character across the 200-byte
+        // cut, then 1 MiB: the cut used to panic inside the lane.
+        let mut body = vec![b'a'; 199];
+        body.extend_from_slice("é".as_bytes());
+        body.extend(std::iter::repeat_n(b'b', 1 << 20));
+        let url = answering("500 Internal Server Error", body).await;
+        let sink = HttpSink::new(&DeliveryConfig::default()).unwrap();
+        let r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: None,
+            value: Some(b"{}".to_vec()),
+            headers: vec![],
+        };
+        match sink.post(&url, &[&r]).await {
+            Err(DeliveryError::Status { status, body, .. }) => {
+                assert_eq!(status, 500);
+                assert!(body.len() <= ERROR_EXCERPT_BYTES, "{}", body.len());
+                assert!(body.starts_with(&"a".repeat(199)), "{body}");
+            }
+            other => panic!("expected a 500, got {other:?}"),
+        }
     }
 }

@@ -11,13 +11,19 @@
 //!   and `cdrs-dlq-plugin-version` (sha256) when a plugin decided,
 //!   `cdrs-dlq-attempts` (delivery attempts made), `cdrs-original-topic`,
 //!   `cdrs-original-partition`, `cdrs-original-offset`,
-//!   `cdrs-original-timestamp-ms` when known.
+//!   `cdrs-original-timestamp-ms` when known. A record too large for the
+//!   dead-letter producer or topic is written without its value and
+//!   headers, with `cdrs-dlq-omitted` saying so.
+//!
+//! A record a producer can never write (larger than `message.max.bytes`,
+//! invalid) is not retried: the rest of its batch is delivered and it is
+//! dead-lettered ([`DeliveryError::Rejected`]).
 
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, IDEMPOTENCY_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
 };
@@ -75,6 +81,8 @@ pub struct TargetProducer {
 struct BatchAck {
     pending: AtomicUsize,
     error: Mutex<Option<String>>,
+    /// Records the broker refused for good: (idempotency key, why).
+    rejected: Mutex<Vec<(String, String)>>,
     done: Notify,
 }
 
@@ -83,9 +91,50 @@ impl BatchAck {
         if let Some(e) = error {
             self.error.lock().expect("ack lock").get_or_insert(e);
         }
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        self.count_down(1);
+    }
+
+    fn count_down(&self, n: usize) {
+        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
             self.done.notify_one();
         }
+    }
+}
+
+/// Errors that no retry, at this target or another `kafka://` one, can
+/// fix: the record itself is too large or invalid for the producer or the
+/// broker (librdkafka's `message.max.bytes`, the topic's
+/// `max.message.bytes`).
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+/// Why the producer refused `r` for good, for the dead letter.
+fn refusal(e: &KafkaError, r: &Record) -> String {
+    let too_large = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    );
+    if too_large {
+        let bytes = r.key.as_ref().map_or(0, Vec::len)
+            + r.value.as_ref().map_or(0, Vec::len)
+            + r.headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        format!(
+            "record of ~{bytes} bytes is larger than the Kafka producer's message.max.bytes \
+             ([kafka.options]): {e}"
+        )
+    } else {
+        format!("the Kafka producer refused the record: {e}")
     }
 }
 
@@ -97,7 +146,26 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<BatchAck>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
-        ack.ack(result.as_ref().err().map(|(e, _)| e.to_string()));
+        match result {
+            Ok(_) => ack.ack(None),
+            Err((e, msg)) => {
+                // Which record: its idempotency key, the last header.
+                let id = permanent(e)
+                    .then(|| msg.headers())
+                    .flatten()
+                    .and_then(|h| h.iter().find(|h| h.key == IDEMPOTENCY_HEADER))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                match id {
+                    Some(id) => {
+                        let why = format!("the broker refused the record for good: {e}");
+                        ack.rejected.lock().expect("ack lock").push((id, why));
+                        ack.count_down(1);
+                    }
+                    None => ack.ack(Some(e.to_string())),
+                }
+            }
+        }
     }
 }
 
@@ -125,7 +193,9 @@ impl TargetProducer {
     /// Produces `records` to the topic of `url` and waits for every ack
     /// (at most `timeout`). Any failure fails the whole batch (the records
     /// that did land are sent again: at-least-once, de-duplicated by the
-    /// idempotency header).
+    /// idempotency header), except records that can never be produced (too
+    /// large, invalid: see [`permanent`]): the others are delivered and
+    /// those come back as [`DeliveryError::Rejected`].
     pub async fn send(
         &self,
         url: &str,
@@ -141,8 +211,10 @@ impl TargetProducer {
         let ack = Arc::new(BatchAck {
             pending: AtomicUsize::new(records.len()),
             error: Mutex::new(None),
+            rejected: Mutex::new(Vec::new()),
             done: Notify::new(),
         });
+        let mut refused: Vec<(usize, String)> = Vec::new();
         let mut id = String::new();
         for (i, r) in records.iter().enumerate() {
             r.write_id(&mut id);
@@ -171,16 +243,19 @@ impl TargetProducer {
             // The local queue is full (`queue.buffering.max.*`): wait for
             // acks to drain it, up to the deadline.
             while let Err((e, back)) = self.producer.send(rec) {
+                if permanent(&e) {
+                    // librdkafka checks `message.max.bytes` before queueing.
+                    refused.push((i, refusal(&e, r)));
+                    ack.count_down(1);
+                    break;
+                }
                 let full = matches!(
                     e,
                     KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                 );
                 if !full || tokio::time::Instant::now() >= deadline {
                     // Records never handed over will not be acked.
-                    let unsent = records.len() - i;
-                    if ack.pending.fetch_sub(unsent, Ordering::AcqRel) == unsent {
-                        ack.done.notify_one();
-                    }
+                    ack.count_down(records.len() - i);
                     let _ = tokio::time::timeout_at(deadline, wait_acked(&ack)).await;
                     return Err(fail(e.to_string()));
                 }
@@ -200,9 +275,26 @@ impl TargetProducer {
             )));
         }
         let error = ack.error.lock().expect("ack lock").take();
-        match error {
-            Some(e) => Err(fail(e)),
-            None => Ok(()),
+        if let Some(e) = error {
+            return Err(fail(e));
+        }
+        let by_broker = std::mem::take(&mut *ack.rejected.lock().expect("ack lock"));
+        for (key, why) in by_broker {
+            if let Some(i) = records.iter().position(|r| {
+                r.write_id(&mut id);
+                id == key
+            }) {
+                refused.push((i, why));
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            refused.sort_by_key(|r| r.0);
+            Err(DeliveryError::Rejected {
+                url: url.into(),
+                records: refused,
+            })
         }
     }
 }
@@ -240,15 +332,42 @@ impl DeadLetterSink {
         })
     }
 
-    /// Produces the dead letter and waits for the broker's ack.
+    /// Produces the dead letter and waits for the broker's ack. A record
+    /// too large for the producer or the topic (see [`permanent`]) is
+    /// dead-lettered without its value and headers, with a
+    /// `cdrs-dlq-omitted` header saying so, rather than retried forever.
     pub async fn send(&self, r: &Record, why: &DeadLetter<'_>) -> Result<(), KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 8);
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
+        match self.produce(r, why, false).await {
+            Err(e) if permanent(&e) => {
+                tracing::warn!(record = %r.id(), error = %e,
+                    "dead letter refused as too large; writing it without value and headers");
+                self.produce(r, why, true).await
+            }
+            result => result,
         }
+    }
+
+    async fn produce(
+        &self,
+        r: &Record,
+        why: &DeadLetter<'_>,
+        stub: bool,
+    ) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 9);
+        if !stub {
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+        }
+        let omitted = format!(
+            "value ({} bytes) and headers ({}) left out: the record is larger than \
+             the producer's message.max.bytes or the topic's max.message.bytes",
+            r.value.as_ref().map_or(0, Vec::len),
+            r.headers.len()
+        );
         let partition = r.partition.to_string();
         let offset = r.offset.to_string();
         let ts = r.timestamp_ms.map(|t| t.to_string());
@@ -274,11 +393,17 @@ impl DeadLetterSink {
         if let Some(ts) = &ts {
             add("cdrs-original-timestamp-ms", ts);
         }
+        if stub {
+            add("cdrs-dlq-omitted", &omitted);
+        }
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = &r.key {
-            rec = rec.key(k.as_slice());
+            // A stub keeps the key if it is small (keys are rarely large).
+            if !stub || k.len() <= STUB_MAX_KEY_BYTES {
+                rec = rec.key(k.as_slice());
+            }
         }
-        if let Some(v) = &r.value {
+        if let Some(v) = r.value.as_ref().filter(|_| !stub) {
             rec = rec.payload(v.as_slice());
         }
         self.producer
@@ -288,6 +413,9 @@ impl DeadLetterSink {
             .map_err(|(e, _)| e)
     }
 }
+
+/// Largest key a too-large record's dead-letter stub keeps.
+const STUB_MAX_KEY_BYTES: usize = 1024;
 
 /// librdkafka consumer-only properties, which a producer warns about.
 pub fn is_consumer_only(key: &str) -> bool {
