@@ -83,7 +83,9 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn targets(State(s): State<Arc<AdminState>>) -> Response {
-    Json(&*s.registry.snapshot()).into_response()
+    let mut snapshot = serde_json::to_value(&*s.registry.snapshot()).unwrap_or_default();
+    redact_url_passwords(&mut snapshot);
+    Json(snapshot).into_response()
 }
 
 async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
@@ -204,8 +206,11 @@ async fn push_capacity(
     }
 }
 
-/// Redacts `kafka.options` values whose key suggests a secret.
+/// Redacts `kafka.options` values whose key suggests a secret, and the
+/// password of target URLs (`http://user:pass@host/…`: reqwest sends it as
+/// basic auth), keeping the rest of the URL.
 fn redact(mut config: serde_json::Value) -> serde_json::Value {
+    redact_url_passwords(&mut config);
     if let Some(opts) = config
         .pointer_mut("/kafka/options")
         .and_then(|o| o.as_object_mut())
@@ -220,6 +225,24 @@ fn redact(mut config: serde_json::Value) -> serde_json::Value {
         }
     }
     config
+}
+
+/// Replaces the password of every `targets[].url` / `health_url` in
+/// `doc` (a config or a target snapshot as JSON) with `redacted`.
+fn redact_url_passwords(doc: &mut serde_json::Value) {
+    if let Some(targets) = doc.pointer_mut("/targets").and_then(|t| t.as_array_mut()) {
+        for t in targets {
+            for field in ["url", "health_url"] {
+                let Some(v) = t.get_mut(field) else { continue };
+                let Some(mut url) = v.as_str().and_then(|u| reqwest::Url::parse(u).ok()) else {
+                    continue;
+                };
+                if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
+                    *v = serde_json::Value::String(url.into());
+                }
+            }
+        }
+    }
 }
 
 async fn show_config(State(s): State<Arc<AdminState>>) -> Response {
@@ -264,7 +287,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let t = TargetConfig {
             id: "a".into(),
-            url: "http://127.0.0.1:1/".into(),
+            url: "http://svc:s3cret@127.0.0.1:1/".into(),
             capacity: 5,
             weight: 100,
             zone: None,
@@ -294,6 +317,51 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn redact_hides_url_passwords_and_secret_options() {
+        let config = serde_json::json!({
+            "kafka": {"options": {"sasl.password": "hunter2", "linger.ms": "5"}},
+            "targets": [
+                {"id": "a", "url": "http://svc:s3cret@10.0.0.5:8080/records",
+                 "health_url": "http://svc:s3cret@10.0.0.5:8080/health"},
+                {"id": "b", "url": "http://token@10.0.0.6:8080/records"},
+                {"id": "c", "url": "kafka://out"},
+            ],
+        });
+        let shown = redact(config).to_string();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"url\":\"http://svc:redacted@10.0.0.5:8080/records\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"health_url\":\"http://svc:redacted@10.0.0.5:8080/health\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"http://token@10.0.0.6:8080/records\""),
+            "{shown}"
+        );
+        assert!(shown.contains("\"kafka://out\""), "{shown}");
+        assert!(shown.contains("\"linger.ms\":\"5\""), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn the_target_list_hides_url_passwords() {
+        let (app, _) = app(None);
+        let (s, body) = send(
+            &app,
+            Request::get("/v1/targets").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(!body.contains("s3cret"), "{body}");
+        assert!(body.contains("http://svc:redacted@127.0.0.1:1/"), "{body}");
     }
 
     fn put_capacity(id: &str, body: &str, token: Option<&str>) -> Request<Body> {
