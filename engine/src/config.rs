@@ -80,6 +80,31 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 15_000;
 pub const DEFAULT_REVOKE_DRAIN_MS: u64 = 10_000;
 /// Largest accepted `capacity` (records in flight) for a target.
 pub const MAX_CAPACITY: u32 = 10_000_000;
+/// Largest `pipeline.max_inflight_records`: the window is a semaphore of
+/// this many permits per partition (tokio's limit is 2^61).
+pub const MAX_INFLIGHT_RECORDS: usize = 10_000_000;
+/// Largest `delivery.queue_capacity`: the queue is a semaphore of this many
+/// slots per target (tokio's limit is 2^61).
+pub const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+/// Smallest `plugins.max_memory_bytes` (1 MiB).
+pub const MIN_PLUGIN_MEMORY_BYTES: u64 = 1 << 20;
+/// Largest `plugins.max_memory_bytes` (4 GiB): all a 32-bit linear memory
+/// can address, and wasmtime's default memory reservation on 64-bit hosts;
+/// the pooling allocator refuses a larger cap.
+pub const MAX_PLUGIN_MEMORY_BYTES: u64 = 4 << 30;
+/// Default `capacity.health_interval_ms`.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
+/// Range of `capacity.health_interval_ms`: 100 ms to 10 minutes.
+pub const HEALTH_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+/// Default `capacity.health_timeout_ms`.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 500;
+/// Range of `capacity.health_timeout_ms`: 10 ms to 1 minute.
+pub const HEALTH_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+/// Default `capacity.remove_after_ms` (5 minutes).
+pub const DEFAULT_REMOVE_AFTER_MS: u64 = 300_000;
+/// Range of `capacity.remove_after_ms`: 1 second to 1 day (and at least
+/// `capacity.report_expiry_ms`).
+pub const REMOVE_AFTER_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -201,7 +226,8 @@ pub struct PipelineConfig {
     /// Records of one partition read but not yet finished (delivered,
     /// dropped, dead-lettered) at most: the in-flight window. When it is
     /// full the partition's worker reads no more, so its prefetch fills
-    /// and librdkafka stops fetching the partition. Default 10000.
+    /// and librdkafka stops fetching the partition. At least `batch_size`,
+    /// at most 10,000,000. Default 10000.
     #[serde(default = "d_max_inflight")]
     pub max_inflight_records: usize,
     /// On SIGTERM/SIGINT: how long to finish in-flight records before
@@ -255,7 +281,10 @@ pub struct PluginRuntimeConfig {
     /// Wall-clock deadline of one plugin call, ms (epoch interruption). Default 200.
     #[serde(default = "d_call_timeout")]
     pub call_timeout_ms: u64,
-    /// Linear memory cap per plugin instance, bytes. Default 64 MiB.
+    /// Linear memory cap per plugin instance, bytes, 1 MiB..=4 GiB
+    /// (1048576..=4294967296: 4 GiB is all a 32-bit Wasm memory can address
+    /// and what wasmtime's pooling allocator reserves per memory). Default
+    /// 64 MiB.
     #[serde(default = "d_max_memory")]
     pub max_memory_bytes: usize,
     /// Largest record a filter may return in a `transform` verdict (key +
@@ -399,12 +428,21 @@ pub struct CapacityConfig {
     /// How far in the future a report's `sent_at_ms` may be, ms. Default 30000.
     #[serde(default = "d_skew")]
     pub max_clock_skew_ms: u64,
-    /// URL patterns (`*` matches anything) an unknown server's `endpoint`
-    /// must match for it to join as a target, e.g.
-    /// `["http://10.1.*:8080/records"]`. Default none: no dynamic targets.
+    /// URL patterns an unknown server's `endpoint` must match (the whole
+    /// URL) for it to join as a target. `*` is the only wildcard and never
+    /// crosses a separator: in the host and port it matches one host label,
+    /// IPv4 octet or the port (1+ of `[A-Za-z0-9_-]`, never `.`, `:`, `@` or
+    /// `/`); in the path, one segment (1+ characters other than `/`, `?`,
+    /// `#`). A pattern without a path (`http://10.1.*.*:8080`) allows any
+    /// path on the hosts and ports it matches. E.g.
+    /// `["http://10.1.*.*:8080/records"]` admits
+    /// `http://10.1.2.3:8080/records`, not
+    /// `http://10.1.evil.example.com:8080/records`. Default none: no
+    /// dynamic targets.
     #[serde(default)]
     pub allow_endpoints: Vec<String>,
-    /// A dynamic target silent this long is removed, ms. Default 300000.
+    /// A dynamic target silent this long is removed, ms, 1000..=86400000
+    /// and at least `report_expiry_ms`. Default 300000.
     #[serde(default = "d_remove_after")]
     pub remove_after_ms: u64,
     /// Slow start: a target that joins or comes back ramps its weight over
@@ -414,10 +452,11 @@ pub struct CapacityConfig {
     /// Weight at the start of the ramp, percent. Default 10.
     #[serde(default = "d_slow_start_min")]
     pub slow_start_min_percent: u32,
-    /// Active health checks (targets with `health_url`): period, ms. Default 1000.
+    /// Active health checks (targets with `health_url`): pause between two
+    /// rounds, ms, 100..=600000. Default 1000.
     #[serde(default = "d_health_interval")]
     pub health_interval_ms: u64,
-    /// Timeout of one health check, ms. Default 500.
+    /// Timeout of one health check, ms, 10..=60000. Default 500.
     #[serde(default = "d_health_timeout")]
     pub health_timeout_ms: u64,
     /// Consecutive failed checks that mark a target down. Default 3.
@@ -435,7 +474,7 @@ fn d_skew() -> u64 {
     30_000
 }
 fn d_remove_after() -> u64 {
-    300_000
+    DEFAULT_REMOVE_AFTER_MS
 }
 fn d_slow_start() -> u64 {
     10_000
@@ -444,10 +483,10 @@ fn d_slow_start_min() -> u32 {
     10
 }
 fn d_health_interval() -> u64 {
-    1_000
+    DEFAULT_HEALTH_INTERVAL_MS
 }
 fn d_health_timeout() -> u64 {
-    500
+    DEFAULT_HEALTH_TIMEOUT_MS
 }
 fn d_unhealthy_after() -> u32 {
     3
@@ -529,8 +568,8 @@ pub struct DeliveryConfig {
     #[serde(default = "d_kafka_lanes")]
     pub kafka_lanes: usize,
     /// Records queued per target at most (records routed again may exceed
-    /// it; they are bounded by the partitions' in-flight windows). Default
-    /// 10000; a `kafka://` target gets at least two lane batches per lane
+    /// it; they are bounded by the partitions' in-flight windows),
+    /// 1..=10,000,000. Default 10000; a `kafka://` target gets at least two lane batches per lane
     /// (2 × `kafka_lanes` × 20000).
     #[serde(default = "d_queue_capacity")]
     pub queue_capacity: usize,
@@ -878,11 +917,14 @@ impl Config {
                 format!("{} is out of range 1..=60000", self.plugins.call_timeout_ms),
             );
         }
-        if self.plugins.max_memory_bytes < (1 << 20) {
+        if !(MIN_PLUGIN_MEMORY_BYTES..=MAX_PLUGIN_MEMORY_BYTES)
+            .contains(&(self.plugins.max_memory_bytes as u64))
+        {
             bad(
                 "plugins.max_memory_bytes".into(),
                 format!(
-                    "{} is below the 1 MiB minimum (1048576)",
+                    "{} is out of range {MIN_PLUGIN_MEMORY_BYTES}..={MAX_PLUGIN_MEMORY_BYTES} \
+                     (1 MiB..=4 GiB, all a plugin's 32-bit memory can address)",
                     self.plugins.max_memory_bytes
                 ),
             );
@@ -955,17 +997,38 @@ impl Config {
             }
             match reqwest::Url::parse(&t.url) {
                 Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-                Ok(u) if u.scheme() == "kafka" => {
-                    if !crate::sink::kafka::target_topic(&t.url).is_some_and(valid_topic) {
-                        bad(
-                            format!("targets[{i}].url"),
-                            format!(
-                                "{:?} does not name a valid topic; e.g. \"kafka://blotter-1\"",
-                                t.url
-                            ),
-                        );
+                Ok(u) if u.scheme() == "kafka" => match crate::sink::kafka::target_topic(&t.url)
+                {
+                    Some(topic) if valid_topic(topic) => {
+                        if self.kafka.topics.iter().any(|c| c == topic) {
+                            bad(
+                                format!("targets[{i}].url"),
+                                format!(
+                                    "{:?} writes to a topic CDRS consumes (kafka.topics); \
+                                     use another topic",
+                                    t.url
+                                ),
+                            );
+                        }
+                        if self.capacity.topic.as_deref() == Some(topic) {
+                            bad(
+                                format!("targets[{i}].url"),
+                                format!(
+                                    "{:?} writes to the capacity report topic (capacity.topic); \
+                                     use another topic",
+                                    t.url
+                                ),
+                            );
+                        }
                     }
-                }
+                    _ => bad(
+                        format!("targets[{i}].url"),
+                        format!(
+                            "{:?} does not name a valid topic; e.g. \"kafka://blotter-1\"",
+                            t.url
+                        ),
+                    ),
+                },
                 Ok(u) => bad(
                     format!("targets[{i}].url"),
                     format!(
@@ -1032,7 +1095,7 @@ impl Config {
             );
         }
         for (i, p) in self.capacity.allow_endpoints.iter().enumerate() {
-            if let Err(e) = globset::Glob::new(p) {
+            if let Err(e) = crate::capacity::EndpointPattern::new(p) {
                 bad(
                     format!("capacity.allow_endpoints[{i}]"),
                     format!("{p:?} is not a valid pattern: {e}"),
@@ -1046,6 +1109,53 @@ impl Config {
                     format!("{t:?} is not a valid topic name: 1..=249 chars of [A-Za-z0-9._-]"),
                 );
             }
+            if let Some(i) = self.kafka.topics.iter().position(|c| c == t) {
+                bad(
+                    "capacity.topic".into(),
+                    format!("{t:?} is also consumed (kafka.topics[{i}]); use a separate topic"),
+                );
+            }
+            if *t == self.kafka.dead_letter_topic {
+                bad(
+                    "capacity.topic".into(),
+                    format!("{t:?} is also kafka.dead_letter_topic; use a separate topic"),
+                );
+            }
+        }
+        for (key, v, range) in [
+            (
+                "capacity.health_interval_ms",
+                self.capacity.health_interval_ms,
+                HEALTH_INTERVAL_MS,
+            ),
+            (
+                "capacity.health_timeout_ms",
+                self.capacity.health_timeout_ms,
+                HEALTH_TIMEOUT_MS,
+            ),
+            (
+                "capacity.remove_after_ms",
+                self.capacity.remove_after_ms,
+                REMOVE_AFTER_MS,
+            ),
+        ] {
+            if !range.contains(&v) {
+                bad(
+                    key.into(),
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                );
+            }
+        }
+        if REMOVE_AFTER_MS.contains(&self.capacity.remove_after_ms)
+            && self.capacity.remove_after_ms < self.capacity.report_expiry_ms
+        {
+            bad(
+                "capacity.remove_after_ms".into(),
+                format!(
+                    "{} must be at least capacity.report_expiry_ms ({})",
+                    self.capacity.remove_after_ms, self.capacity.report_expiry_ms
+                ),
+            );
         }
         if self.capacity.slow_start_min_percent > 100 {
             bad(
@@ -1096,10 +1206,13 @@ impl Config {
                 format!("{} is out of range 1..=64", self.delivery.kafka_lanes),
             );
         }
-        if self.delivery.queue_capacity == 0 {
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.delivery.queue_capacity) {
             bad(
                 "delivery.queue_capacity".into(),
-                "must be at least 1".into(),
+                format!(
+                    "{} is out of range 1..={MAX_QUEUE_CAPACITY}",
+                    self.delivery.queue_capacity
+                ),
             );
         }
         let b = &self.delivery.breaker;
@@ -1146,7 +1259,15 @@ impl Config {
                 ),
             );
         }
-        if self.pipeline.max_inflight_records < self.pipeline.batch_size {
+        if self.pipeline.max_inflight_records > MAX_INFLIGHT_RECORDS {
+            bad(
+                "pipeline.max_inflight_records".into(),
+                format!(
+                    "{} is out of range 1..={MAX_INFLIGHT_RECORDS} (and at least pipeline.batch_size)",
+                    self.pipeline.max_inflight_records
+                ),
+            );
+        } else if self.pipeline.max_inflight_records < self.pipeline.batch_size {
             bad(
                 "pipeline.max_inflight_records".into(),
                 format!(
@@ -1170,6 +1291,89 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks `[kafka.options]` as librdkafka will see them at `cdrs run`:
+    /// each option alone (unknown property, invalid value), then, if all
+    /// pass, a throwaway consumer and producer with CDRS's own settings
+    /// (combinations, e.g. `acks` against idempotence). Creating a client
+    /// needs no broker. For `cdrs check`: it starts (and stops) librdkafka
+    /// threads, so it is not part of [`Config::validate`].
+    pub fn check_kafka_options(&self) -> Vec<ConfigProblem> {
+        use rdkafka::config::ClientConfig;
+        use rdkafka::error::KafkaError;
+        let options = &self.kafka.options;
+        let mut out = Vec::new();
+        for (k, v) in options {
+            if let Err(e) = ClientConfig::new().set(k, v).create_native_config() {
+                let why = match e {
+                    KafkaError::ClientConfig(_, desc, ..) => desc,
+                    e => e.to_string(),
+                };
+                out.push(ConfigProblem {
+                    key: format!("kafka.options.{k:?}"),
+                    message: format!(
+                        "{v:?} is refused by librdkafka: {why}; valid properties and values: \
+                         librdkafka's CONFIGURATION.md"
+                    ),
+                });
+            }
+        }
+        if !out.is_empty() || options.is_empty() {
+            return out;
+        }
+        let mut consumer = ClientConfig::new();
+        consumer
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("group.id", &self.kafka.group_id)
+            .set("enable.auto.offset.store", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in options {
+            consumer.set(k, v);
+            if !crate::sink::kafka::is_consumer_only(k) {
+                producer.set(k, v);
+            }
+        }
+        // Errors come back as results; `cdrs run` logs the warnings (e.g. a
+        // producer property ignored by the consumer).
+        consumer.set("log_level", "3");
+        producer.set("log_level", "3");
+        let created = [
+            (
+                "consumer",
+                consumer
+                    .create::<rdkafka::consumer::BaseConsumer>()
+                    .map(drop),
+            ),
+            (
+                "producer",
+                producer
+                    .create::<rdkafka::producer::BaseProducer>()
+                    .map(drop),
+            ),
+        ];
+        for (client, result) in created {
+            if let Err(e) = result {
+                let why = match e {
+                    KafkaError::ClientConfig(_, desc, ..) => desc,
+                    KafkaError::ClientCreation(msg) => msg,
+                    e => e.to_string(),
+                };
+                out.push(ConfigProblem {
+                    key: "kafka.options".into(),
+                    message: format!("librdkafka cannot create a {client} with them: {why}"),
+                });
+            }
+        }
+        out
+    }
+}
+
 fn toml_problem(e: &toml::de::Error) -> ConfigProblem {
     // toml's message names the key, the line and what was expected.
     ConfigProblem {
@@ -1178,7 +1382,8 @@ fn toml_problem(e: &toml::de::Error) -> ConfigProblem {
     }
 }
 
-fn valid_id(s: &str) -> bool {
+/// A valid target or plugin id: 1..=64 chars of `[A-Za-z0-9._-]`.
+pub(crate) fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))

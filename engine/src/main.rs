@@ -262,6 +262,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
+    // Named here rather than as librdkafka's bare error from a client.
+    let refused = config.check_kafka_options();
+    if !refused.is_empty() {
+        let lines: Vec<String> = refused.iter().map(|p| format!("  - {p}")).collect();
+        anyhow::bail!(
+            "{} problem(s) in {path:?}:\n{}",
+            refused.len(),
+            lines.join("\n")
+        );
+    }
     init_logs(&config.log.level);
     runtime()?.block_on(async {
         let daemon = Daemon::start(config, Some(path)).await?;
@@ -304,6 +314,8 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(config) = &config {
+        // librdkafka judges `[kafka.options]`; `cdrs run` would die on them.
+        problems.extend(config.check_kafka_options().iter().map(|p| p.to_string()));
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let metrics = Arc::new(Metrics::new());
         if let Err(errs) = PluginManager::load(runtime, config, metrics) {

@@ -642,7 +642,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     let (d, e) = (&old.delivery, &new.delivery);
     check("delivery.lanes", d.lanes != e.lanes);
     check("delivery.kafka_lanes", d.kafka_lanes != e.kafka_lanes);
-    check("delivery.queue_capacity", d.queue_capacity != e.queue_capacity);
+    check(
+        "delivery.queue_capacity",
+        d.queue_capacity != e.queue_capacity,
+    );
     out
 }
 
@@ -816,7 +819,10 @@ mod tests {
             "[delivery]\ntimeout_ms = 1234",
             "[delivery]\nmax_attempts = 2",
         ] {
-            assert!(restart_only_changes(&old, &config(live)).is_empty(), "{live}");
+            assert!(
+                restart_only_changes(&old, &config(live)).is_empty(),
+                "{live}"
+            );
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `PUT /v1/targets/{id}/capacity`; its JSON Schema is
 //! `sdk/capacity-report.schema.json`.
 
-use crate::config::MAX_CAPACITY;
+use crate::config::{valid_id, MAX_CAPACITY};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -49,7 +49,8 @@ pub struct CapacityReport {
     pub zone: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// When the server sent it, ms since the Unix epoch (its clock).
+    /// When the server sent it, ms since the Unix epoch (its clock),
+    /// 0..=9223372036854775807.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at_ms: Option<i64>,
 }
@@ -70,6 +71,9 @@ pub enum ReportError {
     },
     #[error("field \"sent_at_ms\": {ahead_ms} ms in the future (more than the allowed clock skew of {max_ms} ms)")]
     FromTheFuture { ahead_ms: i64, max_ms: u64 },
+    /// The target id a report is for (the HTTP path) is not a valid id.
+    #[error("target id {0}")]
+    InvalidId(String),
     #[error("field \"server_id\" is required on the capacity topic")]
     MissingServerId,
     #[error("field \"server_id\" is {0:?} but the path names {1:?}")]
@@ -88,12 +92,29 @@ impl ReportError {
             ReportError::Oversized(_) => "oversized",
             ReportError::OutOfRange { .. } => "out_of_range",
             ReportError::FromTheFuture { .. } => "future_timestamp",
+            ReportError::InvalidId(_) => "invalid_id",
             ReportError::MissingServerId => "missing_server_id",
             ReportError::IdMismatch(..) => "id_mismatch",
             ReportError::UnknownTarget(_) => "unknown_target",
             ReportError::EndpointNotAllowed { .. } => "endpoint_not_allowed",
         }
     }
+}
+
+/// What is wrong with a target id from a report, if anything: it must be
+/// 1..=64 chars of `[A-Za-z0-9._-]`, as in `[[targets]]`. A long id is cut
+/// in the message.
+pub fn id_problem(id: &str) -> Option<String> {
+    if valid_id(id) {
+        return None;
+    }
+    let shown = if id.chars().count() > 64 {
+        let cut: String = id.chars().take(64).collect();
+        format!("{cut:?}… ({} bytes)", id.len())
+    } else {
+        format!("{id:?}")
+    };
+    Some(format!("{shown} is not 1..=64 chars of [A-Za-z0-9._-]"))
 }
 
 impl CapacityReport {
@@ -141,23 +162,24 @@ impl CapacityReport {
         check("latency_p99_ms", self.latency_p99_ms.into(), 3_600_000)?;
         check("labels", self.labels.len() as u64, MAX_LABELS as u64)?;
         if let Some(sent) = self.sent_at_ms {
-            if sent - now_ms > max_skew_ms as i64 {
+            if sent < 0 {
+                return Err(ReportError::Invalid(format!(
+                    "field \"sent_at_ms\": {sent} is out of range 0..={} (ms since the Unix epoch)",
+                    i64::MAX
+                )));
+            }
+            let ahead_ms = sent.saturating_sub(now_ms);
+            if ahead_ms > i64::try_from(max_skew_ms).unwrap_or(i64::MAX) {
                 return Err(ReportError::FromTheFuture {
-                    ahead_ms: sent - now_ms,
+                    ahead_ms,
                     max_ms: max_skew_ms,
                 });
             }
         }
-        if let Some(id) = &self.server_id {
-            if !(1..=64).contains(&id.len())
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(ReportError::Invalid(format!(
-                    "field \"server_id\": {id:?} is not 1..=64 chars of [A-Za-z0-9._-]"
-                )));
-            }
+        if let Some(problem) = self.server_id.as_deref().and_then(id_problem) {
+            return Err(ReportError::Invalid(format!(
+                "field \"server_id\": {problem}"
+            )));
         }
         if let Some(e) = &self.endpoint {
             match reqwest::Url::parse(e) {
@@ -209,6 +231,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn sent_at_ms_extremes_are_judged_without_overflow() {
+        let e = parse(r#"{"capacity": 1, "sent_at_ms": -9223372036854775808}"#).unwrap_err();
+        assert_eq!(e.reason(), "invalid");
+        assert_eq!(
+            e.to_string(),
+            "invalid capacity report: field \"sent_at_ms\": -9223372036854775808 is out of \
+             range 0..=9223372036854775807 (ms since the Unix epoch)"
+        );
+        let e = parse(r#"{"capacity": 1, "sent_at_ms": 9223372036854775807}"#).unwrap_err();
+        assert_eq!(e.reason(), "future_timestamp");
+        let r = CapacityReport::parse(br#"{"capacity": 1, "sent_at_ms": 9223372036854775807}"#)
+            .unwrap();
+        r.validate(0, u64::MAX).unwrap();
+        r.validate(i64::MIN, 0).unwrap_err();
+    }
+
+    #[test]
+    fn ids_are_checked_and_long_ones_cut_in_messages() {
+        assert_eq!(id_problem("blotter-1"), None);
+        assert_eq!(
+            id_problem("bad id!😀").unwrap(),
+            "\"bad id!😀\" is not 1..=64 chars of [A-Za-z0-9._-]"
+        );
+        let long = id_problem(&"x".repeat(3000)).unwrap();
+        assert!(long.len() < 140, "{long}");
+        assert!(
+            long.contains("… (3000 bytes) is not 1..=64 chars"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -128,3 +128,160 @@ fn prefetch_out_of_range_and_removed_keys_are_named() {
     assert!(text.contains("pause_after_records"), "{text}");
     assert!(text.contains("prefetch_records"), "{text}");
 }
+
+fn problems(extra: &str, url: &str) -> String {
+    let text = minimal(url, extra);
+    match Config::parse(&text, &fixture(""), "inline") {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn semaphore_sizes_are_bounded_before_tokio_would_panic() {
+    // 2^61 passed the check and then panicked in `Semaphore::new`.
+    let text = problems(
+        "[pipeline]\nmax_inflight_records = 2305843009213693952\n\
+         [delivery]\nqueue_capacity = 2305843009213693952",
+        "kafka://out",
+    );
+    assert!(
+        text.contains(
+            "pipeline.max_inflight_records: 2305843009213693952 is out of range 1..=10000000"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("delivery.queue_capacity: 2305843009213693952 is out of range 1..=10000000"),
+        "{text}"
+    );
+    let text = problems("[delivery]\nqueue_capacity = 0", "kafka://out");
+    assert!(
+        text.contains("delivery.queue_capacity: 0 is out of range 1..=10000000"),
+        "{text}"
+    );
+    let ok = "[pipeline]\nmax_inflight_records = 10000000\n[delivery]\nqueue_capacity = 10000000";
+    assert_eq!(problems(ok, "kafka://out"), "");
+}
+
+#[test]
+fn topic_loops_are_refused() {
+    // `minimal` consumes "t".
+    let text = problems("[capacity]\ntopic = \"t\"", "kafka://t");
+    assert!(
+        text.contains(
+            "targets[0].url: \"kafka://t\" writes to a topic CDRS consumes (kafka.topics); \
+             use another topic"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "capacity.topic: \"t\" is also consumed (kafka.topics[0]); use a separate topic"
+        ),
+        "{text}"
+    );
+    let text = problems("[capacity]\ntopic = \"cdrs-dead-letter\"", "kafka://out");
+    assert!(
+        text.contains(
+            "capacity.topic: \"cdrs-dead-letter\" is also kafka.dead_letter_topic; \
+             use a separate topic"
+        ),
+        "{text}"
+    );
+    let text = problems("[capacity]\ntopic = \"hb\"", "kafka://hb/");
+    assert!(
+        text.contains("targets[0].url: \"kafka://hb/\" writes to the capacity report topic"),
+        "{text}"
+    );
+    assert_eq!(problems("[capacity]\ntopic = \"hb\"", "kafka://out"), "");
+}
+
+#[test]
+fn capacity_timings_and_plugin_memory_have_ranges() {
+    let text = problems(
+        "[plugins]\nmax_memory_bytes = 4294967297\n\
+         [capacity]\nhealth_interval_ms = 0\nhealth_timeout_ms = 0\nremove_after_ms = 0",
+        "kafka://out",
+    );
+    for want in [
+        "capacity.health_interval_ms: 0 is out of range 100..=600000",
+        "capacity.health_timeout_ms: 0 is out of range 10..=60000",
+        "capacity.remove_after_ms: 0 is out of range 1000..=86400000",
+        "plugins.max_memory_bytes: 4294967297 is out of range 1048576..=4294967296",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert_eq!(text.matches("\n  - ").count(), 4, "nothing else: {text}");
+    let text = problems("[capacity]\nremove_after_ms = 5000", "kafka://out");
+    assert!(
+        text.contains(
+            "capacity.remove_after_ms: 5000 must be at least capacity.report_expiry_ms (10000)"
+        ),
+        "{text}"
+    );
+    let ok = "[plugins]\nmax_memory_bytes = 4294967296\n[capacity]\nhealth_interval_ms = 100\n\
+              health_timeout_ms = 10\nremove_after_ms = 10000";
+    assert_eq!(problems(ok, "kafka://out"), "");
+}
+
+/// The plugin memory bound is what wasmtime's pooling allocator accepts
+/// (the runtime falls back to on-demand allocation, with a warning that
+/// names no key, when it refuses).
+#[test]
+fn wasmtime_pools_accept_the_largest_plugin_memory_and_no_more() {
+    let engine = |bytes: u64| {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(1)
+            .total_core_instances(1)
+            .total_memories(1)
+            .total_tables(1)
+            .max_memory_size(bytes as usize);
+        let mut config = wasmtime::Config::new();
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        wasmtime::Engine::new(&config).map(drop)
+    };
+    engine(MAX_PLUGIN_MEMORY_BYTES).unwrap();
+    let e = engine(MAX_PLUGIN_MEMORY_BYTES + 1).unwrap_err();
+    assert!(e.to_string().contains("memory reservation"), "{e}");
+}
+
+#[test]
+fn kafka_options_are_checked_by_librdkafka() {
+    let load = |options: &str| {
+        let text = minimal("kafka://out", &format!("[kafka.options]\n{options}"));
+        Config::parse(&text, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(Config::check_kafka_options(&load("")), vec![]);
+    assert_eq!(
+        load("\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"5\"").check_kafka_options(),
+        vec![]
+    );
+    // Every bad option at once, each named.
+    let p =
+        load("\"no.such.option\" = \"1\"\n\"session.timeout.ms\" = \"soon\"").check_kafka_options();
+    let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    assert_eq!(p.len(), 2, "{text:?}");
+    assert!(
+        text[0].starts_with(
+            "kafka.options.\"no.such.option\": \"1\" is refused by librdkafka: \
+             No such configuration property: \"no.such.option\""
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text[1]
+            .starts_with("kafka.options.\"session.timeout.ms\": \"soon\" is refused by librdkafka"),
+        "{text:?}"
+    );
+    // Valid alone, refused with CDRS's idempotent producer.
+    let p = load("\"acks\" = \"1\"").check_kafka_options();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "kafka.options");
+    assert!(
+        p[0].message
+            .starts_with("librdkafka cannot create a producer with them: "),
+        "{p:?}"
+    );
+    assert!(p[0].message.contains("acks"), "{p:?}");
+}
