@@ -41,6 +41,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `cdrs_rerouted_records_total{target, reason}`: records routed again away from a target.
     pub rerouted: IntCounterVec,
+    /// `cdrs_split_batches_total{target}`: batches sent in halves after
+    /// the target answered 413 Payload Too Large.
+    pub split_batches: IntCounterVec,
     /// `cdrs_target_ejections_total{target}`: circuit breaker openings (outlier ejections).
     pub ejections: IntCounterVec,
     /// `cdrs_target_breaker_state{target}`: 0 closed, 1 open, 2 half-open.
@@ -150,6 +153,11 @@ impl Metrics {
                 "cdrs_rerouted_records_total",
                 "Records routed again away from a target",
                 &["target", "reason"],
+            ),
+            split_batches: counter(
+                "cdrs_split_batches_total",
+                "Batches sent in halves after a 413 Payload Too Large, per target",
+                &["target"],
             ),
             ejections: counter(
                 "cdrs_target_ejections_total",

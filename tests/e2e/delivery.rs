@@ -40,6 +40,39 @@ async fn a_4xx_is_not_retried_and_the_records_go_elsewhere() {
     assert!(servers[2].behaviour().refused.load(Ordering::Relaxed) > 0);
 }
 
+/// Servers with a body limit answer 413 to whole batches: CDRS sends them
+/// in halves until they fit, instead of taking the 413 as a refusal of the
+/// records (which, with every server limited, left them waiting forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_batch_until_it_fits() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 3), (dlq, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-413", |_| {}).await;
+    for server in &s.servers {
+        server
+            .behaviour()
+            .max_batch_records
+            .store(7, Ordering::Relaxed);
+    }
+    let ledger = produce(&brokers, topic, 3_000, 300).await.unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let m = &s.daemon.metrics;
+    let split: u64 = ["blotter-1", "blotter-2", "blotter-3"]
+        .iter()
+        .map(|t| m.split_batches.with_label_values(&[t]).get())
+        .sum();
+    let refused: u64 = s
+        .servers
+        .iter()
+        .map(|x| x.behaviour().refused.load(Ordering::Relaxed))
+        .sum();
+    let (a, _, _, _) = s.finish(&ledger).await;
+    assert!(refused > 0, "the servers did refuse large batches");
+    assert!(split > 0, "and CDRS split them");
+    assert_eq!(a.lost, 0);
+    assert_eq!(a.duplicates, 0, "a 413 delivers nothing, so nothing twice");
+}
+
 /// A 503 with `Retry-After: 1` is retried after a second, not by the
 /// 50 ms exponential schedule: in 2.5 s the one batch is tried ≤ 4 times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

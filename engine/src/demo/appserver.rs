@@ -52,6 +52,9 @@ pub struct Behaviour {
     pub retry_after_s: AtomicU64,
     /// Send no capacity reports while set (alive but not heartbeating).
     pub silent: AtomicBool,
+    /// Answer 413 Payload Too Large to a batch of more records than this
+    /// (a body limit, like nginx's `client_max_body_size`); 0: no limit.
+    pub max_batch_records: AtomicU64,
     /// Requests answered with a failure so far (a counter, not a knob).
     pub refused: AtomicU64,
 }
@@ -65,6 +68,7 @@ pub struct Control {
     pub fail_status: Option<u16>,
     pub retry_after_s: Option<u64>,
     pub silent: Option<bool>,
+    pub max_batch_records: Option<u64>,
 }
 
 /// One line of a server's log file.
@@ -103,6 +107,15 @@ async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> 
     }
     s.inflight
         .fetch_sub(batch.records.len() as u32, Ordering::Relaxed);
+    let limit = s.behaviour.max_batch_records.load(Ordering::Relaxed);
+    if limit > 0 && batch.records.len() as u64 > limit {
+        s.behaviour.refused.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {limit} records per request"),
+        )
+            .into_response();
+    }
     if s.behaviour.failing.load(Ordering::Relaxed) {
         s.behaviour.refused.fetch_add(1, Ordering::Relaxed);
         let status = StatusCode::from_u16(s.behaviour.fail_status.load(Ordering::Relaxed) as u16)
@@ -171,6 +184,9 @@ impl Behaviour {
         }
         if let Some(v) = c.silent {
             self.silent.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = c.max_batch_records {
+            self.max_batch_records.store(v, Ordering::Relaxed);
         }
     }
 }

@@ -285,6 +285,15 @@ impl Job {
 /// Finishes `jobs` (delivered): one partition lock per run of jobs of the
 /// same partition, as a lane's batch holds long runs of each partition's
 /// records.
+/// `jobs` followed by the later parts of their batch still `pending` (a
+/// stack, next part last), all in offset order.
+fn with_pending(mut jobs: Vec<Job>, pending: &mut Vec<Vec<Job>>) -> Vec<Job> {
+    for later in pending.drain(..).rev() {
+        jobs.extend(later);
+    }
+    jobs
+}
+
 fn finish_jobs(jobs: Vec<Job>) {
     let mut run: Vec<(i64, Option<u64>)> = Vec::new();
     let mut current: Option<Arc<Partition>> = None;
@@ -661,6 +670,8 @@ impl Pipeline {
         let mut stop = self.dispatch.stop_signal();
         let gauge = self.metrics.breaker_state.with_label_values(&[&*id]);
         let mut tries = 0u32;
+        // Later parts of a batch split after a 413, next to send last.
+        let mut pending: Vec<Vec<Job>> = Vec::new();
         let give_up = |mut jobs: Vec<Job>, label: &str, why: &str| {
             tracing::debug!(target_id = %id, records = jobs.len(), reason = why, "routing records again");
             self.metrics
@@ -682,16 +693,26 @@ impl Pipeline {
             }
             let snapshot = self.registry.snapshot();
             let Some(t) = snapshot.index_of(&id).map(|i| &snapshot.targets[i]) else {
-                return give_up(jobs, "removed", "target no longer exists");
+                return give_up(
+                    with_pending(jobs, &mut pending),
+                    "removed",
+                    "target no longer exists",
+                );
             };
             if t.health == Health::Down {
                 let why = t.reason.clone().unwrap_or_else(|| "target is down".into());
-                return give_up(jobs, "down", &why);
+                return give_up(with_pending(jobs, &mut pending), "down", &why);
             }
             let admit = self.dispatch.breakers.admit(&id, Instant::now());
             gauge.set(self.dispatch.breakers.state(&id).gauge());
             match admit {
-                Admit::Open => return give_up(jobs, "breaker_open", "circuit breaker open"),
+                Admit::Open => {
+                    return give_up(
+                        with_pending(jobs, &mut pending),
+                        "breaker_open",
+                        "circuit breaker open",
+                    )
+                }
                 Admit::Wait(w) => {
                     tokio::time::sleep(w).await;
                     continue;
@@ -757,7 +778,13 @@ impl Pipeline {
                             "record refused by the sink for good; dead-lettering it");
                         self.dead_letter_job(j, "delivery", &why).await;
                     }
-                    return Vec::new();
+                    match pending.pop() {
+                        Some(next) => {
+                            jobs = next;
+                            continue;
+                        }
+                        None => return Vec::new(),
+                    }
                 }
                 Err(e) => e,
             };
@@ -786,8 +813,20 @@ impl Pipeline {
                 self.dispatch.breakers.success(&cfg.breaker, &id, now);
             }
             gauge.set(self.dispatch.breakers.state(&id).gauge());
+            // 413 Payload Too Large: the server's body limit (nginx's
+            // default is 1 MiB), not the records. Send the batch in halves,
+            // in offset order; a single record still too large goes
+            // elsewhere like any other refusal.
+            if matches!(e, DeliveryError::Status { status: 413, .. }) && jobs.len() > 1 {
+                let later = jobs.split_off(jobs.len() / 2);
+                tracing::debug!(target_id = %id, records = jobs.len() + later.len(),
+                    "413 from the target; sending the batch in halves");
+                self.metrics.split_batches.with_label_values(&[&*id]).inc();
+                pending.push(later);
+                continue;
+            }
             if !e.retryable() || e.unreachable() {
-                return give_up(jobs, &e.label(), &msg);
+                return give_up(with_pending(jobs, &mut pending), &e.label(), &msg);
             }
             let wait = match e.retry_after() {
                 Some(ra) if tries < cfg.max_attempts => Some(ra),
@@ -797,7 +836,7 @@ impl Pipeline {
             // `checked_add`: a `Retry-After` of 10^19 s overflows `Instant`.
             let Some(wait) = wait.filter(|w| now.checked_add(*w).is_some_and(|t| t < deadline))
             else {
-                return give_up(jobs, &e.label(), &msg);
+                return give_up(with_pending(jobs, &mut pending), &e.label(), &msg);
             };
             tracing::debug!(target_id = %id, records = n, ?wait, error = %msg, "delivery failed; retrying");
             tokio::select! {
