@@ -260,6 +260,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Exit status after a panic: `EX_SOFTWARE` (sysexits.h, "internal software
+/// error").
+const EXIT_PANIC: i32 = 70;
+
+/// Makes a panic on any thread end the process (after the usual message and
+/// an ERROR log line) instead of ending only its task: a partition worker
+/// or delivery lane that died would hold its records' offsets forever while
+/// `/readyz` still said ready. Offsets are committed only below records
+/// finished, so a restart (systemd, Kubernetes) resumes from there:
+/// at-least-once, as after a crash.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(panic = %info, "panic: exiting (status {EXIT_PANIC}) so a restart resumes from committed offsets");
+        std::process::exit(EXIT_PANIC);
+    }));
+}
+
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     // Named here rather than as librdkafka's bare error from a client.
@@ -273,6 +292,7 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         );
     }
     init_logs(&config.log.level);
+    exit_on_panic();
     runtime()?.block_on(async {
         let daemon = Daemon::start(config, Some(path)).await?;
         use tokio::signal::unix::{signal, SignalKind};
