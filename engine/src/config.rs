@@ -967,9 +967,14 @@ impl Config {
                 );
             }
             if !p.path.is_file() {
+                let what = if p.path.is_dir() {
+                    "is a folder; name the .wasm file in it"
+                } else {
+                    "does not exist"
+                };
                 bad(
                     format!("{key}.path"),
-                    format!("plugin file \"{}\" does not exist", p.path.display()),
+                    format!("plugin file \"{}\" {what}", p.path.display()),
                 );
             }
         }
