@@ -141,7 +141,20 @@ impl CapacityReport {
         if bytes.len() > MAX_REPORT_BYTES {
             return Err(ReportError::Oversized(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| ReportError::Invalid(e.to_string()))
+        // The path names the field even when it is nested (`labels.zone`).
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ReportError::Invalid(if path == "." {
+                inner.to_string()
+            } else {
+                format!("field \"{path}\": {inner}")
+            })
+        })?;
+        // Trailing characters after the object, as `from_slice` refuses.
+        de.end().map_err(|e| ReportError::Invalid(e.to_string()))?;
+        Ok(report)
     }
 
     /// Checks ranges and the timestamp against `now_ms` (wall clock) with
@@ -198,6 +211,14 @@ impl CapacityReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nested_bad_field_is_named_by_its_path() {
+        let e = CapacityReport::parse(br#"{"capacity":1,"labels":{"pool":1}}"#).unwrap_err();
+        assert!(e.to_string().contains("labels.pool"), "{e}");
+        let e = CapacityReport::parse(br#"{"capacity":1} trailing"#).unwrap_err();
+        assert!(e.to_string().contains("trailing characters"), "{e}");
+    }
 
     fn parse(json: &str) -> Result<CapacityReport, ReportError> {
         let r = CapacityReport::parse(json.as_bytes())?;
