@@ -16,10 +16,12 @@
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
+use crate::capacity::report::MAX_REPORT_BYTES;
 use crate::capacity::{CapacityReport, Feed, Registry, ReportError};
 use crate::metrics::Metrics;
 use crate::reload::{ConfigReloader, PluginManager, ReloadError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,7 +48,10 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/targets", get(targets))
-        .route("/v1/targets/{id}/capacity", put(push_capacity))
+        .route(
+            "/v1/targets/{id}/capacity",
+            put(push_capacity).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/v1/plugins", get(plugins))
         .route(
             "/v1/plugins/{name}",
@@ -142,8 +147,15 @@ async fn upload_plugin(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("{e}; a plugin upload is at most {MAX_PLUGIN_BYTES} bytes");
+            return error(e.status(), msg);
+        }
+    };
     plugin_op(&s, &headers, name, move |m, n| m.upload(n, &body)).await
 }
 
@@ -175,11 +187,21 @@ async fn push_capacity(
     State(s): State<Arc<AdminState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let e = s
+                .registry
+                .reject(&id, ReportError::Oversized(MAX_REPORT_BYTES + 1));
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
+        Err(e) => return error(e.status(), e.to_string()),
+    };
     let result = CapacityReport::parse(&body)
         .map_err(|e| s.registry.reject(&id, e))
         .and_then(|r| s.registry.report(&id, r, Feed::Http));
@@ -362,6 +384,25 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert!(!body.contains("s3cret"), "{body}");
         assert!(body.contains("http://svc:redacted@127.0.0.1:1/"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_report_gets_a_json_413_naming_the_limit_and_is_counted() {
+        let (app, state) = app(None);
+        for size in [MAX_REPORT_BYTES + 10, 3 << 20] {
+            let body = format!(r#"{{"capacity":1,"zone":"{}"}}"#, "z".repeat(size));
+            let (s, body) = send(&app, put_capacity("a", &body, None)).await;
+            assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+            let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+            let msg = v["error"].as_str().unwrap();
+            assert!(msg.contains(&MAX_REPORT_BYTES.to_string()), "{msg}");
+        }
+        let rejected = state
+            .metrics
+            .capacity_reports
+            .with_label_values(&["rejected", "oversized"])
+            .get();
+        assert_eq!(rejected, 2);
     }
 
     fn put_capacity(id: &str, body: &str, token: Option<&str>) -> Request<Body> {

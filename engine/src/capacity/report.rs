@@ -61,7 +61,8 @@ pub struct CapacityReport {
 pub enum ReportError {
     #[error("invalid capacity report: {0}")]
     Invalid(String),
-    #[error("report is {0} bytes; the limit is {MAX_REPORT_BYTES}")]
+    /// At least this many bytes (the HTTP body is not read past the limit).
+    #[error("report is over the limit of {MAX_REPORT_BYTES} bytes ({0} bytes or more)")]
     Oversized(usize),
     #[error("field {field:?}: {value} is out of range 0..={max}")]
     OutOfRange {
