@@ -140,7 +140,8 @@ async fn plugin_op(
         return error(StatusCode::NOT_FOUND, "no plugins loaded");
     };
     let n = name.clone();
-    reload_response(tokio::task::spawn_blocking(move || op(&m, &n)).await, &name)
+    let task = move || crate::panic::contained(|| op(&m, &n));
+    reload_response(tokio::task::spawn_blocking(task).await, &name)
 }
 
 async fn upload_plugin(
@@ -149,12 +150,16 @@ async fn upload_plugin(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
     let body = match body {
         Ok(b) => b,
-        Err(e) => {
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let msg = format!("{e}; a plugin upload is at most {MAX_PLUGIN_BYTES} bytes");
             return error(e.status(), msg);
         }
+        Err(e) => return error(e.status(), e.to_string()),
     };
     plugin_op(&s, &headers, name, move |m, n| m.upload(n, &body)).await
 }
@@ -287,7 +292,7 @@ async fn reload_config(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> 
     let Some(r) = s.reloader.clone() else {
         return error(StatusCode::NOT_FOUND, "no config loaded");
     };
-    match tokio::task::spawn_blocking(move || r.reload()).await {
+    match tokio::task::spawn_blocking(move || crate::panic::contained(|| r.reload())).await {
         Ok(report) if report.ok => Json(report).into_response(),
         Ok(report) => (StatusCode::UNPROCESSABLE_ENTITY, Json(report)).into_response(),
         Err(e) => error(

@@ -178,9 +178,16 @@ impl Daemon {
     /// Reloads the config file (SIGHUP, `POST /v1/reload`).
     pub async fn reload(&self) -> reload::ReloadReport {
         let r = self.reloader.clone();
-        tokio::task::spawn_blocking(move || r.reload())
+        tokio::task::spawn_blocking(move || crate::panic::contained(|| r.reload()))
             .await
-            .expect("config reload task")
+            .unwrap_or_else(|e| reload::ReloadReport {
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+                ok: false,
+                changed: vec![],
+                errors: vec![format!("reload task failed: {e}")],
+            })
     }
 
     /// Asks the daemon to stop (returns at once).

@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod logging;
 pub mod metrics;
 pub mod offsets;
+pub mod panic;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;

@@ -274,6 +274,9 @@ fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
+        if cdrs::panic::is_contained() {
+            return; // its caller answers with an error (see cdrs::panic)
+        }
         tracing::error!(panic = %info, "panic: exiting (status {EXIT_PANIC}) so a restart resumes from committed offsets");
         std::process::exit(EXIT_PANIC);
     }));

@@ -586,13 +586,15 @@ pub async fn watch_files(
         let changed: Vec<PathBuf> = changed.iter().map(canonical).collect();
         if config_file.as_ref().is_some_and(|c| changed.contains(c)) {
             let r = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+            let _ =
+                tokio::task::spawn_blocking(move || crate::panic::contained(|| r.reload())).await;
             continue;
         }
         for (path, name) in &watched {
             if changed.contains(path) {
                 let (m, n) = (manager.clone(), name.clone());
-                let r = tokio::task::spawn_blocking(move || m.reload_file(&n)).await;
+                let task = move || crate::panic::contained(|| m.reload_file(&n));
+                let r = tokio::task::spawn_blocking(task).await;
                 if let Ok(Ok(version)) = r {
                     tracing::info!(plugin = %name, version = &version[..12], "plugin file reloaded");
                 }

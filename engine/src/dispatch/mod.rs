@@ -282,9 +282,6 @@ impl Job {
     }
 }
 
-/// Finishes `jobs` (delivered): one partition lock per run of jobs of the
-/// same partition, as a lane's batch holds long runs of each partition's
-/// records.
 /// `jobs` followed by the later parts of their batch still `pending` (a
 /// stack, next part last), all in offset order.
 fn with_pending(mut jobs: Vec<Job>, pending: &mut Vec<Vec<Job>>) -> Vec<Job> {
@@ -294,6 +291,9 @@ fn with_pending(mut jobs: Vec<Job>, pending: &mut Vec<Vec<Job>>) -> Vec<Job> {
     jobs
 }
 
+/// Finishes `jobs` (delivered): one partition lock per run of jobs of the
+/// same partition, as a lane's batch holds long runs of each partition's
+/// records.
 fn finish_jobs(jobs: Vec<Job>) {
     let mut run: Vec<(i64, Option<u64>)> = Vec::new();
     let mut current: Option<Arc<Partition>> = None;
@@ -665,8 +665,13 @@ impl Pipeline {
     async fn deliver_to(self: &Arc<Self>, id: Arc<str>, mut jobs: Vec<Job>) -> Vec<Job> {
         let delivery = self.delivery.load_full();
         let cfg = &delivery.cfg;
-        let mut retries = schedule(cfg, Some(cfg.max_attempts.saturating_sub(1) as usize));
-        let deadline = Instant::now() + Duration::from_millis(cfg.retry_deadline_ms);
+        let budget = || {
+            (
+                schedule(cfg, Some(cfg.max_attempts.saturating_sub(1) as usize)),
+                Instant::now() + Duration::from_millis(cfg.retry_deadline_ms),
+            )
+        };
+        let (mut retries, mut deadline) = budget();
         let mut stop = self.dispatch.stop_signal();
         let gauge = self.metrics.breaker_state.with_label_values(&[&*id]);
         let mut tries = 0u32;
@@ -780,7 +785,10 @@ impl Pipeline {
                     }
                     match pending.pop() {
                         Some(next) => {
+                            // A part of a split batch: a request of its own,
+                            // with the whole retry budget.
                             jobs = next;
+                            (tries, (retries, deadline)) = (0, budget());
                             continue;
                         }
                         None => return Vec::new(),
@@ -795,7 +803,9 @@ impl Pipeline {
                 .deliveries
                 .with_label_values(&[&*id, "error"])
                 .inc();
-            if e.retryable() {
+            // A redirect is not retried, but a target that redirects every
+            // batch is as useless as a failing one: the breaker counts it.
+            if e.retryable() || e.is_redirect() {
                 let targets = snapshot.targets.len();
                 if let Some(ej) = self
                     .dispatch
@@ -823,6 +833,7 @@ impl Pipeline {
                     "413 from the target; sending the batch in halves");
                 self.metrics.split_batches.with_label_values(&[&*id]).inc();
                 pending.push(later);
+                (tries, (retries, deadline)) = (0, budget());
                 continue;
             }
             if !e.retryable() || e.unreachable() {

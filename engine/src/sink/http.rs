@@ -169,6 +169,18 @@ impl DeliveryError {
         }
     }
 
+    /// Whether the target answered with a redirect (3xx), which CDRS does
+    /// not follow.
+    pub fn is_redirect(&self) -> bool {
+        matches!(
+            self,
+            DeliveryError::Status {
+                status: 300..=399,
+                ..
+            }
+        )
+    }
+
     /// Whether the target could not be reached at all (refused connection,
     /// DNS): it is marked down at once instead of retried.
     pub fn unreachable(&self) -> bool {
@@ -421,7 +433,9 @@ mod tests {
             headers: vec![],
         };
         match sink.post(&url, &[&r]).await {
-            Err(e @ DeliveryError::Status { status: 302, .. }) => assert!(!e.retryable()),
+            Err(e @ DeliveryError::Status { status: 302, .. }) => {
+                assert!(!e.retryable() && e.is_redirect())
+            }
             other => panic!("expected the 302 itself, got {other:?}"),
         }
     }

@@ -11,19 +11,22 @@
 //!   and `cdrs-dlq-plugin-version` (sha256) when a plugin decided,
 //!   `cdrs-dlq-attempts` (delivery attempts made), `cdrs-original-topic`,
 //!   `cdrs-original-partition`, `cdrs-original-offset`,
-//!   `cdrs-original-timestamp-ms` when known. A record too large for the
-//!   dead-letter producer or topic is written without its value and
-//!   headers, with `cdrs-dlq-omitted` saying so.
+//!   `cdrs-original-timestamp-ms` when known. A record larger than the
+//!   dead-letter producer's `message.max.bytes` is written without its
+//!   value and headers, with `cdrs-dlq-omitted` saying so.
 //!
-//! A record a producer can never write (larger than `message.max.bytes`,
-//! invalid) is not retried: the rest of its batch is delivered and it is
-//! dead-lettered ([`DeliveryError::Rejected`]).
+//! A record the producer refuses as it is handed over (larger than
+//! `message.max.bytes`, invalid) is not retried: the rest of its batch is
+//! delivered and it is dead-lettered ([`DeliveryError::Rejected`]). A
+//! topic whose `max.message.bytes` is smaller than that makes the broker
+//! refuse whole produce requests, which fail like any other error: keep
+//! `message.max.bytes` at or below the topics' limit.
 
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, IDEMPOTENCY_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
 };
@@ -81,8 +84,6 @@ pub struct TargetProducer {
 struct BatchAck {
     pending: AtomicUsize,
     error: Mutex<Option<String>>,
-    /// Records the broker refused for good: (idempotency key, why).
-    rejected: Mutex<Vec<(String, String)>>,
     done: Notify,
 }
 
@@ -102,9 +103,11 @@ impl BatchAck {
 }
 
 /// Errors that no retry, at this target or another `kafka://` one, can
-/// fix: the record itself is too large or invalid for the producer or the
-/// broker (librdkafka's `message.max.bytes`, the topic's
-/// `max.message.bytes`).
+/// fix when librdkafka returns them for one record as it is handed over:
+/// the record is larger than the producer's `message.max.bytes`, or
+/// invalid. The same codes from the broker (a topic's smaller
+/// `max.message.bytes`) refuse a whole produce request, innocent records
+/// with it, so they fail the batch like any other error instead.
 fn permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -123,12 +126,7 @@ fn refusal(e: &KafkaError, r: &Record) -> String {
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
     );
     if too_large {
-        let bytes = r.key.as_ref().map_or(0, Vec::len)
-            + r.value.as_ref().map_or(0, Vec::len)
-            + r.headers
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
+        let bytes = record_bytes(r);
         format!(
             "record of ~{bytes} bytes is larger than the Kafka producer's message.max.bytes \
              ([kafka.options]): {e}"
@@ -138,6 +136,19 @@ fn refusal(e: &KafkaError, r: &Record) -> String {
     }
 }
 
+/// Key, value and header bytes of `r` (librdkafka adds some framing).
+fn record_bytes(r: &Record) -> usize {
+    r.key.as_ref().map_or(0, Vec::len)
+        + r.value.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 struct AckContext;
 
 impl ClientContext for AckContext {}
@@ -146,26 +157,7 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<BatchAck>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
-        match result {
-            Ok(_) => ack.ack(None),
-            Err((e, msg)) => {
-                // Which record: its idempotency key, the last header.
-                let id = permanent(e)
-                    .then(|| msg.headers())
-                    .flatten()
-                    .and_then(|h| h.iter().find(|h| h.key == IDEMPOTENCY_HEADER))
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                match id {
-                    Some(id) => {
-                        let why = format!("the broker refused the record for good: {e}");
-                        ack.rejected.lock().expect("ack lock").push((id, why));
-                        ack.count_down(1);
-                    }
-                    None => ack.ack(Some(e.to_string())),
-                }
-            }
-        }
+        ack.ack(result.as_ref().err().map(|(e, _)| e.to_string()));
     }
 }
 
@@ -211,7 +203,6 @@ impl TargetProducer {
         let ack = Arc::new(BatchAck {
             pending: AtomicUsize::new(records.len()),
             error: Mutex::new(None),
-            rejected: Mutex::new(Vec::new()),
             done: Notify::new(),
         });
         let mut refused: Vec<(usize, String)> = Vec::new();
@@ -278,19 +269,9 @@ impl TargetProducer {
         if let Some(e) = error {
             return Err(fail(e));
         }
-        let by_broker = std::mem::take(&mut *ack.rejected.lock().expect("ack lock"));
-        for (key, why) in by_broker {
-            if let Some(i) = records.iter().position(|r| {
-                r.write_id(&mut id);
-                id == key
-            }) {
-                refused.push((i, why));
-            }
-        }
         if refused.is_empty() {
             Ok(())
         } else {
-            refused.sort_by_key(|r| r.0);
             Err(DeliveryError::Rejected {
                 url: url.into(),
                 records: refused,
@@ -316,6 +297,9 @@ async fn wait_acked(ack: &BatchAck) {
 pub struct DeadLetterSink {
     producer: FutureProducer,
     topic: String,
+    /// The producer's `message.max.bytes`: larger records are written as
+    /// stubs.
+    max_message_bytes: usize,
 }
 
 impl DeadLetterSink {
@@ -329,16 +313,22 @@ impl DeadLetterSink {
         Ok(DeadLetterSink {
             producer: producer_config(brokers, options).create()?,
             topic: topic.into(),
+            max_message_bytes: options
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
         })
     }
 
     /// Produces the dead letter and waits for the broker's ack. A record
-    /// too large for the producer or the topic (see [`permanent`]) is
-    /// dead-lettered without its value and headers, with a
-    /// `cdrs-dlq-omitted` header saying so, rather than retried forever.
+    /// larger than the producer's `message.max.bytes` is dead-lettered
+    /// without its value and headers, with a `cdrs-dlq-omitted` header
+    /// saying so, rather than retried forever.
     pub async fn send(&self, r: &Record, why: &DeadLetter<'_>) -> Result<(), KafkaError> {
+        // Only a record that is itself too large: the broker's size error
+        // refuses whole produce requests, other dead letters with it.
         match self.produce(r, why, false).await {
-            Err(e) if permanent(&e) => {
+            Err(e) if permanent(&e) && record_bytes(r) >= self.max_message_bytes => {
                 tracing::warn!(record = %r.id(), error = %e,
                     "dead letter refused as too large; writing it without value and headers");
                 self.produce(r, why, true).await
@@ -364,7 +354,7 @@ impl DeadLetterSink {
         }
         let omitted = format!(
             "value ({} bytes) and headers ({}) left out: the record is larger than \
-             the producer's message.max.bytes or the topic's max.message.bytes",
+             the producer's message.max.bytes",
             r.value.as_ref().map_or(0, Vec::len),
             r.headers.len()
         );
