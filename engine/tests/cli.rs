@@ -54,6 +54,50 @@ fn check_reports_missing_and_non_wasm_plugins() {
     assert!(out.contains("not a WebAssembly file"), "{out}");
 }
 
+/// `[kafka.options]` are judged by librdkafka, by name, in `check` and
+/// before `run` starts anything; a target looping into a consumed topic is
+/// refused.
+#[test]
+fn check_and_run_name_a_bad_kafka_option_and_a_topic_loop() {
+    let file = "tests/fixtures/config/bad-kafka-option.toml";
+    let (ok, out) = cdrs(&["check", "--config", file]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("targets[0].url: \"kafka://trades\" writes to a topic CDRS consumes"),
+        "{out}"
+    );
+    let (ok, out) = cdrs(&["run", "--config", file]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("targets[0].url"),
+        "run refuses the same file: {out}"
+    );
+    // Without the loop, the option alone.
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let dir = std::env::temp_dir().join(format!("cdrs-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let only_option = dir.join("only-option.toml");
+    let plugin = root().join("target/wasm32-wasip2/plugin/p2c_router.wasm");
+    std::fs::write(
+        &only_option,
+        text.replace("kafka://trades", "kafka://elsewhere").replace(
+            "../../../target/wasm32-wasip2/plugin/p2c_router.wasm",
+            &plugin.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let path = only_option.display().to_string();
+    for cmd in ["check", "run"] {
+        let (ok, out) = cdrs(&[cmd, "--config", &path]);
+        assert!(!ok, "{cmd}: {out}");
+        assert!(
+            out.contains("kafka.options.\"no.such.option\": \"1\" is refused by librdkafka"),
+            "{cmd}: {out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn check_accepts_the_example_config() {
     if !root()
