@@ -127,6 +127,19 @@ async fn retry_after_on_503_is_honoured() {
     assert!(retries > 0, "the batch was retried at the same target");
 }
 
+/// The one `kafka://` target of the Kafka sink tests, writing to `topic`.
+fn stream_target(topic: &str) -> TargetConfig {
+    TargetConfig {
+        id: "stream-1".into(),
+        url: format!("kafka://{topic}"),
+        capacity: 100,
+        weight: DEFAULT_WEIGHT,
+        zone: None,
+        labels: Default::default(),
+        health_url: None,
+    }
+}
+
 /// A `kafka://` target: records are produced to that topic, key and value
 /// byte for byte, with the `cdrs-idempotency-key` header; records that
 /// carry headers (a null one, binary bytes) and a timestamp keep them, in
@@ -136,15 +149,7 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
     let brokers = mock_cluster(&[(topic, 2), (dlq, 1), (out, 1)]);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-kafka-sink", |c| {
-        c.targets = vec![TargetConfig {
-            id: "stream-1".into(),
-            url: format!("kafka://{out}"),
-            capacity: 100,
-            weight: DEFAULT_WEIGHT,
-            zone: None,
-            labels: Default::default(),
-            health_url: None,
-        }];
+        c.targets = vec![stream_target(out)];
     })
     .await;
     let ledger = produce(&brokers, topic, 2_000, 100).await.unwrap();
@@ -257,15 +262,7 @@ async fn a_record_too_large_for_the_kafka_producer_is_dead_lettered() {
     let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
     let brokers = mock_cluster(&[(topic, 2), (dlq, 1), (out, 1)]);
     let s = start(&brokers, topic, dlq, "cdrs-e2e-too-large", |c| {
-        c.targets = vec![TargetConfig {
-            id: "stream-1".into(),
-            url: format!("kafka://{out}"),
-            capacity: 100,
-            weight: DEFAULT_WEIGHT,
-            zone: None,
-            labels: Default::default(),
-            health_url: None,
-        }];
+        c.targets = vec![stream_target(out)];
         c.kafka
             .options
             .insert("message.max.bytes".into(), "20000".into());

@@ -415,13 +415,8 @@ mod tests {
         url
     }
 
-    #[tokio::test]
-    async fn a_redirect_is_not_followed_nor_taken_for_delivery() {
-        let url = answering(
-            "302 Found\r\nlocation: http://127.0.0.1:9/elsewhere",
-            vec![],
-        )
-        .await;
+    /// POSTs one small record to `url` with the default settings.
+    async fn post_one(url: &str) -> Result<(), DeliveryError> {
         let sink = HttpSink::new(&DeliveryConfig::default()).unwrap();
         let r = Record {
             topic: "t".into(),
@@ -432,7 +427,17 @@ mod tests {
             value: Some(b"{}".to_vec()),
             headers: vec![],
         };
-        match sink.post(&url, &[&r]).await {
+        sink.post(url, &[&r]).await
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_nor_taken_for_delivery() {
+        let url = answering(
+            "302 Found\r\nlocation: http://127.0.0.1:9/elsewhere",
+            vec![],
+        )
+        .await;
+        match post_one(&url).await {
             Err(e @ DeliveryError::Status { status: 302, .. }) => {
                 assert!(!e.retryable() && e.is_redirect())
             }
@@ -448,17 +453,7 @@ mod tests {
         body.extend_from_slice("é".as_bytes());
         body.extend(std::iter::repeat_n(b'b', 1 << 20));
         let url = answering("500 Internal Server Error", body).await;
-        let sink = HttpSink::new(&DeliveryConfig::default()).unwrap();
-        let r = Record {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            timestamp_ms: None,
-            key: None,
-            value: Some(b"{}".to_vec()),
-            headers: vec![],
-        };
-        match sink.post(&url, &[&r]).await {
+        match post_one(&url).await {
             Err(DeliveryError::Status { status, body, .. }) => {
                 assert_eq!(status, 500);
                 assert!(body.len() <= ERROR_EXCERPT_BYTES, "{}", body.len());
