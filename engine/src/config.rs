@@ -1326,24 +1326,9 @@ impl Config {
         if !out.is_empty() || options.is_empty() {
             return out;
         }
-        let mut consumer = ClientConfig::new();
-        consumer
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("group.id", &self.kafka.group_id)
-            .set("enable.auto.offset.store", "false")
-            .set("partition.assignment.strategy", "cooperative-sticky");
-        let mut producer = ClientConfig::new();
-        producer
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in options {
-            consumer.set(k, v);
-            if !crate::sink::kafka::is_consumer_only(k) {
-                producer.set(k, v);
-            }
-        }
+        // The very settings `cdrs run` creates its clients with.
+        let mut consumer = crate::source::consumer_config(&self.kafka, &self.pipeline);
+        let mut producer = crate::sink::kafka::producer_config(&self.kafka.brokers, options);
         // Errors come back as results; `cdrs run` logs the warnings (e.g. a
         // producer property ignored by the consumer).
         consumer.set("log_level", "3");

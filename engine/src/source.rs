@@ -326,12 +326,8 @@ pub type Source = StreamConsumer<SourceContext>;
 /// would let each partition take 64 MiB.
 pub const PREFETCH_KBYTES: &str = "16384";
 
-/// Creates the group consumer and subscribes to `kafka.topics`.
-pub fn consumer(
-    cfg: &KafkaConfig,
-    pipeline: &PipelineConfig,
-    joined: Arc<AtomicBool>,
-) -> anyhow::Result<Source> {
+/// The group consumer's settings: CDRS's own, then `[kafka.options]`.
+pub(crate) fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
@@ -346,6 +342,16 @@ pub fn consumer(
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
+    c
+}
+
+/// Creates the group consumer and subscribes to `kafka.topics`.
+pub fn consumer(
+    cfg: &KafkaConfig,
+    pipeline: &PipelineConfig,
+    joined: Arc<AtomicBool>,
+) -> anyhow::Result<Source> {
+    let c = consumer_config(cfg, pipeline);
     let context = SourceContext {
         joined,
         assigned: Assignment::default(),

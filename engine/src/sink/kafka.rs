@@ -54,7 +54,7 @@ pub fn target_topic(url: &str) -> Option<&str> {
         .map(|t| t.trim_end_matches('/'))
 }
 
-fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+pub(crate) fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
