@@ -472,7 +472,8 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Check { file } => {
             let runtime = Runtime::new(&PluginRuntimeConfig::default())
                 .context("failed to start the Wasm runtime")?;
-            let compiled = runtime.compile("plugin", &file, None)?;
+            // Any world; nothing is cached for a plugin that was only checked.
+            let compiled = runtime.compile("plugin", &file, None, None)?;
             let i = Inspection::of(runtime.engine(), &compiled.component);
             let host = contract::host_version();
             println!("file:     {}", file.display());

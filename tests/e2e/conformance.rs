@@ -324,7 +324,7 @@ fn earlier_and_later_1x_plugins_load_and_another_major_is_refused() {
         let inspection = cdrs::plugin::contract::Inspection::of(
             runtime.engine(),
             &runtime
-                .compile("versioned", &wasm, None)
+                .compile("versioned", &wasm, None, None)
                 .expect("compile")
                 .component,
         );

@@ -231,7 +231,8 @@ fn filters_stamp_kept_records_when_asked() {
 }
 
 /// A restart (new runtime) loads a known plugin from the compiled cache
-/// without compiling; a corrupt entry is detected and rebuilt.
+/// without compiling; a corrupt entry is detected and rebuilt. Entries are
+/// written by `persist`, which the loaders call once a plugin is accepted.
 #[test]
 fn compiled_cache_serves_restarts_and_rejects_corrupt_entries() {
     let dir = std::env::temp_dir().join(format!("cdrs-e2e-cache-{}", std::process::id()));
@@ -241,14 +242,13 @@ fn compiled_cache_serves_restarts_and_rejects_corrupt_entries() {
         ..PluginRuntimeConfig::default()
     };
     let path = plugin_dir().join("p2c_router.wasm");
-    let cold = Runtime::new(&limits)
-        .unwrap()
-        .compile("r", &path, None)
-        .unwrap();
+    let rt = Runtime::new(&limits).unwrap();
+    let cold = rt.compile("r", &path, None, Some("router")).unwrap();
     assert!(!cold.cached);
+    cold.persist(&rt);
     let warm = Runtime::new(&limits)
         .unwrap()
-        .compile("r", &path, None)
+        .compile("r", &path, None, Some("router"))
         .unwrap();
     assert!(warm.cached, "second runtime loads from the cache");
     assert_eq!(warm.hash, cold.hash);
@@ -266,20 +266,20 @@ fn compiled_cache_serves_restarts_and_rejects_corrupt_entries() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, bytes).unwrap();
-    let again = Runtime::new(&limits)
-        .unwrap()
-        .compile("r", &path, None)
-        .unwrap();
+    let rt = Runtime::new(&limits).unwrap();
+    let again = rt.compile("r", &path, None, Some("router")).unwrap();
     assert!(!again.cached, "corrupt entry not trusted");
+    again.persist(&rt);
     let fixed = Runtime::new(&limits)
         .unwrap()
-        .compile("r", &path, None)
+        .compile("r", &path, None, Some("router"))
         .unwrap();
     assert!(fixed.cached, "entry rebuilt");
 
-    let pinned = Runtime::new(&limits)
-        .unwrap()
-        .compile("r", &path, Some(&"0".repeat(64)));
+    let pinned =
+        Runtime::new(&limits)
+            .unwrap()
+            .compile("r", &path, Some(&"0".repeat(64)), Some("router"));
     let e = pinned.err().unwrap().to_string();
     assert!(e.contains("config pins"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -314,6 +314,7 @@ fn router_failures_fall_back_to_the_host_policy() {
         zone: None,
         labels: Default::default(),
         health_url: None,
+        report_token: None,
     };
     let registry = Registry::new(
         CapacityConfig::default(),

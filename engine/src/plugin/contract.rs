@@ -70,6 +70,52 @@ pub fn host_version() -> Version {
         .expect("sdk/wit/plugin.wit declares `package cdrs:plugin@X.Y.Z;`")
 }
 
+/// The exports each world needs, router first (a router exports `init`
+/// too): per world, a list of requirements, each a list of alternatives of
+/// which one will do (the plain or the packed form of contract 1.1). The one
+/// list both the check before compiling ([`crate::plugin::scan`]) and
+/// [`Inspection::of`] read.
+const WORLD_EXPORTS: &[(&str, &[&[&str]])] = &[
+    (
+        "router",
+        &[&["init"], &["route", "route-packed"], &["update-targets"]],
+    ),
+    ("filter", &[&["init"], &["filter", "filter-packed"]]),
+];
+
+/// Exports that make a component answer in packed form (the worlds
+/// `packed-filter` / `packed-router` of contract 1.1).
+const PACKED_EXPORTS: &[&str] = &["route-packed", "filter-packed"];
+
+/// What `world` (`filter` or `router`) needs that `exports` lacks, one
+/// entry per missing export, alternatives joined (`"route" or
+/// "route-packed"`); empty when the exports fit.
+pub fn missing_exports(world: &str, exports: &[String]) -> Vec<String> {
+    let has = |n: &str| exports.iter().any(|e| e == n);
+    let Some((_, needs)) = WORLD_EXPORTS.iter().find(|(w, _)| *w == world) else {
+        return vec![format!("(no world named {world:?})")];
+    };
+    needs
+        .iter()
+        .filter(|any| !any.iter().any(|n| has(n)))
+        .map(|any| {
+            any.iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        })
+        .collect()
+}
+
+/// The world whose exports `exports` has (`router` or `filter`); none if
+/// it fits neither.
+pub fn world_of(exports: &[String]) -> Option<&'static str> {
+    WORLD_EXPORTS
+        .iter()
+        .find(|(w, _)| missing_exports(w, exports).is_empty())
+        .map(|(w, _)| *w)
+}
+
 /// How the host treats one import of a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -79,6 +125,26 @@ pub enum Grant {
     WasiNothingGranted,
     /// Not provided: the component cannot be loaded.
     Refused,
+}
+
+impl Grant {
+    /// How the host treats an import named `name`
+    /// (`cdrs:plugin/host@1.0.0`, `wasi:cli/environment@0.2.3`, …).
+    pub fn of(name: &str) -> Grant {
+        if name.starts_with("cdrs:plugin/") {
+            Grant::Contract
+        } else if name.starts_with("wasi:") {
+            Grant::WasiNothingGranted
+        } else {
+            Grant::Refused
+        }
+    }
+}
+
+/// The contract version a `cdrs:plugin/…@X.Y.Z` import name carries.
+fn contract_version(name: &str) -> Option<Version> {
+    let rest = name.strip_prefix("cdrs:plugin/")?;
+    rest.split_once('@').and_then(|(_, v)| Version::parse(v))
 }
 
 /// One import of a component.
@@ -110,46 +176,46 @@ impl Inspection {
     /// Reads `component`'s imports and exports.
     pub fn of(engine: &Engine, component: &Component) -> Inspection {
         let ty = component.component_type();
+        let imports = ty.imports(engine).map(|(name, item)| {
+            let functions = match &item.ty {
+                ComponentItem::ComponentInstance(i) => {
+                    i.exports(engine).map(|(n, _)| n.to_string()).collect()
+                }
+                _ => Vec::new(),
+            };
+            (name.to_string(), functions)
+        });
+        let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        Inspection::from_names(imports, exports)
+    }
+
+    /// An inspection from top-level import names (with the functions of
+    /// each imported instance, if known) and export names, as read from the
+    /// component's type or, before compiling, from its binary.
+    pub fn from_names(
+        imports: impl IntoIterator<Item = (String, Vec<String>)>,
+        exports: Vec<String>,
+    ) -> Inspection {
         let mut versions = Vec::new();
-        let imports = ty
-            .imports(engine)
-            .map(|(name, item)| {
-                let functions = match &item.ty {
-                    ComponentItem::ComponentInstance(i) => {
-                        i.exports(engine).map(|(n, _)| n.to_string()).collect()
+        let imports = imports
+            .into_iter()
+            .map(|(name, functions)| {
+                if let Some(v) = contract_version(&name) {
+                    if !versions.contains(&v) {
+                        versions.push(v);
                     }
-                    _ => Vec::new(),
-                };
-                let grant = if let Some(rest) = name.strip_prefix("cdrs:plugin/") {
-                    if let Some(v) = rest.split_once('@').and_then(|(_, v)| Version::parse(v)) {
-                        if !versions.contains(&v) {
-                            versions.push(v);
-                        }
-                    }
-                    Grant::Contract
-                } else if name.starts_with("wasi:") {
-                    Grant::WasiNothingGranted
-                } else {
-                    Grant::Refused
-                };
+                }
                 Import {
-                    name: name.to_string(),
+                    grant: Grant::of(&name),
+                    name,
                     functions,
-                    grant,
                 }
             })
             .collect();
-        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-        let has = |n: &str| exports.iter().any(|e| e == n);
-        let world = if (has("route") || has("route-packed")) && has("update-targets") && has("init")
-        {
-            Some("router")
-        } else if (has("filter") || has("filter-packed")) && has("init") {
-            Some("filter")
-        } else {
-            None
-        };
-        let packed = has("route-packed") || has("filter-packed");
+        let world = world_of(&exports);
+        let packed = PACKED_EXPORTS
+            .iter()
+            .any(|p| exports.iter().any(|e| e == p));
         versions.sort();
         Inspection {
             world,
@@ -245,6 +311,31 @@ mod tests {
         assert_eq!(refused, ["acme:db/query"]);
         assert_eq!(i.imports[0].functions, ["now-ms"]);
         assert_eq!(i.world, None);
+    }
+
+    #[test]
+    fn worlds_are_read_from_one_list_of_exports() {
+        let names = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(world_of(&names(&["init", "filter"])), Some("filter"));
+        assert_eq!(world_of(&names(&["init", "filter-packed"])), Some("filter"));
+        let router = names(&["init", "route-packed", "update-targets"]);
+        assert_eq!(world_of(&router), Some("router"));
+        assert!(missing_exports("router", &router).is_empty());
+        assert_eq!(world_of(&names(&["route"])), None);
+        assert_eq!(
+            missing_exports("router", &names(&["route"])),
+            [r#""init""#, r#""update-targets""#]
+        );
+        assert_eq!(
+            missing_exports("filter", &[]),
+            [r#""init""#, r#""filter" or "filter-packed""#]
+        );
+        assert_eq!(
+            Grant::of("wasi:io/streams@0.2.3"),
+            Grant::WasiNothingGranted
+        );
+        assert_eq!(Grant::of("cdrs:plugin/host@1.1.0"), Grant::Contract);
+        assert_eq!(Grant::of("cdrs:pluginx/host"), Grant::Refused);
     }
 
     #[test]

@@ -56,11 +56,14 @@ impl FilterPlugin {
         cfg: &PluginConfig,
         metrics: Arc<Metrics>,
     ) -> Result<FilterPlugin, PluginError> {
-        let compiled = runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref())?;
+        let compiled =
+            runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref(), Some("filter"))?;
         Self::from_compiled(runtime, &cfg.name, compiled, cfg.config_json(), metrics)
     }
 
-    /// Links an already compiled component and creates its instances.
+    /// Links an already compiled component and creates its instances; once
+    /// every `init` returned Ok the compiled code goes to the compiled cache
+    /// ([`Compiled::persist`]), so a refused component is never cached.
     pub fn from_compiled(
         runtime: &Arc<Runtime>,
         name: &str,
@@ -90,6 +93,7 @@ impl FilterPlugin {
             .map(|_| plugin.instantiate())
             .collect::<Result<Vec<_>, _>>()?;
         plugin.pool = Pool::new(instances);
+        compiled.persist(runtime);
         tracing::info!(plugin = %plugin.meta.name, version = %plugin.meta.short(), "filter plugin loaded");
         Ok(plugin)
     }

@@ -5,6 +5,13 @@
 //! * Plugins are compiled once ([`Runtime::compile`]) and pre-linked
 //!   (`InstancePre`); instances are long-lived, kept in a small pool per plugin,
 //!   and called from one thread at a time.
+//! * Compiling is bounded: a component is read first ([`scan`]) and refused
+//!   before compiling if its imports, contract version or exports do not fit
+//!   or it is over the compile budget; concurrent compiles of one component
+//!   share one compile, and one compile runs at a time in the process.
+//! * Compiled code is cached on disk ([`cache`]) only for plugins the host
+//!   accepted, and loaded back only from a folder this uid owns alone and
+//!   under a MAC of this installation's key.
 //! * Sandbox: WASI is linked because some guest toolchains import it, but the
 //!   context grants nothing (no preopened dirs, no env, no args, no sockets,
 //!   stdio discarded). Each call has a wall-clock deadline (epoch interruption,
@@ -15,18 +22,21 @@
 //!   only the record(s) that make the plugin fail are singled out.
 
 pub mod bindings;
+pub mod cache;
 pub mod contract;
 pub mod filter;
 pub mod router;
 pub mod scaffold;
+pub mod scan;
 pub mod testbed;
 
 use crate::config::PluginRuntimeConfig;
 use bindings::host;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -196,6 +206,36 @@ pub struct Compiled {
     pub load_ms: f64,
 }
 
+impl Compiled {
+    /// Writes the compiled code to the compiled cache (`plugins.cache_dir`),
+    /// so the next load of this component skips compiling. Call it only
+    /// once the host accepted the plugin (linked against its world, `init`
+    /// returned Ok): a refused component is never cached. Nothing happens
+    /// when it came from the cache or the cache is not in use; a failed
+    /// write is logged at WARN and otherwise ignored.
+    pub fn persist(&self, runtime: &Runtime) {
+        if self.cached {
+            return;
+        }
+        let Some(cache) = runtime.cache() else {
+            return;
+        };
+        if let Err(e) = cache.store(&self.hash, &self.component) {
+            tracing::warn!(version = %&self.hash[..12], dir = %cache.dir().display(), error = %e,
+                "compiled cache entry not written");
+        }
+    }
+}
+
+/// Held while a component compiles: one compile at a time in the process.
+/// wasmtime already spreads one compile over every core (`parallel-compilation`,
+/// rayon), so more would only compete for them and add up their memory.
+static COMPILING: Mutex<()> = Mutex::new(());
+
+/// A compile in progress or done, shared by the callers that asked for the
+/// same component at once: the component and whether it came from the cache.
+type SharedCompile = Arc<OnceLock<Result<(Component, bool), PluginError>>>;
+
 /// Maps a wasmtime linking error to [`PluginError::Link`].
 pub(crate) fn link_error<'a>(
     name: &'a str,
@@ -290,19 +330,51 @@ impl PluginMeta {
     }
 }
 
-/// Writes a compiled component and its checksum (temp file + rename, so a
-/// crash never leaves a half-written entry under the final name).
-fn store_cached(
-    (dir, stem): &(std::path::PathBuf, String),
-    component: &Component,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let artifact = component.serialize()?;
-    let sum = hex::encode(Sha256::digest(&artifact));
-    for (ext, data) in [("cwasm", artifact.as_slice()), ("sha256", sum.as_bytes())] {
-        let tmp = dir.join(format!("{stem}.{ext}.tmp{}", std::process::id()));
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, dir.join(format!("{stem}.{ext}")))?;
+/// Refuses a component the host cannot run, by the names of its top-level
+/// imports and exports: imports the host does not grant; and when the world
+/// it is loaded as is known, a contract version the host does not run, the
+/// other world, or exports the world needs and it lacks.
+///
+/// Errors: `Incompatible` (version, imports), `Link` (world, exports).
+fn check_contract(
+    name: &str,
+    world: Option<&'static str>,
+    inspection: &contract::Inspection,
+) -> Result<(), PluginError> {
+    let incompatible = |msg: String| PluginError::Incompatible {
+        name: name.into(),
+        msg,
+    };
+    if world.is_some() {
+        if let Some(msg) = inspection.version_problem() {
+            return Err(incompatible(msg));
+        }
+    }
+    if let Some(i) = inspection.refused().next() {
+        return Err(incompatible(format!(
+            "imports {:?}, which this host does not provide (it grants {}/host and \
+             links WASI 0.2 with nothing granted)",
+            i.name,
+            contract::PACKAGE
+        )));
+    }
+    let Some(world) = world else {
+        return Ok(());
+    };
+    let link = |msg: String| PluginError::Link {
+        name: name.into(),
+        world,
+        host: contract::host_version(),
+        msg,
+    };
+    if let Some(other) = inspection.world.filter(|w| *w != world) {
+        return Err(link(format!(
+            "it implements the {other} world; configure it as a {other}"
+        )));
+    }
+    let missing = contract::missing_exports(world, &inspection.exports);
+    if !missing.is_empty() {
+        return Err(link(format!("it does not export {}", missing.join(", "))));
     }
     Ok(())
 }
@@ -317,6 +389,14 @@ pub struct Runtime {
     /// Give instances created from now on the process's stderr (off in the
     /// daemon; `cdrs plugin test` turns it on so tracebacks show).
     guest_stderr: AtomicBool,
+    /// The compiled cache, opened on first use; `None` when there is none
+    /// or its folder was refused (see [`cache`]).
+    cache: OnceLock<Option<cache::Cache>>,
+    /// Compiles in progress, by component sha256: a caller asking for a
+    /// component being compiled waits for that compile and shares it.
+    in_flight: Mutex<HashMap<String, SharedCompile>>,
+    /// Components this runtime compiled (not loaded from the cache).
+    pub(crate) compiles: AtomicU64,
 }
 
 impl Drop for Runtime {
@@ -398,7 +478,29 @@ impl Runtime {
             limits: limits.clone(),
             ticking,
             guest_stderr: AtomicBool::new(false),
+            cache: OnceLock::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
         }))
+    }
+
+    /// The compiled cache, opened (and its folder and key checked) on first
+    /// use. A folder that must not be used is logged at WARN once, naming it
+    /// and why; the runtime then compiles every plugin on each load.
+    fn cache(&self) -> Option<&cache::Cache> {
+        self.cache
+            .get_or_init(|| {
+                let dir = self.limits.cache_dir()?;
+                match cache::Cache::open(&dir, cache::engine_digest(&self.engine)) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e,
+                            "compiled plugin cache not used; plugins are compiled on every load");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// Reads and compiles the component at `path` (see [`Runtime::compile_bytes`]).
@@ -409,6 +511,7 @@ impl Runtime {
         name: &str,
         path: &Path,
         sha256: Option<&str>,
+        world: Option<&'static str>,
     ) -> Result<Compiled, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
@@ -416,26 +519,38 @@ impl Runtime {
             path: shown.clone(),
             msg: e.to_string(),
         })?;
-        self.compile_bytes(name, &bytes, &shown, sha256)
+        self.compile_bytes(name, &bytes, &shown, sha256, world)
     }
 
-    /// Compiles component `bytes` (from `source`, shown in errors), or loads
-    /// the compiled artifact from the cache when this exact component was
-    /// compiled before by a compatible engine.
+    /// Compiles component `bytes` (from `source`, shown in errors) to be
+    /// loaded as `world` (`filter` or `router`; `None` when not known yet),
+    /// or loads the compiled artifact from the cache when this exact
+    /// component was compiled and accepted before by a compatible engine.
     ///
-    /// Cache entries (`plugins.cache_dir`) are keyed by the sha256 of the
-    /// component and wasmtime's precompile compatibility hash, and carry the
-    /// sha256 of the artifact itself: an entry that does not match is
-    /// recompiled and rewritten, never loaded.
+    /// Before compiling, the binary is read ([`scan`]): a component over the
+    /// compile budget ([`scan::MAX_DECLARED_LOCALS`], [`scan::MAX_CODE_BYTES`],
+    /// [`scan::MAX_FUNCTIONS`]), importing anything but `cdrs:plugin/…` and
+    /// `wasi:…`, or (for a known world) built against another contract major
+    /// or not exporting what the world needs, is refused in milliseconds.
+    /// Callers asking for the same component at once share one compile, and
+    /// one compile runs at a time in the process.
+    ///
+    /// Cache entries (`plugins.cache_dir`, see [`cache`]) are keyed by the
+    /// sha256 of the component and the engine's compatibility hash and
+    /// authenticated by a MAC: an entry that does not verify is recompiled,
+    /// never loaded. Nothing is written here: [`Compiled::persist`] writes
+    /// the entry once the caller accepted the plugin.
     ///
     /// Errors: `Compile` (not Wasm, a core module instead of a component,
-    /// invalid, or a sha256 other than the pinned `sha256`).
+    /// unreadable, over the compile budget, invalid, or a sha256 other than
+    /// the pinned `sha256`), `Incompatible` and `Link` (see above).
     pub fn compile_bytes(
         &self,
         name: &str,
         bytes: &[u8],
         source: &str,
         sha256: Option<&str>,
+        world: Option<&'static str>,
     ) -> Result<Compiled, PluginError> {
         let started = std::time::Instant::now();
         let compile_err = |msg: String| PluginError::Compile {
@@ -465,62 +580,73 @@ impl Runtime {
                 )));
             }
         }
-        let entry = self.cache_entry(&hash);
-        if let Some(component) = entry.as_ref().and_then(|e| self.load_cached(e)) {
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin loaded from the compiled cache");
-            return Ok(Compiled {
-                component,
-                hash,
-                cached: true,
-                load_ms: ms,
-            });
+        let scanned = scan::scan(bytes)
+            .map_err(|e| compile_err(format!("is not a readable Wasm component: {e}")))?;
+        if let Some(msg) = scanned.over_budget() {
+            return Err(compile_err(msg));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| compile_err(format!("{e:#}")))?;
-        if let Some(e) = &entry {
-            if let Err(err) = store_cached(e, &component) {
-                tracing::warn!(plugin = name, error = %err, dir = %e.0.display(), "compiled cache not written");
-            }
-        }
+        let imports = scanned.imports.into_iter().map(|i| (i, Vec::new()));
+        let inspection = contract::Inspection::from_names(imports, scanned.exports);
+        check_contract(name, world, &inspection)?;
+
+        let (component, cached) = self.compile_shared(name, bytes, source, &hash)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin compiled");
+        if cached {
+            tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin loaded from the compiled cache");
+        } else {
+            tracing::info!(plugin = name, version = %&hash[..12], ms, "plugin compiled");
+        }
         Ok(Compiled {
             component,
             hash,
-            cached: false,
+            cached,
             load_ms: ms,
         })
     }
 
-    /// (dir, file stem) of the cache entry for a component hash.
-    fn cache_entry(&self, hash: &str) -> Option<(std::path::PathBuf, String)> {
-        let dir = self.limits.cache_dir()?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
-        let engine = std::hash::Hasher::finish(&h);
-        Some((dir, format!("{hash}-{engine:016x}")))
+    /// The component with sha256 `hash` from the cache, or compiled; shared
+    /// with every caller asking for the same `hash` meanwhile (they wait for
+    /// the first one's compile). Returns whether it came from the cache.
+    fn compile_shared(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: &str,
+        hash: &str,
+    ) -> Result<(Component, bool), PluginError> {
+        let shared = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .entry(hash.to_string())
+            .or_default()
+            .clone();
+        let result = shared
+            .get_or_init(|| {
+                if let Some(c) = self.cache().and_then(|c| c.load(&self.engine, hash)) {
+                    return Ok((c, true));
+                }
+                // A panic in another compile leaves nothing to protect.
+                let _one_at_a_time = COMPILING.lock().unwrap_or_else(PoisonError::into_inner);
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                Component::new(&self.engine, bytes)
+                    .map(|c| (c, false))
+                    .map_err(|e| PluginError::Compile {
+                        name: name.into(),
+                        path: source.into(),
+                        msg: format!("{e:#}"),
+                    })
+            })
+            .clone();
+        // Done: later callers go to the cache (or compile anew if the
+        // plugin was refused and so not cached).
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        if in_flight.get(hash).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
+            in_flight.remove(hash);
+        }
+        result
     }
 
-    fn load_cached(&self, (dir, stem): &(std::path::PathBuf, String)) -> Option<Component> {
-        let artifact = std::fs::read(dir.join(format!("{stem}.cwasm"))).ok()?;
-        let sum = std::fs::read_to_string(dir.join(format!("{stem}.sha256"))).ok()?;
-        if hex::encode(Sha256::digest(&artifact)) != sum.trim() {
-            tracing::warn!(entry = %stem, "compiled cache entry corrupt; recompiling");
-            return None;
-        }
-        // SAFETY: the artifact was written by `store_cached` from
-        // `Component::serialize` of this engine configuration (the file name
-        // carries the compatibility hash) and its sha256 matches the one
-        // written with it, so it is the bytes wasmtime produced.
-        match unsafe { Component::deserialize(&self.engine, &artifact) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(entry = %stem, error = %e, "compiled cache entry incompatible; recompiling");
-                None
-            }
-        }
-    }
     /// Links `component` against `world`'s linker ("filter" or "router");
     /// also says whether it answers packed (`packed-filter` /
     /// `packed-router`, contract 1.1).
@@ -537,32 +663,10 @@ impl Runtime {
         } else {
             &self.filter_linker
         };
-        // Name the contract versions and refused imports before wasmtime's
-        // own (type-level) link error, which names neither.
+        // Name the contract versions, refused imports and missing exports
+        // before wasmtime's own (type-level) link error, which names none.
         let inspection = contract::Inspection::of(&self.engine, component);
-        let incompatible = |msg: String| PluginError::Incompatible {
-            name: name.into(),
-            msg,
-        };
-        if let Some(msg) = inspection.version_problem() {
-            return Err(incompatible(msg));
-        }
-        if let Some(i) = inspection.refused().next() {
-            return Err(incompatible(format!(
-                "imports {:?}, which this host does not provide (it grants {}/host and \
-                 links WASI 0.2 with nothing granted)",
-                i.name,
-                contract::PACKAGE
-            )));
-        }
-        if let Some(other) = inspection.world.filter(|w| *w != world) {
-            return Err(PluginError::Link {
-                name: name.into(),
-                world,
-                host: contract::host_version(),
-                msg: format!("it implements the {other} world; configure it as a {other}"),
-            });
-        }
+        check_contract(name, Some(world), &inspection)?;
         let pre = linker.instantiate_pre(component).map_err(|e| {
             let mut err = link_error(name, world)(e);
             if let (PluginError::Link { msg, .. }, Some(v)) = (&mut err, inspection.version()) {
@@ -732,6 +836,362 @@ impl<I> Pool<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PluginConfig;
+    use crate::metrics::Metrics;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    /// Folder with the built plugins: `CDRS_PLUGIN_DIR`, else the
+    /// workspace's `target/wasm32-wasip2/plugin` (`scripts/dev.sh plugins`).
+    pub(crate) fn plugin_dir() -> PathBuf {
+        let dir = std::env::var_os("CDRS_PLUGIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin")
+            });
+        assert!(
+            dir.join("p2c_router.wasm").is_file() && dir.join("field_filter.wasm").is_file(),
+            "plugins not built in {}: run `scripts/dev.sh plugins`",
+            dir.display()
+        );
+        dir
+    }
+
+    /// A fresh folder under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static SEQ: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "cdrs-plugin-test-{tag}-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn runtime(cache: &Path) -> Arc<Runtime> {
+        Runtime::new(&PluginRuntimeConfig {
+            cache_dir: Some(cache.to_path_buf()),
+            instances: 1,
+            ..PluginRuntimeConfig::default()
+        })
+        .expect("runtime")
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = rd
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm" || e == "mac"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    fn load_filter(rt: &Arc<Runtime>, cfg: &PluginConfig) -> Result<(), PluginError> {
+        filter::FilterPlugin::load(rt, cfg, Arc::new(Metrics::new())).map(drop)
+    }
+
+    #[test]
+    fn an_accepted_plugin_is_cached_and_loads_back() {
+        let dir = TempDir::new("roundtrip");
+        let cfg = crate::demo::demo_filter(&plugin_dir());
+        let rt = runtime(&dir.0);
+        load_filter(&rt, &cfg).expect("filter loads");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        let files = entries(&dir.0);
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(mode(&dir.0), 0o700);
+        assert_eq!(mode(&dir.0.join("key")), 0o600);
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+
+        let rt = runtime(&dir.0);
+        let warm = rt
+            .compile(&cfg.name, &cfg.path, None, Some("filter"))
+            .expect("cached load");
+        assert!(warm.cached, "a second runtime loads the entry");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 0);
+        filter::FilterPlugin::from_compiled(
+            &rt,
+            &cfg.name,
+            warm,
+            cfg.config_json(),
+            Arc::new(Metrics::new()),
+        )
+        .expect("cached component links and inits");
+    }
+
+    #[test]
+    fn a_planted_entry_is_refused_and_the_right_plugin_loads() {
+        let dir = TempDir::new("planted");
+        let plugins = plugin_dir();
+        let filter_cfg = crate::demo::demo_filter(&plugins);
+        let router_cfg = crate::demo::demo_router(&plugins, false);
+        let rt = runtime(&dir.0);
+        load_filter(&rt, &filter_cfg).expect("filter loads");
+        let filter_hash = hex::encode(Sha256::digest(std::fs::read(&filter_cfg.path).unwrap()));
+        let router_bytes = std::fs::read(&router_cfg.path).unwrap();
+        let router_hash = hex::encode(Sha256::digest(&router_bytes));
+
+        // The filter's entry, copied under the router's name, with a
+        // matching checksum file as the old cache format wanted.
+        let cache = rt.cache().expect("cache in use");
+        let (cwasm, mac) = cache.entry_paths(&filter_hash);
+        let (planted_cwasm, planted_mac) = cache.entry_paths(&router_hash);
+        let artifact = std::fs::read(&cwasm).unwrap();
+        std::fs::write(&planted_cwasm, &artifact).unwrap();
+        std::fs::copy(&mac, &planted_mac).unwrap();
+        std::fs::write(
+            planted_cwasm.with_extension("sha256"),
+            hex::encode(Sha256::digest(&artifact)),
+        )
+        .unwrap();
+
+        let rt = runtime(&dir.0);
+        let router = rt
+            .compile(
+                &router_cfg.name,
+                &router_cfg.path,
+                Some(&router_hash),
+                Some("router"),
+            )
+            .expect("router compiles");
+        assert!(!router.cached, "the planted entry is not loaded");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        let inspection = contract::Inspection::of(rt.engine(), &router.component);
+        assert_eq!(
+            inspection.world,
+            Some("router"),
+            "the router, not the filter"
+        );
+        router::RouterPlugin::from_compiled(
+            &rt,
+            &router_cfg.name,
+            router,
+            router_cfg.config_json(),
+            Arc::new(Metrics::new()),
+        )
+        .expect("router loads");
+        // Accepted, so its own entry replaced the planted one.
+        let rt = runtime(&dir.0);
+        let again = rt
+            .compile_bytes("p2c", &router_bytes, "p2c", None, Some("router"))
+            .expect("router from the cache");
+        assert!(again.cached);
+        assert_eq!(
+            contract::Inspection::of(rt.engine(), &again.component).world,
+            Some("router")
+        );
+    }
+
+    #[test]
+    fn refused_components_leave_no_cache_entry() {
+        let dir = TempDir::new("refused");
+        let plugins = plugin_dir();
+        let rt = runtime(&dir.0);
+        let mut bad = crate::demo::demo_filter(&plugins);
+        bad.config = toml::from_str("rules = [{ action = \"drop\", equals = 1 }]").unwrap();
+        let e = load_filter(&rt, &bad).unwrap_err();
+        assert!(matches!(e, PluginError::Init { .. }), "{e}");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            entries(&dir.0),
+            Vec::<PathBuf>::new(),
+            "init failed: nothing cached"
+        );
+
+        // The router configured as a filter: refused before compiling.
+        let mut wrong = crate::demo::demo_router(&plugins, false);
+        wrong.name = "wrong".into();
+        let e = load_filter(&rt, &wrong).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PluginError::Link {
+                    world: "filter",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("implements the router world"), "{e}");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1, "not compiled");
+        assert_eq!(entries(&dir.0), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn unsafe_cache_folders_are_not_used() {
+        let cfg = crate::demo::demo_filter(&plugin_dir());
+        let refused = |dir: &Path, why: &str| {
+            let rt = runtime(dir);
+            assert!(rt.cache().is_none(), "{why}: cache refused");
+            load_filter(&rt, &cfg).expect("loads without the cache");
+            assert_eq!(
+                entries(dir),
+                Vec::<PathBuf>::new(),
+                "{why}: nothing written"
+            );
+        };
+
+        let open = TempDir::new("mode");
+        std::fs::create_dir(&open.0).unwrap();
+        std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        refused(&open.0, "mode 0777");
+
+        let target = TempDir::new("target");
+        std::fs::create_dir(&target.0).unwrap();
+        std::fs::set_permissions(&target.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = TempDir::new("link");
+        std::os::unix::fs::symlink(&target.0, &link.0).unwrap();
+        refused(&link.0, "symbolic link");
+
+        let key = TempDir::new("key");
+        assert!(runtime(&key.0).cache().is_some(), "a fresh folder is used");
+        let key_file = key.0.join("key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        refused(&key.0, "key readable by others");
+
+        let other = TempDir::new("owner");
+        std::fs::create_dir(&other.0).unwrap();
+        std::fs::set_permissions(&other.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = std::ffi::CString::new(other.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; chown has no other preconditions.
+        if unsafe { libc::chown(path.as_ptr(), 65534, 65534) } == 0 {
+            refused(&other.0, "owned by uid 65534");
+        } else {
+            eprintln!("chown to 65534 not permitted: owner check not exercised");
+        }
+    }
+
+    #[test]
+    fn a_hostile_component_is_refused_before_compiling() {
+        // 41 functions of 50,000 locals each (wasmparser's per-function
+        // maximum): 2,050,000 locals, just over the budget.
+        let locals = " i32".repeat(50_000);
+        let funcs: String = (0..41).map(|_| format!("(func (local{locals}))")).collect();
+        let bytes = wat::parse_str(format!("(component (core module {funcs}))")).unwrap();
+        let dir = TempDir::new("hostile");
+        let rt = runtime(&dir.0);
+        let t = std::time::Instant::now();
+        let e = rt
+            .compile_bytes("hostile", &bytes, "hostile.wasm", None, None)
+            .err()
+            .expect("refused");
+        let took = t.elapsed();
+        let msg = e.to_string();
+        assert!(matches!(e, PluginError::Compile { .. }), "{msg}");
+        assert!(msg.contains("2050000 declared locals"), "{msg}");
+        assert!(
+            msg.contains(&scan::MAX_DECLARED_LOCALS.to_string()),
+            "{msg}"
+        );
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 0);
+        assert!(took < Duration::from_secs(1), "refused in {took:?}");
+    }
+
+    #[test]
+    fn imports_and_exports_are_checked_before_compiling() {
+        let dir = TempDir::new("imports");
+        let rt = runtime(&dir.0);
+        let foreign = wat::parse_str(
+            r#"(component
+                 (import "cdrs:plugin/types@1.0.0" (instance))
+                 (import "acme:db/query" (instance)))"#,
+        )
+        .unwrap();
+        for world in [None, Some("filter")] {
+            let e = rt
+                .compile_bytes("f", &foreign, "f.wasm", None, world)
+                .err()
+                .expect("refused");
+            assert!(matches!(e, PluginError::Incompatible { .. }), "{e}");
+            assert!(e.to_string().contains("\"acme:db/query\""), "{e}");
+        }
+        let nothing =
+            wat::parse_str(r#"(component (import "cdrs:plugin/types@1.0.0" (instance)))"#).unwrap();
+        let e = rt
+            .compile_bytes("r", &nothing, "r.wasm", None, Some("router"))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                e,
+                PluginError::Link {
+                    world: "router",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(r#""init", "route" or "route-packed", "update-targets""#),
+            "{msg}"
+        );
+        let old =
+            wat::parse_str(r#"(component (import "cdrs:plugin/types@0.2.0" (instance)))"#).unwrap();
+        let e = rt
+            .compile_bytes("o", &old, "o.wasm", None, Some("filter"))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("cdrs:plugin@0.2.0"), "{e}");
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 0, "none was compiled");
+        // A world not known yet: only the imports are checked.
+        let c = rt
+            .compile_bytes("n", &nothing, "n.wasm", None, None)
+            .expect("any world");
+        assert!(!c.cached);
+    }
+
+    #[test]
+    fn concurrent_compiles_of_one_component_compile_once() {
+        let dir = TempDir::new("once");
+        let rt = runtime(&dir.0);
+        let bytes = std::fs::read(plugin_dir().join("p2c_router.wasm")).unwrap();
+        let n = 4;
+        let barrier = std::sync::Barrier::new(n);
+        let hashes: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        rt.compile_bytes("p2c", &bytes, "p2c.wasm", None, Some("router"))
+                            .expect("compiles")
+                            .hash
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1, "compiled once");
+        assert!(
+            rt.in_flight.lock().unwrap().is_empty(),
+            "nothing left in flight"
+        );
+    }
 
     #[test]
     fn call_percentiles_keep_long_calls() {

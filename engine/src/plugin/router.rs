@@ -76,11 +76,14 @@ impl RouterPlugin {
         cfg: &PluginConfig,
         metrics: Arc<Metrics>,
     ) -> Result<RouterPlugin, PluginError> {
-        let compiled = runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref())?;
+        let compiled =
+            runtime.compile(&cfg.name, &cfg.path, cfg.sha256.as_deref(), Some("router"))?;
         Self::from_compiled(runtime, &cfg.name, compiled, cfg.config_json(), metrics)
     }
 
-    /// Links an already compiled component and creates its instances.
+    /// Links an already compiled component and creates its instances; once
+    /// every `init` returned Ok the compiled code goes to the compiled cache
+    /// ([`Compiled::persist`]), so a refused component is never cached.
     pub fn from_compiled(
         runtime: &Arc<Runtime>,
         name: &str,
@@ -117,6 +120,7 @@ impl RouterPlugin {
             instances.push(inst);
         }
         plugin.pool = Pool::new(instances);
+        compiled.persist(runtime);
         tracing::info!(plugin = %plugin.meta.name, version = %plugin.meta.short(),
             headers = ?plugin.options.headers, needs_value = plugin.options.needs_value,
             "router plugin loaded");

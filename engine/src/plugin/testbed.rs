@@ -356,7 +356,9 @@ pub fn run(
     let name = wasm
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-    let compiled = runtime.compile(&name, wasm, None)?;
+    // The world is read from the exports once compiled; the compiled code
+    // is cached by `from_compiled` when `init` accepts it.
+    let compiled = runtime.compile(&name, wasm, None, None)?;
     let load_ms = compiled.load_ms;
     let world = Inspection::of(runtime.engine(), &compiled.component)
         .world
