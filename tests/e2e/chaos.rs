@@ -98,6 +98,7 @@ impl Server {
             zone: None,
             labels: Default::default(),
             health_url: None,
+            report_token: None,
         }
     }
 }

@@ -27,13 +27,17 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: tokio::sync::watch::Rece
         let runs = checks.into_iter().map(|(id, url)| {
             let client = client.clone();
             async move {
+                let shown = crate::redact::url(&url);
                 let r = match client.get(&url).timeout(timeout).send().await {
                     Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
+                    Ok(resp) => Err(format!("GET {shown} answered {}", resp.status())),
                     Err(e) if e.is_timeout() => {
-                        Err(format!("GET {url} timed out after {timeout:?}"))
+                        Err(format!("GET {shown} timed out after {timeout:?}"))
                     }
-                    Err(e) => Err(format!("GET {url} failed: {e}")),
+                    Err(e) => Err(format!(
+                        "GET {shown} failed: {}",
+                        crate::redact::error_chain(&e.without_url())
+                    )),
                 };
                 (id, r)
             }

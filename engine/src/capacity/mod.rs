@@ -23,6 +23,20 @@
 //! `allow_endpoints`; such dynamic targets are removed after
 //! `remove_after_ms` of silence. Bad reports are rejected, counted per reason
 //! and logged at a limited rate; the last good state stays.
+//!
+//! Bounds against report floods: each target may send
+//! `max_reports_per_second` reports (more are rejected before they touch
+//! phi or state); at most `max_dynamic_targets` dynamic targets, joining at
+//! `max_joins_per_second` at most (both `governor` GCRA limiters on the
+//! registry's clock); arrivals closer than [`phi::MIN_INTERVAL_MS`] teach
+//! the failure detector nothing. Snapshot rebuilds are coalesced: a report
+//! rebuilds at once only when a rebuild is due (the last one is older than
+//! `refresh_interval_ms`) or when it changes what a target is or whether it
+//! can be used (its first report, a join, draining or zone or feed
+//! changing, a report from a target shown down), and those at most
+//! [`URGENT_REFRESH_BURST`] at a time and one per `refresh_interval_ms` on
+//! average; otherwise the refresher publishes it within
+//! `refresh_interval_ms`.
 
 pub mod health;
 pub mod phi;
@@ -34,9 +48,15 @@ pub use report::{CapacityReport, ReportError};
 use crate::config::{CapacityConfig, TargetConfig, DEFAULT_WEIGHT};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use phi::PhiDetector;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +106,8 @@ pub struct TargetView {
     pub report_age_ms: Option<u64>,
     /// Feed of the last report.
     pub feed: Option<Feed>,
-    /// Phi accrual suspicion at snapshot time (none until 3 heartbeats).
+    /// Phi accrual suspicion at snapshot time (none until 3 heartbeat
+    /// intervals of at least [`phi::MIN_INTERVAL_MS`] were seen).
     pub phi: Option<f64>,
     /// Joined by its own report rather than the config.
     pub dynamic: bool,
@@ -136,7 +157,8 @@ pub struct TargetLive {
 
 #[derive(Default, Clone)]
 struct LiveState {
-    last: Option<(CapacityReport, Instant, Feed)>,
+    /// The last accepted report, when it arrived (registry ms) and how.
+    last: Option<(CapacityReport, u64, Feed)>,
     last_failure: Option<String>,
     phi: PhiDetector,
     /// When it last came up after being down (or joined), registry ms.
@@ -190,15 +212,134 @@ impl TargetLive {
     }
 }
 
+/// The target list with an index by id (reports and deliveries look
+/// targets up by id; a scan cost ~50 µs per report at 5,000 targets).
+#[derive(Default)]
+struct Targets {
+    list: Vec<Arc<TargetLive>>,
+    index: HashMap<Arc<str>, usize>,
+}
+
+impl Targets {
+    fn new(list: Vec<Arc<TargetLive>>) -> Targets {
+        let index = list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.clone(), i))
+            .collect();
+        Targets { list, index }
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<TargetLive>> {
+        self.index.get(id).map(|&i| &self.list[i])
+    }
+
+    /// The targets in order: configured ones, then dynamic ones.
+    fn iter(&self) -> std::slice::Iter<'_, Arc<TargetLive>> {
+        self.list.iter()
+    }
+}
+
+/// The registry's monotonic clock: time since it started, plus whatever a
+/// test moved it forward by. The failure detector, report ages and the
+/// rate limiters all read it, so a test can replay seconds of heartbeats
+/// without sleeping.
+#[derive(Clone, Debug)]
+struct RegistryClock {
+    started: Instant,
+    advanced_ns: Arc<AtomicU64>,
+}
+
+impl RegistryClock {
+    fn new() -> RegistryClock {
+        RegistryClock {
+            started: Instant::now(),
+            advanced_ns: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn nanos(&self) -> u64 {
+        let real = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        real.saturating_add(self.advanced_ns.load(Ordering::Relaxed))
+    }
+
+    fn ms(&self) -> u64 {
+        self.nanos() / 1_000_000
+    }
+}
+
+impl governor::clock::Clock for RegistryClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.nanos())
+    }
+}
+
+type KeyedLimiter =
+    RateLimiter<Arc<str>, DefaultKeyedStateStore<Arc<str>>, RegistryClock, NoOpMiddleware<Nanos>>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, RegistryClock, NoOpMiddleware<Nanos>>;
+
+/// Immediate snapshot rebuilds that reports may trigger back to back (then
+/// one per `capacity.refresh_interval_ms`); see the module doc.
+pub const URGENT_REFRESH_BURST: u32 = 4;
+
+/// The registry's rate limiters, built from the `[capacity]` settings.
+struct Limits {
+    /// Per target: `capacity.max_reports_per_second`.
+    reports: KeyedLimiter,
+    /// Whole process: `capacity.max_joins_per_second`.
+    joins: DirectLimiter,
+    /// Rebuilds triggered by state-changing reports.
+    urgent_refreshes: DirectLimiter,
+    /// (reports/s, joins/s, refresh interval ms) they were built from.
+    built_from: (u32, u32, u64),
+}
+
+impl Limits {
+    fn new(cfg: &CapacityConfig, clock: &RegistryClock) -> Limits {
+        let per_second = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        let every = Duration::from_millis(cfg.refresh_interval_ms.max(1));
+        let urgent = Quota::with_period(every)
+            .expect("period of at least 1 ms")
+            .allow_burst(NonZeroU32::new(URGENT_REFRESH_BURST).expect("non-zero"));
+        Limits {
+            reports: RateLimiter::hashmap_with_clock(
+                per_second(cfg.max_reports_per_second),
+                clock.clone(),
+            ),
+            joins: RateLimiter::direct_with_clock(
+                per_second(cfg.max_joins_per_second),
+                clock.clone(),
+            ),
+            urgent_refreshes: RateLimiter::direct_with_clock(urgent, clock.clone()),
+            built_from: Limits::key(cfg),
+        }
+    }
+
+    fn key(cfg: &CapacityConfig) -> (u32, u32, u64) {
+        (
+            cfg.max_reports_per_second,
+            cfg.max_joins_per_second,
+            cfg.refresh_interval_ms,
+        )
+    }
+}
+
 /// The registry of targets and their live state.
 pub struct Registry {
     config: ArcSwap<CapacityConfig>,
     allow: ArcSwap<Vec<EndpointPattern>>,
-    targets: ArcSwap<Vec<Arc<TargetLive>>>,
+    targets: ArcSwap<Targets>,
     snapshot: ArcSwap<Snapshot>,
-    started: Instant,
+    clock: RegistryClock,
+    limits: ArcSwap<Limits>,
     metrics: Arc<Metrics>,
     refresh_lock: Mutex<()>,
+    /// Serialises changes of the target list (joins, reloads, removals).
+    targets_lock: Mutex<()>,
+    /// When the snapshot was last rebuilt, registry ms.
+    last_refresh_ms: AtomicU64,
     /// Last log line per rejection reason (logged at most every 10 s each).
     rejections_logged: Mutex<HashMap<&'static str, Instant>>,
 }
@@ -340,19 +481,23 @@ fn wall_ms() -> i64 {
 impl Registry {
     /// A registry for the configured targets; the first snapshot is version 1.
     pub fn new(config: CapacityConfig, targets: &[TargetConfig], metrics: Arc<Metrics>) -> Self {
+        let clock = RegistryClock::new();
         let reg = Registry {
             allow: ArcSwap::from_pointee(allow_set(&config.allow_endpoints)),
+            limits: ArcSwap::from_pointee(Limits::new(&config, &clock)),
             config: ArcSwap::from_pointee(config),
-            targets: ArcSwap::from_pointee(
+            targets: ArcSwap::from_pointee(Targets::new(
                 targets
                     .iter()
                     .map(|t| Arc::new(TargetLive::new(t, false)))
                     .collect(),
-            ),
+            )),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            started: Instant::now(),
+            clock,
             metrics,
             refresh_lock: Mutex::new(()),
+            targets_lock: Mutex::new(()),
+            last_refresh_ms: AtomicU64::new(0),
             rejections_logged: Mutex::new(HashMap::new()),
         };
         reg.refresh();
@@ -370,18 +515,35 @@ impl Registry {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.ms()
+    }
+
+    /// Moves the registry's clock forward (tests replay heartbeats with it).
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.clock.advanced_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn live(&self, id: &str) -> Option<Arc<TargetLive>> {
-        self.targets.load().iter().find(|t| &*t.id == id).cloned()
+        self.targets.load().get(id).cloned()
+    }
+
+    /// The `targets[].report_token` of target `id`: the bearer token its
+    /// capacity reports must carry on `PUT /v1/targets/{id}/capacity`.
+    /// `None` for a target without one, a dynamic or an unknown target
+    /// (the admin token, if any, applies then).
+    pub fn report_token(&self, id: &str) -> Option<String> {
+        self.targets.load().get(id)?.config.report_token.clone()
     }
 
     /// Replaces the configured targets (config reload). Targets whose id and
     /// url stay keep their live state; others start fresh; removed ones get
     /// no new records (deliveries in flight finish). Dynamic targets stay.
     pub fn set_targets(&self, targets: &[TargetConfig]) {
-        let old = self.targets.load_full();
+        let one_writer = self.targets_lock.lock().expect("targets lock");
+        let old_targets = self.targets.load_full();
+        let old = &old_targets.list;
         let mut next: Vec<Arc<TargetLive>> = targets
             .iter()
             .map(
@@ -397,25 +559,43 @@ impl Registry {
                 next.push(o.clone());
             }
         }
-        self.store_targets(&old, next);
-    }
-
-    fn store_targets(&self, old: &[Arc<TargetLive>], next: Vec<Arc<TargetLive>>) {
-        for gone in old.iter().filter(|o| !next.iter().any(|n| n.id == o.id)) {
-            let _ = self.metrics.target_up.remove_label_values(&[&*gone.id]);
-            let _ = self
-                .metrics
-                .target_inflight
-                .remove_label_values(&[&*gone.id]);
-        }
-        self.targets.store(Arc::new(next));
+        self.store_targets(old, next);
+        drop(one_writer);
         self.refresh();
     }
 
-    /// Replaces the `[capacity]` settings (config reload).
+    /// Publishes `next` (the caller holds `targets_lock`) and forgets the
+    /// metrics and rate-limit state of targets that left.
+    fn store_targets(&self, old: &[Arc<TargetLive>], next: Vec<Arc<TargetLive>>) {
+        let next = Targets::new(next);
+        let mut gone = 0;
+        for o in old.iter().filter(|o| next.get(&o.id).is_none()) {
+            gone += 1;
+            let _ = self.metrics.target_up.remove_label_values(&[&*o.id]);
+            let _ = self.metrics.target_inflight.remove_label_values(&[&*o.id]);
+        }
+        self.metrics
+            .capacity_dynamic_targets
+            .set(next.list.iter().filter(|t| t.dynamic).count() as i64);
+        self.targets.store(Arc::new(next));
+        if gone > 0 {
+            // Keys of targets that left (and of idle ones: their state is
+            // that of a fresh key) go; the map stays as big as the targets.
+            let limits = self.limits.load();
+            limits.reports.retain_recent();
+            limits.reports.shrink_to_fit();
+        }
+    }
+
+    /// Replaces the `[capacity]` settings (config reload). Changed rate
+    /// limits start with full buckets.
     pub fn set_config(&self, config: CapacityConfig) {
         self.allow
             .store(Arc::new(allow_set(&config.allow_endpoints)));
+        if self.limits.load().built_from != Limits::key(&config) {
+            self.limits
+                .store(Arc::new(Limits::new(&config, &self.clock)));
+        }
         self.config.store(Arc::new(config));
         self.refresh();
     }
@@ -444,8 +624,12 @@ impl Registry {
     /// Records a capacity report for target `id` from `feed`.
     ///
     /// Errors: out-of-range values, a timestamp from the future, an unknown
-    /// target that may not join; each counted per reason. The last good
-    /// state stays.
+    /// target that may not join (not allowed, `max_dynamic_targets` reached,
+    /// over `max_joins_per_second`), a target over
+    /// `max_reports_per_second`; each counted per reason. The last good
+    /// state stays. The snapshot shows the report at once or, for a report
+    /// that only moves load figures, within `refresh_interval_ms` (see the
+    /// module doc).
     pub fn report(&self, id: &str, report: CapacityReport, feed: Feed) -> Result<(), ReportError> {
         let cfg = self.config.load();
         if let Err(e) = report.validate(wall_ms(), cfg.max_clock_skew_ms) {
@@ -459,28 +643,64 @@ impl Registry {
         if let Some(sid) = report.server_id.as_deref().filter(|s| *s != id) {
             return Err(self.reject(id, ReportError::IdMismatch(sid.into(), id.into())));
         }
-        let target = match self.live(id) {
-            Some(t) => t,
-            None => match self.join(id, &report) {
-                Ok(t) => t,
+        let limits = self.limits.load();
+        // Only known targets get a rate-limit key, so ids from the outside
+        // cannot grow the limiter's map.
+        let (target, joined) = match self.live(id) {
+            Some(t) => {
+                if limits.reports.check_key(&t.id).is_err() {
+                    let e = ReportError::RateLimited {
+                        id: id.into(),
+                        max_per_second: cfg.max_reports_per_second,
+                    };
+                    return Err(self.reject(id, e));
+                }
+                (t, false)
+            }
+            None => match self.join(id, &report, &cfg, &limits) {
+                Ok((t, joined)) => {
+                    // The joining report counts against the new target's rate.
+                    let _ = limits.reports.check_key(&t.id);
+                    (t, joined)
+                }
                 Err(e) => return Err(self.reject(id, e)),
             },
         };
-        {
+        let urgent = {
             let mut st = target.state.lock().expect("target lock");
-            st.phi.heartbeat(self.now_ms(), cfg.report_expiry_ms);
-            st.last = Some((report, Instant::now(), feed));
-        }
+            let now = self.now_ms();
+            st.phi.heartbeat(now, cfg.report_expiry_ms);
+            let urgent = joined
+                || st.was_down
+                || st.last.as_ref().is_none_or(|(old, _, old_feed)| {
+                    old.draining != report.draining || old.zone != report.zone || *old_feed != feed
+                });
+            st.last = Some((report, now, feed));
+            urgent
+        };
         self.metrics
             .capacity_reports
             .with_label_values(&["accepted", ""])
             .inc();
-        self.refresh();
+        let since = self
+            .now_ms()
+            .saturating_sub(self.last_refresh_ms.load(Ordering::Relaxed));
+        if since >= cfg.refresh_interval_ms || (urgent && limits.urgent_refreshes.check().is_ok()) {
+            self.refresh();
+        }
         Ok(())
     }
 
-    /// Registers an unknown server whose endpoint the allow-list accepts.
-    fn join(&self, id: &str, report: &CapacityReport) -> Result<Arc<TargetLive>, ReportError> {
+    /// Registers an unknown server whose endpoint the allow-list accepts,
+    /// within `max_dynamic_targets` and `max_joins_per_second`. The flag is
+    /// false when another report joined it meanwhile.
+    fn join(
+        &self,
+        id: &str,
+        report: &CapacityReport,
+        cfg: &CapacityConfig,
+        limits: &Limits,
+    ) -> Result<(Arc<TargetLive>, bool), ReportError> {
         let Some(endpoint) = &report.endpoint else {
             return Err(ReportError::UnknownTarget(id.into()));
         };
@@ -488,6 +708,24 @@ impl Registry {
             return Err(ReportError::EndpointNotAllowed {
                 id: id.into(),
                 endpoint: endpoint.clone(),
+            });
+        }
+        let _one_writer = self.targets_lock.lock().expect("targets lock");
+        let old = self.targets.load_full();
+        if let Some(t) = old.get(id) {
+            return Ok((t.clone(), false));
+        }
+        // The cap first: a full registry spends no join budget.
+        if old.list.iter().filter(|t| t.dynamic).count() >= cfg.max_dynamic_targets {
+            return Err(ReportError::TooManyTargets {
+                id: id.into(),
+                max: cfg.max_dynamic_targets,
+            });
+        }
+        if limits.joins.check().is_err() {
+            return Err(ReportError::JoinRateLimited {
+                id: id.into(),
+                max_per_second: cfg.max_joins_per_second,
             });
         }
         let t = TargetConfig {
@@ -498,18 +736,15 @@ impl Registry {
             zone: report.zone.clone(),
             labels: report.labels.clone(),
             health_url: None,
+            report_token: None,
         };
         let live = Arc::new(TargetLive::new(&t, true));
         live.state.lock().expect("target lock").up_since_ms = Some(self.now_ms());
-        let old = self.targets.load_full();
-        if let Some(t) = old.iter().find(|t| &*t.id == id) {
-            return Ok(t.clone()); // joined meanwhile
-        }
-        let mut next = (*old).clone();
+        let mut next = old.list.clone();
         next.push(live.clone());
-        self.targets.store(Arc::new(next));
+        self.store_targets(&old.list, next);
         tracing::info!(target_id = id, %endpoint, "dynamic target joined");
-        Ok(live)
+        Ok((live, true))
     }
 
     /// Records an active health check result for target `id`.
@@ -595,7 +830,10 @@ impl Registry {
         let Some(t) = self.live(id) else {
             return;
         };
-        let until = self.now_ms() + duration.as_millis() as u64;
+        // Saturating: validation bounds durations to a day, but a wrapped sum
+        // would end the ejection at once.
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(ms);
         t.down_until_ms.fetch_max(until, Ordering::Relaxed);
         t.state.lock().expect("target lock").last_failure = Some(why.to_string());
         self.refresh();
@@ -606,8 +844,8 @@ impl Registry {
         let report = st
             .last
             .as_ref()
-            .map(|(r, at, feed)| (r.clone(), at.elapsed().as_millis() as u64, *feed));
-        let phi = st.phi.phi(now);
+            .map(|(r, at, feed)| (r.clone(), now.saturating_sub(*at), *feed));
+        let phi = st.phi.phi(now, cfg.acceptable_heartbeat_pause_ms);
         let own = t.inflight.load(Ordering::Relaxed);
         let down_until = t.down_until_ms.load(Ordering::Relaxed);
         let expiry = cfg.report_expiry_ms;
@@ -695,38 +933,43 @@ impl Registry {
 
     /// Rebuilds the snapshot; publishes it with a new version if anything
     /// but report ages and phi changed. Removes dynamic targets silent past
-    /// `remove_after_ms`. Called on reports, failures, health changes and
-    /// by a ticker every `capacity.refresh_interval_ms`.
+    /// `remove_after_ms`. Called on failures and health changes, on reports
+    /// (coalesced, see the module doc) and by [`Registry::run_refresher`].
     pub fn refresh(&self) {
         let _one_writer = self.refresh_lock.lock().expect("refresh lock");
+        let started = Instant::now();
         let now = self.now_ms();
+        self.last_refresh_ms.store(now, Ordering::Relaxed);
         let cfg = self.config.load_full();
-        let targets = self.targets.load_full();
         let silent = |t: &TargetLive| {
             let st = t.state.lock().expect("target lock");
-            st.last
-                .as_ref()
-                .is_some_and(|(_, at, _)| at.elapsed().as_millis() as u64 > cfg.remove_after_ms)
+            // A dynamic target's life starts with its join.
+            let seen = st.last.as_ref().map(|(_, at, _)| *at).or(st.up_since_ms);
+            seen.is_some_and(|at| now.saturating_sub(at) > cfg.remove_after_ms)
         };
-        if targets.iter().any(|t| t.dynamic && silent(t)) {
-            let keep: Vec<Arc<TargetLive>> = targets
+        if self
+            .targets
+            .load()
+            .list
+            .iter()
+            .any(|t| t.dynamic && silent(t))
+        {
+            let _targets = self.targets_lock.lock().expect("targets lock");
+            let targets = self.targets.load_full();
+            let (gone, keep): (Vec<_>, Vec<_>) = targets
+                .list
                 .iter()
-                .filter(|t| !(t.dynamic && silent(t)))
                 .cloned()
-                .collect();
-            for t in targets
-                .iter()
-                .filter(|t| !keep.iter().any(|k| k.id == t.id))
-            {
+                .partition(|t| t.dynamic && silent(t));
+            for t in &gone {
                 tracing::info!(target_id = %t.id, "dynamic target removed after silence");
-                let _ = self.metrics.target_up.remove_label_values(&[&*t.id]);
-                let _ = self.metrics.target_inflight.remove_label_values(&[&*t.id]);
             }
-            self.targets.store(Arc::new(keep));
+            self.store_targets(&targets.list, keep);
         }
         let views: Vec<TargetView> = self
             .targets
             .load()
+            .list
             .iter()
             .map(|t| self.view(t, &cfg, now))
             .collect();
@@ -747,8 +990,13 @@ impl Registry {
         }
         if changed {
             let version = current.version + 1;
-            for new in &views {
-                let old = current.targets.iter().find(|o| o.id == new.id);
+            for (i, new) in views.iter().enumerate() {
+                // Mostly in the same place; a join or removal shifts them.
+                let old = current
+                    .targets
+                    .get(i)
+                    .filter(|o| o.id == new.id)
+                    .or_else(|| current.targets.iter().find(|o| o.id == new.id));
                 if let Some(old) = old.filter(|o| o.health != new.health) {
                     tracing::info!(target_id = %new.id, from = ?old.health, to = ?new.health,
                         reason = new.reason.as_deref().unwrap_or(""), "target health changed");
@@ -765,15 +1013,30 @@ impl Registry {
                 targets: views,
             }));
         }
+        self.metrics
+            .capacity_refresh_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Runs [`Registry::refresh`] every `capacity.refresh_interval_ms` until
-    /// `shutdown` fires.
+    /// Keeps the snapshot at most `capacity.refresh_interval_ms` old until
+    /// `shutdown` fires: runs [`Registry::refresh`] whenever that long has
+    /// passed since the last rebuild (by it, a report or anything else).
     pub async fn run_refresher(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
-            let every = Duration::from_millis(self.config.load().refresh_interval_ms);
+            let every = self.config.load().refresh_interval_ms;
+            let since = self
+                .now_ms()
+                .saturating_sub(self.last_refresh_ms.load(Ordering::Relaxed));
+            let wait = Duration::from_millis(every.saturating_sub(since).max(1));
             tokio::select! {
-                _ = tokio::time::sleep(every) => self.refresh(),
+                _ = tokio::time::sleep(wait) => {
+                    let since = self
+                        .now_ms()
+                        .saturating_sub(self.last_refresh_ms.load(Ordering::Relaxed));
+                    if since >= every {
+                        self.refresh();
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -793,6 +1056,7 @@ mod tests {
             zone: None,
             labels: Default::default(),
             health_url: None,
+            report_token: None,
         }
     }
 
@@ -870,8 +1134,13 @@ mod tests {
     fn target_list_changes_keep_the_state_of_targets_that_stay() {
         let r = registry(10_000);
         r.report("a", report(10), Feed::Http).unwrap();
-        let mut next: Vec<TargetConfig> =
-            r.targets.load().iter().map(|t| t.config.clone()).collect();
+        let mut next: Vec<TargetConfig> = r
+            .targets
+            .load()
+            .list
+            .iter()
+            .map(|t| t.config.clone())
+            .collect();
         next.remove(1);
         next[0].weight = 200;
         next.push(TargetConfig {
@@ -1083,5 +1352,256 @@ mod tests {
         );
         r.health_result("a", Ok(()));
         assert_eq!(r.snapshot().targets[0].health, Health::Healthy);
+    }
+
+    fn health_of(r: &Registry, id: &str) -> (Health, Option<f64>) {
+        let s = r.snapshot();
+        let t = &s.targets[s.index_of(id).unwrap()];
+        (t.health, t.phi)
+    }
+
+    /// The incident: a burst of 20,000 reports for a target, then its normal
+    /// heartbeats every 100–200 ms for ~2 s, two of them lost in a row (a
+    /// 600 ms gap), all on the registry's clock. The burst is rate-limited
+    /// and what gets through is no sample (arrivals < 20 ms apart), so the
+    /// target stays healthy with the suspicion of its real rhythm (highest φ
+    /// about 3.5, in the gap). With the three fixes switched off (minimum
+    /// interval 0, pause 0, 1,000 reports per second) this test fails, as the
+    /// code before them would: the burst's 0 ms samples push φ over 8 within
+    /// the 600 ms gap and the target goes down.
+    #[test]
+    fn a_report_flood_does_not_poison_the_failure_detector() {
+        let r = registry(10_000);
+        let tick = Duration::from_millis(10);
+        // A history: 2 s of reports every 200 ms.
+        for _ in 0..10 {
+            r.report("a", report(10), Feed::Http).unwrap();
+            r.advance(Duration::from_millis(200));
+        }
+        let mut rejected = 0;
+        for i in 0..20_000 {
+            r.advance(Duration::from_micros(3));
+            match r.report("a", report(10_000 + i), Feed::Http) {
+                Ok(()) => {}
+                Err(e) => {
+                    assert_eq!(e.reason(), "rate_limited", "{e}");
+                    rejected += 1;
+                }
+            }
+        }
+        // A burst of 20 passes, plus one per 50 ms of (real) time taken.
+        assert!(rejected >= 19_000, "{rejected} rejected");
+        let counted = r
+            .metrics
+            .capacity_reports
+            .with_label_values(&["rejected", "rate_limited"])
+            .get();
+        assert_eq!(counted, rejected);
+        // Normal heartbeats: 100, 150, 200 ms apart, then a 600 ms gap.
+        let mut gaps: Vec<u64> = (0..12).map(|i| [100, 150, 200][i % 3]).collect();
+        gaps.push(600);
+        gaps.extend([200, 100, 150]);
+        let mut worst: f64 = 0.0;
+        for gap in gaps {
+            for step in 1..=gap / 10 {
+                r.advance(tick);
+                r.refresh();
+                let (health, phi) = health_of(&r, "a");
+                worst = worst.max(phi.unwrap_or(0.0));
+                assert_eq!(
+                    health,
+                    Health::Healthy,
+                    "phi {phi:?} {} ms into a {gap} ms gap",
+                    step * 10
+                );
+            }
+            r.report("a", report(10), Feed::Http).unwrap();
+            r.refresh();
+            let (_, phi) = health_of(&r, "a");
+            assert!(phi.unwrap() < 1.0, "right after a heartbeat: {phi:?}");
+        }
+        eprintln!("after a 20,000-report burst: highest phi {worst:.2} (threshold 8)");
+        let st = r.live("a").unwrap().state.lock().unwrap().clone();
+        let mean = st.phi.mean_interval_ms().unwrap();
+        assert!((100.0..=260.0).contains(&mean), "learned mean {mean} ms");
+    }
+
+    #[test]
+    fn reports_over_the_rate_limit_are_rejected_and_change_nothing() {
+        let r = registry(10_000);
+        let max = r.config().max_reports_per_second;
+        let (mut kept, mut rejected) = (0, Vec::new());
+        for capacity in 1..=2 * max {
+            match r.report("a", report(capacity), Feed::Http) {
+                Ok(()) => kept = capacity,
+                Err(e) => rejected.push(e),
+            }
+        }
+        // A burst of `max`, plus one per 50 ms of (real) time taken.
+        assert!((max..max + 10).contains(&kept), "{kept} accepted");
+        let e = &rejected[0];
+        assert_eq!(e.reason(), "rate_limited");
+        assert_eq!(
+            e.to_string(),
+            "target \"a\" sent more than capacity.max_reports_per_second (20) reports per \
+             second; report dropped"
+        );
+        r.report("b", report(3), Feed::Http)
+            .expect("the limit is per target");
+        r.refresh();
+        assert_eq!(
+            r.snapshot().targets[0].capacity,
+            kept,
+            "rejected reports are not kept"
+        );
+        r.advance(Duration::from_millis(1000 / u64::from(max)));
+        r.report("a", report(8), Feed::Http)
+            .expect("the bucket refills at the configured rate");
+        r.refresh();
+        assert_eq!(r.snapshot().targets[0].capacity, 8);
+    }
+
+    #[test]
+    fn load_reports_are_coalesced_state_changes_are_published_at_once() {
+        // A long interval, so a slow test run cannot make a refresh due.
+        let r = registry_with(CapacityConfig {
+            refresh_interval_ms: 10_000,
+            ..CapacityConfig::default()
+        });
+        r.report("a", report(10), Feed::Http).unwrap();
+        assert_eq!(
+            r.snapshot().targets[0].capacity,
+            10,
+            "first report: at once"
+        );
+        r.report("a", report(11), Feed::Http).unwrap();
+        assert_eq!(
+            r.snapshot().targets[0].capacity,
+            10,
+            "a load change waits for the next refresh"
+        );
+        let mut draining = report(11);
+        draining.draining = true;
+        r.report("a", draining, Feed::Http).unwrap();
+        let a = &r.snapshot().targets[0];
+        assert_eq!(
+            (a.health, a.capacity),
+            (Health::Degraded, 11),
+            "draining: at once"
+        );
+        r.advance(Duration::from_millis(r.config().refresh_interval_ms));
+        let mut more = report(12);
+        more.draining = true;
+        r.report("a", more, Feed::Http).unwrap();
+        assert_eq!(
+            r.snapshot().targets[0].capacity,
+            12,
+            "a refresh was due: the report does it"
+        );
+    }
+
+    /// 10,000 servers from allowed endpoints try to join: `max_dynamic_targets`
+    /// do, the rest are rejected and counted; a report with 1,000 targets
+    /// present stays cheap because it no longer rebuilds the snapshot.
+    #[test]
+    fn dynamic_targets_are_capped_and_join_at_a_limited_rate() {
+        let r = registry_with(CapacityConfig {
+            allow_endpoints: vec!["http://127.0.0.1:*/records".into()],
+            max_joins_per_second: 10_000,
+            ..CapacityConfig::default()
+        });
+        let max = r.config().max_dynamic_targets;
+        let join = |i: u32| {
+            let mut j = report(5);
+            j.endpoint = Some(format!("http://127.0.0.1:{}/records", 1 + i % 60_000));
+            r.report(&format!("dyn-{i}"), j, Feed::Topic)
+        };
+        let started = Instant::now();
+        let mut too_many = 0;
+        for i in 0..10_000 {
+            if let Err(e) = join(i) {
+                assert_eq!(e.reason(), "too_many_targets", "{e}");
+                too_many += 1;
+            }
+        }
+        eprintln!("10,000 join attempts: {:?}", started.elapsed());
+        r.refresh();
+        let dynamic = r.snapshot().targets.iter().filter(|t| t.dynamic).count();
+        assert_eq!(dynamic, max);
+        assert_eq!(too_many, 10_000 - max);
+        let count = |reason| {
+            r.metrics
+                .capacity_reports
+                .with_label_values(&["rejected", reason])
+                .get()
+        };
+        assert_eq!(count("too_many_targets"), (10_000 - max) as u64);
+        assert_eq!(r.metrics.capacity_dynamic_targets.get(), max as i64);
+        let e = join(20_000).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("capacity.max_dynamic_targets (1000)"),
+            "{e}"
+        );
+
+        // One report with 1,000 targets present: no rebuild of its own.
+        r.refresh();
+        let started = Instant::now();
+        r.report("dyn-7", report(6), Feed::Topic).unwrap();
+        let one = started.elapsed();
+        let started = Instant::now();
+        r.refresh();
+        let rebuild = started.elapsed();
+        eprintln!(
+            "with {} targets: one report {one:?}, one snapshot rebuild {rebuild:?}",
+            r.snapshot().targets.len()
+        );
+
+        // The join rate: a burst of as many as the limit, then rejections.
+        let r = registry_with(CapacityConfig {
+            allow_endpoints: vec!["http://127.0.0.1:*/records".into()],
+            ..CapacityConfig::default()
+        });
+        let per_second = r.config().max_joins_per_second;
+        let results: Vec<_> = (0..100)
+            .map(|i| {
+                let mut j = report(5);
+                j.endpoint = Some(format!("http://127.0.0.1:{}/records", 7000 + i));
+                r.report(&format!("burst-{i}"), j, Feed::Http)
+            })
+            .collect();
+        let joined = results.iter().filter(|x| x.is_ok()).count();
+        // A burst of as many, plus one per 50 ms of (real) time taken.
+        let burst = per_second as usize;
+        assert!((burst..burst + 10).contains(&joined), "{joined} joined");
+        for e in results.iter().filter_map(|x| x.as_ref().err()) {
+            assert_eq!(e.reason(), "join_rate_limited", "{e}");
+        }
+        r.advance(Duration::from_secs(1));
+        let mut j = report(5);
+        j.endpoint = Some("http://127.0.0.1:7099/records".into());
+        r.report("burst-99", j, Feed::Http)
+            .expect("joins again a second later");
+    }
+
+    #[test]
+    fn report_tokens_come_from_the_target_config() {
+        let mut with_token = target("a", 1);
+        with_token.report_token = Some("0123456789abcdef".into());
+        let r = Registry::new(
+            CapacityConfig {
+                allow_endpoints: vec!["http://127.0.0.1:*".into()],
+                ..CapacityConfig::default()
+            },
+            &[with_token, target("b", 1)],
+            Arc::new(Metrics::new()),
+        );
+        assert_eq!(r.report_token("a").as_deref(), Some("0123456789abcdef"));
+        assert_eq!(r.report_token("b"), None);
+        assert_eq!(r.report_token("nope"), None);
+        let mut join = report(5);
+        join.endpoint = Some("http://127.0.0.1:7001/records".into());
+        r.report("dyn-1", join, Feed::Http).unwrap();
+        assert_eq!(r.report_token("dyn-1"), None, "dynamic targets have none");
     }
 }

@@ -83,6 +83,16 @@ pub enum ReportError {
     UnknownTarget(String),
     #[error("unknown target {id:?}: endpoint {endpoint:?} matches no pattern of capacity.allow_endpoints")]
     EndpointNotAllowed { id: String, endpoint: String },
+    /// The target sent more reports than `capacity.max_reports_per_second`;
+    /// this one was dropped before it touched phi or the target's state.
+    #[error("target {id:?} sent more than capacity.max_reports_per_second ({max_per_second}) reports per second; report dropped")]
+    RateLimited { id: String, max_per_second: u32 },
+    /// `capacity.max_dynamic_targets` dynamic targets are present already.
+    #[error("unknown target {id:?} may not join: capacity.max_dynamic_targets ({max}) dynamic targets are present; it may join when silent ones are removed")]
+    TooManyTargets { id: String, max: usize },
+    /// More joins than `capacity.max_joins_per_second` for the process.
+    #[error("unknown target {id:?} may not join now: more than capacity.max_joins_per_second ({max_per_second}) joins per second; retry with a later report")]
+    JoinRateLimited { id: String, max_per_second: u32 },
 }
 
 impl ReportError {
@@ -98,6 +108,9 @@ impl ReportError {
             ReportError::IdMismatch(..) => "id_mismatch",
             ReportError::UnknownTarget(_) => "unknown_target",
             ReportError::EndpointNotAllowed { .. } => "endpoint_not_allowed",
+            ReportError::RateLimited { .. } => "rate_limited",
+            ReportError::TooManyTargets { .. } => "too_many_targets",
+            ReportError::JoinRateLimited { .. } => "join_rate_limited",
         }
     }
 }

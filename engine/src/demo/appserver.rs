@@ -272,6 +272,7 @@ impl AppServer {
             zone: None,
             labels: Default::default(),
             health_url: None,
+            report_token: None,
         }
     }
 
