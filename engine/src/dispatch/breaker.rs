@@ -20,7 +20,7 @@
 //! `config.cluster.v3.OutlierDetection`).
 
 use crate::config::BreakerConfig;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -157,20 +157,24 @@ impl Breakers {
     }
 
     /// A request to `target` failed in a way a retry could fix. Returns the
-    /// ejection if this opened the breaker. `targets` is how many targets
-    /// exist, for the ejection cap and the panic threshold.
+    /// ejection if this opened the breaker. `targets` are the ids of the
+    /// targets that exist now: breakers of others (removed by a reload, or
+    /// dynamic targets gone silent) are forgotten, so they neither count
+    /// toward the ejection cap nor the panic threshold.
     pub fn failure(
         &self,
         cfg: &BreakerConfig,
         target: &str,
-        targets: usize,
+        targets: &HashSet<&str>,
         now: Instant,
     ) -> Option<Ejection> {
         let mut all = self.inner.lock().expect("breakers lock");
+        all.retain(|id, _| targets.contains(id.as_str()));
         let ejected = all
             .values()
             .filter(|b| matches!(b.state, State::Open(u) if now < u))
             .count();
+        let targets = targets.len();
         let b = all
             .entry(target.to_string())
             .or_insert_with(|| Breaker::new(now));
@@ -205,10 +209,28 @@ impl Breakers {
             b.ejections = b.ejections.saturating_sub(forgiven);
         }
         b.ejections += 1;
-        let duration = (base * b.ejections).min(Duration::from_millis(cfg.max_ejection_ms));
-        b.state = State::Open(now + duration);
+        let duration = base
+            .saturating_mul(b.ejections)
+            .min(Duration::from_millis(cfg.max_ejection_ms));
+        // Validation bounds ejection times to a day; `checked_add` keeps a
+        // larger one from overflowing `Instant` (it then ends at the
+        // largest time this clock can tell, about as good as never).
+        let until = now.checked_add(duration).unwrap_or_else(|| far_future(now));
+        b.state = State::Open(until);
         b.consecutive = 0;
         Some(Ejection { duration, reason })
+    }
+}
+
+/// The latest instant after `now` that can be represented, halving the
+/// step until it fits.
+fn far_future(now: Instant) -> Instant {
+    let mut step = Duration::from_secs(u64::MAX / 4);
+    loop {
+        if let Some(t) = now.checked_add(step) {
+            return t;
+        }
+        step /= 2;
     }
 }
 
@@ -232,13 +254,21 @@ mod tests {
         BreakerConfig::default()
     }
 
+    /// Target ids `a`..`j`.
+    const TEN: [&str; 10] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+
+    fn fleet<'a>(ids: &[&'a str]) -> HashSet<&'a str> {
+        ids.iter().copied().collect()
+    }
+
     #[test]
     fn five_consecutive_failures_eject_for_base_times_n() {
+        let ten = fleet(&TEN);
         let (c, b, t0) = (cfg(), Breakers::default(), Instant::now());
         for i in 0..4 {
-            assert_eq!(b.failure(&c, "a", 10, t0), None, "failure {i}");
+            assert_eq!(b.failure(&c, "a", &ten, t0), None, "failure {i}");
         }
-        let e = b.failure(&c, "a", 10, t0).expect("opens on the 5th");
+        let e = b.failure(&c, "a", &ten, t0).expect("opens on the 5th");
         assert_eq!(e.duration, Duration::from_secs(30));
         assert_eq!(b.admit("a", t0), Admit::Open);
         // After the ejection: one probe at a time.
@@ -246,7 +276,7 @@ mod tests {
         assert_eq!(b.admit("a", t1), Admit::Probe);
         assert!(matches!(b.admit("a", t1), Admit::Wait(_)));
         // Probe fails: open again for 2 × base.
-        let e = b.failure(&c, "a", 10, t1).expect("reopens");
+        let e = b.failure(&c, "a", &ten, t1).expect("reopens");
         assert_eq!(e.duration, Duration::from_secs(60));
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!(b.admit("a", t2), Admit::Probe);
@@ -256,16 +286,17 @@ mod tests {
         // Closed for 2 × base forgives both ejections: next one is base again.
         let t3 = t2 + Duration::from_secs(60);
         for _ in 0..4 {
-            b.failure(&c, "a", 10, t3);
+            b.failure(&c, "a", &ten, t3);
         }
         assert_eq!(
-            b.failure(&c, "a", 10, t3).map(|e| e.duration),
+            b.failure(&c, "a", &ten, t3).map(|e| e.duration),
             Some(Duration::from_secs(30))
         );
     }
 
     #[test]
     fn ejection_time_is_capped() {
+        let ten = fleet(&TEN);
         let c = BreakerConfig {
             consecutive_failures: 1,
             base_ejection_ms: 100_000,
@@ -274,7 +305,7 @@ mod tests {
         let (b, mut now) = (Breakers::default(), Instant::now());
         let mut last = Duration::ZERO;
         for _ in 0..5 {
-            last = b.failure(&c, "a", 10, now).expect("opens").duration;
+            last = b.failure(&c, "a", &ten, now).expect("opens").duration;
             now += last;
             assert_eq!(b.admit("a", now), Admit::Probe);
         }
@@ -283,6 +314,7 @@ mod tests {
 
     #[test]
     fn failure_share_over_an_interval_opens() {
+        let ten = fleet(&TEN);
         // Only the failure share can open it here.
         let c = BreakerConfig {
             consecutive_failures: 1000,
@@ -294,7 +326,7 @@ mod tests {
         for i in 0..100 {
             if i % 7 == 0 {
                 b.success(&c, "a", t0);
-            } else if let Some(e) = b.failure(&c, "a", 10, t0) {
+            } else if let Some(e) = b.failure(&c, "a", &ten, t0) {
                 opened = Some((i, e));
                 break;
             }
@@ -305,11 +337,11 @@ mod tests {
         // A new interval starts from zero.
         let b = Breakers::default();
         for _ in 0..40 {
-            assert!(b.failure(&c, "a", 10, t0).is_none());
+            assert!(b.failure(&c, "a", &ten, t0).is_none());
         }
         let t1 = t0 + Duration::from_millis(c.interval_ms);
         for _ in 0..40 {
-            assert!(b.failure(&c, "a", 10, t1).is_none());
+            assert!(b.failure(&c, "a", &ten, t1).is_none());
         }
     }
 
@@ -321,21 +353,67 @@ mod tests {
         };
         let (b, now) = (Breakers::default(), Instant::now());
         // 10% of 3 targets rounds to 0: one may still be ejected.
-        assert!(b.failure(&c, "a", 3, now).is_some());
-        assert!(b.failure(&c, "b", 3, now).is_none(), "cap reached");
+        let three = fleet(&["a", "b", "c"]);
+        assert!(b.failure(&c, "a", &three, now).is_some());
+        assert!(b.failure(&c, "b", &three, now).is_none(), "cap reached");
         assert_eq!(b.admit("b", now), Admit::Send);
         // A single target is never ejected: nothing would be left (panic).
         let solo = Breakers::default();
-        assert!(solo.failure(&c, "x", 1, now).is_none());
+        assert!(solo.failure(&c, "x", &fleet(&["x"]), now).is_none());
         // 50% lets 5 of 10 go, the 6th would leave 40% < 50%.
         let c = BreakerConfig {
             max_ejection_percent: 100,
             ..c
         };
         let many = Breakers::default();
-        let opened = (0..10)
-            .filter(|i| many.failure(&c, &format!("t{i}"), 10, now).is_some())
+        let ten = fleet(&TEN);
+        let opened = TEN
+            .iter()
+            .filter(|id| many.failure(&c, id, &ten, now).is_some())
             .count();
         assert_eq!(opened, 5);
+    }
+
+    /// A target replaced by a reload (`a` → `z`, the same failing server)
+    /// must not hold the one ejection slot of three targets for ever: its
+    /// breaker is forgotten, and `z` is ejected after the usual failures.
+    #[test]
+    fn breakers_of_removed_targets_are_forgotten() {
+        let c = cfg();
+        let (b, now) = (Breakers::default(), Instant::now());
+        let before = fleet(&["a", "b", "c"]);
+        for _ in 0..4 {
+            assert!(b.failure(&c, "a", &before, now).is_none());
+        }
+        assert!(b.failure(&c, "a", &before, now).is_some(), "a ejected");
+        let after = fleet(&["z", "b", "c"]);
+        for i in 0..4 {
+            assert!(b.failure(&c, "z", &after, now).is_none(), "failure {i}");
+        }
+        let e = b.failure(&c, "z", &after, now);
+        assert!(
+            e.is_some(),
+            "z ejected after 5 failures, a no longer counts"
+        );
+        assert_eq!(b.state("a"), State::Closed, "a's breaker was forgotten");
+    }
+
+    /// Ejection times too large for the clock saturate instead of
+    /// overflowing (validation refuses them, this is the second line).
+    #[test]
+    fn huge_ejection_times_do_not_overflow() {
+        let c = BreakerConfig {
+            consecutive_failures: 1,
+            base_ejection_ms: u64::MAX,
+            max_ejection_ms: u64::MAX,
+            ..cfg()
+        };
+        let (b, now) = (Breakers::default(), Instant::now());
+        let e = b.failure(&c, "a", &fleet(&TEN), now).expect("opens");
+        assert_eq!(e.duration, Duration::from_millis(u64::MAX));
+        assert_eq!(
+            b.admit("a", now + Duration::from_secs(86_400 * 365)),
+            Admit::Open
+        );
     }
 }

@@ -43,7 +43,7 @@ use crate::sink::http::DeliveryError;
 use crate::sink::kafka::DeadLetter;
 use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -806,11 +806,11 @@ impl Pipeline {
             // A redirect is not retried, but a target that redirects every
             // batch is as useless as a failing one: the breaker counts it.
             if e.retryable() || e.is_redirect() {
-                let targets = snapshot.targets.len();
+                let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
                 if let Some(ej) = self
                     .dispatch
                     .breakers
-                    .failure(&cfg.breaker, &id, targets, now)
+                    .failure(&cfg.breaker, &id, &targets, now)
                 {
                     tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
                         "circuit breaker open: target ejected");
