@@ -108,3 +108,86 @@ async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
         "each poison record trapped the plugin at least once ({traps})"
     );
 }
+
+/// Credentials in a target's URL (basic auth, a query token) never show in
+/// what CDRS writes about it: the target list's reasons, the snapshot, and
+/// the dead letters' `cdrs-dlq-reason`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_credentials_never_show_in_reasons_or_dead_letters() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 2), (dlq, 1)]);
+    // Nothing listens there: every request fails with the URL in the error.
+    let port = cdrs_e2e::free_port();
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-redact", |c| {
+        c.targets = vec![cdrs::config::TargetConfig {
+            id: "secret-target".into(),
+            url: format!("http://svc:s3cret@127.0.0.1:{port}/records?api_key=k3y"),
+            capacity: 10,
+            weight: cdrs::config::DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: Some(format!("http://svc:s3cret@127.0.0.1:{port}/health")),
+            report_token: None,
+        }];
+        c.delivery.when_no_target = cdrs::config::WhenNoTarget::DeadLetter;
+        c.capacity.health_interval_ms = 100;
+    })
+    .await;
+    let events: Vec<_> = (0..50)
+        .map(|i| {
+            (
+                format!("client-{i}"),
+                format!(r#"{{"type":"trade","seq":{i}}}"#),
+                Fate::DeadLettered,
+            )
+        })
+        .collect();
+    let ledger = produce_events(&brokers, topic, events).await.unwrap();
+    let leaks = |text: &str| text.contains("s3cret") || text.contains("k3y");
+    let mut reasons = Vec::new();
+    let done = wait_for(Duration::from_secs(60), || {
+        reasons.extend(s.daemon.registry.snapshot().targets[0].reason.clone());
+        s.daemon
+            .metrics
+            .dead_letters
+            .with_label_values(&["delivery"])
+            .get()
+            >= 50
+    })
+    .await;
+    assert!(done, "every record dead-lettered (no target can take it)");
+    assert!(
+        reasons.iter().any(|r| r.contains("svc:redacted@")),
+        "the reason names the target, redacted: {reasons:?}"
+    );
+    assert!(!reasons.iter().any(|r| leaks(r)), "{reasons:?}");
+    // What an operator reads: `GET /v1/targets` (URL, reason and all).
+    let shown = reqwest::get(format!("http://{}/v1/targets", s.daemon.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.contains("secret-target"), "{shown}");
+    assert!(
+        !leaks(&shown),
+        "GET /v1/targets leaks a credential: {shown}"
+    );
+    let (b, d) = (brokers.clone(), dlq.to_string());
+    let dead = tokio::task::spawn_blocking(move || {
+        cdrs::demo::read_dead_letters(&b, &d, 1, 50, Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        dead.len(),
+        ledger.fates.len(),
+        "each record dead-lettered once"
+    );
+    for (id, reason) in &dead {
+        assert!(ledger.fates.contains_key(id), "{id} is one of ours");
+        assert!(!leaks(reason), "{id}: reason leaks a credential: {reason}");
+    }
+    s.daemon.stop().await.unwrap();
+}

@@ -252,15 +252,18 @@ impl HttpSink {
             .send()
             .await
             .map_err(|e| {
+                // Error texts travel to logs, `GET /v1/targets` and
+                // dead-letter headers: never with the URL's credentials.
+                let url = crate::redact::url(url).into_owned();
                 if e.is_timeout() {
                     DeliveryError::Timeout {
-                        url: url.into(),
+                        url,
                         ms: self.timeout_ms,
                     }
                 } else {
                     DeliveryError::Request {
-                        url: url.into(),
-                        msg: error_chain(&e),
+                        url,
+                        msg: crate::redact::error_chain(&e.without_url()),
                     }
                 }
             })?;
@@ -278,7 +281,7 @@ impl HttpSink {
         };
         let body = error_excerpt(resp).await;
         Err(DeliveryError::Status {
-            url: url.into(),
+            url: crate::redact::url(url).into_owned(),
             status: status.as_u16(),
             body,
             retry_after,
@@ -319,17 +322,6 @@ async fn error_excerpt(mut resp: reqwest::Response) -> String {
     }
     text.truncate(end);
     text
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
