@@ -57,6 +57,9 @@ pub unsafe fn record_from_raw(
             let key = unsafe { CStr::from_ptr(name) }
                 .to_string_lossy()
                 .into_owned();
+            if crate::record::is_reserved_header(&key) {
+                continue;
+            }
             let value = (!value.is_null())
                 .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
             headers.push((key, value));
@@ -264,7 +267,12 @@ pub fn unpack_decisions<T>(
 pub fn apply_rewrite(r: &mut Record, rw: wit::Rewrite) {
     r.key = rw.key;
     r.value = rw.value;
-    r.headers = rw.headers.into_iter().map(|h| (h.key, h.value)).collect();
+    r.headers = rw
+        .headers
+        .into_iter()
+        .filter(|h| !crate::record::is_reserved_header(&h.key))
+        .map(|h| (h.key, h.value))
+        .collect();
 }
 
 /// Bytes of a rewrite (key, value, header keys and values).

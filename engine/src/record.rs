@@ -3,6 +3,21 @@
 
 use std::sync::Arc;
 
+/// Prefix of the headers CDRS writes itself (`cdrs-idempotency-key`,
+/// `cdrs-dlq-*`, `cdrs-original-*`). A record's own headers with this
+/// prefix, in any letter case, are dropped where the record enters CDRS
+/// (consumed from Kafka, or rewritten by a filter), so an app server or a
+/// dead-letter reader never sees a producer's forgery ahead of CDRS's own.
+pub const RESERVED_HEADER_PREFIX: &str = "cdrs-";
+
+/// Whether `key` is a header name only CDRS may write
+/// ([`RESERVED_HEADER_PREFIX`], ASCII case-insensitive).
+pub fn is_reserved_header(key: &str) -> bool {
+    key.len() >= RESERVED_HEADER_PREFIX.len()
+        && key.as_bytes()[..RESERVED_HEADER_PREFIX.len()]
+            .eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
+}
+
 /// One Kafka record as it moves through the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -137,6 +137,7 @@ fn stream_target(topic: &str) -> TargetConfig {
         zone: None,
         labels: Default::default(),
         health_url: None,
+        report_token: None,
     }
 }
 
@@ -418,4 +419,125 @@ async fn slow_targets_stop_fetching_within_bounded_windows() {
         max_queue <= queue as i64,
         "target queue bound kept: {max_queue}"
     );
+}
+
+/// Headers named `cdrs-*` are CDRS's own (idempotency key, dead-letter
+/// reason, original coordinates). A producer's forged ones are dropped
+/// where the record enters CDRS, so an app server sees exactly one
+/// `cdrs-idempotency-key` (the true one) and a dead letter exactly one of
+/// each `cdrs-dlq-*` / `cdrs-original-*` header, CDRS's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cdrs_headers_never_reach_a_server_or_a_dead_letter() {
+    let (topic, dlq) = ("trades", "trades-dlq");
+    let brokers = mock_cluster(&[(topic, 2), (dlq, 1)]);
+    let s = start(&brokers, topic, dlq, "cdrs-e2e-forged-headers", |_| {}).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let forged = [
+        "cdrs-idempotency-key",
+        "CDRS-Idempotency-Key",
+        "cdrs-dlq-reason",
+        "cdrs-original-offset",
+        "cdrs-anything",
+    ];
+    let mut ledger = cdrs::demo::Ledger::default();
+    for i in 0..200 {
+        let key = format!("client-{}", i % 20);
+        // Every fifth record is malformed: the demo filter dead-letters it.
+        let (value, fate) = if i % 5 == 0 {
+            (format!("not json {{ {i}"), Fate::DeadLettered)
+        } else {
+            (format!(r#"{{"type":"trade","seq":{i}}}"#), Fate::Delivered)
+        };
+        let mut hs = OwnedHeaders::new().insert(Header {
+            key: "trace-id",
+            value: Some("t-1"),
+        });
+        for k in forged {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some("forged"),
+            });
+        }
+        let rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(hs);
+        let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        let id = format!("{topic}/{}/{}", d.partition, d.offset);
+        ledger.fates.insert(id.clone(), fate);
+        ledger.keys.insert(id, key);
+    }
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    for server in &s.servers {
+        for r in server.received() {
+            let cdrs: Vec<_> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k.to_ascii_lowercase().starts_with("cdrs-"))
+                .collect();
+            assert_eq!(
+                cdrs,
+                vec![&(
+                    "cdrs-idempotency-key".to_string(),
+                    Some(r.id.clone().into_bytes())
+                )],
+                "{}: only CDRS's own idempotency key",
+                r.id
+            );
+            assert!(
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "trace-id" && v.as_deref() == Some(&b"t-1"[..])),
+                "{}: the producer's other headers are kept",
+                r.id
+            );
+        }
+    }
+    // Raw dead letters: every `cdrs-*` header once, none of them forged.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "forged-dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[dlq]).unwrap();
+    let want = ledger.count(Fate::DeadLettered);
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen < want && Instant::now() < deadline {
+        let Some(Ok(m)) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(100)))
+        else {
+            continue;
+        };
+        seen += 1;
+        let hs: Vec<(String, String)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        let v = String::from_utf8_lossy(x.value.unwrap_or_default());
+                        (x.key.to_ascii_lowercase(), v.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cdrs: Vec<&(String, String)> =
+            hs.iter().filter(|(k, _)| k.starts_with("cdrs-")).collect();
+        assert!(
+            cdrs.iter().all(|(_, v)| v != "forged"),
+            "a forged header in a dead letter: {hs:?}"
+        );
+        for k in ["cdrs-dlq-reason", "cdrs-original-offset"] {
+            assert_eq!(
+                cdrs.iter().filter(|(x, _)| x == k).count(),
+                1,
+                "{k} once: {hs:?}"
+            );
+        }
+    }
+    assert_eq!(seen, want, "every malformed record was dead-lettered");
+    s.finish(&ledger).await;
 }
