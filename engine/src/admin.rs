@@ -1,70 +1,337 @@
 //! Admin API (axum): health, readiness, Prometheus metrics, targets, plugins,
 //! and the capacity push endpoint for application servers.
 //!
-//! | method | path | |
+//! | method | path | access |
 //! |---|---|---|
-//! | GET | `/healthz` | 200 while the process runs |
-//! | GET | `/readyz` | 200 once the consumer joined its group, else 503 |
-//! | GET | `/metrics` | Prometheus text format |
-//! | GET | `/v1/targets` | the current target snapshot (JSON) |
-//! | PUT | `/v1/targets/{id}/capacity` | a [`CapacityReport`]; bearer token if configured |
-//! | GET | `/v1/plugins` | each plugin: version (sha256), source, calls, faults, previous version, last error |
-//! | PUT | `/v1/plugins/{name}` | body: a `.wasm` component; compiled, `init`-ed, then swapped in; token |
-//! | POST | `/v1/plugins/{name}/rollback` | swap the previous version back in; token |
-//! | GET | `/v1/config` | the active config (secrets redacted) and the last reload's outcome |
-//! | POST | `/v1/reload` | re-read the config file and apply the difference; token |
+//! | GET | `/healthz` | open: 200 while the process runs |
+//! | GET | `/readyz` | open: 200 once the consumer joined its group, else 503 |
+//! | GET | `/metrics` | read: Prometheus text format |
+//! | GET | `/v1/targets` | read: the current target snapshot (JSON) |
+//! | PUT | `/v1/targets/{id}/capacity` | report: a [`CapacityReport`] |
+//! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
+//! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
+//! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
+//! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
+//! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
+//!
+//! Access, checked in layers before a handler reads a body
+//! (`Authorization: Bearer <token>`, scheme case-insensitive per RFC 7235,
+//! tokens compared in constant time):
+//! - every path but `/healthz` and `/readyz` answers only the `Host` names
+//!   of `admin.allowed_hosts` (against DNS rebinding; 403 otherwise);
+//! - *read*: when `admin.read_token` is set, it or `admin.token`;
+//! - *write*: `admin.token` when set; without one (only allowed on a
+//!   loopback listen address) a request from a web page of another origin
+//!   (`Origin` or `Sec-Fetch-Site` says so) is refused;
+//! - *report*: the target's own `targets[].report_token` or `admin.token`;
+//!   a target without a report token takes the admin token (if any).
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
 use crate::capacity::report::MAX_REPORT_BYTES;
 use crate::capacity::{CapacityReport, Feed, Registry, ReportError};
+use crate::config::AdminConfig;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigReloader, PluginManager, ReloadError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// Who may do what on the admin API (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `admin.token`: mutations; reads too.
+    pub token: Option<String>,
+    /// `admin.read_token`: reads.
+    pub read_token: Option<String>,
+    /// `Host` values answered (lower case, host or host:port); `None`: any.
+    pub hosts: Option<Vec<String>>,
+}
+
+impl Access {
+    /// The access rules of `[admin]`.
+    pub fn from_config(c: &AdminConfig) -> Access {
+        Access {
+            token: c.token.clone(),
+            read_token: c.read_token.clone(),
+            hosts: c.host_allow_list(),
+        }
+    }
+}
 
 /// What the handlers share.
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    pub token: Option<String>,
+    pub access: Access,
+    /// Permits for plugin uploads being read and compiled
+    /// (`admin.max_concurrent_uploads`).
+    pub uploads: Arc<Semaphore>,
     /// None only in tests of the other endpoints.
     pub plugins: Option<Arc<PluginManager>>,
     pub reloader: Option<Arc<ConfigReloader>>,
 }
 
-/// The admin routes.
+/// The admin routes, with their access layers.
 pub fn router(state: Arc<AdminState>) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let read = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/targets", get(targets))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/config", get(show_config))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
+    let write = axum::Router::new()
+        .route("/v1/plugins/{name}", put(upload_plugin))
+        .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/v1/reload", post(reload_config))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_write));
+    let report = axum::Router::new()
         .route(
             "/v1/targets/{id}/capacity",
             put(push_capacity).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES)),
         )
-        .route("/v1/plugins", get(plugins))
-        .route(
-            "/v1/plugins/{name}",
-            put(upload_plugin).layer(axum::extract::DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
-        )
-        .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
-        .route("/v1/config", get(show_config))
-        .route("/v1/reload", post(reload_config))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_report,
+        ));
+    let guarded = read
+        .merge(write)
+        .merge(report)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_host));
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state)
+}
+
+/// How long a stop waits for admin requests in progress.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `app` on `listener` until `stop` changes: at most
+/// `admin.max_connections` connections at once (one over it is closed at
+/// once and counted), each closed when it takes longer than
+/// `admin.header_read_timeout_ms` to send a request's headers or sits idle
+/// that long between requests (hyper's header read timeout, which runs
+/// while a connection waits for its next request). HTTP/1.1.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cfg: &AdminConfig,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = Arc::new(Semaphore::new(cfg.max_connections));
+    // HTTP/1.1 only: a version-sniffing server would wait for a silent
+    // client's first bytes before any timeout runs.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait instead of spinning.
+                    tracing::warn!(error = %e, "admin API could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics
+                .admin_refused
+                .with_label_values(&["connections"])
+                .inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A client gone or too slow is the client's problem, not an error.
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after the stop grace; closing them");
+    }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// matched case-insensitively (RFC 7235 §2.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `given` equals `want`, in time that depends on neither: both
+/// are hashed first, so even their lengths do not show.
+pub fn token_matches(given: &str, want: &str) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(want));
+    a.ct_eq(&b).into()
+}
+
+/// Whether the request carries one of `accepted` (unset ones skipped);
+/// true when none is set.
+fn carries(headers: &HeaderMap, accepted: &[Option<&str>]) -> bool {
+    let set: Vec<&str> = accepted.iter().flatten().copied().collect();
+    if set.is_empty() {
+        return true;
+    }
+    let Some(given) = bearer(headers) else {
+        return false;
+    };
+    // Every candidate is compared, so the time does not tell which matched.
+    set.iter()
+        .fold(false, |ok, want| token_matches(given, want) | ok)
+}
+
+fn refuse(s: &AdminState, reason: &str, status: StatusCode, msg: String) -> Response {
+    s.metrics.admin_refused.with_label_values(&[reason]).inc();
+    error(status, msg)
+}
+
+fn unauthorized(s: &AdminState, what: &str) -> Response {
+    refuse(
+        s,
+        "token",
+        StatusCode::UNAUTHORIZED,
+        format!("missing or wrong bearer token (Authorization: Bearer <{what}>)"),
+    )
+}
+
+async fn require_host(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    if let Some(hosts) = &s.access.hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .or_else(|| {
+                req.uri()
+                    .authority()
+                    .map(|a| a.as_str().to_ascii_lowercase())
+            })
+            .unwrap_or_default();
+        let name = strip_port(&host);
+        if !hosts.iter().any(|h| *h == host || h == name) {
+            let msg = format!(
+                "host {host:?} is not served here; allowed: {} (admin.allowed_hosts)",
+                hosts.join(", ")
+            );
+            return refuse(&s, "host", StatusCode::FORBIDDEN, msg);
+        }
+    }
+    next.run(req).await
+}
+
+/// `host` without its `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
+
+async fn require_read(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let a = &s.access;
+    // Reads are guarded only once a read token is configured; the admin
+    // token is accepted there too.
+    let accepted = match &a.read_token {
+        None => vec![],
+        Some(r) => vec![Some(r.as_str()), a.token.as_deref()],
+    };
+    if !carries(req.headers(), &accepted) {
+        return unauthorized(&s, "admin.read_token or admin.token");
+    }
+    next.run(req).await
+}
+
+async fn require_write(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    match &s.access.token {
+        Some(t) if !carries(req.headers(), &[Some(t)]) => unauthorized(&s, "admin.token"),
+        Some(_) => next.run(req).await,
+        None => match cross_origin(req.headers()) {
+            Some(origin) => refuse(
+                &s,
+                "origin",
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a request from {origin} may not change CDRS while admin.token is unset; \
+                     set admin.token to allow remote changes"
+                ),
+            ),
+            None => next.run(req).await,
+        },
+    }
+}
+
+/// The other origin a browser says a request comes from, if it does:
+/// `Origin` other than `http://` + the request's own `Host`, or
+/// `Sec-Fetch-Site: cross-site|same-site`.
+fn cross_origin(headers: &HeaderMap) -> Option<String> {
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(origin) = get(header::ORIGIN) {
+        let host = get(header::HOST).unwrap_or_default();
+        let same = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.eq_ignore_ascii_case(&format!("{scheme}{host}")));
+        if !same {
+            return Some(format!("origin {origin:?}"));
+        }
+    }
+    match get(header::HeaderName::from_static("sec-fetch-site")) {
+        Some(site @ ("cross-site" | "same-site")) => Some(format!("a {site} page")),
+        _ => None,
+    }
+}
+
+async fn require_report(
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let own = s.registry.report_token(&id);
+    let accepted = [own.as_deref(), s.access.token.as_deref()];
+    if !carries(req.headers(), &accepted) {
+        let what = if own.is_some() {
+            "the target's report_token or admin.token"
+        } else {
+            "admin.token"
+        };
+        return unauthorized(&s, what);
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -104,6 +371,9 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
 /// components run to tens of MB).
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
+/// How long a plugin upload's body may take to arrive.
+pub const UPLOAD_BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
 fn reload_response(
     r: Result<Result<String, ReloadError>, tokio::task::JoinError>,
     name: &str,
@@ -125,17 +395,12 @@ fn reload_response(
     }
 }
 
-/// Runs a plugin operation (which may compile) off the async workers, after
-/// checking the token.
+/// Runs a plugin operation (which may compile) off the async workers.
 async fn plugin_op(
     s: &AdminState,
-    headers: &HeaderMap,
     name: String,
     op: impl FnOnce(&PluginManager, &str) -> Result<String, ReloadError> + Send + 'static,
 ) -> Response {
-    if !authorized(s, headers) {
-        return unauthorized();
-    }
     let Some(m) = s.plugins.clone() else {
         return error(StatusCode::NOT_FOUND, "no plugins loaded");
     };
@@ -144,59 +409,66 @@ async fn plugin_op(
     reload_response(tokio::task::spawn_blocking(task).await, &name)
 }
 
+/// `PUT /v1/plugins/{name}`: the token was checked by [`require_write`]
+/// before any of the body was read; the body is then read (at most
+/// [`MAX_PLUGIN_BYTES`], within [`UPLOAD_BODY_TIMEOUT`]) only while one of
+/// `admin.max_concurrent_uploads` permits is held.
 async fn upload_plugin(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return unauthorized();
-    }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let msg = format!("{e}; a plugin upload is at most {MAX_PLUGIN_BYTES} bytes");
-            return error(e.status(), msg);
-        }
-        Err(e) => return error(e.status(), e.to_string()),
+    let Ok(_permit) = s.uploads.clone().try_acquire_owned() else {
+        return refuse(
+            &s,
+            "uploads",
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} plugin uploads are in progress (admin.max_concurrent_uploads); try again later",
+                s.uploads.available_permits().max(1)
+            ),
+        );
     };
-    plugin_op(&s, &headers, name, move |m, n| m.upload(n, &body)).await
+    let read = axum::body::to_bytes(body, MAX_PLUGIN_BYTES);
+    let body: Bytes = match tokio::time::timeout(UPLOAD_BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a plugin upload is at most {MAX_PLUGIN_BYTES} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("failed to read the upload: {e}"),
+                )
+            };
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload did not arrive within {} s",
+                    UPLOAD_BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    };
+    plugin_op(&s, name, move |m, n| m.upload(n, &body)).await
 }
 
-async fn rollback_plugin(
-    State(s): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    plugin_op(&s, &headers, name, |m, n| m.rollback(n)).await
-}
-
-fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-    )
-}
-
-fn authorized(s: &AdminState, headers: &HeaderMap) -> bool {
-    let Some(token) = &s.token else { return true };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == token)
+async fn rollback_plugin(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    plugin_op(&s, name, |m, n| m.rollback(n)).await
 }
 
 async fn push_capacity(
     State(s): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return unauthorized();
-    }
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -216,7 +488,12 @@ async fn push_capacity(
             let status = match &e {
                 ReportError::Oversized(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ReportError::UnknownTarget(_) => StatusCode::NOT_FOUND,
-                ReportError::EndpointNotAllowed { .. } => StatusCode::FORBIDDEN,
+                ReportError::EndpointNotAllowed { .. } | ReportError::TooManyTargets { .. } => {
+                    StatusCode::FORBIDDEN
+                }
+                ReportError::RateLimited { .. } | ReportError::JoinRateLimited { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 _ => StatusCode::BAD_REQUEST,
             };
             let msg = match &e {
@@ -261,11 +538,8 @@ fn redact_url_passwords(doc: &mut serde_json::Value) {
         for t in targets {
             for field in ["url", "health_url"] {
                 let Some(v) = t.get_mut(field) else { continue };
-                let Some(mut url) = v.as_str().and_then(|u| reqwest::Url::parse(u).ok()) else {
-                    continue;
-                };
-                if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
-                    *v = serde_json::Value::String(url.into());
+                if let Some(u) = v.as_str() {
+                    *v = serde_json::Value::String(crate::redact::url(u).into_owned());
                 }
             }
         }
@@ -285,10 +559,7 @@ async fn show_config(State(s): State<Arc<AdminState>>) -> Response {
     .into_response()
 }
 
-async fn reload_config(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return unauthorized();
-    }
+async fn reload_config(State(s): State<Arc<AdminState>>) -> Response {
     let Some(r) = s.reloader.clone() else {
         return error(StatusCode::NOT_FOUND, "no config loaded");
     };
@@ -308,6 +579,7 @@ mod tests {
     use crate::config::{CapacityConfig, TargetConfig};
     use axum::body::Body;
     use axum::http::Request;
+    use futures::StreamExt;
     use tower::ServiceExt;
 
     fn app(token: Option<&str>) -> (axum::Router, Arc<AdminState>) {
@@ -320,6 +592,7 @@ mod tests {
             zone: None,
             labels: Default::default(),
             health_url: None,
+            report_token: None,
         };
         let registry = Arc::new(Registry::new(
             CapacityConfig::default(),
@@ -330,7 +603,11 @@ mod tests {
             registry,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            token: token.map(str::to_string),
+            access: Access {
+                token: token.map(str::to_string),
+                ..Access::default()
+            },
+            uploads: Arc::new(Semaphore::new(2)),
             plugins: None,
             reloader: None,
         });
@@ -478,5 +755,259 @@ mod tests {
         state.ready.store(true, Ordering::Relaxed);
         let (s, _) = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK);
+    }
+
+    fn with_access(access: Access, uploads: usize) -> axum::Router {
+        let (_, state) = app(None);
+        let state = Arc::new(AdminState {
+            registry: state.registry.clone(),
+            metrics: state.metrics.clone(),
+            ready: state.ready.clone(),
+            access,
+            uploads: Arc::new(Semaphore::new(uploads)),
+            plugins: None,
+            reloader: None,
+        });
+        router(state)
+    }
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    /// A wrong token on an upload is refused before one byte of the body
+    /// is read (the body here would be 60 MiB, made as it is polled).
+    #[tokio::test]
+    async fn an_upload_with_a_wrong_token_is_refused_before_its_body_is_read() {
+        let (app, state) = app(Some("s3cret"));
+        let polled = Arc::new(AtomicBool::new(false));
+        let p = polled.clone();
+        let chunks = futures::stream::iter(0..60).map(move |_| {
+            p.store(true, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20]))
+        });
+        let upload = Request::put("/v1/plugins/router")
+            .header("authorization", "Bearer WRONG")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        let (s, body) = send(&app, upload).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(!polled.load(Ordering::Relaxed), "the body was never read");
+        let refused = state.metrics.admin_refused.with_label_values(&["token"]);
+        assert_eq!(refused.get(), 1);
+    }
+
+    /// With the token right, uploads beyond `admin.max_concurrent_uploads`
+    /// get 429 instead of each buffering up to 64 MiB.
+    #[tokio::test]
+    async fn uploads_beyond_the_cap_get_429() {
+        let access = Access {
+            token: Some("s3cret".into()),
+            ..Access::default()
+        };
+        let app = with_access(access, 0);
+        let upload = req(
+            "PUT",
+            "/v1/plugins/router",
+            &[("authorization", "Bearer s3cret")],
+        );
+        let (s, body) = send(&app, upload).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert!(body.contains("admin.max_concurrent_uploads"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        let (app, _) = app(Some("s3cret"));
+        for (auth, want) in [
+            ("Bearer s3cret", StatusCode::NO_CONTENT),
+            ("bearer s3cret", StatusCode::NO_CONTENT),
+            ("BEARER  s3cret ", StatusCode::NO_CONTENT),
+            ("Basic s3cret", StatusCode::UNAUTHORIZED),
+            ("Bearer s3cre", StatusCode::UNAUTHORIZED),
+            ("Bearer s3cretX", StatusCode::UNAUTHORIZED),
+            ("Bearer", StatusCode::UNAUTHORIZED),
+        ] {
+            let mut r = put_capacity("a", r#"{"capacity":1}"#, None);
+            r.headers_mut()
+                .insert("authorization", auth.parse().unwrap());
+            let (s, body) = send(&app, r).await;
+            assert_eq!(s, want, "{auth:?}: {body}");
+        }
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abc", "abd") && !token_matches("ab", "abc"));
+    }
+
+    /// `admin.read_token` guards what reveals the deployment; it cannot
+    /// change anything; health and readiness stay open.
+    #[tokio::test]
+    async fn the_read_token_guards_reads_and_cannot_write() {
+        let access = Access {
+            token: Some("admin-token".into()),
+            read_token: Some("read-token".into()),
+            hosts: None,
+        };
+        let app = with_access(access, 2);
+        for path in ["/metrics", "/v1/targets", "/v1/plugins", "/v1/config"] {
+            let (s, _) = send(&app, req("GET", path, &[])).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path} without a token");
+            for t in ["read-token", "admin-token"] {
+                let auth = format!("Bearer {t}");
+                let (s, _) = send(&app, req("GET", path, &[("authorization", &auth)])).await;
+                assert_ne!(s, StatusCode::UNAUTHORIZED, "{path} with {t}");
+            }
+        }
+        for path in ["/healthz", "/readyz"] {
+            let (s, _) = send(&app, req("GET", path, &[])).await;
+            assert_ne!(s, StatusCode::UNAUTHORIZED, "{path} is open");
+        }
+        let read = [("authorization", "Bearer read-token")];
+        let (s, _) = send(&app, req("POST", "/v1/reload", &read)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "the read token cannot reload");
+        let (s, _) = send(&app, req("PUT", "/v1/plugins/router", &read)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "nor upload");
+        let mut r = put_capacity("a", r#"{"capacity":1}"#, None);
+        r.headers_mut()
+            .insert("authorization", "Bearer read-token".parse().unwrap());
+        let (s, _) = send(&app, r).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "nor report capacity");
+        // No read token: reads stay open, whatever guards the mutations.
+        let (guarded_writes, _) = super::tests::app(Some("admin-token"));
+        let (s, _) = send(&guarded_writes, req("GET", "/v1/targets", &[])).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    /// DNS rebinding: a page on `evil.example` resolving to 127.0.0.1 sends
+    /// `Host: evil.example`; only the allowed names are answered.
+    #[tokio::test]
+    async fn only_allowed_hosts_are_answered() {
+        let cfg = AdminConfig {
+            listen: "127.0.0.1:9090".into(),
+            ..AdminConfig::default()
+        };
+        let app = with_access(Access::from_config(&cfg), 2);
+        for host in [
+            "localhost:9090",
+            "127.0.0.1:9090",
+            "LOCALHOST",
+            "[::1]:9090",
+        ] {
+            let (s, body) = send(&app, req("GET", "/v1/targets", &[("host", host)])).await;
+            assert_eq!(s, StatusCode::OK, "{host}: {body}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9090",
+            "localhost.evil.example",
+        ] {
+            let (s, body) = send(&app, req("GET", "/v1/targets", &[("host", host)])).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{host}: {body}");
+            assert!(body.contains("admin.allowed_hosts"), "{body}");
+        }
+        let (s, _) = send(&app, req("GET", "/healthz", &[("host", "evil.example")])).await;
+        assert_eq!(s, StatusCode::OK, "liveness answers any host");
+        // 0.0.0.0 serves any host; an explicit list replaces the default.
+        let any = AdminConfig {
+            listen: "0.0.0.0:9090".into(),
+            ..AdminConfig::default()
+        };
+        assert_eq!(any.host_allow_list(), None);
+        let listed = AdminConfig {
+            allowed_hosts: vec!["cdrs.internal".into()],
+            ..any
+        };
+        assert_eq!(listed.host_allow_list(), Some(vec!["cdrs.internal".into()]));
+    }
+
+    /// Without a token, a web page of another origin cannot reload, roll
+    /// back or upload (a `text/plain` cross-origin POST needs no CORS
+    /// preflight); a local client without `Origin` still can.
+    #[tokio::test]
+    async fn without_a_token_cross_origin_mutations_are_refused() {
+        let (app, state) = app(None);
+        for headers in [
+            vec![
+                ("origin", "http://evil.example"),
+                ("host", "127.0.0.1:9090"),
+            ],
+            vec![("origin", "null"), ("host", "127.0.0.1:9090")],
+            vec![("sec-fetch-site", "cross-site"), ("host", "127.0.0.1:9090")],
+        ] {
+            let mut r = req("POST", "/v1/reload", &headers);
+            r.headers_mut()
+                .insert("content-type", "text/plain".parse().unwrap());
+            let (s, body) = send(&app, r).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{headers:?}: {body}");
+            assert!(body.contains("admin.token"), "{body}");
+        }
+        let refused = state.metrics.admin_refused.with_label_values(&["origin"]);
+        assert_eq!(refused.get(), 3);
+        // Same origin, or no Origin at all (curl): let through to the
+        // handler (which has no config loaded in this test).
+        for headers in [
+            vec![
+                ("origin", "http://127.0.0.1:9090"),
+                ("host", "127.0.0.1:9090"),
+            ],
+            vec![("host", "127.0.0.1:9090")],
+        ] {
+            let (s, body) = send(&app, req("POST", "/v1/reload", &headers)).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{headers:?}: {body}");
+        }
+    }
+
+    /// Idle connections are closed after the header read timeout, those
+    /// over the cap at once, and `/healthz` stays reachable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_closed_and_liveness_stays_reachable() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (app, state) = app(None);
+        let cfg = AdminConfig {
+            max_connections: 8,
+            header_read_timeout_ms: 1_000,
+            ..AdminConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn({
+            let metrics = state.metrics.clone();
+            async move { serve(listener, app, &cfg, metrics, stop).await }
+        });
+        let mut idle = Vec::new();
+        for _ in 0..20 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Every idle connection ends: 12 at once (over the cap), 8 after
+        // the timeout. A read returns 0 (EOF) or an error (reset).
+        for (i, c) in idle.iter_mut().enumerate() {
+            let mut buf = [0u8; 64];
+            let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+            assert!(
+                matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                "connection {i} was closed: {r:?}"
+            );
+        }
+        let over = state
+            .metrics
+            .admin_refused
+            .with_label_values(&["connections"]);
+        assert_eq!(over.get(), 12);
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .unwrap();
     }
 }

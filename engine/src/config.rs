@@ -92,6 +92,9 @@ pub const MIN_PLUGIN_MEMORY_BYTES: u64 = 1 << 20;
 /// can address, and wasmtime's default memory reservation on 64-bit hosts;
 /// the pooling allocator refuses a larger cap.
 pub const MAX_PLUGIN_MEMORY_BYTES: u64 = 4 << 30;
+/// Largest value of any duration setting (`*_ms`) that has no tighter
+/// range of its own: 1 day, in ms.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
 /// Default `capacity.health_interval_ms`.
 pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
 /// Range of `capacity.health_interval_ms`: 100 ms to 10 minutes.
@@ -105,6 +108,26 @@ pub const DEFAULT_REMOVE_AFTER_MS: u64 = 300_000;
 /// Range of `capacity.remove_after_ms`: 1 second to 1 day (and at least
 /// `capacity.report_expiry_ms`).
 pub const REMOVE_AFTER_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+/// Default `capacity.acceptable_heartbeat_pause_ms`: at 200 ms reports a
+/// silent server is suspected after ~0.8 s instead of ~0.7 s.
+pub const DEFAULT_ACCEPTABLE_HEARTBEAT_PAUSE_MS: u64 = 100;
+/// Range of `capacity.acceptable_heartbeat_pause_ms`: 0 to 1 minute.
+pub const ACCEPTABLE_HEARTBEAT_PAUSE_MS: std::ops::RangeInclusive<u64> = 0..=60_000;
+/// Default `capacity.max_reports_per_second` (per target): a report every
+/// 50 ms, the fastest rhythm in use, stays under it.
+pub const DEFAULT_MAX_REPORTS_PER_SECOND: u32 = 20;
+/// Range of `capacity.max_reports_per_second`.
+pub const MAX_REPORTS_PER_SECOND: std::ops::RangeInclusive<u32> = 1..=1_000;
+/// Default `capacity.max_dynamic_targets`.
+pub const DEFAULT_MAX_DYNAMIC_TARGETS: usize = 1_000;
+/// Range of `capacity.max_dynamic_targets`.
+pub const MAX_DYNAMIC_TARGETS: std::ops::RangeInclusive<usize> = 1..=100_000;
+/// Default `capacity.max_joins_per_second` (the whole process).
+pub const DEFAULT_MAX_JOINS_PER_SECOND: u32 = 20;
+/// Range of `capacity.max_joins_per_second`.
+pub const MAX_JOINS_PER_SECOND: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// Shortest accepted `targets[].report_token`, characters.
+pub const MIN_REPORT_TOKEN_CHARS: usize = 16;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -178,21 +201,69 @@ fn default_dlq() -> String {
     DEFAULT_DEAD_LETTER_TOPIC.into()
 }
 
-/// `[admin]`: the HTTP admin API.
+/// `[admin]`: the HTTP admin API (threat model: `docs/security.md`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Listen address. Default `"127.0.0.1:9090"`; port 0 picks a free one.
+    /// A non-loopback address needs `token`: mutating endpoints are never
+    /// open to the network.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// Bearer token required by mutating endpoints (capacity push). Env:
-    /// `CDRS_ADMIN_TOKEN`. Unset: mutating endpoints are open (logged at start).
+    /// Bearer token required by mutating endpoints (reload, plugin upload
+    /// and rollback, capacity push) and accepted by the read endpoints.
+    /// Env: `CDRS_ADMIN_TOKEN`. Unset: mutating endpoints are open, only on
+    /// a loopback `listen`, and refuse cross-origin (browser) requests. An
+    /// empty token is a config error.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
+    /// Bearer token for the read endpoints that reveal the deployment
+    /// (`/metrics`, `/v1/targets`, `/v1/plugins`, `/v1/config`); `token`
+    /// is accepted there too. Env: `CDRS_ADMIN_READ_TOKEN`. Unset: those
+    /// endpoints are open. `/healthz` and `/readyz` are always open.
+    #[serde(default, skip_serializing)]
+    pub read_token: Option<String>,
+    /// `Host` header values (host, optionally `:port`) the admin API
+    /// answers, against DNS rebinding. Default: for a loopback `listen`,
+    /// `localhost`, `127.0.0.1`, `[::1]` and the listen address; for an
+    /// unspecified one (`0.0.0.0`, `[::]`), any host; otherwise the listen
+    /// address. `/healthz` and `/readyz` answer any host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Open admin connections at most; a connection over it is closed at
+    /// once (counted in `cdrs_admin_refused_total{reason="connections"}`),
+    /// 1..=65536. Default 256.
+    #[serde(default = "d_admin_max_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and how
+    /// long a kept-alive connection may sit idle before the next request,
+    /// ms, 100..=300000 (hyper's `header_read_timeout`). Default 10000.
+    #[serde(default = "d_admin_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Plugin uploads (`PUT /v1/plugins/{name}`) read at once at most; more
+    /// get 429, 1..=16. Default 2.
+    #[serde(default = "d_admin_uploads")]
+    pub max_concurrent_uploads: usize,
 }
+
+/// Default `admin.max_connections`.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
+/// Default `admin.header_read_timeout_ms`.
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `admin.max_concurrent_uploads`.
+pub const DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS: usize = 2;
 
 fn default_admin_listen() -> String {
     DEFAULT_ADMIN_LISTEN.into()
+}
+fn d_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+fn d_admin_header_timeout() -> u64 {
+    DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS
+}
+fn d_admin_uploads() -> usize {
+    DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS
 }
 
 impl Default for AdminConfig {
@@ -200,7 +271,39 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             token: None,
+            read_token: None,
+            allowed_hosts: Vec::new(),
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            header_read_timeout_ms: DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS,
+            max_concurrent_uploads: DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS,
         }
+    }
+}
+
+impl AdminConfig {
+    /// The `Host` values the admin API answers (host or `host:port`,
+    /// lower case); `None`: any. See [`AdminConfig::allowed_hosts`].
+    pub fn host_allow_list(&self) -> Option<Vec<String>> {
+        let mut hosts: Vec<String> = self
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        if !hosts.is_empty() {
+            return Some(hosts);
+        }
+        let addr: std::net::SocketAddr = self.listen.parse().ok()?;
+        if addr.ip().is_unspecified() {
+            return None;
+        }
+        if addr.ip().is_loopback() {
+            hosts.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
+        }
+        hosts.push(match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        Some(hosts)
     }
 }
 
@@ -296,7 +399,13 @@ pub struct PluginRuntimeConfig {
     #[serde(default = "d_instances")]
     pub instances: usize,
     /// Folder of compiled plugins, so restarts and swaps back load in
-    /// milliseconds. Default: `cdrs-cache` in the system temp folder.
+    /// milliseconds. Default, per user: `$XDG_CACHE_HOME/cdrs/plugins`, else
+    /// `$HOME/.cache/cdrs/plugins`, else `cdrs-cache-<uid>` in the system
+    /// temp folder (only absolute, non-empty variables count). Created mode
+    /// 0700; a folder that is a symbolic link, owned by another uid or
+    /// writable by group or others is not used (a WARN names it, and
+    /// plugins are compiled on every load). Entries are authenticated with
+    /// a key kept in the folder (see `plugin::cache`).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Record faults (trap, deadline, memory) of a newly swapped-in plugin
@@ -309,14 +418,32 @@ pub struct PluginRuntimeConfig {
 }
 
 impl PluginRuntimeConfig {
-    /// The compiled-plugin cache folder.
+    /// The compiled-plugin cache folder: `cache_dir`, else per user
+    /// `$XDG_CACHE_HOME/cdrs/plugins`, `$HOME/.cache/cdrs/plugins`, or
+    /// `cdrs-cache-<uid>` in the system temp folder (the XDG Base Directory
+    /// rule: relative or empty variables are ignored). Whether it is safe to
+    /// use is checked when it is opened (`plugin::cache::Cache::open`).
     pub fn cache_dir(&self) -> Option<PathBuf> {
-        Some(
-            self.cache_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("cdrs-cache")),
-        )
+        Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir))
     }
+}
+
+/// See [`PluginRuntimeConfig::cache_dir`].
+fn default_cache_dir() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(xdg) = var("XDG_CACHE_HOME") {
+        return xdg.join("cdrs").join("plugins");
+    }
+    if let Some(home) = var("HOME") {
+        return home.join(".cache").join("cdrs").join("plugins");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail (POSIX).
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("cdrs-cache-{uid}"))
 }
 
 fn d_rollback_faults() -> u64 {
@@ -396,6 +523,12 @@ pub struct TargetConfig {
     /// Optional URL for active health checks (`GET`, 2xx = healthy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_url: Option<String>,
+    /// Bearer token this server's capacity reports must carry on `PUT
+    /// /v1/targets/{id}/capacity`; unset: the admin token (if any) is
+    /// required. At least 16 visible ASCII characters (no spaces). Never
+    /// serialized (`GET /v1/config` does not show it). Default unset.
+    #[serde(default, skip_serializing)]
+    pub report_token: Option<String>,
 }
 
 fn d_weight() -> u32 {
@@ -413,7 +546,10 @@ pub struct CapacityConfig {
     /// How long a failed delivery keeps a target down, ms. Default 2000.
     #[serde(default = "d_cooldown")]
     pub failure_cooldown_ms: u64,
-    /// How often the snapshot is rebuilt for in-flight and expiry, ms. Default 100.
+    /// How old the target snapshot may get, ms, 10..=10000: it is rebuilt
+    /// at least this often (in-flight, expiry, phi), and a report that only
+    /// moves load figures is published within it rather than at once.
+    /// Default 100.
     #[serde(default = "d_refresh")]
     pub refresh_interval_ms: u64,
     /// Topic of capacity reports (JSON heartbeats). Every CDRS process reads
@@ -465,6 +601,32 @@ pub struct CapacityConfig {
     /// Consecutive passed checks that bring it back. Default 2.
     #[serde(default = "d_healthy_after")]
     pub health_healthy_after: u32,
+    /// Silence beyond the learned heartbeat interval that raises no
+    /// suspicion yet, ms, 0..=60000: added to the mean before phi is
+    /// computed (Akka `acceptable-heartbeat-pause`). Akka's cluster default
+    /// is 3 s at its 1 s heartbeats; CDRS's servers report every 200 ms and
+    /// its routing wants a silent server out in about a second, so 100
+    /// (suspected after ~0.8 s at 200 ms reports, ~0.7 s at 50 ms); 0 is the
+    /// plain detector. Default 100.
+    #[serde(default = "d_heartbeat_pause")]
+    pub acceptable_heartbeat_pause_ms: u64,
+    /// Capacity reports accepted per target and second, over both feeds,
+    /// 1..=1000; a burst of as many is allowed (GCRA, `governor`). Reports
+    /// over it are rejected (`rate_limited`) and touch neither phi nor the
+    /// target's state. Default 20 (a report every 50 ms).
+    #[serde(default = "d_max_reports_per_second")]
+    pub max_reports_per_second: u32,
+    /// Dynamic targets (joined through `allow_endpoints`) at most,
+    /// 1..=100000; a join beyond it is rejected (`too_many_targets`) until
+    /// silent ones are removed (`remove_after_ms`). Default 1000.
+    #[serde(default = "d_max_dynamic_targets")]
+    pub max_dynamic_targets: usize,
+    /// Joins of dynamic targets per second for the whole process,
+    /// 1..=10000, with a burst of as many; joins over it are rejected
+    /// (`join_rate_limited`) and the server joins with a later report.
+    /// Default 20.
+    #[serde(default = "d_max_joins_per_second")]
+    pub max_joins_per_second: u32,
 }
 
 fn d_phi() -> f64 {
@@ -494,6 +656,18 @@ fn d_unhealthy_after() -> u32 {
 fn d_healthy_after() -> u32 {
     2
 }
+fn d_heartbeat_pause() -> u64 {
+    DEFAULT_ACCEPTABLE_HEARTBEAT_PAUSE_MS
+}
+fn d_max_reports_per_second() -> u32 {
+    DEFAULT_MAX_REPORTS_PER_SECOND
+}
+fn d_max_dynamic_targets() -> usize {
+    DEFAULT_MAX_DYNAMIC_TARGETS
+}
+fn d_max_joins_per_second() -> u32 {
+    DEFAULT_MAX_JOINS_PER_SECOND
+}
 
 fn d_expiry() -> u64 {
     DEFAULT_REPORT_EXPIRY_MS
@@ -522,6 +696,10 @@ impl Default for CapacityConfig {
             health_timeout_ms: d_health_timeout(),
             health_unhealthy_after: d_unhealthy_after(),
             health_healthy_after: d_healthy_after(),
+            acceptable_heartbeat_pause_ms: DEFAULT_ACCEPTABLE_HEARTBEAT_PAUSE_MS,
+            max_reports_per_second: DEFAULT_MAX_REPORTS_PER_SECOND,
+            max_dynamic_targets: DEFAULT_MAX_DYNAMIC_TARGETS,
+            max_joins_per_second: DEFAULT_MAX_JOINS_PER_SECOND,
         }
     }
 }
@@ -828,6 +1006,9 @@ impl Config {
         if let Ok(t) = std::env::var("CDRS_ADMIN_TOKEN") {
             self.admin.token = Some(t);
         }
+        if let Ok(t) = std::env::var("CDRS_ADMIN_READ_TOKEN") {
+            self.admin.read_token = Some(t);
+        }
     }
 
     /// Checks every value; returns all problems found (empty when valid).
@@ -887,15 +1068,7 @@ impl Config {
                 );
             }
         }
-        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            bad(
-                "admin.listen".into(),
-                format!(
-                    "{:?} is not an ip:port address, e.g. \"127.0.0.1:9090\"",
-                    self.admin.listen
-                ),
-            );
-        }
+        self.validate_admin(&mut bad);
         if !(1..=65_536).contains(&self.pipeline.batch_size) {
             bad(
                 "pipeline.batch_size".into(),
@@ -1000,8 +1173,20 @@ impl Config {
                     format!("{:?} is declared twice", t.id),
                 );
             }
+            let shown = crate::redact::url(&t.url);
             match reqwest::Url::parse(&t.url) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                    if self.is_admin_address(&u) {
+                        bad(
+                            format!("targets[{i}].url"),
+                            format!(
+                                "{shown:?} points at CDRS's own admin API (admin.listen {}); \
+                                 give the app server's address",
+                                self.admin.listen
+                            ),
+                        );
+                    }
+                }
                 Ok(u) if u.scheme() == "kafka" => match crate::sink::kafka::target_topic(&t.url)
                 {
                     Some(topic) if valid_topic(topic) => {
@@ -1011,7 +1196,17 @@ impl Config {
                                 format!(
                                     "{:?} writes to a topic CDRS consumes (kafka.topics); \
                                      use another topic",
-                                    t.url
+                                    shown
+                                ),
+                            );
+                        }
+                        if topic == self.kafka.dead_letter_topic {
+                            bad(
+                                format!("targets[{i}].url"),
+                                format!(
+                                    "{shown:?} writes to the dead-letter topic \
+                                     (kafka.dead_letter_topic): delivered records would \
+                                     pass for dead letters; use another topic"
                                 ),
                             );
                         }
@@ -1021,7 +1216,7 @@ impl Config {
                                 format!(
                                     "{:?} writes to the capacity report topic (capacity.topic); \
                                      use another topic",
-                                    t.url
+                                    shown
                                 ),
                             );
                         }
@@ -1030,7 +1225,7 @@ impl Config {
                         format!("targets[{i}].url"),
                         format!(
                             "{:?} does not name a valid topic; e.g. \"kafka://blotter-1\"",
-                            t.url
+                            shown
                         ),
                     ),
                 },
@@ -1038,7 +1233,7 @@ impl Config {
                     format!("targets[{i}].url"),
                     format!(
                         "{:?} has scheme {:?}; valid: http://host:port/path (HTTP sink) or kafka://topic (Kafka sink)",
-                        t.url,
+                        shown,
                         u.scheme()
                     ),
                 ),
@@ -1046,7 +1241,7 @@ impl Config {
                     format!("targets[{i}].url"),
                     format!(
                         "{:?} is not a URL ({e}); e.g. \"http://10.0.0.5:8080/records\"",
-                        t.url
+                        shown
                     ),
                 ),
             }
@@ -1177,12 +1372,77 @@ impl Config {
                 "both health_unhealthy_after and health_healthy_after must be at least 1".into(),
             );
         }
+        // Flood limits (reports, joins) and the failure detector's pause.
+        let c = &self.capacity;
+        if !ACCEPTABLE_HEARTBEAT_PAUSE_MS.contains(&c.acceptable_heartbeat_pause_ms) {
+            bad(
+                "capacity.acceptable_heartbeat_pause_ms".into(),
+                format!(
+                    "{} is out of range {}..={}",
+                    c.acceptable_heartbeat_pause_ms,
+                    ACCEPTABLE_HEARTBEAT_PAUSE_MS.start(),
+                    ACCEPTABLE_HEARTBEAT_PAUSE_MS.end()
+                ),
+            );
+        }
+        for (key, v, range) in [
+            (
+                "capacity.max_reports_per_second",
+                c.max_reports_per_second,
+                MAX_REPORTS_PER_SECOND,
+            ),
+            (
+                "capacity.max_joins_per_second",
+                c.max_joins_per_second,
+                MAX_JOINS_PER_SECOND,
+            ),
+        ] {
+            if !range.contains(&v) {
+                bad(
+                    key.into(),
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                );
+            }
+        }
+        if !MAX_DYNAMIC_TARGETS.contains(&c.max_dynamic_targets) {
+            bad(
+                "capacity.max_dynamic_targets".into(),
+                format!(
+                    "{} is out of range {}..={}",
+                    c.max_dynamic_targets,
+                    MAX_DYNAMIC_TARGETS.start(),
+                    MAX_DYNAMIC_TARGETS.end()
+                ),
+            );
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            // The token itself is never shown.
+            if let Some(token) = &t.report_token {
+                let chars = token.chars().count();
+                if chars < MIN_REPORT_TOKEN_CHARS {
+                    bad(
+                        format!("targets[{i}].report_token"),
+                        format!(
+                            "is {chars} characters long; it must have at least \
+                             {MIN_REPORT_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
+                        ),
+                    );
+                } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    bad(
+                        format!("targets[{i}].report_token"),
+                        "must be visible ASCII characters only (no spaces): it is sent \
+                         in an HTTP header"
+                            .into(),
+                    );
+                }
+            }
+        }
         for (i, t) in self.targets.iter().enumerate() {
             if let Some(h) = &t.health_url {
                 if !reqwest::Url::parse(h).is_ok_and(|u| u.scheme() == "http") {
                     bad(
                         format!("targets[{i}].health_url"),
-                        format!("{h:?} is not an http:// URL"),
+                        format!("{:?} is not an http:// URL", crate::redact::url(h)),
                     );
                 }
             }
@@ -1281,6 +1541,50 @@ impl Config {
                 ),
             );
         }
+        // Durations without a tighter range of their own: a day at most, so
+        // `now + duration` cannot wrap (a wrapped ejection ends at once).
+        let d = &self.delivery;
+        for (key, v) in [
+            (
+                "pipeline.shutdown_grace_ms",
+                self.pipeline.shutdown_grace_ms,
+            ),
+            ("pipeline.revoke_drain_ms", self.pipeline.revoke_drain_ms),
+            (
+                "plugins.rollback_window_ms",
+                self.plugins.rollback_window_ms,
+            ),
+            ("capacity.report_expiry_ms", self.capacity.report_expiry_ms),
+            (
+                "capacity.failure_cooldown_ms",
+                self.capacity.failure_cooldown_ms,
+            ),
+            (
+                "capacity.max_clock_skew_ms",
+                self.capacity.max_clock_skew_ms,
+            ),
+            ("capacity.slow_start_ms", self.capacity.slow_start_ms),
+            ("delivery.timeout_ms", d.timeout_ms),
+            ("delivery.retry_initial_ms", d.retry_initial_ms),
+            ("delivery.retry_max_ms", d.retry_max_ms),
+            ("delivery.retry_deadline_ms", d.retry_deadline_ms),
+            ("delivery.breaker.interval_ms", d.breaker.interval_ms),
+            (
+                "delivery.breaker.base_ejection_ms",
+                d.breaker.base_ejection_ms,
+            ),
+            (
+                "delivery.breaker.max_ejection_ms",
+                d.breaker.max_ejection_ms,
+            ),
+        ] {
+            if v > MAX_DURATION_MS {
+                bad(
+                    key.into(),
+                    format!("{v} is above the maximum of {MAX_DURATION_MS} (1 day, in ms)"),
+                );
+            }
+        }
         if self.delivery.retry_initial_ms == 0
             || self.delivery.retry_initial_ms > self.delivery.retry_max_ms
         {
@@ -1297,6 +1601,101 @@ impl Config {
 }
 
 impl Config {
+    /// Whether `url` (http) reaches this process's admin API: the same
+    /// port as `admin.listen` on its address, or on a loopback address when
+    /// the admin listens on loopback or on every address.
+    fn is_admin_address(&self, url: &reqwest::Url) -> bool {
+        let Ok(admin) = self.admin.listen.parse::<std::net::SocketAddr>() else {
+            return false;
+        };
+        if admin.port() == 0 || url.port_or_known_default() != Some(admin.port()) {
+            return false;
+        }
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            _ => return false,
+        };
+        ip == admin.ip()
+            || (ip.is_loopback() && (admin.ip().is_loopback() || admin.ip().is_unspecified()))
+    }
+
+    /// The `[admin]` checks of [`Config::validate`].
+    fn validate_admin(&self, bad: &mut impl FnMut(String, String)) {
+        let a = &self.admin;
+        match a.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => bad(
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an ip:port address, e.g. \"127.0.0.1:9090\"",
+                    a.listen
+                ),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && a.token.is_none() => bad(
+                "admin.token".into(),
+                format!(
+                    "is required when admin.listen ({}) is not a loopback address: \
+                     mutating endpoints (reload, plugin upload, capacity push) would be \
+                     open to the network; set it (or CDRS_ADMIN_TOKEN), or listen on 127.0.0.1",
+                    a.listen
+                ),
+            ),
+            Ok(_) => {}
+        }
+        for (key, token) in [
+            ("admin.token", &a.token),
+            ("admin.read_token", &a.read_token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                bad(
+                    key.into(),
+                    "is empty; give a secret (e.g. 32 random characters), or remove the key".into(),
+                );
+            }
+        }
+        for (i, h) in a.allowed_hosts.iter().enumerate() {
+            let host_port = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+            if !host_port {
+                bad(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!(
+                        "{h:?} is not a host or host:port (no scheme or path), \
+                         e.g. \"cdrs.internal\" or \"10.0.0.7:9090\""
+                    ),
+                );
+            }
+        }
+        for (key, v, range) in [
+            (
+                "admin.max_connections",
+                a.max_connections as u64,
+                1..=65_536,
+            ),
+            (
+                "admin.header_read_timeout_ms",
+                a.header_read_timeout_ms,
+                100..=300_000,
+            ),
+            (
+                "admin.max_concurrent_uploads",
+                a.max_concurrent_uploads as u64,
+                1..=16,
+            ),
+        ] {
+            if !range.contains(&v) {
+                bad(
+                    key.into(),
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                );
+            }
+        }
+    }
+
     /// Checks `[kafka.options]` as librdkafka will see them at `cdrs run`:
     /// each option alone (unknown property, invalid value), then, if all
     /// pass, a throwaway consumer and producer with CDRS's own settings

@@ -81,13 +81,17 @@ impl Daemon {
 
         let ready = Arc::new(AtomicBool::new(false));
         if config.admin.token.is_none() {
-            tracing::warn!("admin.token is not set: mutating admin endpoints are open");
+            tracing::warn!(listen = %config.admin.listen,
+                "admin.token is not set: mutating admin endpoints are open to local clients");
         }
         let state = Arc::new(AdminState {
             registry: registry.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
-            token: config.admin.token.clone(),
+            access: admin::Access::from_config(&config.admin),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                config.admin.max_concurrent_uploads,
+            )),
             plugins: Some(plugins.clone()),
             reloader: Some(reloader.clone()),
         });
@@ -97,16 +101,9 @@ impl Daemon {
         let admin_addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = {
-            let mut stop = shutdown_rx.clone();
+            let (stop, cfg, metrics) = (shutdown_rx.clone(), config.admin.clone(), metrics.clone());
             let app = admin::router(state);
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "admin server failed");
-                }
-            })
+            tokio::spawn(async move { admin::serve(listener, app, &cfg, metrics, stop).await })
         };
         tracing::info!(%admin_addr, "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));

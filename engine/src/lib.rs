@@ -24,6 +24,7 @@ pub mod panic;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;
+pub mod redact;
 pub mod reload;
 pub mod sink;
 pub mod source;

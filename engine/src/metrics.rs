@@ -3,8 +3,8 @@
 //! Names follow the Prometheus naming guide (base units, `_total` counters).
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All CDRS metrics.
@@ -27,8 +27,24 @@ pub struct Metrics {
     /// `cdrs_capacity_reports_total{result, reason}`: result accepted |
     /// rejected; reason (rejected only) invalid | oversized | out_of_range |
     /// future_timestamp | missing_server_id | id_mismatch | unknown_target |
-    /// endpoint_not_allowed.
+    /// endpoint_not_allowed | rate_limited (`capacity.max_reports_per_second`)
+    /// | too_many_targets (`capacity.max_dynamic_targets`) |
+    /// join_rate_limited (`capacity.max_joins_per_second`).
     pub capacity_reports: IntCounterVec,
+    /// `cdrs_capacity_dynamic_targets`: targets that joined by their own
+    /// report (at most `capacity.max_dynamic_targets`).
+    pub capacity_dynamic_targets: IntGauge,
+    /// `cdrs_capacity_refresh_duration_seconds`: one rebuild of the target
+    /// snapshot (grows with the number of targets; at most a few per
+    /// `capacity.refresh_interval_ms`).
+    pub capacity_refresh_seconds: Histogram,
+    /// `cdrs_admin_refused_total{reason}`: admin API requests or
+    /// connections refused before a handler ran. reason: token (missing or
+    /// wrong bearer token) | host (`Host` not in `admin.allowed_hosts`) |
+    /// origin (cross-origin mutation without a token) | connections
+    /// (`admin.max_connections` reached) | uploads
+    /// (`admin.max_concurrent_uploads` reached).
+    pub admin_refused: IntCounterVec,
     /// `cdrs_target_up{target}`: 1 healthy or degraded, 0 down.
     pub target_up: IntGaugeVec,
     /// `cdrs_target_inflight{target}`: CDRS's own in-flight records.
@@ -123,6 +139,34 @@ impl Metrics {
                 "cdrs_capacity_reports_total",
                 "Capacity reports received",
                 &["result", "reason"],
+            ),
+            capacity_dynamic_targets: {
+                let g = IntGauge::new(
+                    "cdrs_capacity_dynamic_targets",
+                    "Targets that joined by their own capacity report",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            capacity_refresh_seconds: {
+                let opts = HistogramOpts::new(
+                    "cdrs_capacity_refresh_duration_seconds",
+                    "Time to rebuild the target snapshot",
+                )
+                .buckets(exponential_buckets(0.000_01, 2.0, 20).expect("valid buckets"));
+                let h = Histogram::with_opts(opts).expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            admin_refused: counter(
+                "cdrs_admin_refused_total",
+                "Admin API requests and connections refused before a handler ran",
+                &["reason"],
             ),
             target_up: gauge(
                 "cdrs_target_up",

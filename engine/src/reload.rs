@@ -419,9 +419,14 @@ impl PluginManager {
         let _one_at_a_time = self.loading.lock().expect("loading lock");
         let config = target.config();
         let name = config.name.as_str();
+        let world = match target {
+            Target::Filter(..) => "filter",
+            Target::Router(..) => "router",
+        };
+        // Cached only once `from_compiled` below accepted it (linked, init ok).
         let compiled: Result<Compiled, PluginError> =
             self.runtime
-                .compile_bytes(name, bytes, origin, config.sha256.as_deref());
+                .compile_bytes(name, bytes, origin, config.sha256.as_deref(), Some(world));
         let compiled = self.note_failure(target, compiled)?;
         let running = target.running();
         if compiled.hash == running && !force {
@@ -634,8 +639,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         old.kafka.dead_letter_topic != new.kafka.dead_letter_topic,
     );
     check("kafka.options", old.kafka.options != new.kafka.options);
-    check("admin.listen", old.admin.listen != new.admin.listen);
-    check("admin.token", old.admin.token != new.admin.token);
+    // The admin server, its tokens and limits are set up once at start.
+    check("admin", old.admin != new.admin);
     check("pipeline", old.pipeline != new.pipeline);
     check("plugins", old.plugins != new.plugins);
     check("capacity.topic", old.capacity.topic != new.capacity.topic);

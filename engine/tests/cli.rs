@@ -39,6 +39,27 @@ fn check_names_three_mistakes_at_once() {
     }
 }
 
+/// Durations that wrapped `now + duration` (and so kept a failing target
+/// up, or an open breaker's target shown healthy) are refused by name.
+#[test]
+fn check_refuses_durations_beyond_a_day() {
+    let (ok, out) = cdrs(&[
+        "check",
+        "--config",
+        "tests/fixtures/config/huge-durations.toml",
+    ]);
+    assert!(!ok, "{out}");
+    for key in [
+        "capacity.failure_cooldown_ms",
+        "delivery.breaker.base_ejection_ms",
+        "delivery.breaker.max_ejection_ms",
+    ] {
+        let needle =
+            format!("{key}: 18446744073709551615 is above the maximum of 86400000 (1 day, in ms)");
+        assert!(out.contains(&needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn check_reports_missing_and_non_wasm_plugins() {
     let (ok, out) = cdrs(&[
@@ -274,4 +295,23 @@ fn plugin_tooling_reports_and_exits_by_outcome() {
     // `new` refuses an existing folder, naming it.
     let (ok, out) = cdrs(&["plugin", "new", "--lang", "rust", "engine"]);
     assert!(!ok && out.contains("\"engine\" already exists"), "{out}");
+}
+
+/// Log lines written to a pipe or a file carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let plugin = root().join("target/wasm32-wasip2/plugin/p2c_router.wasm");
+    assert!(
+        plugin.is_file(),
+        "plugins not built: run `scripts/dev.sh plugins`"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cdrs"))
+        .args(["plugin", "check", &plugin.display().to_string()])
+        .env("RUST_LOG", "info")
+        .current_dir(root())
+        .output()
+        .expect("run cdrs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO"), "an INFO line was logged: {err}");
+    assert!(!err.contains('\u{1b}'), "no ANSI escape in: {err:?}");
 }

@@ -69,6 +69,13 @@ config = {{ sticky = true }}
             s.url()
         ));
     }
+    // A target behind basic auth that nobody answers: its failures are
+    // logged, and the log must never show its password.
+    let dead = free_port();
+    toml.push_str(&format!(
+        "\n[[targets]]\nid = \"secret-target\"\nurl = \"http://svc:s3cret@127.0.0.1:{dead}/records\"\n\
+         health_url = \"http://svc:s3cret@127.0.0.1:{dead}/health\"\ncapacity = 1\nweight = 1\n"
+    ));
     let config = dir.join("cdrs.toml");
     std::fs::write(&config, toml).unwrap();
     let log = std::fs::File::create(dir.join("cdrs.log")).unwrap();
@@ -143,9 +150,10 @@ config = {{ sticky = true }}
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["health"] == "healthy")
+        .filter(|t| t["id"].as_str().unwrap().starts_with("blotter") && t["health"] == "healthy")
         .count();
     assert_eq!(healthy, 3, "{targets}");
+    assert!(!targets.to_string().contains("s3cret"), "{targets}");
 
     // SIGTERM: drain, commit, exit 0.
     let status = Command::new("kill")
@@ -177,6 +185,15 @@ config = {{ sticky = true }}
         log_text().contains("final offsets committed"),
         "log:\n{}",
         log_text()
+    );
+    assert!(
+        log_text().contains("svc:redacted@") && !log_text().contains("s3cret"),
+        "the failing target is logged, its password never: {}",
+        log_text()
+    );
+    assert!(
+        !log_text().contains('\u{1b}'),
+        "no colour codes in a log file"
     );
 
     let a = account(&ledger, &refs);

@@ -285,3 +285,160 @@ fn kafka_options_are_checked_by_librdkafka() {
     );
     assert!(p[0].message.contains("acks"), "{p:?}");
 }
+
+/// Durations beyond a day wrapped `now + duration` (a failing target kept
+/// "healthy", an open breaker shown healthy); each is refused by name.
+#[test]
+fn durations_beyond_a_day_are_refused_by_name() {
+    let text = problems(
+        "[capacity]\nfailure_cooldown_ms = 86400001\n\
+         [delivery]\ntimeout_ms = 86400001\n\
+         [delivery.breaker]\nbase_ejection_ms = 86400001\nmax_ejection_ms = 86400001",
+        "kafka://out",
+    );
+    for key in [
+        "capacity.failure_cooldown_ms",
+        "delivery.timeout_ms",
+        "delivery.breaker.base_ejection_ms",
+        "delivery.breaker.max_ejection_ms",
+    ] {
+        let want = format!("{key}: 86400001 is above the maximum of 86400000 (1 day, in ms)");
+        assert!(text.contains(&want), "missing {want:?} in {text}");
+    }
+    let ok = "[capacity]\nfailure_cooldown_ms = 86400000\n[delivery.breaker]\nmax_ejection_ms = 86400000";
+    assert_eq!(problems(ok, "kafka://out"), "");
+}
+
+/// Mutating admin endpoints are never open to the network, an empty token
+/// is not a lock-out, and the admin's own limits have ranges.
+#[test]
+fn admin_settings_are_checked() {
+    let text = problems("[admin]\nlisten = \"0.0.0.0:9090\"", "kafka://out");
+    assert!(
+        text.contains(
+            "admin.token: is required when admin.listen (0.0.0.0:9090) is not a loopback address"
+        ),
+        "{text}"
+    );
+    let with_token = "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"";
+    assert_eq!(problems(with_token, "kafka://out"), "");
+    let text = problems("[admin]\ntoken = \"\"\nread_token = \" \"", "kafka://out");
+    assert!(text.contains("admin.token: is empty"), "{text}");
+    assert!(text.contains("admin.read_token: is empty"), "{text}");
+    let text = problems(
+        "[admin]\nmax_connections = 0\nheader_read_timeout_ms = 1\nmax_concurrent_uploads = 17\n\
+         allowed_hosts = [\"http://evil/\"]",
+        "kafka://out",
+    );
+    for want in [
+        "admin.max_connections: 0 is out of range 1..=65536",
+        "admin.header_read_timeout_ms: 1 is out of range 100..=300000",
+        "admin.max_concurrent_uploads: 17 is out of range 1..=16",
+        "admin.allowed_hosts[0]: \"http://evil/\" is not a host or host:port",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+}
+
+/// A target that is CDRS's own admin API, or a `kafka://` target writing
+/// dead letters' topic, is a mistake `check` names.
+#[test]
+fn targets_looping_into_cdrs_itself_are_refused() {
+    for url in [
+        "http://127.0.0.1:9090/v1/reload",
+        "http://localhost:9090/records",
+    ] {
+        let text = problems("", url);
+        assert!(
+            text.contains("targets[0].url") && text.contains("points at CDRS's own admin API"),
+            "{url}: {text}"
+        );
+    }
+    assert_eq!(problems("", "http://127.0.0.1:9091/records"), "");
+    let text = problems("", "kafka://cdrs-dead-letter");
+    assert!(text.contains("writes to the dead-letter topic"), "{text}");
+}
+
+/// Credentials in a target URL never reach `check`'s output.
+#[test]
+fn check_output_hides_url_credentials() {
+    let text = problems("", "ftp://svc:s3cret@10.0.0.5/records");
+    assert!(text.contains("targets[0].url"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// The flood limits of `[capacity]` have ranges and defaults, named by key.
+#[test]
+fn capacity_flood_limits_have_ranges() {
+    let text = minimal("http://127.0.0.1:1/", "");
+    let c = Config::parse(&text, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.capacity.acceptable_heartbeat_pause_ms,
+        DEFAULT_ACCEPTABLE_HEARTBEAT_PAUSE_MS
+    );
+    assert_eq!(
+        c.capacity.max_reports_per_second,
+        DEFAULT_MAX_REPORTS_PER_SECOND
+    );
+    assert_eq!(c.capacity.max_dynamic_targets, DEFAULT_MAX_DYNAMIC_TARGETS);
+    assert_eq!(
+        c.capacity.max_joins_per_second,
+        DEFAULT_MAX_JOINS_PER_SECOND
+    );
+    assert_eq!(c.capacity, CapacityConfig::default());
+    let text = problems(
+        "[capacity]\nacceptable_heartbeat_pause_ms = 60001\nmax_reports_per_second = 0\n\
+         max_dynamic_targets = 0\nmax_joins_per_second = 10001",
+        "kafka://out",
+    );
+    for want in [
+        "capacity.acceptable_heartbeat_pause_ms: 60001 is out of range 0..=60000",
+        "capacity.max_reports_per_second: 0 is out of range 1..=1000",
+        "capacity.max_dynamic_targets: 0 is out of range 1..=100000",
+        "capacity.max_joins_per_second: 10001 is out of range 1..=10000",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert_eq!(text.matches("\n  - ").count(), 4, "nothing else: {text}");
+    let ok = "[capacity]\nacceptable_heartbeat_pause_ms = 0\nmax_reports_per_second = 1000\n\
+              max_dynamic_targets = 100000\nmax_joins_per_second = 1";
+    assert_eq!(problems(ok, "kafka://out"), "");
+}
+
+/// A report token is checked by length and alphabet, never shown, and
+/// never serialized.
+#[test]
+fn report_tokens_are_checked_without_being_shown() {
+    let text = problems("", "kafka://out");
+    assert_eq!(text, "", "unset is fine");
+    for (token, want) in [
+        (
+            "",
+            "targets[0].report_token: is 0 characters long; it must have at least 16",
+        ),
+        (
+            "sh0rt-s3cret",
+            "targets[0].report_token: is 12 characters long; it must have at least 16",
+        ),
+        (
+            "0123456789 abcdef",
+            "targets[0].report_token: must be visible ASCII characters only (no spaces)",
+        ),
+    ] {
+        let text = problems(&format!("report_token = {token:?}"), "kafka://out");
+        assert!(text.contains(want), "{token:?}: {text}");
+        assert_eq!(text.matches("\n  - ").count(), 1, "{text}");
+        if !token.is_empty() {
+            assert!(!text.contains(token), "the token is not shown: {text}");
+        }
+    }
+    let text = minimal("kafka://out", "report_token = \"0123456789abcdef\"");
+    let c = Config::parse(&text, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.targets[0].report_token.as_deref(),
+        Some("0123456789abcdef")
+    );
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("0123456789abcdef"), "{json}");
+    assert!(!json.contains("report_token"), "{json}");
+}

@@ -303,7 +303,7 @@ pub fn demo_config(
         },
         admin: AdminConfig {
             listen: "127.0.0.1:0".into(),
-            token: None,
+            ..AdminConfig::default()
         },
         pipeline: PipelineConfig::default(),
         plugins: PluginRuntimeConfig::default(),
