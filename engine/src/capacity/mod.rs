@@ -1183,6 +1183,18 @@ mod tests {
         assert_eq!(b.inflight, 0);
     }
 
+    /// `failure_cooldown_ms = u64::MAX` wrapped `now + duration` to the
+    /// past, so an unreachable target stayed healthy through thousands of
+    /// failed requests; the sum saturates now (and validation bounds it).
+    #[test]
+    fn a_huge_ejection_keeps_the_target_down() {
+        let r = registry(10_000);
+        r.eject("b", Duration::from_millis(u64::MAX), "connection refused");
+        assert_eq!(r.snapshot().targets[1].health, Health::Down);
+        r.eject("a", Duration::MAX, "connection refused");
+        assert_eq!(r.snapshot().targets[0].health, Health::Down);
+    }
+
     #[test]
     fn phi_marks_a_silent_target_down_before_the_expiry_and_slow_start_follows() {
         let r = registry_with(CapacityConfig {
