@@ -442,3 +442,265 @@ fn report_tokens_are_checked_without_being_shown() {
     assert!(!json.contains("0123456789abcdef"), "{json}");
     assert!(!json.contains("report_token"), "{json}");
 }
+
+/// Keys `Config` never serializes (secrets), so the doc test names them.
+const UNSERIALIZED_KEYS: [&str; 3] = ["admin.token", "admin.read_token", "targets[].report_token"];
+
+/// Free-form tables: one key each; what is inside them is not a config key.
+const FREE_FORM_KEYS: [&str; 4] = [
+    "kafka.options",
+    "filters[].config",
+    "router.config",
+    "targets[].labels",
+];
+
+/// The dotted key paths of a serialized config: `delivery.breaker.interval_ms`,
+/// arrays of tables as `targets[].id`, free-form tables as one key.
+fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) if !FREE_FORM_KEYS.contains(&prefix) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                key_paths(&path, v, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+            for item in items {
+                key_paths(&format!("{prefix}[]"), item, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+/// The value at a key path of [`key_paths`] (first element of arrays).
+fn value_at<'a>(v: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
+    key.split('.')
+        .try_fold(v, |v, part| match part.strip_suffix("[]") {
+            Some(array) => v.get_mut(array)?.get_mut(0),
+            None => v.get_mut(part),
+        })
+}
+
+/// Another valid-to-parse value of the same kind.
+fn another(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value};
+    match v {
+        Value::Bool(b) => Value::Bool(!b),
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => json!(u + 1),
+            None => json!(n.as_f64().unwrap_or_default() + 1.0),
+        },
+        Value::String(s) => Value::String(match s.as_str() {
+            "wait" => "dead-letter".into(),
+            "dead-letter" => "wait".into(),
+            "strict" => "relaxed".into(),
+            "relaxed" => "strict".into(),
+            _ => format!("{s}-changed"),
+        }),
+        Value::Array(mut a) => {
+            a.push(json!("changed"));
+            Value::Array(a)
+        }
+        Value::Object(mut m) => {
+            m.insert("changed".into(), json!("yes"));
+            Value::Object(m)
+        }
+        Value::Null => json!("changed"),
+    }
+}
+
+/// One row of a `| key | default | … | reload | … |` table of the doc.
+struct DocRow {
+    line: usize,
+    key: String,
+    /// The leading `` `value` `` of the default cell, if it has one.
+    default: Option<String>,
+    reload: String,
+}
+
+fn doc_rows(doc: &str) -> Vec<DocRow> {
+    let cells = |line: &str| -> Vec<String> {
+        let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+        inner.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let mut rows = Vec::new();
+    let mut reload_column = None;
+    for (i, line) in doc.lines().enumerate() {
+        if !line.starts_with('|') {
+            reload_column = None;
+            continue;
+        }
+        let row = cells(line);
+        if row[0] == "key" && row.get(1).is_some_and(|c| c == "default") {
+            reload_column = row.iter().position(|c| c == "reload");
+            assert!(reload_column.is_some(), "line {}: no reload column", i + 1);
+            continue;
+        }
+        let Some(reload) = reload_column else {
+            continue;
+        };
+        if line.starts_with("|---") {
+            continue;
+        }
+        let key = row[0]
+            .strip_prefix('`')
+            .and_then(|k| k.strip_suffix('`'))
+            .unwrap_or_else(|| panic!("line {}: the key cell is not `a.key`: {line}", i + 1));
+        let default = row[1]
+            .strip_prefix('`')
+            .and_then(|d| d.split('`').next())
+            .map(String::from);
+        rows.push(DocRow {
+            line: i + 1,
+            key: key.to_string(),
+            default,
+            reload: row[reload].clone(),
+        });
+    }
+    rows
+}
+
+/// docs/configuration.md has one table row per config key and no other:
+/// the key as `` `section.key` `` (arrays of tables as `targets[].id`), a
+/// default cell that starts with `` `value` `` equal to the parsed default,
+/// and a reload cell that says `restart` exactly for the keys
+/// `reload::restart_only_changes` reports.
+#[test]
+fn configuration_doc_matches_the_config_structs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let rows = doc_rows(&doc);
+
+    // Every optional part present, so that every key serializes.
+    let full = r#"
+        [kafka]
+        brokers = "b:9092"
+        group_id = "g"
+        topics = ["t"]
+        [kafka.options]
+        "linger.ms" = "5"
+        [admin]
+        token = "0123456789abcdef-admin"
+        read_token = "0123456789abcdef-read"
+        allowed_hosts = ["localhost"]
+        [plugins]
+        cache_dir = "/nonexistent/cdrs-cache"
+        [[filters]]
+        name = "f"
+        path = "not-wasm.txt"
+        sha256 = "00"
+        config = { field = "type" }
+        [router]
+        name = "r"
+        path = "not-wasm.txt"
+        sha256 = "00"
+        config = { sticky = true }
+        [[targets]]
+        id = "a"
+        url = "http://127.0.0.1:1/records"
+        capacity = 1
+        zone = "z"
+        labels = { pool = "p" }
+        health_url = "http://127.0.0.1:1/health"
+        report_token = "0123456789abcdef-report"
+        [capacity]
+        topic = "hb"
+        allow_endpoints = ["http://10.1.*.*:8080/records"]
+    "#;
+    let full = Config::parse(full, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
+    let full_json = serde_json::to_value(&full).unwrap();
+    let mut serialized = std::collections::BTreeSet::new();
+    key_paths("", &full_json, &mut serialized);
+    for key in UNSERIALIZED_KEYS {
+        assert!(
+            !serialized.contains(key),
+            "{key} is serialized now: take it out of UNSERIALIZED_KEYS"
+        );
+    }
+    let keys: std::collections::BTreeSet<String> = serialized
+        .into_iter()
+        .chain(UNSERIALIZED_KEYS.map(String::from))
+        .collect();
+
+    let mut documented = std::collections::BTreeSet::new();
+    for row in &rows {
+        assert!(
+            documented.insert(row.key.clone()),
+            "docs/configuration.md line {}: `{}` has a second row",
+            row.line,
+            row.key
+        );
+    }
+    for key in &keys {
+        assert!(
+            documented.contains(key),
+            "config key `{key}` has no row in docs/configuration.md \
+             (add `{key}` to the table of its section)"
+        );
+    }
+    for row in &rows {
+        assert!(
+            keys.contains(&row.key),
+            "docs/configuration.md line {}: `{}` is not a config key",
+            row.line,
+            row.key
+        );
+    }
+
+    // Defaults: a minimal config with one filter, as serialized.
+    let minimal = minimal(
+        "http://127.0.0.1:1/",
+        "[[filters]]\nname = \"f\"\npath = \"not-wasm.txt\"",
+    );
+    let defaults =
+        Config::parse(&minimal, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
+    let mut defaults = serde_json::to_value(&defaults).unwrap();
+    for row in &rows {
+        let Some(want) = &row.default else { continue };
+        let got = value_at(&mut defaults, &row.key)
+            .map(|v| serde_json::to_string(v).unwrap())
+            .unwrap_or_else(|| panic!("`{}` has no default in the code", row.key));
+        assert_eq!(
+            &got, want,
+            "docs/configuration.md line {}: default of `{}`",
+            row.line, row.key
+        );
+    }
+
+    // Reload kind: change one key, ask reload which keys need a restart.
+    let base: Config = serde_json::from_value(full_json.clone()).unwrap();
+    for row in &rows {
+        let mut changed = base.clone();
+        let secret = Some("another-secret-0123456789".to_string());
+        match row.key.as_str() {
+            "admin.token" => changed.admin.token = secret,
+            "admin.read_token" => changed.admin.read_token = secret,
+            "targets[].report_token" => changed.targets[0].report_token = secret,
+            key => {
+                let mut v = full_json.clone();
+                let slot = value_at(&mut v, key).expect("every documented key is present");
+                *slot = another(slot.take());
+                changed = serde_json::from_value(v).unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
+        }
+        let restart = crate::reload::restart_only_changes(&base, &changed);
+        let want = if restart.is_empty() {
+            "live"
+        } else {
+            "restart"
+        };
+        assert_eq!(
+            row.reload, want,
+            "docs/configuration.md line {}: reload kind of `{}` (restart_only_changes: {restart:?})",
+            row.line, row.key
+        );
+    }
+}
