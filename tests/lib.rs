@@ -1,14 +1,11 @@
-//! Test tooling for the end-to-end tests: a real Tansu broker process, topic
-//! and offset helpers, and where to find the built plugins.
+//! The end-to-end tests' view of the engine's test kit (`cdrs::testkit`):
+//! a Tansu broker process, topic and offset helpers that panic with the
+//! reason, and where to find the built plugins and the `cdrs` binary.
 //!
 //! The broker binary comes from `CDRS_TANSU`, else `.tools/bin/tansu`
 //! (installed by `scripts/dev.sh test` / `scripts/dev.sh broker`).
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::TopicPartitionList;
+use cdrs::testkit::kafka;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,23 +37,23 @@ pub fn free_port() -> u16 {
 }
 
 /// A Tansu broker process (memory storage), killed on drop (the engine's
-/// [`cdrs::tansu::TansuProcess`], which `cdrs bench` uses too).
+/// [`cdrs::testkit::tansu::TansuProcess`], which `cdrs bench` uses too).
 pub struct Tansu {
     pub brokers: String,
-    _process: cdrs::tansu::TansuProcess,
+    _process: cdrs::testkit::tansu::TansuProcess,
 }
 
 impl Tansu {
     /// Starts a broker on a free loopback port and waits until it answers
     /// a metadata request.
     pub fn start() -> Tansu {
-        let bin = cdrs::tansu::TansuProcess::binary(&root());
+        let bin = cdrs::testkit::tansu::TansuProcess::binary(&root());
         assert!(
             bin.is_file(),
             "Tansu broker not found at {}: run `scripts/dev.sh broker` (or the README's test command)",
             bin.display()
         );
-        let process = cdrs::tansu::TansuProcess::start(&bin)
+        let process = cdrs::testkit::tansu::TansuProcess::start(&bin)
             .unwrap_or_else(|e| panic!("Tansu did not start: {e:#}"));
         Tansu {
             brokers: process.brokers().to_string(),
@@ -66,29 +63,16 @@ impl Tansu {
 }
 
 /// A librdkafka mock cluster (one broker) with these topics (name,
-/// partitions); returns its bootstrap servers. The cluster lives until the
-/// process exits: a consumer left running by a failing test then still
-/// closes cleanly instead of waiting for a vanished broker.
+/// partitions); returns its bootstrap servers. It lives until the process
+/// exits ([`kafka::leaked_mock`]).
 pub fn mock_cluster(topics: &[(&str, i32)]) -> String {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    for (t, p) in topics {
-        cluster.create_topic(t, *p, 1).expect("mock topic");
-    }
-    let brokers = cluster.bootstrap_servers();
-    Box::leak(Box::new(cluster));
-    brokers
+    mock_cluster_handle(topics).bootstrap_servers()
 }
 
 /// As [`mock_cluster`], returning the cluster itself (e.g. to take its
-/// broker down and up); it lives until the process exits.
-pub fn mock_cluster_handle(
-    topics: &[(&str, i32)],
-) -> &'static rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    for (t, p) in topics {
-        cluster.create_topic(t, *p, 1).expect("mock topic");
-    }
-    Box::leak(Box::new(cluster))
+/// broker down and up).
+pub fn mock_cluster_handle(topics: &[(&str, i32)]) -> &'static kafka::Mock {
+    kafka::leaked_mock(topics).expect("mock cluster")
 }
 
 /// The `cdrs` binary: `CDRS_BIN`, else `target/debug/cdrs` (built by
@@ -105,60 +89,21 @@ pub fn cdrs_bin() -> PathBuf {
     bin
 }
 
-/// Creates topics (name, partitions) and waits until they are visible.
+/// Creates topics (name, partitions).
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new())
+    kafka::create_topics(brokers, topics)
         .await
-        .expect("create topics");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Committed offset per partition of `topic` for `group` (-1 if none).
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..partitions)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(rdkafka::Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+    kafka::committed(brokers, group, topic, partitions).expect("committed offsets")
 }
 
 /// High watermark (next offset to be written) per partition.
 pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("consumer");
-    (0..partitions)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    kafka::high_watermarks(brokers, topic, partitions).expect("watermarks")
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns it.

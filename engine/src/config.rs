@@ -21,8 +21,8 @@ pub const DEFAULT_BATCH_SIZE: usize = 256;
 /// Default `pipeline.batch_linger_ms`: none. A partition worker takes what
 /// its queue holds; under load a batch fills while the previous one is
 /// processed, and at low rates a linger only adds latency (5 ms added 5 ms
-/// to p50 on the embedded broker, with no throughput gain on either broker:
-/// thirteenth session, README "Performance").
+/// to p50 on the embedded broker, with no throughput gain on either broker
+/// in `cdrs bench`; see `docs/performance.md`).
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 0;
 /// Largest `pipeline.batch_linger_ms`: a partition worker holding records
 /// longer than a second only delays them (and a revoke or shutdown waits

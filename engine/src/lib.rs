@@ -1,7 +1,8 @@
 //! CDRS, the Client Data Routing Service: consumes Kafka records, runs each
 //! through a chain of WebAssembly filter plugins and one router plugin, and
 //! delivers it to the application server the router chose from live capacity
-//! metrics. See `DESIGN.md` for the data path and the plugin contract.
+//! metrics. The
+//! data path, capacity model and plugin contract: `docs/architecture.md`.
 //!
 //! Stages, one module each: [`source`] (Kafka consumer, per-partition
 //! batches), [`pipeline`] (filter chain, router, delivery, re-routing),
@@ -10,12 +11,10 @@
 //! topic), [`admin`] (HTTP admin API), [`config`].
 
 pub mod admin;
-pub mod bench;
 pub mod capacity;
 pub mod config;
 pub mod convert;
 pub mod daemon;
-pub mod demo;
 pub mod dispatch;
 pub mod logging;
 pub mod metrics;
@@ -28,4 +27,4 @@ pub mod redact;
 pub mod reload;
 pub mod sink;
 pub mod source;
-pub mod tansu;
+pub mod testkit;

@@ -11,8 +11,8 @@
 //! (a lock), as they load both cores.
 
 use cdrs::config::{Config, TargetConfig, WhenNoTarget};
-use cdrs::demo::appserver::{read_log, LogLine};
-use cdrs::demo::{dead_letter_headers, demo_config, produce_events, trade_event, Fate, Ledger};
+use cdrs::testkit::appserver::{read_log, LogLine};
+use cdrs::testkit::{dead_letter_headers, demo_config, produce_events, trade_event, Fate, Ledger};
 use cdrs_e2e::{cdrs_bin, create_topics, free_port, mock_cluster_handle, plugin_dir, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -644,6 +644,6 @@ async fn chaos_6_sigterm_under_full_load() {
 /// Records the demo filter dead-letters (not JSON) among `RECORDS`.
 fn rig_malformed() -> usize {
     (0..RECORDS)
-        .filter(|i| cdrs::demo::trade_event(*i, CLIENTS).2 == Fate::DeadLettered)
+        .filter(|i| cdrs::testkit::trade_event(*i, CLIENTS).2 == Fate::DeadLettered)
         .count()
 }

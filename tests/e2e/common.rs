@@ -2,8 +2,8 @@
 
 use cdrs::config::Config;
 use cdrs::daemon::Daemon;
-use cdrs::demo::appserver::AppServer;
-use cdrs::demo::{account, demo_config, read_dead_letters, Accounting, Fate, Ledger};
+use cdrs::testkit::appserver::AppServer;
+use cdrs::testkit::{account, demo_config, read_dead_letters, Accounting, Fate, Ledger};
 use cdrs_e2e::{plugin_dir, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

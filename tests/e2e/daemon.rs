@@ -2,8 +2,8 @@
 //! admin API with a bearer token, capacity pushes, SIGTERM drain and commit.
 
 use crate::flow::ends;
-use cdrs::demo::appserver::AppServer;
-use cdrs::demo::{account, produce, read_dead_letters, Fate};
+use cdrs::testkit::appserver::AppServer;
+use cdrs::testkit::{account, produce, read_dead_letters, Fate};
 use cdrs_e2e::{cdrs_bin, committed, create_topics, free_port, plugin_dir, wait_for, Tansu};
 use std::process::{Command, Stdio};
 use std::time::Duration;

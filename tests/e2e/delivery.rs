@@ -3,7 +3,7 @@
 
 use crate::common::start;
 use cdrs::config::{TargetConfig, DEFAULT_WEIGHT};
-use cdrs::demo::{produce, produce_events, Fate};
+use cdrs::testkit::{produce, produce_events, Fate};
 use cdrs_e2e::{mock_cluster, wait_for};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -442,7 +442,7 @@ async fn forged_cdrs_headers_never_reach_a_server_or_a_dead_letter() {
         "cdrs-original-offset",
         "cdrs-anything",
     ];
-    let mut ledger = cdrs::demo::Ledger::default();
+    let mut ledger = cdrs::testkit::Ledger::default();
     for i in 0..200 {
         let key = format!("client-{}", i % 20);
         // Every fifth record is malformed: the demo filter dead-letters it.

@@ -3,7 +3,7 @@
 use crate::common::start;
 use cdrs::capacity::Health;
 use cdrs::config::PluginConfig;
-use cdrs::demo::{produce, produce_events, trade_event, Fate};
+use cdrs::testkit::{produce, produce_events, trade_event, Fate};
 use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::time::{Duration, Instant};
 
@@ -175,7 +175,7 @@ async fn target_credentials_never_show_in_reasons_or_dead_letters() {
     );
     let (b, d) = (brokers.clone(), dlq.to_string());
     let dead = tokio::task::spawn_blocking(move || {
-        cdrs::demo::read_dead_letters(&b, &d, 1, 50, Duration::from_secs(20))
+        cdrs::testkit::read_dead_letters(&b, &d, 1, 50, Duration::from_secs(20))
     })
     .await
     .unwrap()

@@ -2,8 +2,8 @@
 
 use crate::common::{assert_capacity_split, assert_sticky_and_ordered, start, trades};
 use cdrs::daemon::Daemon;
-use cdrs::demo::appserver::AppServer;
-use cdrs::demo::{demo_config, produce, produce_events, Ledger};
+use cdrs::testkit::appserver::AppServer;
+use cdrs::testkit::{demo_config, produce, produce_events, Ledger};
 use cdrs_e2e::{
     committed, create_topics, high_watermarks, mock_cluster, plugin_dir, wait_for, Tansu,
 };

@@ -4,8 +4,8 @@
 use crate::common::start_with;
 use crate::common::trades;
 use cdrs::config::{Config, PluginConfig};
-use cdrs::demo::produce_events;
 use cdrs::reload::ReloadReport;
+use cdrs::testkit::produce_events;
 use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::path::Path;
 use std::time::Duration;

@@ -5,8 +5,8 @@
 use crate::common::trades;
 use crate::common::{assert_sticky_and_ordered, start, Scenario};
 use cdrs::config::{Config, PluginConfig};
-use cdrs::demo::{account, produce_events};
 use cdrs::reload::PluginStatus;
+use cdrs::testkit::{account, produce_events};
 use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,7 +44,7 @@ async fn put_plugin(admin: std::net::SocketAddr, name: &str, body: Vec<u8>) -> (
 }
 
 /// Which stamps each delivered record carries.
-fn stamps(s: &[cdrs::demo::appserver::AppServer]) -> BTreeMap<String, Vec<String>> {
+fn stamps(s: &[cdrs::testkit::appserver::AppServer]) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for srv in s {
         for r in srv.received() {

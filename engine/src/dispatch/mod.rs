@@ -212,9 +212,9 @@ impl Partition {
 /// produce requests (`batch.num.messages`, default 10000), so a lane's batch
 /// only sets how much is in flight per round trip: with 500 (the HTTP
 /// default) four lanes capped a target near 200,000 records/s in `cdrs bench`;
-/// 5000 lifted it to ~320,000 (CPU-bound). One lane of 20,000 (the default
-/// since the ninth session, `delivery.kafka_lanes = 1`) ran as fast as four
-/// of 5,000 with ~25% less CPU.
+/// 5000 lifted it to ~320,000 (CPU-bound). One lane of 20,000
+/// (`delivery.kafka_lanes = 1`, the default) ran as fast as four of 5,000
+/// with ~25% less CPU.
 pub const KAFKA_LANE_BATCH: usize = 20_000;
 
 /// Hash of a record key, for lanes and key binding (`None` for no key).

@@ -415,7 +415,10 @@ impl Runtime {
     /// deadline: only for `cdrs bench`, to show what the checks cost (an
     /// epoch check at each function entry and loop back-edge was ~25% of a
     /// JSON filter's time on wasmtime 48).
-    pub(crate) fn without_deadlines(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+    ///
+    /// # Errors
+    /// As [`Runtime::new`].
+    pub fn without_deadlines(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
         Runtime::build(limits, false)
     }
 
@@ -915,7 +918,7 @@ mod tests {
     #[test]
     fn an_accepted_plugin_is_cached_and_loads_back() {
         let dir = TempDir::new("roundtrip");
-        let cfg = crate::demo::demo_filter(&plugin_dir());
+        let cfg = crate::testkit::demo_filter(&plugin_dir());
         let rt = runtime(&dir.0);
         load_filter(&rt, &cfg).expect("filter loads");
         assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
@@ -947,8 +950,8 @@ mod tests {
     fn a_planted_entry_is_refused_and_the_right_plugin_loads() {
         let dir = TempDir::new("planted");
         let plugins = plugin_dir();
-        let filter_cfg = crate::demo::demo_filter(&plugins);
-        let router_cfg = crate::demo::demo_router(&plugins, false);
+        let filter_cfg = crate::testkit::demo_filter(&plugins);
+        let router_cfg = crate::testkit::demo_router(&plugins, false);
         let rt = runtime(&dir.0);
         load_filter(&rt, &filter_cfg).expect("filter loads");
         let filter_hash = hex::encode(Sha256::digest(std::fs::read(&filter_cfg.path).unwrap()));
@@ -1011,7 +1014,7 @@ mod tests {
         let dir = TempDir::new("refused");
         let plugins = plugin_dir();
         let rt = runtime(&dir.0);
-        let mut bad = crate::demo::demo_filter(&plugins);
+        let mut bad = crate::testkit::demo_filter(&plugins);
         bad.config = toml::from_str("rules = [{ action = \"drop\", equals = 1 }]").unwrap();
         let e = load_filter(&rt, &bad).unwrap_err();
         assert!(matches!(e, PluginError::Init { .. }), "{e}");
@@ -1023,7 +1026,7 @@ mod tests {
         );
 
         // The router configured as a filter: refused before compiling.
-        let mut wrong = crate::demo::demo_router(&plugins, false);
+        let mut wrong = crate::testkit::demo_router(&plugins, false);
         wrong.name = "wrong".into();
         let e = load_filter(&rt, &wrong).unwrap_err();
         assert!(
@@ -1043,7 +1046,7 @@ mod tests {
 
     #[test]
     fn unsafe_cache_folders_are_not_used() {
-        let cfg = crate::demo::demo_filter(&plugin_dir());
+        let cfg = crate::testkit::demo_filter(&plugin_dir());
         let refused = |dir: &Path, why: &str| {
             let rt = runtime(dir);
             assert!(rt.cache().is_none(), "{why}: cache refused");

@@ -1,13 +1,11 @@
 //! A Tansu broker in its own process, for `cdrs bench` and the end-to-end
-//! tests (DESIGN.md §7): Tansu 0.6, memory storage, on a free loopback port.
+//! tests: Tansu 0.6, an Apache-Kafka-compatible broker written in Rust,, with memory storage on a free loopback port.
 //! The binary comes from `CDRS_TANSU`, else `.tools/bin/tansu` (installed
 //! by `scripts/dev.sh broker`). The process is killed when the handle drops.
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a fresh broker gets to answer a metadata request.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -29,7 +27,8 @@ impl TansuProcess {
     /// Starts `bin` on a free 127.0.0.1 port and blocks until it answers a
     /// metadata request (at most 20 s).
     ///
-    /// Errors: the binary cannot be started, or the broker does not answer.
+    /// # Errors
+    /// The binary cannot be started, or the broker does not answer.
     pub fn start(bin: &Path) -> anyhow::Result<TansuProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -48,18 +47,8 @@ impl TansuProcess {
             brokers: format!("127.0.0.1:{port}"),
             child,
         };
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &tansu.brokers)
-            .create()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while let Err(e) = probe.fetch_metadata(None, Duration::from_secs(1)) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "Tansu at {} did not answer within {START_TIMEOUT:?}: {e}",
-                tansu.brokers
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::kafka::wait_for_metadata(&tansu.brokers, START_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("Tansu: {e}"))?;
         Ok(tansu)
     }
 

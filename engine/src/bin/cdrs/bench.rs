@@ -20,17 +20,19 @@
 //!
 //! Figures depend on the build: run the release binary (`scripts/dev.sh bench`).
 
-use crate::capacity::{Registry, Snapshot};
-use crate::config::{CapacityConfig, PluginConfig, PluginRuntimeConfig, TargetConfig};
-use crate::daemon::Daemon;
-use crate::demo::{demo_config, demo_filter, demo_router, produce_events, trade_event, Fate};
-use crate::metrics::Metrics;
-use crate::plugin::bindings::types::Verdict;
-use crate::plugin::filter::FilterPlugin;
-use crate::plugin::router::{Route, RouterPlugin};
-use crate::plugin::Runtime;
-use crate::record::Record;
-use crate::tansu::TansuProcess;
+use anyhow::Context;
+use cdrs::capacity::{Registry, Snapshot};
+use cdrs::config::{CapacityConfig, PluginConfig, PluginRuntimeConfig, TargetConfig};
+use cdrs::daemon::Daemon;
+use cdrs::metrics::Metrics;
+use cdrs::plugin::bindings::types::Verdict;
+use cdrs::plugin::filter::FilterPlugin;
+use cdrs::plugin::router::{Route, RouterPlugin};
+use cdrs::plugin::Runtime;
+use cdrs::record::Record;
+use cdrs::testkit::kafka;
+use cdrs::testkit::tansu::TansuProcess;
+use cdrs::testkit::{demo_config, demo_filter, demo_router, produce_events, trade_event, Fate};
 use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::Distribution;
 use rand_xoshiro::rand_core::SeedableRng;
@@ -41,6 +43,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +76,7 @@ pub enum BenchBroker {
     /// small with it.
     Embedded,
     /// Tansu started from this binary on a free loopback port, in its own
-    /// process (DESIGN.md §7), stopped afterwards.
+    /// process, stopped afterwards.
     Tansu(PathBuf),
     /// A broker already running at these bootstrap servers; topics and
     /// groups get a per-run suffix.
@@ -110,17 +113,10 @@ impl Running {
             }
         };
         let brokers = running.brokers();
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = probe.fetch_metadata(None, Duration::from_secs(1)) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the bench broker at {brokers} did not answer: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tokio::task::spawn_blocking(move || {
+            kafka::wait_for_metadata(&brokers, Duration::from_secs(20))
+        })
+        .await??;
         Ok(running)
     }
 
@@ -149,35 +145,16 @@ impl Running {
     /// Deletes a topic of a broker in its own process (best effort: a
     /// broker that cannot only keeps it).
     async fn delete_topic(&self, name: &str) {
-        use rdkafka::admin::{AdminClient, AdminOptions};
-        if matches!(self, Running::Mock(_)) {
-            return;
-        }
-        let admin: Result<AdminClient<rdkafka::client::DefaultClientContext>, _> =
-            ClientConfig::new()
-                .set("bootstrap.servers", self.brokers())
-                .create();
-        if let Ok(admin) = admin {
-            if let Err(e) = admin.delete_topics(&[name], &AdminOptions::new()).await {
-                tracing::debug!(topic = name, error = %e, "bench topic not deleted");
-            }
+        if !matches!(self, Running::Mock(_)) {
+            kafka::delete_topic(&self.brokers(), name).await;
         }
     }
 
     async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
-        if let Running::Mock(c) = self {
-            c.create_topic(name, partitions, 1)?;
-            return Ok(());
+        match self {
+            Running::Mock(c) => Ok(c.create_topic(name, partitions, 1)?),
+            _ => kafka::create_topics(&self.brokers(), &[(name, partitions)]).await,
         }
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .create()?;
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
-            r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t:?}: {e}"))?;
-        }
-        Ok(())
     }
 }
 
@@ -511,7 +488,7 @@ fn targets(n: usize) -> Vec<TargetConfig> {
             id: format!("t{i}"),
             url: format!("http://127.0.0.1:{}/records", 10_000 + i),
             capacity: 100 * (1 + i as u32 % 4),
-            weight: crate::config::DEFAULT_WEIGHT,
+            weight: cdrs::config::DEFAULT_WEIGHT,
             zone: None,
             labels: Default::default(),
             health_url: None,
@@ -830,7 +807,7 @@ struct Link {
 const MOCK_FETCH_WAIT_MS: &str = "10";
 
 /// `fetch.wait.max.ms` of the bench's consumers on a real broker. On Tansu
-/// 0.6 (twelfth session, `--only latency`, 2–3 runs each, ms): at 10, group
+/// 0.6 (`--only latency`, 2–3 runs each, ms): at 10, group
 /// consumers polling that often make it answer produce requests late
 /// (CDRS p50 51–116 / p99 515–1035, like-for-like loop 64–273 /
 /// 924–1432); at 500 it answers a waiting fetch late (broker alone p50 22,
@@ -941,13 +918,13 @@ fn config(
     out: &str,
     filter: PluginConfig,
     opts: &BenchOptions,
-) -> crate::config::Config {
+) -> cdrs::config::Config {
     let plugin_dir = &opts.plugin_dir;
     let target = TargetConfig {
         id: "sink".into(),
         url: format!("kafka://{out}"),
         capacity: 10_000,
-        weight: crate::config::DEFAULT_WEIGHT,
+        weight: cdrs::config::DEFAULT_WEIGHT,
         zone: None,
         labels: Default::default(),
         health_url: None,
@@ -1015,7 +992,7 @@ fn copier(
             // 100,000 records behind the fetcher idled ~0.8 s at a time.
             .set(
                 "fetch.queue.backoff.ms",
-                crate::source::FETCH_QUEUE_BACKOFF_MS,
+                cdrs::source::FETCH_QUEUE_BACKOFF_MS,
             );
         for (k, v) in GROUP_OPTIONS {
             cfg.set(k, v);
@@ -1046,9 +1023,8 @@ fn copier(
             if like_cdrs {
                 // As CDRS's Kafka sink does: the latency phase measures
                 // from the input record's timestamp, so a copy stamped
-                // anew would hide the input leg (before the twelfth
-                // session it did, and this loop's p99 read ~22 ms while
-                // it was as slow as CDRS's).
+                // anew would hide the input leg, and this loop's latency
+                // would cover only its output leg while CDRS's covers both.
                 if let Some(ts) = m.timestamp().to_millis() {
                     rec = rec.timestamp(ts);
                 }
@@ -1057,7 +1033,7 @@ fn copier(
                 let _ = write!(id, "{}/{}/{}", m.topic(), m.partition(), m.offset());
                 rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(
                     rdkafka::message::Header {
-                        key: crate::sink::http::IDEMPOTENCY_HEADER,
+                        key: cdrs::sink::http::IDEMPOTENCY_HEADER,
                         value: Some(id.as_bytes()),
                     },
                 ));
@@ -1178,7 +1154,7 @@ async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> {
     // alone take for the same two legs), and through the broker alone.
     // On a broker of our own, a fresh one: the throughput rounds leave
     // millions of records in Tansu's in-memory storage, which made its
-    // latency figures 2-4x those of `--only latency` (twelfth session).
+    // latency figures 2-4x those of `--only latency`.
     let cluster = match (&opts.broker, rounds) {
         (BenchBroker::External(_), _) | (_, 0) => cluster,
         (broker, _) => {
@@ -1286,4 +1262,34 @@ async fn steady_latency(
             .unwrap_or(0.0)
     };
     Ok((q(0.5), q(0.99)))
+}
+
+/// The `--broker` of `cdrs bench`.
+pub(crate) fn broker(arg: Option<&str>) -> anyhow::Result<BenchBroker> {
+    let tansu = cdrs::testkit::tansu::TansuProcess::binary(Path::new("."));
+    Ok(match arg {
+        None if tansu.is_file() => BenchBroker::Tansu(tansu),
+        None | Some("embedded") => BenchBroker::Embedded,
+        Some("tansu") if tansu.is_file() => BenchBroker::Tansu(tansu),
+        Some("tansu") => anyhow::bail!(
+            "--broker tansu: no Tansu binary at {} (set CDRS_TANSU, or run `scripts/dev.sh broker`)",
+            tansu.display()
+        ),
+        Some(addr) if addr.contains(':') => BenchBroker::External(addr.to_string()),
+        Some(other) => anyhow::bail!(
+            "--broker {other:?}: expected `tansu`, `embedded` or HOST:PORT of a running broker"
+        ),
+    })
+}
+
+/// `cdrs bench`: runs it, prints the table, writes the JSON report to `out`.
+pub(crate) fn command(out: Option<PathBuf>, opts: BenchOptions) -> anyhow::Result<ExitCode> {
+    let report = crate::runtime()?.block_on(run(opts))?;
+    print!("{}", table(&report));
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,22 +1,21 @@
-//! `cdrs demo`: the whole data path on one machine with no setup.
+//! The test kit shared by `cdrs demo`, `cdrs bench` and the end-to-end
+//! tests: a producer of JSON trade events keyed by client id (with
+//! heartbeats the demo filter drops and malformed records it dead-letters),
+//! the [`Ledger`] of each produced record's expected fate, [`account`] to
+//! check it against what the app servers received, the dead-letter topic
+//! reader, the demo plugins' configs, a fake app server ([`appserver`]), a
+//! Tansu broker process ([`tansu`]) and Kafka helpers ([`kafka`]).
 //!
-//! An embedded Kafka-protocol broker (librdkafka's mock cluster), a producer
-//! of JSON trade events keyed by client id (with heartbeats the filter drops
-//! and malformed records it dead-letters), three HTTP application servers on
-//! 127.0.0.1 with capacities 1:2:4 that report their capacity, and the real
-//! pipeline with the real plugins. It ends with one JSON line accounting for
-//! every record from what the servers actually received.
-//!
-//! The ledger helpers ([`Ledger`], [`account`]) are shared with the
-//! end-to-end tests.
+//! Nothing of the daemon depends on it.
 
 pub mod appserver;
+pub mod kafka;
+pub mod tansu;
 
 use crate::config::{
     AdminConfig, CapacityConfig, Config, DeliveryConfig, KafkaConfig, PipelineConfig, PluginConfig,
     PluginRuntimeConfig, TargetConfig,
 };
-use crate::daemon::Daemon;
 use appserver::AppServer;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,7 +25,7 @@ use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What a produced record should become.
@@ -224,28 +223,6 @@ pub fn read_dead_letters(
     Ok(out)
 }
 
-/// Options of `cdrs demo`.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    pub records: u64,
-    pub duration: Duration,
-    /// Folder holding `field_filter.wasm` and `p2c_router.wasm`.
-    pub plugin_dir: PathBuf,
-}
-
-/// The demo's closing line.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoSummary {
-    pub produced: usize,
-    pub delivered: usize,
-    pub filtered: usize,
-    pub dead_lettered: usize,
-    pub lost: usize,
-    pub duplicates: usize,
-    pub per_target: BTreeMap<String, usize>,
-    pub records_per_s: f64,
-}
-
 /// The demo's filter: drop heartbeats, dead-letter records that are not JSON.
 pub fn demo_filter(plugin_dir: &Path) -> PluginConfig {
     let config: toml::Table = toml::from_str(
@@ -317,84 +294,4 @@ pub fn demo_config(
         delivery: DeliveryConfig::default(),
         log: Default::default(),
     }
-}
-
-/// Runs the demo and returns its summary.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
-    let (topic, dlq, partitions) = ("trades", "trades-dead-letter", 6);
-    let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    cluster.create_topic(topic, partitions, 1)?;
-    cluster.create_topic(dlq, 1, 1)?;
-    let brokers = cluster.bootstrap_servers();
-
-    let servers: Vec<AppServer> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]
-        .iter()
-        .map(|(id, cap)| AppServer::start(id, *cap))
-        .collect::<anyhow::Result<_>>()?;
-    for s in &servers {
-        s.behaviour()
-            .latency_ms
-            .store(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    let targets = servers.iter().map(|s| s.target_config()).collect();
-    let config = demo_config(&brokers, "cdrs-demo", topic, dlq, &opts.plugin_dir, targets);
-    let problems = config.validate();
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-        anyhow::bail!(
-            "demo config invalid (were the plugins built? run scripts/dev.sh demo):\n{}",
-            list.join("\n")
-        );
-    }
-    let mut config = config;
-    config.admin.token = Some("demo-token".into());
-    let daemon = Daemon::start(config, None).await?;
-    for s in &servers {
-        s.report_to(
-            daemon.admin_addr,
-            Duration::from_millis(200),
-            Some("demo-token".into()),
-        );
-    }
-    daemon.wait_ready(Duration::from_secs(60)).await?;
-
-    let started = Instant::now();
-    let ledger = produce(&brokers, topic, opts.records, 500).await?;
-    let deadline = started + opts.duration;
-    let refs: Vec<&AppServer> = servers.iter().collect();
-    let want_dl = ledger.count(Fate::DeadLettered);
-    let mut finished = started.elapsed();
-    loop {
-        let a = account(&ledger, &refs);
-        let filtered = daemon.metrics.get("filter", "dropped") as usize;
-        let dead = daemon.metrics.get("filter", "dead_lettered") as usize
-            + daemon.metrics.get("router", "dead_lettered") as usize;
-        if a.delivered + filtered + dead >= ledger.fates.len() || Instant::now() > deadline {
-            finished = finished.max(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        finished = started.elapsed();
-    }
-    let filtered = daemon.metrics.get("filter", "dropped") as usize;
-    daemon.stop().await?;
-    let dead = {
-        let brokers = brokers.clone();
-        tokio::task::spawn_blocking(move || {
-            read_dead_letters(&brokers, dlq, 1, want_dl, Duration::from_secs(10))
-        })
-        .await??
-    };
-    let a = account(&ledger, &refs);
-    drop(cluster);
-    Ok(DemoSummary {
-        produced: ledger.fates.len(),
-        delivered: a.delivered,
-        filtered,
-        dead_lettered: dead.len(),
-        lost: a.lost,
-        duplicates: a.duplicates,
-        per_target: a.per_target,
-        records_per_s: (ledger.fates.len() as f64 / finished.as_secs_f64().max(1e-3)).round(),
-    })
 }

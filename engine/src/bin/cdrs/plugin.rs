@@ -1,0 +1,254 @@
+//! `cdrs plugin new|check|test`: the plugin author's verbs.
+
+use anyhow::Context;
+use cdrs::config::PluginRuntimeConfig;
+use cdrs::plugin::contract::{self, Grant, Inspection};
+use cdrs::plugin::testbed;
+use cdrs::plugin::Runtime;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Scaffold a buildable plugin project in a new folder NAME.
+    New {
+        /// Guest language.
+        #[arg(long, value_parser = ["rust", "python", "js", "c"])]
+        lang: String,
+        /// Which world it implements.
+        #[arg(long, default_value = "router", value_parser = ["router", "filter"])]
+        world: String,
+        /// The CDRS `sdk/` folder (WIT, helpers, build scripts). Default: the
+        /// one of the source tree this binary was built from.
+        #[arg(long, env = "CDRS_SDK_DIR")]
+        sdk: Option<PathBuf>,
+        /// Folder to create (its last part is the plugin's name).
+        name: PathBuf,
+    },
+    /// Does FILE implement the filter or router world of a contract version
+    /// this host accepts? Lists its imports and what the host grants each.
+    Check {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+    },
+    /// Run a plugin on fixture records (and a target snapshot, for routers);
+    /// print one decision per record as a JSON line, and timings to stderr.
+    Test {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Records, JSON lines (see `sdk/example-policy.md`).
+        #[arg(long)]
+        records: PathBuf,
+        /// Target snapshot, a JSON array (routers; default: no targets).
+        #[arg(long)]
+        targets: Option<PathBuf>,
+        /// The plugin's config: a JSON file, or inline JSON (default `{}`).
+        #[arg(long)]
+        config: Option<String>,
+        /// Expected output (JSON lines): print a diff and exit 1 on mismatch.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Records per plugin call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+}
+
+/// Runs one `cdrs plugin` verb.
+///
+/// # Errors
+/// A file that cannot be read, compiled or created; a wasmtime engine that
+/// cannot start. A plugin that is not valid is a failure exit code instead.
+pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::New {
+            lang,
+            world,
+            sdk,
+            name,
+        } => new(&lang, &world, sdk, &name),
+        PluginCommand::Check { file } => check(&file),
+        PluginCommand::Test {
+            file,
+            records,
+            targets,
+            config,
+            expect,
+            batch,
+        } => test(
+            &file,
+            &records,
+            targets.as_deref(),
+            config,
+            expect.as_deref(),
+            batch,
+        ),
+    }
+}
+
+/// `cdrs plugin new`: a buildable project with fixtures in folder `name`.
+fn new(lang: &str, world: &str, sdk: Option<PathBuf>, name: &Path) -> anyhow::Result<ExitCode> {
+    let sdk = sdk.unwrap_or_else(cdrs::plugin::scaffold::default_sdk_dir);
+    let files = cdrs::plugin::scaffold::create(lang, world, name, &sdk)?;
+    println!("created {} ({lang} {world}):", name.display());
+    for f in &files {
+        println!("  {}", f.display());
+    }
+    println!("next: see {}/README.md", name.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cdrs plugin check`: the world, contract version and imports of `file`,
+/// and whether this host can load it.
+fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(&PluginRuntimeConfig::default())
+        .context("failed to start the Wasm runtime")?;
+    // Any world; nothing is cached for a plugin that was only checked.
+    let compiled = runtime.compile("plugin", file, None, None)?;
+    let i = Inspection::of(runtime.engine(), &compiled.component);
+    let host = contract::host_version();
+    println!("file:     {}", file.display());
+    println!("sha256:   {}", compiled.hash);
+    println!(
+        "world:    {}{}",
+        i.world.unwrap_or("none (exports neither filter nor route)"),
+        match (i.world, i.packed) {
+            (Some("router"), true) => " (packed decisions)",
+            (Some(_), true) => " (packed verdicts)",
+            _ => "",
+        }
+    );
+    match i.version() {
+        Some(v) => println!(
+            "contract: {}@{v} (host: {}@{host})",
+            contract::PACKAGE,
+            contract::PACKAGE
+        ),
+        None => println!("contract: none (host: {}@{host})", contract::PACKAGE),
+    }
+    println!("imports:");
+    for imp in &i.imports {
+        let how = match imp.grant {
+            Grant::Contract => "contract",
+            Grant::WasiNothingGranted => "WASI, linked with nothing granted",
+            Grant::Refused => "REFUSED: not provided by the host",
+        };
+        if imp.functions.is_empty() {
+            println!("  {} ({how})", imp.name);
+        } else {
+            println!("  {} ({how}): {}", imp.name, imp.functions.join(", "));
+        }
+    }
+    println!("exports:  {}", i.exports.join(", "));
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(p) = i.version_problem() {
+        problems.push(format!("it {p}"));
+    }
+    problems.extend(i.refused().map(|imp| {
+        format!(
+            "it imports {:?}, which the host does not provide (only {}/host, and WASI with nothing granted)",
+            imp.name,
+            contract::PACKAGE
+        )
+    }));
+    match i.world {
+        None => problems.push("it exports neither `filter` nor `route`: not a CDRS plugin".into()),
+        Some(world) if problems.is_empty() => {
+            if let Err(e) = runtime.check_links(world, "plugin", &compiled.component) {
+                problems.push(e.to_string());
+            }
+        }
+        Some(_) => {}
+    }
+    if problems.is_empty() {
+        println!("ok: a {} plugin this host can load", i.world.unwrap_or("?"));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `cdrs plugin test`: runs `file` on fixture records through the daemon's
+/// own runtime; with `expect`, exits 1 on any difference.
+fn test(
+    file: &Path,
+    records: &Path,
+    targets: Option<&Path>,
+    config: Option<String>,
+    expect: Option<&Path>,
+    batch: usize,
+) -> anyhow::Result<ExitCode> {
+    let records = testbed::read_records(records)?;
+    let targets = match targets {
+        Some(t) => testbed::read_targets(t)?,
+        None => Vec::new(),
+    };
+    let config = match config {
+        None => "{}".to_string(),
+        Some(c) if c.trim_start().starts_with('{') => c,
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read the config file \"{path}\""))?,
+    };
+    let expect = expect.map(testbed::read_expect).transpose()?;
+    let runtime = Runtime::new(&PluginRuntimeConfig {
+        instances: 1,
+        ..Default::default()
+    })
+    .context("failed to start the Wasm runtime")?;
+    // A guest's stderr (tracebacks, panic messages) helps here; the
+    // daemon never shows it.
+    runtime.set_guest_stderr(true);
+    let run = testbed::run(&runtime, file, &records, &targets, &config, batch)?;
+    for line in &run.lines {
+        println!("{line}");
+    }
+    eprintln!(
+        "{} {}: {} record(s) in {} call(s), {:.2} µs/record (host conversion included); load {:.1} ms",
+        run.world,
+        file.display(),
+        records.len(),
+        run.calls.len(),
+        run.us_per_record(),
+        run.load_ms
+    );
+    if run.errors > 0 {
+        eprintln!(
+            "error: {} plugin call(s) failed (see the log above); the daemon would \
+             dead-letter (filter) or place by its default policy (router) those records, \
+             as the lines above show",
+            run.errors
+        );
+    }
+    let init_error = run
+        .lines
+        .first()
+        .and_then(|l| l.get("message")?.as_str())
+        .filter(|_| run.lines.len() == 1 && run.lines[0].get("init").is_some());
+    let failed = if run.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    let Some(expect) = expect else {
+        if let Some(msg) = init_error {
+            eprintln!("error: the plugin's init refused the config: {msg}");
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(failed);
+    };
+    let diff = testbed::diff(&expect, &run.lines);
+    if diff.is_empty() {
+        eprintln!("ok: {} line(s) as expected", expect.len());
+        Ok(failed)
+    } else {
+        eprintln!("{} difference(s) from the expected output:", diff.len());
+        for d in &diff {
+            eprintln!("  {d}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,123 @@
+//! `cdrs run` and `cdrs check`.
+
+use crate::{init_logs, runtime};
+use anyhow::Context;
+use cdrs::config::Config;
+use cdrs::daemon::Daemon;
+use cdrs::metrics::Metrics;
+use cdrs::plugin::Runtime;
+use cdrs::reload::PluginManager;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit status after a panic: `EX_SOFTWARE` (sysexits.h, "internal software
+/// error").
+const EXIT_PANIC: i32 = 70;
+
+/// Makes a panic on any thread end the process (after the usual message and
+/// an ERROR log line) instead of ending only its task: a partition worker
+/// or delivery lane that died would hold its records' offsets forever while
+/// `/readyz` still said ready. Offsets are committed only below records
+/// finished, so a restart (systemd, Kubernetes) resumes from there:
+/// at-least-once, as after a crash.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if cdrs::panic::is_contained() {
+            return; // its caller answers with an error (see cdrs::panic)
+        }
+        tracing::error!(panic = %info, "panic: exiting (status {EXIT_PANIC}) so a restart resumes from committed offsets");
+        std::process::exit(EXIT_PANIC);
+    }));
+}
+
+/// `cdrs run`: the daemon until SIGTERM or SIGINT; SIGHUP reloads the config.
+pub(crate) fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    // Named here rather than as librdkafka's bare error from a client.
+    let refused = config.check_kafka_options();
+    if !refused.is_empty() {
+        let lines: Vec<String> = refused.iter().map(|p| format!("  - {p}")).collect();
+        anyhow::bail!(
+            "{} problem(s) in {path:?}:\n{}",
+            refused.len(),
+            lines.join("\n")
+        );
+    }
+    init_logs(&config.log.level);
+    exit_on_panic();
+    runtime()?.block_on(async {
+        let daemon = Daemon::start(config, Some(path)).await?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    daemon.reload().await;
+                }
+            }
+        }
+        daemon.stop().await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `cdrs check`: every problem of a config file and its plugins, at once.
+pub(crate) fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let mut problems: Vec<String> = Vec::new();
+    let config = match Config::load(&path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.extend(e.problems.iter().map(|p| p.to_string()));
+            // Plugins can still be checked if the file parsed.
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| toml::from_str::<Config>(&t).ok())
+                .map(|mut c| {
+                    let base = path.parent().unwrap_or(std::path::Path::new("."));
+                    for p in c.filters.iter_mut().chain(std::iter::once(&mut c.router)) {
+                        p.path = base.join(&p.path);
+                    }
+                    c
+                })
+        }
+    };
+    if let Some(config) = &config {
+        // librdkafka judges `[kafka.options]`; `cdrs run` would die on them.
+        problems.extend(config.check_kafka_options().iter().map(|p| p.to_string()));
+        let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
+        let metrics = Arc::new(Metrics::new());
+        if let Err(errs) = PluginManager::load(runtime, config, metrics) {
+            problems.extend(
+                errs.iter()
+                    .filter(|e| !matches!(e, cdrs::plugin::PluginError::Read { .. }))
+                    .map(|e| e.to_string()),
+            );
+        }
+    }
+    if problems.is_empty() {
+        let c = config.expect("no problems means the config loaded");
+        println!(
+            "ok: \"{}\": {} filter(s), router {:?}, {} target(s), topics {:?}",
+            path.display(),
+            c.filters.len(),
+            c.router.name,
+            c.targets.len(),
+            c.kafka.topics
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s) in \"{}\":", problems.len(), path.display());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
