@@ -7,6 +7,9 @@
 //!
 //! Every default is a named constant below, documented on its field.
 
+mod endpoint;
+
+pub use endpoint::EndpointPattern;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -629,8 +632,12 @@ pub struct CapacityConfig {
     pub max_joins_per_second: u32,
 }
 
+/// Default `capacity.phi_threshold`: Akka's and Cassandra's default
+/// suspicion threshold for phi accrual (Hayashibara et al., 2004).
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+
 fn d_phi() -> f64 {
-    crate::capacity::phi::DEFAULT_THRESHOLD
+    DEFAULT_PHI_THRESHOLD
 }
 fn d_skew() -> u64 {
     30_000
@@ -1187,7 +1194,7 @@ impl Config {
                         );
                     }
                 }
-                Ok(u) if u.scheme() == "kafka" => match crate::sink::kafka::target_topic(&t.url)
+                Ok(u) if u.scheme() == "kafka" => match target_topic(&t.url)
                 {
                     Some(topic) if valid_topic(topic) => {
                         if self.kafka.topics.iter().any(|c| c == topic) {
@@ -1295,7 +1302,7 @@ impl Config {
             );
         }
         for (i, p) in self.capacity.allow_endpoints.iter().enumerate() {
-            if let Err(e) = crate::capacity::EndpointPattern::new(p) {
+            if let Err(e) = EndpointPattern::new(p) {
                 bad(
                     format!("capacity.allow_endpoints[{i}]"),
                     format!("{p:?} is not a valid pattern: {e}"),
@@ -1695,72 +1702,12 @@ impl Config {
             }
         }
     }
+}
 
-    /// Checks `[kafka.options]` as librdkafka will see them at `cdrs run`:
-    /// each option alone (unknown property, invalid value), then, if all
-    /// pass, a throwaway consumer and producer with CDRS's own settings
-    /// (combinations, e.g. `acks` against idempotence). Creating a client
-    /// needs no broker. For `cdrs check`: it starts (and stops) librdkafka
-    /// threads, so it is not part of [`Config::validate`].
-    pub fn check_kafka_options(&self) -> Vec<ConfigProblem> {
-        use rdkafka::config::ClientConfig;
-        use rdkafka::error::KafkaError;
-        let options = &self.kafka.options;
-        let mut out = Vec::new();
-        for (k, v) in options {
-            if let Err(e) = ClientConfig::new().set(k, v).create_native_config() {
-                let why = match e {
-                    KafkaError::ClientConfig(_, desc, ..) => desc,
-                    e => e.to_string(),
-                };
-                out.push(ConfigProblem {
-                    key: format!("kafka.options.{k:?}"),
-                    message: format!(
-                        "{v:?} is refused by librdkafka: {why}; valid properties and values: \
-                         librdkafka's CONFIGURATION.md"
-                    ),
-                });
-            }
-        }
-        if !out.is_empty() || options.is_empty() {
-            return out;
-        }
-        // The very settings `cdrs run` creates its clients with.
-        let mut consumer = crate::source::consumer_config(&self.kafka, &self.pipeline);
-        let mut producer = crate::sink::kafka::producer_config(&self.kafka.brokers, options);
-        // Errors come back as results; `cdrs run` logs the warnings (e.g. a
-        // producer property ignored by the consumer).
-        consumer.set("log_level", "3");
-        producer.set("log_level", "3");
-        let created = [
-            (
-                "consumer",
-                consumer
-                    .create::<rdkafka::consumer::BaseConsumer>()
-                    .map(drop),
-            ),
-            (
-                "producer",
-                producer
-                    .create::<rdkafka::producer::BaseProducer>()
-                    .map(drop),
-            ),
-        ];
-        for (client, result) in created {
-            if let Err(e) = result {
-                let why = match e {
-                    KafkaError::ClientConfig(_, desc, ..) => desc,
-                    KafkaError::ClientCreation(msg) => msg,
-                    e => e.to_string(),
-                };
-                out.push(ConfigProblem {
-                    key: "kafka.options".into(),
-                    message: format!("librdkafka cannot create a {client} with them: {why}"),
-                });
-            }
-        }
-        out
-    }
+/// The topic of a `kafka://TOPIC` target URL.
+pub fn target_topic(url: &str) -> Option<&str> {
+    url.strip_prefix("kafka://")
+        .map(|t| t.trim_end_matches('/'))
 }
 
 fn toml_problem(e: &toml::de::Error) -> ConfigProblem {

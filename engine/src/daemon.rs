@@ -7,8 +7,9 @@ use crate::capacity::{self, Registry};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, Pipeline};
+use crate::plugin::slot::PluginManager;
 use crate::plugin::Runtime;
-use crate::reload::{self, ConfigReloader, PluginManager};
+use crate::reload::{self, ConfigReloader};
 use crate::sink::kafka::DeadLetterSink;
 use crate::source;
 use anyhow::Context;
@@ -211,7 +212,7 @@ fn warm_up_target_producer(pipeline: &Arc<Pipeline>, config: &Config) {
     let topics: Vec<String> = config
         .targets
         .iter()
-        .filter_map(|t| crate::sink::kafka::target_topic(&t.url))
+        .filter_map(|t| crate::config::target_topic(&t.url))
         .map(String::from)
         .collect();
     if topics.is_empty() {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod dispatch;
+pub mod kafka;
 pub mod logging;
 pub mod metrics;
 pub mod offsets;

@@ -18,7 +18,7 @@
 //!   read, and librdkafka's prefetch in its queue. While the window is full
 //!   the worker does not read; once the queue holds
 //!   `pipeline.prefetch_records` records (librdkafka's `queued.min.messages`)
-//!   or [`PREFETCH_KBYTES`] (`queued.max.messages.kbytes`), both per
+//!   or [`crate::kafka::PREFETCH_KBYTES`] (`queued.max.messages.kbytes`), both per
 //!   partition because each queue is its own, librdkafka stops fetching
 //!   the partition until the worker has read below them. Other partitions
 //!   keep flowing; nothing is paused, so no prefetch is dropped and fetched
@@ -40,7 +40,6 @@ use crate::record::Record;
 use futures::StreamExt;
 use rdkafka::bindings as rd;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -304,46 +303,8 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .join(",")
 }
 
-/// librdkafka's `fetch.queue.backoff.ms` for the source consumer, unless
-/// `[kafka.options]` sets it: how long a partition whose prefetch queue is
-/// over `queued.min.messages` (100,000) or `queued.max.messages.kbytes`
-/// waits before its next fetch. librdkafka's default, 1000 ms, left the
-/// pipeline idle for ~0.8 s at a time once it had fallen behind by that
-/// much: in `cdrs bench` on Tansu, a consume → produce loop with one such
-/// stall per 500,000 records ran at ~250,000 instead of ~450,000 records/s.
-/// librdkafka's CONFIGURATION.md: "This property may need to be decreased
-/// if the queue thresholds are set low and the application is experiencing
-/// long (~1s) delays between messages."
-pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
-
 /// The consumer type CDRS uses.
 pub type Source = StreamConsumer<SourceContext>;
-
-/// librdkafka's `queued.max.messages.kbytes` for the source consumer,
-/// unless `[kafka.options]` sets it: KiB prefetched per partition at most
-/// (with split partition queues the limit applies to each partition's
-/// queue, not to the consumer as a whole). librdkafka's default, 65536,
-/// would let each partition take 64 MiB.
-pub const PREFETCH_KBYTES: &str = "16384";
-
-/// The group consumer's settings: CDRS's own, then `[kafka.options]`.
-pub(crate) fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .set("queued.min.messages", pipeline.prefetch_records.to_string())
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
-    for (k, v) in &cfg.options {
-        c.set(k, v);
-    }
-    c
-}
 
 /// Creates the group consumer and subscribes to `kafka.topics`.
 pub fn consumer(
@@ -351,7 +312,7 @@ pub fn consumer(
     pipeline: &PipelineConfig,
     joined: Arc<AtomicBool>,
 ) -> anyhow::Result<Source> {
-    let c = consumer_config(cfg, pipeline);
+    let c = crate::kafka::consumer_config(cfg, pipeline);
     let context = SourceContext {
         joined,
         assigned: Assignment::default(),

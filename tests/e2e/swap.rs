@@ -5,7 +5,7 @@
 use crate::common::trades;
 use crate::common::{assert_sticky_and_ordered, start, Scenario};
 use cdrs::config::{Config, PluginConfig};
-use cdrs::reload::PluginStatus;
+use cdrs::plugin::slot::PluginStatus;
 use cdrs::testkit::{account, produce_events};
 use cdrs_e2e::{mock_cluster, plugin_dir, wait_for};
 use std::collections::BTreeMap;
@@ -305,8 +305,8 @@ fn swap_stall_figures() {
     use cdrs::config::PluginRuntimeConfig;
     use cdrs::metrics::Metrics;
     use cdrs::plugin::filter::FilterPlugin;
+    use cdrs::plugin::slot::{RollbackPolicy, Slot};
     use cdrs::plugin::Runtime;
-    use cdrs::reload::{RollbackPolicy, Slot};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 
 /// Akka's and Cassandra's default suspicion threshold.
-pub const DEFAULT_THRESHOLD: f64 = 8.0;
+pub const DEFAULT_THRESHOLD: f64 = crate::config::DEFAULT_PHI_THRESHOLD;
 /// Floor of the standard deviation, ms (Akka `min-std-deviation`).
 pub const MIN_STD_DEVIATION_MS: f64 = 100.0;
 /// Samples kept (Akka `max-sample-size`).

@@ -252,14 +252,17 @@ fn kafka_options_are_checked_by_librdkafka() {
         let text = minimal("kafka://out", &format!("[kafka.options]\n{options}"));
         Config::parse(&text, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"))
     };
-    assert_eq!(Config::check_kafka_options(&load("")), vec![]);
+    assert_eq!(crate::kafka::check_options(&load("")), vec![]);
     assert_eq!(
-        load("\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"5\"").check_kafka_options(),
+        crate::kafka::check_options(&load(
+            "\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"5\""
+        )),
         vec![]
     );
     // Every bad option at once, each named.
-    let p =
-        load("\"no.such.option\" = \"1\"\n\"session.timeout.ms\" = \"soon\"").check_kafka_options();
+    let p = crate::kafka::check_options(&load(
+        "\"no.such.option\" = \"1\"\n\"session.timeout.ms\" = \"soon\"",
+    ));
     let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
     assert_eq!(p.len(), 2, "{text:?}");
     assert!(
@@ -275,7 +278,7 @@ fn kafka_options_are_checked_by_librdkafka() {
         "{text:?}"
     );
     // Valid alone, refused with CDRS's idempotent producer.
-    let p = load("\"acks\" = \"1\"").check_kafka_options();
+    let p = crate::kafka::check_options(&load("\"acks\" = \"1\""));
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].key, "kafka.options");
     assert!(

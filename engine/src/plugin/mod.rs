@@ -28,6 +28,7 @@ pub mod filter;
 pub mod router;
 pub mod scaffold;
 pub mod scan;
+pub mod slot;
 pub mod testbed;
 
 use crate::config::PluginRuntimeConfig;

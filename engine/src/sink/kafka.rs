@@ -24,7 +24,6 @@
 
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, IDEMPOTENCY_HEADER};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
@@ -46,26 +45,6 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
     /// Delivery attempts made before giving up (0: none).
     pub attempts: u32,
-}
-
-/// The topic of a `kafka://TOPIC` target URL.
-pub fn target_topic(url: &str) -> Option<&str> {
-    url.strip_prefix("kafka://")
-        .map(|t| t.trim_end_matches('/'))
-}
-
-pub(crate) fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000");
-    for (k, v) in options {
-        if !is_consumer_only(k) {
-            cfg.set(k, v);
-        }
-    }
-    cfg
 }
 
 /// The Kafka sink of `kafka://` targets.
@@ -165,7 +144,8 @@ impl TargetProducer {
     /// An idempotent producer on `brokers` (`options`: `[kafka.options]`).
     pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         Ok(TargetProducer {
-            producer: producer_config(brokers, options).create_with_context(AckContext)?,
+            producer: crate::kafka::producer_config(brokers, options)
+                .create_with_context(AckContext)?,
         })
     }
 
@@ -199,7 +179,7 @@ impl TargetProducer {
             msg,
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let topic = target_topic(url).unwrap_or_default();
+        let topic = crate::config::target_topic(url).unwrap_or_default();
         let ack = Arc::new(BatchAck {
             pending: AtomicUsize::new(records.len()),
             error: Mutex::new(None),
@@ -311,7 +291,7 @@ impl DeadLetterSink {
         options: &BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
         Ok(DeadLetterSink {
-            producer: producer_config(brokers, options).create()?,
+            producer: crate::kafka::producer_config(brokers, options).create()?,
             topic: topic.into(),
             max_message_bytes: options
                 .get("message.max.bytes")
@@ -406,16 +386,3 @@ impl DeadLetterSink {
 
 /// Largest key a too-large record's dead-letter stub keeps.
 const STUB_MAX_KEY_BYTES: usize = 1024;
-
-/// librdkafka consumer-only properties, which a producer warns about.
-pub fn is_consumer_only(key: &str) -> bool {
-    key.starts_with("session.")
-        || key.starts_with("heartbeat.")
-        || key.starts_with("max.poll.")
-        || key.starts_with("auto.")
-        || key.starts_with("enable.auto.")
-        || key.starts_with("partition.assignment")
-        || key.starts_with("fetch.")
-        || key.starts_with("group.")
-        || key.starts_with("isolation.")
-}

@@ -992,7 +992,7 @@ fn copier(
             // 100,000 records behind the fetcher idled ~0.8 s at a time.
             .set(
                 "fetch.queue.backoff.ms",
-                cdrs::source::FETCH_QUEUE_BACKOFF_MS,
+                cdrs::kafka::FETCH_QUEUE_BACKOFF_MS,
             );
         for (k, v) in GROUP_OPTIONS {
             cfg.set(k, v);

@@ -5,8 +5,8 @@ use anyhow::Context;
 use cdrs::config::Config;
 use cdrs::daemon::Daemon;
 use cdrs::metrics::Metrics;
+use cdrs::plugin::slot::PluginManager;
 use cdrs::plugin::Runtime;
-use cdrs::reload::PluginManager;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ fn exit_on_panic() {
 pub(crate) fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     // Named here rather than as librdkafka's bare error from a client.
-    let refused = config.check_kafka_options();
+    let refused = cdrs::kafka::check_options(&config);
     if !refused.is_empty() {
         let lines: Vec<String> = refused.iter().map(|p| format!("  - {p}")).collect();
         anyhow::bail!(
@@ -91,7 +91,11 @@ pub(crate) fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     if let Some(config) = &config {
         // librdkafka judges `[kafka.options]`; `cdrs run` would die on them.
-        problems.extend(config.check_kafka_options().iter().map(|p| p.to_string()));
+        problems.extend(
+            cdrs::kafka::check_options(config)
+                .iter()
+                .map(|p| p.to_string()),
+        );
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let metrics = Arc::new(Metrics::new());
         if let Err(errs) = PluginManager::load(runtime, config, metrics) {

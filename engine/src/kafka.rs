@@ -1,0 +1,145 @@
+//! The librdkafka settings CDRS sets on its clients, and the check of the
+//! operator's `[kafka.options]` against them. CDRS's own settings come
+//! first; `[kafka.options]` entries override them (consumer-only keys are
+//! left off producers).
+
+use crate::config::{Config, ConfigProblem, KafkaConfig, PipelineConfig};
+use rdkafka::config::ClientConfig;
+use std::collections::BTreeMap;
+
+/// librdkafka's `fetch.queue.backoff.ms` for the source consumer, unless
+/// `[kafka.options]` sets it: how long a partition whose prefetch queue is
+/// over `queued.min.messages` (100,000) or `queued.max.messages.kbytes`
+/// waits before its next fetch. librdkafka's default, 1000 ms, left the
+/// pipeline idle for ~0.8 s at a time once it had fallen behind by that
+/// much: in `cdrs bench` on Tansu, a consume → produce loop with one such
+/// stall per 500,000 records ran at ~250,000 instead of ~450,000 records/s.
+/// librdkafka's CONFIGURATION.md: "This property may need to be decreased
+/// if the queue thresholds are set low and the application is experiencing
+/// long (~1s) delays between messages."
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+
+/// librdkafka's `queued.max.messages.kbytes` for the source consumer,
+/// unless `[kafka.options]` sets it: KiB prefetched per partition at most
+/// (with split partition queues the limit applies to each partition's
+/// queue, not to the consumer as a whole). librdkafka's default, 65536,
+/// would let each partition take 64 MiB.
+pub const PREFETCH_KBYTES: &str = "16384";
+
+/// The group consumer's settings: CDRS's own, then `[kafka.options]`.
+pub fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("queued.min.messages", pipeline.prefetch_records.to_string())
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+    for (k, v) in &cfg.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer's settings (dead letters, `kafka://` targets): idempotent,
+/// `acks=all`, then `[kafka.options]` without consumer-only keys.
+pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in options {
+        if !is_consumer_only(k) {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
+
+/// librdkafka consumer-only properties, which a producer warns about.
+pub fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("session.")
+        || key.starts_with("heartbeat.")
+        || key.starts_with("max.poll.")
+        || key.starts_with("auto.")
+        || key.starts_with("enable.auto.")
+        || key.starts_with("partition.assignment")
+        || key.starts_with("fetch.")
+        || key.starts_with("group.")
+        || key.starts_with("isolation.")
+}
+
+/// Checks `[kafka.options]` as librdkafka will see them at `cdrs run`:
+/// each option alone (unknown property, invalid value), then, if all
+/// pass, a throwaway consumer and producer with CDRS's own settings
+/// (combinations, e.g. `acks` against idempotence). Creating a client
+/// needs no broker. For `cdrs check`: it starts (and stops) librdkafka
+/// threads, so it is not part of [`Config::validate`].
+///
+/// Returns one problem per refused option (`kafka.options."KEY"`), or
+/// one for the combination (`kafka.options`); empty when librdkafka takes
+/// them all.
+pub fn check_options(config: &Config) -> Vec<ConfigProblem> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::error::KafkaError;
+    let options = &config.kafka.options;
+    let mut out = Vec::new();
+    for (k, v) in options {
+        if let Err(e) = ClientConfig::new().set(k, v).create_native_config() {
+            let why = match e {
+                KafkaError::ClientConfig(_, desc, ..) => desc,
+                e => e.to_string(),
+            };
+            out.push(ConfigProblem {
+                key: format!("kafka.options.{k:?}"),
+                message: format!(
+                    "{v:?} is refused by librdkafka: {why}; valid properties and values: \
+                     librdkafka's CONFIGURATION.md"
+                ),
+            });
+        }
+    }
+    if !out.is_empty() || options.is_empty() {
+        return out;
+    }
+    // The very settings `cdrs run` creates its clients with.
+    let mut consumer = consumer_config(&config.kafka, &config.pipeline);
+    let mut producer = producer_config(&config.kafka.brokers, options);
+    // Errors come back as results; `cdrs run` logs the warnings (e.g. a
+    // producer property ignored by the consumer).
+    consumer.set("log_level", "3");
+    producer.set("log_level", "3");
+    let created = [
+        (
+            "consumer",
+            consumer
+                .create::<rdkafka::consumer::BaseConsumer>()
+                .map(drop),
+        ),
+        (
+            "producer",
+            producer
+                .create::<rdkafka::producer::BaseProducer>()
+                .map(drop),
+        ),
+    ];
+    for (client, result) in created {
+        if let Err(e) = result {
+            let why = match e {
+                KafkaError::ClientConfig(_, desc, ..) => desc,
+                KafkaError::ClientCreation(msg) => msg,
+                e => e.to_string(),
+            };
+            out.push(ConfigProblem {
+                key: "kafka.options".into(),
+                message: format!("librdkafka cannot create a {client} with them: {why}"),
+            });
+        }
+    }
+    out
+}

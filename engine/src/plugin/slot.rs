@@ -1,0 +1,539 @@
+//! Hot swap of plugins while records flow: slots and the plugin manager.
+//!
+//! Each configured plugin lives in a [`Slot`]: an `ArcSwap` of the current
+//! version plus the previous one. A partition worker loads the current
+//! version once per batch, so a batch runs entirely on one version and a swap
+//! never waits for, or interrupts, a batch in flight.
+//!
+//! New versions come from the plugin file changing on disk (watched with
+//! `notify`, debounced), an upload to `PUT /v1/plugins/{name}`, or a rollback.
+//! Each is compiled (or loaded from the compiled cache), linked and `init`-ed
+//! off the hot path by [`PluginManager`]; only a version that got that far is
+//! swapped in. A version that fails keeps the old one serving and the error is
+//! logged, counted (`cdrs_plugin_errors_total`) and shown by `GET /v1/plugins`.
+//! If a freshly swapped version has `plugins.rollback_faults` record faults
+//! (trap, deadline, memory) within `plugins.rollback_window_ms`, the slot rolls
+//! back to the previous version by itself.
+
+use super::filter::FilterPlugin;
+use super::router::RouterPlugin;
+use super::{Compiled, PluginError, PluginMeta, Runtime};
+use crate::config::{Config, PluginConfig, PluginRuntimeConfig};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A plugin version that can sit in a slot.
+pub trait Swappable: Send + Sync + 'static {
+    fn meta(&self) -> &PluginMeta;
+}
+
+impl Swappable for FilterPlugin {
+    fn meta(&self) -> &PluginMeta {
+        &self.meta
+    }
+}
+
+impl Swappable for RouterPlugin {
+    fn meta(&self) -> &PluginMeta {
+        &self.meta
+    }
+}
+
+/// Auto-rollback policy (`plugins.rollback_faults`, `rollback_window_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackPolicy {
+    pub faults: u64,
+    pub window: Duration,
+}
+
+struct SlotState<P> {
+    previous: Option<Arc<P>>,
+    swapped_at: Instant,
+    source: String,
+    last_error: Option<String>,
+    last_event: Option<String>,
+}
+
+/// One plugin position (a filter of the chain, or the router).
+pub struct Slot<P> {
+    current: ArcSwap<P>,
+    /// Set after a swap until the rollback window passes or a rollback ran.
+    watching: AtomicBool,
+    policy: RollbackPolicy,
+    state: Mutex<SlotState<P>>,
+}
+
+impl<P: Swappable> Slot<P> {
+    pub fn new(plugin: P, source: &str, policy: RollbackPolicy) -> Slot<P> {
+        Slot {
+            current: ArcSwap::from_pointee(plugin),
+            watching: AtomicBool::new(false),
+            policy,
+            state: Mutex::new(SlotState {
+                previous: None,
+                swapped_at: Instant::now(),
+                source: source.into(),
+                last_error: None,
+                last_event: None,
+            }),
+        }
+    }
+
+    /// The version to use for the next batch (one atomic load).
+    pub fn current(&self) -> Arc<P> {
+        self.current.load_full()
+    }
+
+    /// Swaps `plugin` in; the replaced version becomes the rollback target.
+    /// Batches already running keep the version they loaded.
+    pub fn swap(&self, plugin: P, source: &str) {
+        // Dropping a version frees its instances (unmapping memory); do it
+        // after the lock is released.
+        let _released = self.swap_locked(plugin, source);
+    }
+
+    fn swap_locked(&self, plugin: P, source: &str) -> Option<Arc<P>> {
+        let mut st = self.state.lock().expect("slot lock");
+        let new = Arc::new(plugin);
+        let old = self.current.swap(new.clone());
+        tracing::info!(plugin = %new.meta().name, from = old.meta().short(), to = new.meta().short(),
+            source, "plugin swapped");
+        st.last_event = Some(format!(
+            "swapped {} -> {} ({source})",
+            old.meta().short(),
+            new.meta().short()
+        ));
+        let released = st.previous.replace(old);
+        st.swapped_at = Instant::now();
+        st.source = source.into();
+        st.last_error = None;
+        self.watching.store(true, Ordering::Release);
+        released
+    }
+
+    /// Puts the previous version back. Errors if there is none.
+    pub fn rollback(&self, why: &str) -> Result<String, String> {
+        let mut st = self.state.lock().expect("slot lock");
+        let prev = st
+            .previous
+            .take()
+            .ok_or_else(|| "no previous version to roll back to".to_string())?;
+        let version = prev.meta().hash.clone();
+        let bad = self.current.swap(prev);
+        tracing::warn!(plugin = %bad.meta().name, from = bad.meta().short(), to = &version[..12], reason = why,
+            "plugin rolled back");
+        st.last_event = Some(format!(
+            "rolled back {} -> {}: {why}",
+            bad.meta().short(),
+            &version[..12]
+        ));
+        st.previous = Some(bad);
+        st.swapped_at = Instant::now();
+        st.source = "rollback".into();
+        self.watching.store(false, Ordering::Release);
+        Ok(version)
+    }
+
+    /// Records a failed attempt to load a new version (the old one stays).
+    pub fn failed(&self, error: &PluginError) {
+        self.state.lock().expect("slot lock").last_error = Some(error.to_string());
+    }
+
+    /// Called after each batch: rolls back a freshly swapped version that
+    /// faulted too often. Costs one atomic load when nothing was swapped.
+    pub fn check_health(&self) {
+        if !self.watching.load(Ordering::Acquire) {
+            return;
+        }
+        let (elapsed, has_previous) = {
+            let st = self.state.lock().expect("slot lock");
+            (st.swapped_at.elapsed(), st.previous.is_some())
+        };
+        if elapsed > self.policy.window || !has_previous {
+            self.watching.store(false, Ordering::Release);
+            return;
+        }
+        let faults = self.current().meta().faults.load(Ordering::Relaxed);
+        if faults >= self.policy.faults {
+            let why = format!(
+                "{faults} record faults within {} ms of the swap (limit {})",
+                elapsed.as_millis(),
+                self.policy.faults
+            );
+            let _ = self.rollback(&why);
+        }
+    }
+
+    /// What `GET /v1/plugins` shows.
+    pub fn status(&self, kind: &'static str) -> PluginStatus {
+        let cur = self.current();
+        let st = self.state.lock().expect("slot lock");
+        let m = cur.meta();
+        PluginStatus {
+            name: m.name.to_string(),
+            kind,
+            version: m.hash.clone(),
+            loaded_at_ms: m.loaded_at_ms,
+            load_ms: m.load_ms,
+            from_cache: m.cached,
+            source: st.source.clone(),
+            calls: m.calls.load(Ordering::Relaxed),
+            faults: m.faults.load(Ordering::Relaxed),
+            traps: m.traps.load(Ordering::Relaxed),
+            deadline_misses: m.deadline_misses.load(Ordering::Relaxed),
+            memory_faults: m.memory_faults.load(Ordering::Relaxed),
+            call_p50_us: m.call_percentiles_us().0,
+            call_p99_us: m.call_percentiles_us().1,
+            previous_version: st.previous.as_ref().map(|p| p.meta().hash.clone()),
+            last_error: st.last_error.clone(),
+            last_event: st.last_event.clone(),
+        }
+    }
+}
+
+/// One plugin as `GET /v1/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub kind: &'static str,
+    /// sha256 of the running component.
+    pub version: String,
+    pub loaded_at_ms: i64,
+    /// Compile or cache-load time of this version, ms.
+    pub load_ms: f64,
+    pub from_cache: bool,
+    /// How this version arrived: config | file | upload | rollback.
+    pub source: String,
+    pub calls: u64,
+    pub faults: u64,
+    pub traps: u64,
+    pub deadline_misses: u64,
+    pub memory_faults: u64,
+    /// Batch call duration percentiles of this version, µs.
+    pub call_p50_us: u64,
+    pub call_p99_us: u64,
+    pub previous_version: Option<String>,
+    /// The last rejected new version's error, if any since the last swap.
+    pub last_error: Option<String>,
+    pub last_event: Option<String>,
+}
+
+/// Why a reload request did nothing or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no plugin named {0:?}; configured plugins are named in [[filters]] and [router]")]
+    UnknownPlugin(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("{0}")]
+    Rollback(String),
+}
+
+/// A filter of a reloaded chain: its config, the slot it keeps (if it
+/// existed), and the newly loaded version (if it changed).
+type NextFilter = (
+    PluginConfig,
+    Option<Arc<Slot<FilterPlugin>>>,
+    Option<FilterPlugin>,
+);
+
+/// All plugin slots of a running CDRS, and the operations that change them.
+pub struct PluginManager {
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    policy: RollbackPolicy,
+    /// Config of each filter slot, chain order.
+    filters: Mutex<Vec<(PluginConfig, Arc<Slot<FilterPlugin>>)>>,
+    /// The chain the pipeline reads, one atomic load per batch.
+    chain: ArcSwap<Vec<Arc<Slot<FilterPlugin>>>>,
+    router_config: Mutex<PluginConfig>,
+    pub router: Arc<Slot<RouterPlugin>>,
+    /// Serialises loads so two reloads of one plugin never race.
+    loading: Mutex<()>,
+    /// Serialises config reloads.
+    pub(crate) loading_config: Mutex<()>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Filter(PluginConfig, Arc<Slot<FilterPlugin>>),
+    Router(PluginConfig, Arc<Slot<RouterPlugin>>),
+}
+
+impl Target {
+    fn config(&self) -> &PluginConfig {
+        match self {
+            Target::Filter(c, _) | Target::Router(c, _) => c,
+        }
+    }
+    fn running(&self) -> String {
+        match self {
+            Target::Filter(_, s) => s.current().meta.hash.clone(),
+            Target::Router(_, s) => s.current().meta.hash.clone(),
+        }
+    }
+    fn failed(&self, e: &PluginError) {
+        match self {
+            Target::Filter(_, s) => s.failed(e),
+            Target::Router(_, s) => s.failed(e),
+        }
+    }
+}
+
+impl PluginManager {
+    /// Loads every plugin of `config` (blocking: compiles). Errors: every
+    /// plugin that failed.
+    pub fn load(
+        runtime: Arc<Runtime>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Vec<PluginError>> {
+        let policy = policy(&config.plugins);
+        let mut errors = Vec::new();
+        let mut filters = Vec::new();
+        for f in &config.filters {
+            match FilterPlugin::load(&runtime, f, metrics.clone()) {
+                Ok(p) => filters.push((f.clone(), Arc::new(Slot::new(p, "config", policy)))),
+                Err(e) => errors.push(e),
+            }
+        }
+        let router = RouterPlugin::load(&runtime, &config.router, metrics.clone());
+        match router {
+            Ok(r) if errors.is_empty() => Ok(PluginManager {
+                runtime,
+                metrics,
+                policy,
+                chain: ArcSwap::from_pointee(filters.iter().map(|(_, s)| s.clone()).collect()),
+                filters: Mutex::new(filters),
+                router_config: Mutex::new(config.router.clone()),
+                router: Arc::new(Slot::new(r, "config", policy)),
+                loading: Mutex::new(()),
+                loading_config: Mutex::new(()),
+            }),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.push(e);
+                Err(errors)
+            }
+        }
+    }
+
+    /// The current filter chain (one atomic load).
+    pub fn chain(&self) -> Arc<Vec<Arc<Slot<FilterPlugin>>>> {
+        self.chain.load_full()
+    }
+
+    fn find(&self, name: &str) -> Result<Target, ReloadError> {
+        let filters = self.filters.lock().expect("filters lock");
+        if let Some((c, s)) = filters.iter().find(|(c, _)| c.name == name) {
+            return Ok(Target::Filter(c.clone(), s.clone()));
+        }
+        let rc = self.router_config.lock().expect("router lock");
+        if rc.name == name {
+            return Ok(Target::Router(rc.clone(), self.router.clone()));
+        }
+        Err(ReloadError::UnknownPlugin(name.into()))
+    }
+
+    /// Every plugin's status, chain order then the router.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
+        out.push(self.router.status("router"));
+        out
+    }
+
+    /// Plugin files to watch, with the plugin names that use them.
+    pub fn files(&self) -> Vec<(PathBuf, String)> {
+        let mut out: Vec<(PathBuf, String)> = self
+            .filters
+            .lock()
+            .expect("filters lock")
+            .iter()
+            .map(|(c, _)| (c.path.clone(), c.name.clone()))
+            .collect();
+        let rc = self.router_config.lock().expect("router lock");
+        out.push((rc.path.clone(), rc.name.clone()));
+        out
+    }
+
+    /// Loads plugin `name` from its configured file and swaps it in, unless
+    /// the file holds the version already running. Blocking (compiles).
+    /// Returns the running version.
+    pub fn reload_file(&self, name: &str) -> Result<String, ReloadError> {
+        let target = self.find(name)?;
+        let path = target.config().path.clone();
+        let bytes = std::fs::read(&path).map_err(|e| PluginError::Read {
+            name: name.into(),
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        });
+        let bytes = self.note_failure(&target, bytes)?;
+        self.install(&target, &bytes, &path.display().to_string(), "file", false)
+    }
+
+    /// Installs uploaded component bytes as plugin `name`. Blocking.
+    pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<String, ReloadError> {
+        let target = self.find(name)?;
+        self.install(&target, bytes, "upload", "upload", false)
+    }
+
+    /// Swaps the previous version of `name` back in.
+    pub fn rollback(&self, name: &str) -> Result<String, ReloadError> {
+        let r = match self.find(name)? {
+            Target::Filter(_, s) => s.rollback("requested by an operator"),
+            Target::Router(_, s) => s.rollback("requested by an operator"),
+        };
+        r.map_err(ReloadError::Rollback)
+    }
+
+    fn note_failure<T>(
+        &self,
+        target: &Target,
+        r: Result<T, PluginError>,
+    ) -> Result<T, ReloadError> {
+        r.map_err(|e| {
+            let name = &target.config().name;
+            self.metrics.plugin_errors.with_label_values(&[name, e.kind()]).inc();
+            tracing::error!(plugin = %name, error = %e, "new plugin version rejected; the running one stays");
+            target.failed(&e);
+            ReloadError::Plugin(e)
+        })
+    }
+
+    /// Compiles and initialises `bytes` for `target`'s slot (with its config)
+    /// and swaps it in. Unless `force`, the running version is kept when the
+    /// bytes are the same.
+    fn install(
+        &self,
+        target: &Target,
+        bytes: &[u8],
+        origin: &str,
+        source: &str,
+        force: bool,
+    ) -> Result<String, ReloadError> {
+        let _one_at_a_time = self.loading.lock().expect("loading lock");
+        let config = target.config();
+        let name = config.name.as_str();
+        let world = match target {
+            Target::Filter(..) => "filter",
+            Target::Router(..) => "router",
+        };
+        // Cached only once `from_compiled` below accepted it (linked, init ok).
+        let compiled: Result<Compiled, PluginError> =
+            self.runtime
+                .compile_bytes(name, bytes, origin, config.sha256.as_deref(), Some(world));
+        let compiled = self.note_failure(target, compiled)?;
+        let running = target.running();
+        if compiled.hash == running && !force {
+            tracing::debug!(plugin = name, "plugin file unchanged");
+            return Ok(running);
+        }
+        let version = compiled.hash.clone();
+        let (rt, m, json) = (&self.runtime, self.metrics.clone(), config.config_json());
+        match target {
+            Target::Filter(_, slot) => {
+                let p = self.note_failure(
+                    target,
+                    FilterPlugin::from_compiled(rt, name, compiled, json, m),
+                )?;
+                slot.swap(p, source);
+            }
+            Target::Router(_, slot) => {
+                let p = self.note_failure(
+                    target,
+                    RouterPlugin::from_compiled(rt, name, compiled, json, m),
+                )?;
+                slot.swap(p, source);
+            }
+        }
+        Ok(version)
+    }
+
+    /// Applies the plugin sections of a reloaded config: new, removed and
+    /// reordered filters, and changed paths, params or pins. Every new
+    /// version is loaded before anything changes; if one fails, nothing
+    /// does. Returns what changed. Blocking.
+    pub fn apply(&self, config: &Config) -> Result<Vec<String>, Vec<PluginError>> {
+        let old: Vec<(PluginConfig, Arc<Slot<FilterPlugin>>)> =
+            self.filters.lock().expect("filters lock").clone();
+        let mut changes = Vec::new();
+        let mut errors = Vec::new();
+        // Load first, change later.
+        let mut next: Vec<NextFilter> = Vec::new();
+        for f in &config.filters {
+            match old.iter().find(|(c, _)| c.name == f.name) {
+                Some((c, slot)) if c == f => next.push((f.clone(), Some(slot.clone()), None)),
+                existing => match FilterPlugin::load(&self.runtime, f, self.metrics.clone()) {
+                    Ok(p) => next.push((f.clone(), existing.map(|(_, s)| s.clone()), Some(p))),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let old_router = self.router_config.lock().expect("router lock").clone();
+        let router = if old_router != config.router {
+            match RouterPlugin::load(&self.runtime, &config.router, self.metrics.clone()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut filters = Vec::new();
+        for (c, slot, loaded) in next {
+            let slot = match (slot, loaded) {
+                (Some(slot), None) => slot,
+                (Some(slot), Some(p)) => {
+                    changes.push(format!("filters.{}: new version or params", c.name));
+                    slot.swap(p, "config");
+                    slot
+                }
+                (None, Some(p)) => {
+                    changes.push(format!("filters.{}: added", c.name));
+                    Arc::new(Slot::new(p, "config", self.policy))
+                }
+                (None, None) => unreachable!("a filter is either kept or loaded"),
+            };
+            filters.push((c, slot));
+        }
+        for (c, _) in &old {
+            if !filters.iter().any(|(n, _)| n.name == c.name) {
+                changes.push(format!("filters.{}: removed", c.name));
+            }
+        }
+        let old_order: Vec<&str> = old.iter().map(|(c, _)| c.name.as_str()).collect();
+        let new_order: Vec<&str> = filters.iter().map(|(c, _)| c.name.as_str()).collect();
+        if old_order != new_order {
+            changes.push(format!("filter chain: {old_order:?} -> {new_order:?}"));
+        }
+        self.chain
+            .store(Arc::new(filters.iter().map(|(_, s)| s.clone()).collect()));
+        *self.filters.lock().expect("filters lock") = filters;
+        if let Some(r) = router {
+            changes.push(format!(
+                "router.{}: new version or params",
+                config.router.name
+            ));
+            self.router.swap(r, "config");
+            *self.router_config.lock().expect("router lock") = config.router.clone();
+        }
+        Ok(changes)
+    }
+}
+
+fn policy(c: &PluginRuntimeConfig) -> RollbackPolicy {
+    RollbackPolicy {
+        faults: c.rollback_faults,
+        window: Duration::from_millis(c.rollback_window_ms),
+    }
+}
