@@ -1024,7 +1024,20 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
         let mut bad = |key: String, message: String| out.push(ConfigProblem { key, message });
+        self.validate_kafka(&mut bad);
+        self.validate_admin(&mut bad);
+        self.validate_pipeline(&mut bad);
+        self.validate_plugins(&mut bad);
+        self.validate_targets(&mut bad);
+        self.validate_capacity(&mut bad);
+        self.validate_log(&mut bad);
+        self.validate_delivery(&mut bad);
+        self.validate_durations(&mut bad);
+        out
+    }
 
+    /// `[kafka]`: brokers, group, topic names, options CDRS sets itself.
+    fn validate_kafka(&self, bad: &mut impl FnMut(String, String)) {
         if self.kafka.brokers.trim().is_empty() {
             bad(
                 "kafka.brokers".into(),
@@ -1075,7 +1088,10 @@ impl Config {
                 );
             }
         }
-        self.validate_admin(&mut bad);
+    }
+
+    /// `[pipeline]`: batch size and linger, prefetch and in-flight bounds.
+    fn validate_pipeline(&self, bad: &mut impl FnMut(String, String)) {
         if !(1..=65_536).contains(&self.pipeline.batch_size) {
             bad(
                 "pipeline.batch_size".into(),
@@ -1091,6 +1107,38 @@ impl Config {
                 ),
             );
         }
+        if !(1..=10_000_000).contains(&self.pipeline.prefetch_records) {
+            bad(
+                "pipeline.prefetch_records".into(),
+                format!(
+                    "{} is out of range 1..=10000000",
+                    self.pipeline.prefetch_records
+                ),
+            );
+        }
+        if self.pipeline.max_inflight_records > MAX_INFLIGHT_RECORDS {
+            bad(
+                "pipeline.max_inflight_records".into(),
+                format!(
+                    "{} is out of range 1..={MAX_INFLIGHT_RECORDS} (and at least pipeline.batch_size)",
+                    self.pipeline.max_inflight_records
+                ),
+            );
+        } else if self.pipeline.max_inflight_records < self.pipeline.batch_size {
+            bad(
+                "pipeline.max_inflight_records".into(),
+                format!(
+                    "{} must be at least pipeline.batch_size ({})",
+                    self.pipeline.max_inflight_records, self.pipeline.batch_size
+                ),
+            );
+        }
+        // Durations without a tighter range of their own: a day at most, so
+        // `now + duration` cannot wrap (a wrapped ejection ends at once).
+    }
+
+    /// `[plugins]` limits and every plugin's name and file.
+    fn validate_plugins(&self, bad: &mut impl FnMut(String, String)) {
         if !(1..=60_000).contains(&self.plugins.call_timeout_ms) {
             bad(
                 "plugins.call_timeout_ms".into(),
@@ -1158,6 +1206,10 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// `[[targets]]`: ids, URLs (not the admin API, no loop into a consumed topic), report tokens, health URLs.
+    fn validate_targets(&self, bad: &mut impl FnMut(String, String)) {
         if self.targets.is_empty() {
             bad(
                 "targets".into(),
@@ -1265,6 +1317,42 @@ impl Config {
                 );
             }
         }
+        for (i, t) in self.targets.iter().enumerate() {
+            // The token itself is never shown.
+            if let Some(token) = &t.report_token {
+                let chars = token.chars().count();
+                if chars < MIN_REPORT_TOKEN_CHARS {
+                    bad(
+                        format!("targets[{i}].report_token"),
+                        format!(
+                            "is {chars} characters long; it must have at least \
+                             {MIN_REPORT_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
+                        ),
+                    );
+                } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    bad(
+                        format!("targets[{i}].report_token"),
+                        "must be visible ASCII characters only (no spaces): it is sent \
+                         in an HTTP header"
+                            .into(),
+                    );
+                }
+            }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if let Some(h) = &t.health_url {
+                if !reqwest::Url::parse(h).is_ok_and(|u| u.scheme() == "http") {
+                    bad(
+                        format!("targets[{i}].health_url"),
+                        format!("{:?} is not an http:// URL", crate::redact::url(h)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `[capacity]`: expiry, refresh, phi accrual, allow-list, topic, limits.
+    fn validate_capacity(&self, bad: &mut impl FnMut(String, String)) {
         if self.capacity.report_expiry_ms < 100 {
             bad(
                 "capacity.report_expiry_ms".into(),
@@ -1280,15 +1368,6 @@ impl Config {
                 format!(
                     "{} is out of range 10..=10000",
                     self.capacity.refresh_interval_ms
-                ),
-            );
-        }
-        if let Err(e) = crate::logging::validate(&self.log.level) {
-            bad(
-                "log.level".into(),
-                format!(
-                    "{:?} is not a filter directive ({e}); e.g. \"info\" or \"cdrs=debug,warn\"",
-                    self.log.level
                 ),
             );
         }
@@ -1422,38 +1501,23 @@ impl Config {
                 ),
             );
         }
-        for (i, t) in self.targets.iter().enumerate() {
-            // The token itself is never shown.
-            if let Some(token) = &t.report_token {
-                let chars = token.chars().count();
-                if chars < MIN_REPORT_TOKEN_CHARS {
-                    bad(
-                        format!("targets[{i}].report_token"),
-                        format!(
-                            "is {chars} characters long; it must have at least \
-                             {MIN_REPORT_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
-                        ),
-                    );
-                } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                    bad(
-                        format!("targets[{i}].report_token"),
-                        "must be visible ASCII characters only (no spaces): it is sent \
-                         in an HTTP header"
-                            .into(),
-                    );
-                }
-            }
+    }
+
+    /// `[log]`: the level filter.
+    fn validate_log(&self, bad: &mut impl FnMut(String, String)) {
+        if let Err(e) = crate::logging::validate(&self.log.level) {
+            bad(
+                "log.level".into(),
+                format!(
+                    "{:?} is not a filter directive ({e}); e.g. \"info\" or \"cdrs=debug,warn\"",
+                    self.log.level
+                ),
+            );
         }
-        for (i, t) in self.targets.iter().enumerate() {
-            if let Some(h) = &t.health_url {
-                if !reqwest::Url::parse(h).is_ok_and(|u| u.scheme() == "http") {
-                    bad(
-                        format!("targets[{i}].health_url"),
-                        format!("{:?} is not an http:// URL", crate::redact::url(h)),
-                    );
-                }
-            }
-        }
+    }
+
+    /// `[delivery]`: timeouts, batches, attempts, lanes, queues, breaker, backoff.
+    fn validate_delivery(&self, bad: &mut impl FnMut(String, String)) {
         if self.delivery.timeout_ms == 0 {
             bad("delivery.timeout_ms".into(), "must be at least 1".into());
         }
@@ -1522,34 +1586,21 @@ impl Config {
             );
         }
         // librdkafka's range for `queued.min.messages`.
-        if !(1..=10_000_000).contains(&self.pipeline.prefetch_records) {
+        if self.delivery.retry_initial_ms == 0
+            || self.delivery.retry_initial_ms > self.delivery.retry_max_ms
+        {
             bad(
-                "pipeline.prefetch_records".into(),
+                "delivery.retry_initial_ms".into(),
                 format!(
-                    "{} is out of range 1..=10000000",
-                    self.pipeline.prefetch_records
+                    "{} must be at least 1 and at most delivery.retry_max_ms ({})",
+                    self.delivery.retry_initial_ms, self.delivery.retry_max_ms
                 ),
             );
         }
-        if self.pipeline.max_inflight_records > MAX_INFLIGHT_RECORDS {
-            bad(
-                "pipeline.max_inflight_records".into(),
-                format!(
-                    "{} is out of range 1..={MAX_INFLIGHT_RECORDS} (and at least pipeline.batch_size)",
-                    self.pipeline.max_inflight_records
-                ),
-            );
-        } else if self.pipeline.max_inflight_records < self.pipeline.batch_size {
-            bad(
-                "pipeline.max_inflight_records".into(),
-                format!(
-                    "{} must be at least pipeline.batch_size ({})",
-                    self.pipeline.max_inflight_records, self.pipeline.batch_size
-                ),
-            );
-        }
-        // Durations without a tighter range of their own: a day at most, so
-        // `now + duration` cannot wrap (a wrapped ejection ends at once).
+    }
+
+    /// Durations without a tighter range of their own: a day at most.
+    fn validate_durations(&self, bad: &mut impl FnMut(String, String)) {
         let d = &self.delivery;
         for (key, v) in [
             (
@@ -1592,18 +1643,6 @@ impl Config {
                 );
             }
         }
-        if self.delivery.retry_initial_ms == 0
-            || self.delivery.retry_initial_ms > self.delivery.retry_max_ms
-        {
-            bad(
-                "delivery.retry_initial_ms".into(),
-                format!(
-                    "{} must be at least 1 and at most delivery.retry_max_ms ({})",
-                    self.delivery.retry_initial_ms, self.delivery.retry_max_ms
-                ),
-            );
-        }
-        out
     }
 }
 

@@ -5,8 +5,9 @@
 use crate::admin::{self, AdminState};
 use crate::capacity::{self, Registry};
 use crate::config::Config;
+use crate::dispatch::{Delivery, Dispatcher};
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivery, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::plugin::slot::PluginManager;
 use crate::plugin::Runtime;
 use crate::reload::{self, ConfigReloader};
@@ -58,8 +59,7 @@ impl Daemon {
             &config.targets,
             metrics.clone(),
         ));
-        let pipeline = Arc::new(Pipeline::new(
-            plugins.clone(),
+        let dispatch = Arc::new(Dispatcher::new(
             registry.clone(),
             Delivery::new(&config.delivery)?,
             DeadLetterSink::new(
@@ -69,15 +69,21 @@ impl Daemon {
             )
             .context("failed to create the dead-letter producer")?,
             metrics.clone(),
-            (config.kafka.brokers.clone(), config.kafka.options.clone()),
+            config.kafka.brokers.clone(),
+            config.kafka.options.clone(),
         ));
-        warm_up_target_producer(&pipeline, &config);
+        warm_up_target_producer(&dispatch, &config);
+        let pipeline = Arc::new(Pipeline::new(
+            plugins.clone(),
+            dispatch.clone(),
+            metrics.clone(),
+        ));
         let reloader = Arc::new(ConfigReloader::new(
             config_path,
             config.clone(),
             plugins.clone(),
             registry.clone(),
-            pipeline.clone(),
+            dispatch.clone(),
         ));
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -208,7 +214,7 @@ impl Daemon {
 /// Creates the producer of `kafka://` targets now, when there are any, and
 /// loads their topics' metadata in the background: the first records then
 /// find it connected. A failure is only logged; delivery reports its own.
-fn warm_up_target_producer(pipeline: &Arc<Pipeline>, config: &Config) {
+fn warm_up_target_producer(dispatch: &Arc<Dispatcher>, config: &Config) {
     let topics: Vec<String> = config
         .targets
         .iter()
@@ -218,9 +224,9 @@ fn warm_up_target_producer(pipeline: &Arc<Pipeline>, config: &Config) {
     if topics.is_empty() {
         return;
     }
-    let pipeline = pipeline.clone();
+    let dispatch = dispatch.clone();
     tokio::task::spawn_blocking(move || {
-        let warm = pipeline
+        let warm = dispatch
             .target_producer()
             .map_err(|e| e.to_string())
             .and_then(|p| {

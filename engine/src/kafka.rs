@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 /// librdkafka's `fetch.queue.backoff.ms` for the source consumer, unless
 /// `[kafka.options]` sets it: how long a partition whose prefetch queue is
-/// over `queued.min.messages` (100,000) or `queued.max.messages.kbytes`
-/// waits before its next fetch. librdkafka's default, 1000 ms, left the
-/// pipeline idle for ~0.8 s at a time once it had fallen behind by that
-/// much: in `cdrs bench` on Tansu, a consume → produce loop with one such
+/// over `queued.min.messages` (`pipeline.prefetch_records`) or
+/// `queued.max.messages.kbytes` waits before its next fetch. At
+/// librdkafka's default, 1000 ms, a pipeline that has fallen behind that
+/// much idles ~0.8 s at a time: in `cdrs bench` on Tansu, a consume → produce loop with one such
 /// stall per 500,000 records ran at ~250,000 instead of ~450,000 records/s.
 /// librdkafka's CONFIGURATION.md: "This property may need to be decreased
 /// if the queue thresholds are set low and the application is experiencing

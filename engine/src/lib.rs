@@ -1,14 +1,21 @@
 //! CDRS, the Client Data Routing Service: consumes Kafka records, runs each
 //! through a chain of WebAssembly filter plugins and one router plugin, and
 //! delivers it to the application server the router chose from live capacity
-//! metrics. The
-//! data path, capacity model and plugin contract: `docs/architecture.md`.
+//! metrics. The data path, capacity model and plugin contract:
+//! `docs/architecture.md`.
 //!
-//! Stages, one module each: [`source`] (Kafka consumer, per-partition
-//! batches), [`pipeline`] (filter chain, router, delivery, re-routing),
-//! [`plugin`] (wasmtime runtime, filter and router plugins), [`capacity`]
-//! (target registry and snapshots), [`sink`] (HTTP delivery, dead-letter
-//! topic), [`admin`] (HTTP admin API), [`config`].
+//! Stages, one module each, imports running one way (top to bottom):
+//! [`daemon`] (wiring, orderly stop), [`admin`] (HTTP admin API),
+//! [`reload`] (config reload, file watching), [`source`] (Kafka consumer,
+//! per-partition batches), [`pipeline`] (one batch: filter chain, then the
+//! router step), [`route`] (router plugin, decision table, fallback, route
+//! again), [`dispatch`] (target queues, lanes, retries, circuit breakers),
+//! [`sink`] (HTTP POST, `kafka://` targets, dead-letter topic),
+//! [`plugin`] (wasmtime runtime, WIT conversions, hot-swap slots),
+//! [`capacity`] (target registry and snapshots), [`kafka`] (librdkafka
+//! settings), [`offsets`], and the leaves [`config`], [`record`],
+//! [`metrics`], [`redact`], [`logging`], [`panic`]. [`testkit`] serves
+//! `cdrs demo`, `cdrs bench` and the end-to-end tests.
 
 pub mod admin;
 pub mod capacity;
@@ -26,6 +33,7 @@ pub mod plugin;
 pub mod record;
 pub mod redact;
 pub mod reload;
+pub mod route;
 pub mod sink;
 pub mod source;
 pub mod testkit;

@@ -12,20 +12,23 @@ pub struct Metrics {
     pub registry: Registry,
     /// `cdrs_records_total{stage, outcome}`: records leaving each stage.
     /// stage: source | filter | router | delivery; outcome: in | kept |
-    /// transformed | dropped | dead_lettered | routed | delivered | rerouted.
+    /// transformed | dropped | dead_lettered | routed | defaulted |
+    /// delivered | rerouted.
     pub records: IntCounterVec,
-    /// `cdrs_deliveries_total{target, result}`: POSTs per target, result ok | error.
+    /// `cdrs_deliveries_total{target, result}`: delivery requests per target
+    /// (an HTTP POST or a `kafka://` batch), result ok | error.
     pub deliveries: IntCounterVec,
     /// `cdrs_delivered_records_total{target}`.
     pub delivered_records: IntCounterVec,
-    /// `cdrs_delivery_duration_seconds{target}`: POST latency.
+    /// `cdrs_delivery_duration_seconds{target}`: delivery request latency.
     pub delivery_seconds: HistogramVec,
     /// `cdrs_plugin_call_duration_seconds{plugin, kind}`: one batch call.
     pub plugin_call_seconds: HistogramVec,
-    /// `cdrs_plugin_errors_total{plugin, kind}`: trap | deadline | memory | contract | init.
+    /// `cdrs_plugin_errors_total{plugin, kind}`: trap | deadline | memory |
+    /// contract | output | compile | link | init.
     pub plugin_errors: IntCounterVec,
     /// `cdrs_capacity_reports_total{result, reason}`: result accepted |
-    /// rejected; reason (rejected only) invalid | oversized | out_of_range |
+    /// rejected; reason (rejected only) invalid | invalid_id | oversized | out_of_range |
     /// future_timestamp | missing_server_id | id_mismatch | unknown_target |
     /// endpoint_not_allowed | rate_limited (`capacity.max_reports_per_second`)
     /// | too_many_targets (`capacity.max_dynamic_targets`) |
@@ -51,9 +54,11 @@ pub struct Metrics {
     pub target_inflight: IntGaugeVec,
     /// `cdrs_dead_letters_total{stage}`: records written to the dead-letter topic.
     pub dead_letters: IntCounterVec,
-    /// `cdrs_offsets_stored_total{topic}`: offset stores after a batch completed.
+    /// `cdrs_offsets_stored_total{topic}`: stores of a partition's commit
+    /// watermark when it moves.
     pub offsets_stored: IntCounterVec,
-    /// `cdrs_delivery_retries_total{target}`: delivery attempts after the first.
+    /// `cdrs_delivery_retries_total{target}`: records sent again to the same
+    /// target (each attempt after the first adds its batch's records).
     pub retries: IntCounterVec,
     /// `cdrs_rerouted_records_total{target, reason}`: records routed again away from a target.
     pub rerouted: IntCounterVec,
@@ -190,7 +195,7 @@ impl Metrics {
             ),
             retries: counter(
                 "cdrs_delivery_retries_total",
-                "Delivery attempts after the first, per target",
+                "Records sent again to the same target after a failed attempt",
                 &["target"],
             ),
             rerouted: counter(

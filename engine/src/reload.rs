@@ -3,12 +3,13 @@
 //! The file watcher only debounces and signals; [`ConfigReloader`] parses
 //! the file, validates it, and applies the difference: plugins through the
 //! [`PluginManager`], targets and capacity settings through the registry,
-//! delivery settings through the pipeline. An invalid file changes nothing;
+//! delivery settings through the dispatcher. An invalid file changes nothing;
 //! a change to a restart-only key is refused by name. Plugin files that
 //! change on disk are swapped by the plugin manager
 //! ([`crate::plugin::slot`]).
 
 use crate::config::Config;
+use crate::dispatch::{Delivery, Dispatcher};
 use crate::plugin::slot::PluginManager;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -144,7 +145,7 @@ pub struct ConfigReloader {
     last: Mutex<Option<ReloadReport>>,
     plugins: Arc<PluginManager>,
     registry: Arc<crate::capacity::Registry>,
-    pipeline: Arc<crate::pipeline::Pipeline>,
+    dispatch: Arc<Dispatcher>,
 }
 
 impl ConfigReloader {
@@ -153,7 +154,7 @@ impl ConfigReloader {
         active: Config,
         plugins: Arc<PluginManager>,
         registry: Arc<crate::capacity::Registry>,
-        pipeline: Arc<crate::pipeline::Pipeline>,
+        dispatch: Arc<Dispatcher>,
     ) -> Self {
         ConfigReloader {
             path,
@@ -161,7 +162,7 @@ impl ConfigReloader {
             last: Mutex::new(None),
             plugins,
             registry,
-            pipeline,
+            dispatch,
         }
     }
 
@@ -232,9 +233,9 @@ impl ConfigReloader {
             Err(errs) => return fail(errs.iter().map(|e| e.to_string()).collect()),
         };
         if old.delivery != new.delivery {
-            match crate::pipeline::Delivery::new(&new.delivery) {
+            match Delivery::new(&new.delivery) {
                 Ok(d) => {
-                    self.pipeline.delivery.store(Arc::new(d));
+                    self.dispatch.delivery.store(Arc::new(d));
                     changed.push("delivery".into());
                 }
                 Err(e) => changed.push(format!("delivery: not applied: {e}")),

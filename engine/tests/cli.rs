@@ -39,8 +39,8 @@ fn check_names_three_mistakes_at_once() {
     }
 }
 
-/// Durations that wrapped `now + duration` (and so kept a failing target
-/// up, or an open breaker's target shown healthy) are refused by name.
+/// Durations beyond a day would wrap `now + duration` (keeping a failing
+/// target healthy); each is refused by name.
 #[test]
 fn check_refuses_durations_beyond_a_day() {
     let (ok, out) = cdrs(&[

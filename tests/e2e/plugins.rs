@@ -92,7 +92,7 @@ fn record(offset: i64, value: &str) -> Record {
 
 fn fault_filter(config: &str) -> (FilterPlugin, Arc<Metrics>) {
     // 500 ms, not less: on 2 busy cores (the end-to-end tests run beside
-    // this one, debug build) a call that traps at once was once preempted
+    // this one, debug build) a call that traps at once can be preempted
     // past a 100 ms deadline and reported as a missed deadline.
     let limits = PluginRuntimeConfig {
         call_timeout_ms: 500,

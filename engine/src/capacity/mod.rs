@@ -1070,9 +1070,9 @@ mod tests {
         assert_eq!(b.inflight, 0);
     }
 
-    /// `failure_cooldown_ms = u64::MAX` wrapped `now + duration` to the
-    /// past, so an unreachable target stayed healthy through thousands of
-    /// failed requests; the sum saturates now (and validation bounds it).
+    /// An ejection of `u64::MAX` ms keeps the target down: `now + duration`
+    /// saturates instead of wrapping into the past, which would keep an
+    /// unreachable target healthy (validation also bounds it).
     #[test]
     fn a_huge_ejection_keeps_the_target_down() {
         let r = registry(10_000);
@@ -1359,7 +1359,7 @@ mod tests {
 
     /// 10,000 servers from allowed endpoints try to join: `max_dynamic_targets`
     /// do, the rest are rejected and counted; a report with 1,000 targets
-    /// present stays cheap because it no longer rebuilds the snapshot.
+    /// present stays cheap because it does not rebuild the snapshot.
     #[test]
     fn dynamic_targets_are_capped_and_join_at_a_limited_rate() {
         let r = registry_with(CapacityConfig {

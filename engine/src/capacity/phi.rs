@@ -27,10 +27,10 @@ pub const MAX_SAMPLES: usize = 1000;
 pub const MIN_SAMPLES: usize = 3;
 /// Shortest inter-arrival time that counts as a sample, ms. Shorter ones are
 /// a burst, a retry or the same report on both feeds, not the server's
-/// heartbeat rhythm: 20,000 reports in a burst once taught the detector a
-/// 3 ms interval and marked every target down after it. Well below the
-/// shortest report interval in use (50 ms in tests; the demo and SDK use
-/// 200 ms), so detection for well-behaved servers is unchanged. Akka has no
+/// heartbeat rhythm: a burst of 20,000 reports would otherwise teach the
+/// detector a 3 ms interval and mark every target down after it. Well below
+/// the shortest report interval in use (50 ms in tests, 200 ms in `cdrs
+/// demo`), so it does not affect detection for well-behaved servers. Akka has no
 /// such floor: its heartbeats come from its own scheduler, not from the
 /// network at large.
 pub const MIN_INTERVAL_MS: u64 = 20;
@@ -166,10 +166,10 @@ mod tests {
         assert!(d.phi(60_400, 0).unwrap() < 1.0);
     }
 
-    /// A burst of 20,000 arrivals within ~60 ms (what the report flood
-    /// looked like) between regular 200 ms heartbeats: the detector keeps
-    /// the real rhythm. Before [`MIN_INTERVAL_MS`] the burst filled the
-    /// history with 0 and 1 ms samples (mean < 1 ms).
+    /// A burst of 20,000 arrivals within ~60 ms (a report flood) between
+    /// regular 200 ms heartbeats: the detector keeps the real rhythm.
+    /// Without [`MIN_INTERVAL_MS`] the burst would fill the history with 0
+    /// and 1 ms samples (mean < 1 ms).
     #[test]
     fn a_burst_teaches_nothing() {
         let mut clean = PhiDetector::default();

@@ -62,8 +62,8 @@ impl EndpointPattern {
         if host.is_empty() {
             return Err(format!("it names no host, {EXAMPLE}"));
         }
-        // `10.1.*` was the example when `*` matched dots too; now it would
-        // match only hosts like `10.1.x`, so say how to write it.
+        // `*` matches within one label, so `10.1.*` matches only hosts like
+        // `10.1.x`: say how to write a network (`10.1.*.*`).
         let labels: Vec<&str> = host.split('.').collect();
         if host.contains('*')
             && host.bytes().any(|b| b.is_ascii_digit())

@@ -289,8 +289,8 @@ fn kafka_options_are_checked_by_librdkafka() {
     assert!(p[0].message.contains("acks"), "{p:?}");
 }
 
-/// Durations beyond a day wrapped `now + duration` (a failing target kept
-/// "healthy", an open breaker shown healthy); each is refused by name.
+/// Durations beyond a day would wrap `now + duration` (keeping a failing
+/// target healthy); each is refused by name.
 #[test]
 fn durations_beyond_a_day_are_refused_by_name() {
     let text = problems(

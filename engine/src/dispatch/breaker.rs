@@ -12,9 +12,10 @@
 //! ```
 //!
 //! `n` is the number of ejections in a row: it drops by one for every
-//! `base_ejection_ms` the target stays closed (Envoy's behaviour). Only
-//! failures a retry could fix count (5xx, 408, 429, timeouts, refused
-//! connections); a 4xx answer is the target working as designed.
+//! `base_ejection_ms` the target stays closed (Envoy's behaviour). Failures
+//! a retry could fix (5xx, 408, 429, timeouts, refused connections) and
+//! redirects (3xx, not followed) count; other 4xx answers, 413 included,
+//! are the target working as designed and count as successes.
 //! Defaults and semantics follow Envoy's `outlier_detection`
 //! (envoyproxy.io/docs, "Outlier detection" and
 //! `config.cluster.v3.OutlierDetection`).
@@ -156,7 +157,8 @@ impl Breakers {
         b.ok += 1;
     }
 
-    /// A request to `target` failed in a way a retry could fix. Returns the
+    /// A request to `target` failed in a way a retry could fix, or was
+    /// answered with a redirect. Returns the
     /// ejection if this opened the breaker. `targets` are the ids of the
     /// targets that exist now: breakers of others (removed by a reload, or
     /// dynamic targets gone silent) are forgotten, so they neither count

@@ -32,27 +32,78 @@
 
 pub mod breaker;
 
-use crate::capacity::{Health, Snapshot};
+use crate::capacity::{Health, Registry};
 use crate::config::{DeliveryConfig, KeyOrder, WhenNoTarget};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
-use crate::pipeline::{fallback, Abandoned, Pipeline};
-use crate::plugin::router::{Route, Targets};
 use crate::record::Record;
-use crate::sink::http::DeliveryError;
-use crate::sink::kafka::DeadLetter;
+use crate::sink::http::{DeliveryError, HttpSink};
+use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
+use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// The id of the parking queue: records no target can take, waiting
 /// (`delivery.when_no_target = "wait"`).
-const PARKING: &str = "";
+pub(crate) const PARKING: &str = "";
+
+/// Delivery settings from `[delivery]`, with the HTTP client built from
+/// them; replaced whole on config reload.
+pub struct Delivery {
+    pub http: HttpSink,
+    pub cfg: DeliveryConfig,
+}
+
+impl Delivery {
+    /// # Errors
+    /// The HTTP client cannot be built (TLS backend, proxy settings).
+    pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<Delivery> {
+        Ok(Delivery {
+            http: HttpSink::new(cfg)?,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+/// The batch was abandoned because the process is stopping; its offsets
+/// must not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("batch abandoned at shutdown; its records will be consumed again")]
+pub struct Abandoned;
+
+/// The router (plugin name and version hash) that placed a record, named
+/// in its dead letter.
+#[derive(Debug)]
+pub struct PlacedBy {
+    pub name: Arc<str>,
+    pub version: String,
+}
+
+/// Where records go after their target failed for good: target groups in
+/// first-appearance order (offset order within each), and the records no
+/// target can take now.
+#[derive(Default)]
+pub struct Placed {
+    pub groups: Vec<(Arc<str>, Vec<Job>)>,
+    pub waiting: Vec<Job>,
+}
+
+/// Routes records again once their target failed for good (the router
+/// step, [`crate::route`], implements it). A lane holds one, so dispatch
+/// never imports the router.
+pub trait Reroute: Send + Sync + 'static {
+    /// Where `jobs` (offset order per partition; each with the targets it
+    /// failed at in `excluded`) go now. Records the router drops or
+    /// dead-letters finish inside.
+    fn route_again(&self, jobs: Vec<Job>) -> BoxFuture<'_, Placed>;
+}
 
 /// One partition's records in flight: its offset tracker, its in-flight
 /// window and the targets its in-flight keys are bound to.
@@ -191,7 +242,7 @@ impl Partition {
     }
 
     /// Adds `extra` unfinished copies of `offset` (fan-out).
-    fn add_copies(&self, offset: i64, extra: u32) {
+    pub(crate) fn add_copies(&self, offset: i64, extra: u32) {
         if extra > 0 {
             let mut st = self.state.lock().expect("partition lock");
             st.tracker.add_copies(offset, extra);
@@ -229,29 +280,29 @@ pub fn key_hash(key: Option<&[u8]>) -> Option<u64> {
 /// One copy of a record on its way to a target.
 pub struct Job {
     pub record: Arc<Record>,
-    part: Arc<Partition>,
+    pub(crate) part: Arc<Partition>,
     /// Key hash (`None` for keyless records and fan-out copies).
-    key: Option<u64>,
+    pub(crate) key: Option<u64>,
     /// Counted in its key's binding (`delivery.key_order = "strict"`).
     bound: bool,
     /// Delivery attempts made, all targets together.
-    attempts: u32,
+    pub(crate) attempts: u32,
     /// Targets that failed this copy.
-    excluded: Vec<Arc<str>>,
+    pub(crate) excluded: Vec<Arc<str>>,
     last_error: String,
     /// Took a slot of a target queue (fresh records only).
     holds_slot: bool,
-    /// The router (name, version) that placed it.
-    router: Arc<(Arc<str>, String)>,
+    /// The router that placed it.
+    pub(crate) router: Arc<PlacedBy>,
 }
 
 impl Job {
-    /// A fresh copy of `record`, to be enqueued by [`Pipeline::enqueue_all`].
+    /// A fresh copy of `record`, to be enqueued by [`Dispatcher::enqueue_all`].
     pub fn new(
         record: Arc<Record>,
         part: Arc<Partition>,
         key: Option<u64>,
-        router: Arc<(Arc<str>, String)>,
+        router: Arc<PlacedBy>,
     ) -> Job {
         Job {
             record,
@@ -271,7 +322,8 @@ impl Job {
         self
     }
 
-    fn finish(self) {
+    /// This copy is done (delivered, dropped or dead-lettered).
+    pub(crate) fn finish(self) {
         let bound = if self.bound { self.key } else { None };
         self.part.finish(self.record.offset, bound);
     }
@@ -389,30 +441,52 @@ impl TargetQueue {
     }
 }
 
-/// All target queues, their breakers and the hard-stop signal.
+/// Delivery of placed records: the target queues and their lanes, retries
+/// and circuit breakers, the sinks, and the hard-stop signal. Shared by all
+/// partition workers and lanes.
 pub struct Dispatcher {
     queues: Mutex<HashMap<Arc<str>, Arc<TargetQueue>>>,
     pub breakers: Breakers,
     stop_tx: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
-    /// Versions for the derived snapshots given to the router on re-route.
-    versions: AtomicU64,
+    pub registry: Arc<Registry>,
+    /// Delivery settings; replaced whole on config reload.
+    pub delivery: ArcSwap<Delivery>,
+    dead_letters: DeadLetterSink,
+    metrics: Arc<Metrics>,
+    /// `kafka.brokers` and `[kafka.options]`, for the `kafka://` target
+    /// producer.
+    brokers: String,
+    kafka_options: BTreeMap<String, String>,
+    target_producer: OnceLock<Result<TargetProducer, String>>,
 }
 
-impl Default for Dispatcher {
-    fn default() -> Self {
+impl Dispatcher {
+    /// A dispatcher with no queues yet (each target's is made on first use).
+    pub fn new(
+        registry: Arc<Registry>,
+        delivery: Delivery,
+        dead_letters: DeadLetterSink,
+        metrics: Arc<Metrics>,
+        brokers: String,
+        kafka_options: BTreeMap<String, String>,
+    ) -> Dispatcher {
         let (stop_tx, stop) = watch::channel(false);
         Dispatcher {
             queues: Mutex::default(),
             breakers: Breakers::default(),
             stop_tx,
             stop,
-            versions: AtomicU64::new(1 << 62),
+            registry,
+            delivery: ArcSwap::from_pointee(delivery),
+            dead_letters,
+            metrics,
+            brokers,
+            kafka_options,
+            target_producer: OnceLock::new(),
         }
     }
-}
 
-impl Dispatcher {
     /// Stops every lane at once; what is still queued stays unfinished (its
     /// offsets are not committed).
     pub fn stop(&self) {
@@ -450,10 +524,10 @@ pub fn schedule(cfg: &DeliveryConfig, retries: Option<usize>) -> impl Iterator<I
     .map(full_jitter)
 }
 
-impl Pipeline {
+impl Dispatcher {
     /// The queue of `target`, created (with its lane tasks) on first use.
-    fn queue(self: &Arc<Self>, target: &Arc<str>) -> Arc<TargetQueue> {
-        let mut queues = self.dispatch.queues.lock().expect("queues lock");
+    fn queue(self: &Arc<Self>, target: &Arc<str>, reroute: &Arc<dyn Reroute>) -> Arc<TargetQueue> {
+        let mut queues = self.queues.lock().expect("queues lock");
         if let Some(q) = queues.get(target) {
             return q.clone();
         }
@@ -488,7 +562,7 @@ impl Pipeline {
                 }]),
         });
         for lane in 0..lanes {
-            tokio::spawn(self.clone().run_lane(q.clone(), lane));
+            tokio::spawn(self.clone().run_lane(q.clone(), lane, reroute.clone()));
         }
         queues.insert(target.clone(), q.clone());
         q
@@ -499,14 +573,15 @@ impl Pipeline {
     /// `delivery.key_order = "strict"`, a keyed copy whose key has copies in
     /// flight goes where they went (bound in the order given). One queue
     /// lookup, one lock and one wake-up per lane per target for all of
-    /// them: per record, these were about a tenth of the daemon's CPU in
-    /// `cdrs bench`.
+    /// them: done per record, these cost about a tenth of the daemon's CPU
+    /// in `cdrs bench`.
     ///
     /// Errors: [`Abandoned`] on a hard stop (the copies not queued yet stay
     /// unfinished).
     pub async fn enqueue_all(
         self: &Arc<Self>,
         mut jobs: Vec<(Arc<str>, Job)>,
+        reroute: &Arc<dyn Reroute>,
     ) -> Result<(), Abandoned> {
         let strict = self.delivery.load().cfg.key_order == KeyOrder::Strict;
         if strict {
@@ -524,14 +599,14 @@ impl Pipeline {
             }
         }
         for (target, jobs) in groups {
-            let q = self.queue(&target);
+            let q = self.queue(&target, reroute);
             // Fast path without a stop watcher: the queue has room for all.
             if let Ok(permits) = q.slots.try_acquire_many(jobs.len() as u32) {
                 permits.forget();
                 q.push_all(jobs.into_iter().map(Job::holding_slot).collect());
                 continue;
             }
-            let mut stop = self.dispatch.stop_signal();
+            let mut stop = self.stop_signal();
             for job in jobs {
                 tokio::select! {
                     permit = q.slots.acquire() => permit.expect("slots are never closed").forget(),
@@ -551,8 +626,13 @@ impl Pipeline {
             .is_some_and(|i| snapshot.targets[i].url.starts_with("kafka://"))
     }
 
-    async fn run_lane(self: Arc<Self>, q: Arc<TargetQueue>, lane: usize) {
-        let mut stop = self.dispatch.stop_signal();
+    async fn run_lane(
+        self: Arc<Self>,
+        q: Arc<TargetQueue>,
+        lane: usize,
+        reroute: Arc<dyn Reroute>,
+    ) {
+        let mut stop = self.stop_signal();
         loop {
             let mut max = self.delivery.load().cfg.max_batch;
             if self.is_kafka_target(&q.id) {
@@ -563,7 +643,7 @@ impl Pipeline {
             let Some(jobs) = q.take(lane, max, &mut stop).await else {
                 return;
             };
-            self.deliver(&q, jobs).await;
+            self.deliver(&q, jobs, &*reroute).await;
         }
     }
 
@@ -594,8 +674,8 @@ impl Pipeline {
     /// on; records no target can take wait here (backoff) or are
     /// dead-lettered. All copies of one key stay in one group, so they
     /// move, fail and arrive together, in offset order.
-    async fn deliver(self: &Arc<Self>, q: &TargetQueue, jobs: Vec<Job>) {
-        let mut stop = self.dispatch.stop_signal();
+    async fn deliver(self: &Arc<Self>, q: &TargetQueue, jobs: Vec<Job>, reroute: &dyn Reroute) {
+        let mut stop = self.stop_signal();
         let (mut groups, mut unplaced) = if &*q.id == PARKING {
             (Vec::new(), jobs)
         } else {
@@ -610,7 +690,7 @@ impl Pipeline {
                 .flatten()
                 .collect();
             failed.append(&mut unplaced);
-            if failed.is_empty() || self.dispatch.stopped() {
+            if failed.is_empty() || self.stopped() {
                 return;
             }
             // Offset order within each partition, as they were read.
@@ -621,7 +701,10 @@ impl Pipeline {
                     b.record.offset,
                 ))
             });
-            let (placed, waiting) = self.route_again(failed).await;
+            let Placed {
+                groups: placed,
+                waiting,
+            } = reroute.route_again(failed).await;
             groups = placed;
             if waiting.is_empty() {
                 idle = schedule(&self.delivery.load().cfg, None);
@@ -672,7 +755,7 @@ impl Pipeline {
             )
         };
         let (mut retries, mut deadline) = budget();
-        let mut stop = self.dispatch.stop_signal();
+        let mut stop = self.stop_signal();
         let gauge = self.metrics.breaker_state.with_label_values(&[&*id]);
         let mut tries = 0u32;
         // Later parts of a batch split after a 413, next to send last.
@@ -693,7 +776,7 @@ impl Pipeline {
             jobs
         };
         loop {
-            if self.dispatch.stopped() {
+            if self.stopped() {
                 return Vec::new();
             }
             let snapshot = self.registry.snapshot();
@@ -708,8 +791,8 @@ impl Pipeline {
                 let why = t.reason.clone().unwrap_or_else(|| "target is down".into());
                 return give_up(with_pending(jobs, &mut pending), "down", &why);
             }
-            let admit = self.dispatch.breakers.admit(&id, Instant::now());
-            gauge.set(self.dispatch.breakers.state(&id).gauge());
+            let admit = self.breakers.admit(&id, Instant::now());
+            gauge.set(self.breakers.state(&id).gauge());
             match admit {
                 Admit::Open => {
                     return give_up(
@@ -756,8 +839,8 @@ impl Pipeline {
             let e = match result {
                 Ok(()) => {
                     self.registry.end_delivery(&id, n, latency, None, false);
-                    self.dispatch.breakers.success(&cfg.breaker, &id, now);
-                    gauge.set(self.dispatch.breakers.state(&id).gauge());
+                    self.breakers.success(&cfg.breaker, &id, now);
+                    gauge.set(self.breakers.state(&id).gauge());
                     self.metrics
                         .deliveries
                         .with_label_values(&[&*id, "ok"])
@@ -807,11 +890,7 @@ impl Pipeline {
             // batch is as useless as a failing one: the breaker counts it.
             if e.retryable() || e.is_redirect() {
                 let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
-                if let Some(ej) = self
-                    .dispatch
-                    .breakers
-                    .failure(&cfg.breaker, &id, &targets, now)
-                {
+                if let Some(ej) = self.breakers.failure(&cfg.breaker, &id, &targets, now) {
                     tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
                         "circuit breaker open: target ejected");
                     self.metrics.ejections.with_label_values(&[&*id]).inc();
@@ -820,9 +899,9 @@ impl Pipeline {
                 }
             } else {
                 // The target answered: it is up, it just refuses these.
-                self.dispatch.breakers.success(&cfg.breaker, &id, now);
+                self.breakers.success(&cfg.breaker, &id, now);
             }
-            gauge.set(self.dispatch.breakers.state(&id).gauge());
+            gauge.set(self.breakers.state(&id).gauge());
             // 413 Payload Too Large: the server's body limit (nginx's
             // default is 1 MiB), not the records. Send the batch in halves,
             // in offset order; a single record still too large goes
@@ -857,207 +936,67 @@ impl Pipeline {
         }
     }
 
-    /// Asks the router again where `jobs` (offset order per partition) go,
-    /// with their failed targets marked down. All copies of one key go
-    /// where its first copy goes (or all wait). Records the router drops or
-    /// dead-letters finish here. Returns the groups per target (in first
-    /// appearance order) and the jobs no target can take.
-    async fn route_again(
-        self: &Arc<Self>,
-        jobs: Vec<Job>,
-    ) -> (Vec<(Arc<str>, Vec<Job>)>, Vec<Job>) {
-        let snapshot = self.registry.snapshot();
-        let view = if jobs.iter().all(|j| j.excluded.is_empty()) {
-            snapshot
-        } else {
-            let mut view: Snapshot = (*snapshot).clone();
-            view.version = self.dispatch.versions.fetch_add(1, Ordering::Relaxed);
-            for t in &mut view.targets {
-                if jobs.iter().any(|j| j.excluded.contains(&t.id)) {
-                    t.health = Health::Down;
-                }
-            }
-            Arc::new(view)
-        };
-        // The router is called per partition, as on the first pass.
-        let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<Job>> = BTreeMap::new();
-        for j in jobs {
-            by_partition
-                .entry((j.record.topic.clone(), j.record.partition))
-                .or_default()
-                .push(j);
-        }
-        let router = self.plugins.router.current();
-        let mut extra = vec![0u32; view.targets.len()];
-        let mut groups: Vec<(Arc<str>, Vec<Job>)> = Vec::new();
-        let mut waiting = Vec::new();
-        for ((topic, partition), jobs) in by_partition {
-            let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
-            let routes =
-                tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
-            self.plugins.router.check_health();
-            // Key → where its first copy went (None: waiting).
-            let mut keys: HashMap<u64, Option<usize>> = HashMap::new();
-            for (j, route) in jobs.into_iter().zip(routes) {
-                let allowed = |t: usize| {
-                    view.targets[t].health != Health::Down
-                        && !j.excluded.contains(&view.targets[t].id)
-                };
-                let decided = j.key.and_then(|h| keys.get(&h).copied());
-                let targets: Targets = match (decided, route) {
-                    (Some(Some(t)), _) => smallvec::smallvec![t],
-                    (Some(None), _) => Targets::new(),
-                    (None, Route::Targets(ts)) => {
-                        let up: Targets = ts.into_iter().filter(|&t| allowed(t)).collect();
-                        if up.is_empty() {
-                            fallback(&view, &extra).into_iter().collect()
-                        } else {
-                            up
-                        }
-                    }
-                    (None, Route::Default) => fallback(&view, &extra).into_iter().collect(),
-                    (None, Route::Drop) => {
-                        self.metrics.count("router", "dropped", 1);
-                        j.finish();
-                        continue;
-                    }
-                    (None, Route::DeadLetter(reason)) => {
-                        self.dead_letter_job(j, "router", &reason).await;
-                        continue;
-                    }
-                };
-                if let Some(h) = j.key {
-                    keys.entry(h).or_insert(targets.first().copied());
-                }
-                if targets.is_empty() {
-                    waiting.push(j);
-                    continue;
-                }
-                for &t in &targets {
-                    extra[t] += 1;
-                }
-                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
-                let mut copies: Vec<Job> = targets[1..]
-                    .iter()
-                    .map(|_| {
-                        let mut copy =
-                            Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
-                        copy.attempts = j.attempts;
-                        copy.excluded = j.excluded.clone();
-                        copy
-                    })
-                    .collect();
-                copies.insert(0, j);
-                for (job, &t) in copies.into_iter().zip(&targets) {
-                    let id = &view.targets[t].id;
-                    match groups.iter_mut().find(|(g, _)| g == id) {
-                        Some((_, js)) => js.push(job),
-                        None => groups.push((id.clone(), vec![job])),
-                    }
-                }
-            }
-        }
-        (groups, waiting)
-    }
-
-    /// Runs the filter-chain survivors of a fresh batch through the router
-    /// and queues them. A keyed record whose key has copies in flight
-    /// follows them (same target, same lane). Records no target can take
-    /// are parked (`when_no_target = "wait"`) or dead-lettered.
-    pub(crate) async fn place(self: &Arc<Self>, jobs: Vec<Job>) {
-        let view = self.registry.snapshot();
-        let router = self.plugins.router.current();
-        let (topic, partition) = match jobs.first() {
-            Some(j) => (j.record.topic.clone(), j.record.partition),
-            None => return,
-        };
-        let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
-        let routes = tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
-        self.plugins.router.check_health();
-        let mut extra = vec![0u32; view.targets.len()];
-        let (mut routed, mut defaulted) = (0, 0);
-        let mut unplaced = Vec::new();
-        let mut queued: Vec<(Arc<str>, Job)> = Vec::with_capacity(jobs.len());
-        for (mut j, route) in jobs.into_iter().zip(routes) {
-            let targets: Targets = match route {
-                Route::Targets(ts) => {
-                    let up: Targets = ts
-                        .into_iter()
-                        .filter(|&t| view.targets[t].health != Health::Down)
-                        .collect();
-                    if up.is_empty() {
-                        defaulted += 1;
-                        fallback(&view, &extra).into_iter().collect()
-                    } else {
-                        routed += 1;
-                        up
-                    }
-                }
-                Route::Default => {
-                    defaulted += 1;
-                    fallback(&view, &extra).into_iter().collect()
-                }
-                Route::Drop => {
-                    self.metrics.count("router", "dropped", 1);
-                    j.finish();
-                    continue;
-                }
-                Route::DeadLetter(reason) => {
-                    self.dead_letter_job(j, "router", &reason).await;
-                    continue;
-                }
-            };
-            if targets.is_empty() {
-                unplaced.push(j);
-                continue;
-            }
-            for &t in &targets {
-                extra[t] += 1;
-            }
-            if targets.len() > 1 {
-                // Fan-out copies are not bound to their key's route.
-                j.key = None;
-                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
-            }
-            for &t in &targets[1..] {
-                let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
-                queued.push((view.targets[t].id.clone(), copy));
-            }
-            queued.push((view.targets[targets[0]].id.clone(), j));
-        }
-        if self.enqueue_all(queued).await.is_err() {
-            return;
-        }
-        self.metrics.count("router", "routed", routed);
-        self.metrics.count("router", "defaulted", defaulted);
-        if self.delivery.load().cfg.when_no_target == WhenNoTarget::Wait {
-            // Parked, unless its key has copies in flight: then behind them.
-            let parking: Arc<str> = Arc::from(PARKING);
-            let parked = unplaced.into_iter().map(|j| (parking.clone(), j)).collect();
-            let _ = self.enqueue_all(parked).await;
-        } else {
-            for j in unplaced {
-                let why = "no target can take the record".to_string();
-                self.dead_letter_job(j, "delivery", &why).await;
-            }
-        }
-    }
-
     /// Dead-letters one copy and finishes it (unless the process stops
     /// first: then it stays unfinished).
-    async fn dead_letter_job(&self, j: Job, stage: &'static str, reason: &str) {
+    pub(crate) async fn dead_letter_job(&self, j: Job, stage: &'static str, reason: &str) {
         let why = DeadLetter {
             stage,
-            plugin: Some((&j.router.0, &j.router.1)),
+            plugin: Some((&j.router.name, &j.router.version)),
             reason,
             attempts: j.attempts,
         };
         if self
-            .dead_letter(&j.record, &why, &self.dispatch.stop_signal())
+            .dead_letter(&j.record, &why, &self.stop_signal())
             .await
             .is_ok()
         {
             j.finish();
+        }
+    }
+
+    /// The producer of `kafka://` targets, created on first use.
+    pub(crate) fn target_producer(&self) -> Result<&TargetProducer, String> {
+        self.target_producer
+            .get_or_init(|| {
+                TargetProducer::new(&self.brokers, &self.kafka_options)
+                    .map_err(|e| format!("failed to create the target producer: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Writes one dead letter, retrying with backoff until the broker acks
+    /// or shutdown.
+    pub(crate) async fn dead_letter(
+        &self,
+        r: &Record,
+        why: &DeadLetter<'_>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Abandoned> {
+        let mut backoff = schedule(&self.delivery.load().cfg, None);
+        loop {
+            match self.dead_letters.send(r, why).await {
+                Ok(()) => {
+                    self.metrics.count(why.stage, "dead_lettered", 1);
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[why.stage])
+                        .inc();
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(record = %r.id(), error = %e, "dead-letter write failed; retrying");
+                    if *shutdown.borrow() {
+                        return Err(Abandoned);
+                    }
+                    let wait = backoff.next().unwrap_or_default();
+                    let mut stop = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.wait_for(|s| *s) => return Err(Abandoned),
+                    }
+                }
+            }
         }
     }
 }

@@ -54,8 +54,8 @@ const MAX_CALL_US: u64 = 3_600_000_000;
 /// An empty histogram of call durations, µs, 1 µs .. [`MAX_CALL_US`].
 ///
 /// Fixed bounds: `saturating_record` never grows an auto-resizing
-/// histogram, it clamps to its current top (2 µs at first), which once hid
-/// every call over ~2 ms.
+/// histogram, it clamps to its current top (2 µs at first), so every
+/// longer call would read as that top.
 fn call_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, MAX_CALL_US, 3)
         .expect("1 µs .. 1 h at 3 significant digits is valid")

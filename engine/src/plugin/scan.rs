@@ -2,9 +2,9 @@
 //! imports and exports, and what compiling it would cost.
 //!
 //! Compiling is the one step of loading a plugin whose cost the plugin's
-//! author sets, and it is the costly one: a security review saw a 16 KB
-//! component take 5.8 s of CPU to compile before it was refused at link
-//! time, and concurrent uploads of it compiled it three times. Reading the
+//! author sets, and it is the costly one: a 16 KB component can take 5.8 s
+//! of CPU to compile only to be refused at link time, and concurrent
+//! uploads would compile it once each. Reading the
 //! binary with wasmparser (the version wasmtime itself uses) takes
 //! milliseconds, so [`Runtime::compile_bytes`] refuses a component over
 //! [`MAX_DECLARED_LOCALS`], [`MAX_CODE_BYTES`] or [`MAX_FUNCTIONS`], or one

@@ -440,7 +440,8 @@ mod tests {
     #[tokio::test]
     async fn an_error_body_is_cut_at_a_character_boundary_and_not_held_whole() {
         // 199 ASCII bytes, then a 2-byte character across the 200-byte
-        // cut, then 1 MiB: the cut used to panic inside the lane.
+        // cut, then 1 MiB: the cut must land on a character boundary and
+        // keep at most 200 bytes.
         let mut body = vec![b'a'; 199];
         body.extend_from_slice("é".as_bytes());
         body.extend(std::iter::repeat_n(b'b', 1 << 20));

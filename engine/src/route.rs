@@ -1,0 +1,447 @@
+//! The router step: where each record goes.
+//!
+//! ```text
+//!  filter survivors ─► router plugin ─► decide ─► target queues (dispatch)
+//!                                         │ no target: parking queue (wait)
+//!                                         │   or dead-letter topic
+//!  a target failed for good ─► router plugin, failed targets marked down ─► decide
+//! ```
+//!
+//! One decision table ([`decide`]) serves both passes: a router's targets
+//! that are down (or failed this record) are left out; if none is left, or
+//! the router answered `default`, the host's own policy ([`fallback`])
+//! picks one. On the second pass every copy of a key goes where its first
+//! copy goes, so a key's records stay together and in offset order.
+
+use crate::capacity::{Health, Snapshot};
+use crate::config::WhenNoTarget;
+use crate::dispatch::{Dispatcher, Job, Placed, Reroute, PARKING};
+use crate::metrics::Metrics;
+use crate::plugin::router::{Route, RouterPlugin, Targets};
+use crate::plugin::slot::Slot;
+use crate::record::Record;
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the host does with one record, given the router's answer.
+#[derive(Debug, PartialEq)]
+pub enum Placement {
+    /// Deliver to these targets (indexes into the snapshot; empty: no
+    /// target can take it now). `defaulted`: the host's policy chose.
+    Targets { targets: Targets, defaulted: bool },
+    /// The router dropped it.
+    Drop,
+    /// The router dead-lettered it, for this reason.
+    DeadLetter(String),
+}
+
+/// The decision table. `route` is the router's answer for a record,
+/// `excluded` the targets it already failed at; `extra[t]` counts the
+/// records placed on target `t` earlier in this pass (for [`fallback`]).
+pub fn decide(view: &Snapshot, extra: &[u32], route: Route, excluded: &[Arc<str>]) -> Placement {
+    let allowed = |t: usize| {
+        let target = &view.targets[t];
+        target.health != Health::Down && !excluded.contains(&target.id)
+    };
+    let by_host = || Placement::Targets {
+        targets: fallback(view, extra).into_iter().collect(),
+        defaulted: true,
+    };
+    match route {
+        Route::Targets(ts) => {
+            let up: Targets = ts.into_iter().filter(|&t| allowed(t)).collect();
+            if up.is_empty() {
+                by_host()
+            } else {
+                Placement::Targets {
+                    targets: up,
+                    defaulted: false,
+                }
+            }
+        }
+        Route::Default => by_host(),
+        Route::Drop => Placement::Drop,
+        Route::DeadLetter(reason) => Placement::DeadLetter(reason),
+    }
+}
+
+/// The host's built-in policy (router `default`, a router that chose only
+/// down targets, or none that could decide): power of two choices, two
+/// healthy targets drawn at random and the one with the lower
+/// `(own in-flight + placed in this batch + 1) / (capacity × weight)` wins —
+/// CDRS's own counts, so stale or missing heartbeats
+/// cannot mislead it (Mitzenmacher, "The Power of Two Choices in Randomized
+/// Load Balancing", 2001). Degraded targets only when no healthy one
+/// exists. `None` if all are down.
+pub fn fallback(snapshot: &Snapshot, extra: &[u32]) -> Option<usize> {
+    let load = |i: usize| {
+        let t = &snapshot.targets[i];
+        (f64::from(t.own_inflight) + f64::from(extra[i]) + 1.0)
+            / (f64::from(t.capacity) * f64::from(t.weight)).max(1.0)
+    };
+    for wanted in [Health::Healthy, Health::Degraded] {
+        let up: Vec<usize> = (0..snapshot.targets.len())
+            .filter(|&i| snapshot.targets[i].health == wanted)
+            .collect();
+        match up.len() {
+            0 => continue,
+            1 => return Some(up[0]),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (up[a], up[b]);
+                return Some(if load(a) <= load(b) { a } else { b });
+            }
+        }
+    }
+    None
+}
+
+/// The router step of the pipeline: calls the router plugin, applies
+/// [`decide`], and hands the records to the dispatcher.
+pub struct Routing {
+    router: Arc<Slot<RouterPlugin>>,
+    dispatch: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    /// Versions of the derived snapshots given to the router on re-route
+    /// (from 2^62, apart from the registry's).
+    versions: AtomicU64,
+}
+
+impl Routing {
+    pub fn new(
+        router: Arc<Slot<RouterPlugin>>,
+        dispatch: Arc<Dispatcher>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Routing> {
+        Arc::new(Routing {
+            router,
+            dispatch,
+            metrics,
+            versions: AtomicU64::new(1 << 62),
+        })
+    }
+
+    /// Finishes a record the router dropped or dead-lettered; the targets
+    /// of one it placed.
+    async fn settle(&self, j: Job, placement: Placement) -> Option<(Job, Targets, bool)> {
+        match placement {
+            Placement::Targets { targets, defaulted } => Some((j, targets, defaulted)),
+            Placement::Drop => {
+                self.metrics.count("router", "dropped", 1);
+                j.finish();
+                None
+            }
+            Placement::DeadLetter(reason) => {
+                self.dispatch.dead_letter_job(j, "router", &reason).await;
+                None
+            }
+        }
+    }
+
+    /// Runs the filter-chain survivors of a fresh batch (one partition,
+    /// offset order) through the router and queues them. A keyed record
+    /// whose key has copies in flight follows them (same target, same
+    /// lane). Records no target can take are parked
+    /// (`when_no_target = "wait"`) or dead-lettered.
+    pub async fn place(self: &Arc<Self>, jobs: Vec<Job>) {
+        let view = self.dispatch.registry.snapshot();
+        let router = self.router.current();
+        let (topic, partition) = match jobs.first() {
+            Some(j) => (j.record.topic.clone(), j.record.partition),
+            None => return,
+        };
+        let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
+        let routes = tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
+        self.router.check_health();
+        let mut extra = vec![0u32; view.targets.len()];
+        let (mut routed, mut defaulted) = (0, 0);
+        let mut unplaced = Vec::new();
+        let mut queued: Vec<(Arc<str>, Job)> = Vec::with_capacity(jobs.len());
+        for (j, route) in jobs.into_iter().zip(routes) {
+            let placement = decide(&view, &extra, route, &j.excluded);
+            let Some((mut j, targets, by_host)) = self.settle(j, placement).await else {
+                continue;
+            };
+            if by_host {
+                defaulted += 1;
+            } else {
+                routed += 1;
+            }
+            if targets.is_empty() {
+                unplaced.push(j);
+                continue;
+            }
+            for &t in &targets {
+                extra[t] += 1;
+            }
+            if targets.len() > 1 {
+                // Fan-out copies are not bound to their key's route.
+                j.key = None;
+                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
+            }
+            for &t in &targets[1..] {
+                let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
+                queued.push((view.targets[t].id.clone(), copy));
+            }
+            queued.push((view.targets[targets[0]].id.clone(), j));
+        }
+        let reroute: Arc<dyn Reroute> = self.clone();
+        if self.dispatch.enqueue_all(queued, &reroute).await.is_err() {
+            return;
+        }
+        self.metrics.count("router", "routed", routed);
+        self.metrics.count("router", "defaulted", defaulted);
+        let when_no_target = self.dispatch.delivery.load().cfg.when_no_target;
+        if when_no_target == WhenNoTarget::Wait {
+            // Parked, unless its key has copies in flight: then behind them.
+            let parking: Arc<str> = Arc::from(PARKING);
+            let parked = unplaced.into_iter().map(|j| (parking.clone(), j)).collect();
+            let _ = self.dispatch.enqueue_all(parked, &reroute).await;
+        } else {
+            for j in unplaced {
+                let why = "no target can take the record".to_string();
+                self.dispatch.dead_letter_job(j, "delivery", &why).await;
+            }
+        }
+    }
+
+    /// Asks the router again where `jobs` (offset order per partition) go,
+    /// with their failed targets marked down. All copies of one key go
+    /// where its first copy goes (or all wait). Records the router drops or
+    /// dead-letters finish here.
+    async fn place_again(&self, jobs: Vec<Job>) -> Placed {
+        let snapshot = self.dispatch.registry.snapshot();
+        let view = if jobs.iter().all(|j| j.excluded.is_empty()) {
+            snapshot
+        } else {
+            let mut view: Snapshot = (*snapshot).clone();
+            view.version = self.versions.fetch_add(1, Ordering::Relaxed);
+            for t in &mut view.targets {
+                if jobs.iter().any(|j| j.excluded.contains(&t.id)) {
+                    t.health = Health::Down;
+                }
+            }
+            Arc::new(view)
+        };
+        // The router is called per partition, as on the first pass.
+        let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<Job>> = BTreeMap::new();
+        for j in jobs {
+            by_partition
+                .entry((j.record.topic.clone(), j.record.partition))
+                .or_default()
+                .push(j);
+        }
+        let router = self.router.current();
+        let mut extra = vec![0u32; view.targets.len()];
+        let mut placed = Placed::default();
+        for ((topic, partition), jobs) in by_partition {
+            let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
+            let routes =
+                tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
+            self.router.check_health();
+            // Key → where its first copy went (None: waiting).
+            let mut keys: HashMap<u64, Option<usize>> = HashMap::new();
+            for (j, route) in jobs.into_iter().zip(routes) {
+                let placement = match j.key.and_then(|h| keys.get(&h).copied()) {
+                    Some(first) => Placement::Targets {
+                        targets: first.into_iter().collect(),
+                        defaulted: false,
+                    },
+                    None => decide(&view, &extra, route, &j.excluded),
+                };
+                let Some((j, targets, _)) = self.settle(j, placement).await else {
+                    continue;
+                };
+                if let Some(h) = j.key {
+                    keys.entry(h).or_insert(targets.first().copied());
+                }
+                if targets.is_empty() {
+                    placed.waiting.push(j);
+                    continue;
+                }
+                for &t in &targets {
+                    extra[t] += 1;
+                }
+                j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
+                let mut copies: Vec<Job> = targets[1..]
+                    .iter()
+                    .map(|_| {
+                        let mut copy =
+                            Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
+                        copy.attempts = j.attempts;
+                        copy.excluded = j.excluded.clone();
+                        copy
+                    })
+                    .collect();
+                copies.insert(0, j);
+                for (job, &t) in copies.into_iter().zip(&targets) {
+                    let id = &view.targets[t].id;
+                    match placed.groups.iter_mut().find(|(g, _)| g == id) {
+                        Some((_, js)) => js.push(job),
+                        None => placed.groups.push((id.clone(), vec![job])),
+                    }
+                }
+            }
+        }
+        placed
+    }
+}
+
+impl Reroute for Routing {
+    fn route_again(&self, jobs: Vec<Job>) -> BoxFuture<'_, Placed> {
+        Box::pin(self.place_again(jobs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::TargetView;
+
+    fn target(id: &str, capacity: u32, own_inflight: u32, health: Health) -> TargetView {
+        TargetView {
+            id: id.into(),
+            url: format!("http://127.0.0.1:1/{id}").into(),
+            zone: None,
+            labels: Vec::new(),
+            weight: 1,
+            capacity,
+            inflight: 0,
+            own_inflight,
+            queue_depth: 0,
+            cpu_permille: 0,
+            mem_permille: 0,
+            latency_p99_ms: 0,
+            latency_ewma_us: 0,
+            error_rate_permille: 0,
+            health,
+            reason: None,
+            report_age_ms: None,
+            feed: None,
+            phi: None,
+            dynamic: false,
+            slow_start_percent: None,
+        }
+    }
+
+    fn snapshot(targets: Vec<TargetView>) -> Snapshot {
+        Snapshot {
+            version: 1,
+            targets,
+        }
+    }
+
+    fn routed(targets: &[usize]) -> Placement {
+        Placement::Targets {
+            targets: targets.iter().copied().collect(),
+            defaulted: false,
+        }
+    }
+
+    /// Every row of the decision table.
+    #[test]
+    fn the_decision_table() {
+        let view = snapshot(vec![
+            target("a", 100, 0, Health::Healthy),
+            target("b", 100, 0, Health::Down),
+            target("c", 100, 0, Health::Degraded),
+        ]);
+        let extra = [0; 3];
+        let none: &[Arc<str>] = &[];
+        let route = |ts: &[usize]| Route::Targets(ts.iter().copied().collect());
+        // The router's targets, down ones left out (degraded ones kept).
+        assert_eq!(
+            decide(&view, &extra, route(&[0, 1, 2]), none),
+            routed(&[0, 2])
+        );
+        // Only down targets, or `default`: the host's policy, healthy first.
+        let by_host = Placement::Targets {
+            targets: smallvec::smallvec![0],
+            defaulted: true,
+        };
+        assert_eq!(decide(&view, &extra, route(&[1]), none), by_host);
+        assert_eq!(decide(&view, &extra, Route::Default, none), by_host);
+        // A target this record already failed at counts as down.
+        let failed_a: &[Arc<str>] = &["a".into()];
+        assert_eq!(
+            decide(&view, &extra, route(&[0, 2]), failed_a),
+            routed(&[2])
+        );
+        assert_eq!(
+            decide(&view, &extra, Route::Drop, none),
+            Placement::Drop,
+            "drop"
+        );
+        assert_eq!(
+            decide(&view, &extra, Route::DeadLetter("bad".into()), none),
+            Placement::DeadLetter("bad".into())
+        );
+        // Nothing up: no target (the caller parks or dead-letters).
+        let all_down = snapshot(vec![target("a", 100, 0, Health::Down)]);
+        assert_eq!(
+            decide(&all_down, &[0], Route::Default, none),
+            Placement::Targets {
+                targets: Targets::new(),
+                defaulted: true
+            }
+        );
+    }
+
+    #[test]
+    fn fallback_prefers_healthy_then_degraded() {
+        let degraded_only = snapshot(vec![
+            target("a", 100, 0, Health::Down),
+            target("b", 100, 0, Health::Degraded),
+        ]);
+        assert_eq!(fallback(&degraded_only, &[0, 0]), Some(1));
+        let mixed = snapshot(vec![
+            target("a", 100, 0, Health::Degraded),
+            target("b", 100, 0, Health::Healthy),
+        ]);
+        for _ in 0..100 {
+            assert_eq!(fallback(&mixed, &[0, 0]), Some(1));
+        }
+        assert_eq!(fallback(&snapshot(Vec::new()), &[]), None);
+    }
+
+    /// With two candidates both are drawn, so the less loaded one always
+    /// wins, counting CDRS's own in-flight records, those placed earlier in
+    /// the pass, and capacity.
+    #[test]
+    fn fallback_picks_the_less_loaded_of_two() {
+        let busy_a = snapshot(vec![
+            target("a", 100, 50, Health::Healthy),
+            target("b", 100, 10, Health::Healthy),
+        ]);
+        let bigger_b = snapshot(vec![
+            target("a", 100, 10, Health::Healthy),
+            target("b", 400, 20, Health::Healthy),
+        ]);
+        for _ in 0..100 {
+            assert_eq!(fallback(&busy_a, &[0, 0]), Some(1));
+            assert_eq!(fallback(&busy_a, &[0, 60]), Some(0));
+            assert_eq!(fallback(&bigger_b, &[0, 0]), Some(1));
+        }
+    }
+
+    /// Over many picks among equal targets, each gets a fair share.
+    #[test]
+    fn fallback_spreads_equal_targets() {
+        let view = snapshot(
+            (0..4)
+                .map(|i| target(&format!("t{i}"), 100, 0, Health::Healthy))
+                .collect(),
+        );
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            counts[fallback(&view, &[0; 4]).expect("a target")] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (700..=1300).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}
