@@ -20,7 +20,6 @@
 pub mod admin;
 pub mod capacity;
 pub mod config;
-pub mod convert;
 pub mod daemon;
 pub mod dispatch;
 pub mod kafka;

@@ -92,7 +92,7 @@ impl Pipeline {
                 match v {
                     Verdict::Keep => kept.push(r),
                     Verdict::Transform(rw) => {
-                        crate::convert::apply_rewrite(&mut r, rw);
+                        crate::plugin::convert::apply_rewrite(&mut r, rw);
                         transformed += 1;
                         kept.push(r);
                     }

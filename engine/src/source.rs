@@ -32,7 +32,6 @@
 //!   `pipeline.shutdown_grace_ms`, stop the dispatcher, commit, leave.
 
 use crate::config::{KafkaConfig, PipelineConfig};
-use crate::convert;
 use crate::dispatch::Partition;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -139,7 +138,7 @@ impl PartitionQueue {
         let n = usize::try_from(n).unwrap_or(0);
         for &m in &raw[..n] {
             // SAFETY: `m` is a valid message until destroyed right after.
-            match unsafe { convert::record_from_raw(m, topic) } {
+            match unsafe { crate::kafka::record_from_raw(m, topic) } {
                 Ok(r) => out.push(r),
                 Err(e) => tracing::warn!(topic = %topic, error = %e, "consumer error"),
             }

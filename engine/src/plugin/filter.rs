@@ -3,11 +3,11 @@
 use super::bindings::filter::{Filter, FilterPre};
 use super::bindings::packed_filter::{PackedFilter, PackedFilterPre};
 use super::bindings::types::{Batch, Verdict};
+use super::convert::{self, HeaderSelection};
 use super::{
     cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
 };
 use crate::config::PluginConfig;
-use crate::convert::{self, HeaderSelection};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;

@@ -24,6 +24,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod contract;
+pub mod convert;
 pub mod filter;
 pub mod router;
 pub mod scaffold;

@@ -5,12 +5,12 @@
 use super::bindings::packed_router::{PackedRouter, PackedRouterPre};
 use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Batch, Decision, RouterOptions};
+use super::convert::{self, HeaderSelection};
 use super::{
     cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
 };
 use crate::capacity::Snapshot;
 use crate::config::PluginConfig;
-use crate::convert::{self, HeaderSelection};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;

@@ -1,80 +1,10 @@
-//! Every conversion between rdkafka types, WIT binding types and the host's
-//! own types, in one place.
+//! Every conversion between the WIT binding types and the host's own
+//! types (records, verdicts, decisions, targets), in one place.
 
+use super::bindings::types as wit;
 use crate::capacity::{Health, TargetView};
-use crate::plugin::bindings::types as wit;
 use crate::record::Record;
 use cdrs_plugin_sdk::layout::{codes, Tables};
-use rdkafka::bindings as rd;
-use rdkafka::error::KafkaError;
-use std::ffi::CStr;
-use std::sync::Arc;
-
-/// The host's [`Record`] of a message librdkafka fetched (`m` from
-/// `rd_kafka_consume_batch_queue`): key, value and headers copied, the
-/// timestamp when the record has one. `topic` is the interned name.
-///
-/// Errors: the message is an error for its partition (`m->err` set), as
-/// librdkafka reports fetch failures.
-///
-/// # Safety
-/// `m` must be a valid message, not yet destroyed.
-pub unsafe fn record_from_raw(
-    m: *const rd::rd_kafka_message_t,
-    topic: &Arc<str>,
-) -> Result<Record, KafkaError> {
-    // SAFETY: the caller's contract.
-    let msg = unsafe { &*m };
-    if msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        return Err(KafkaError::MessageConsumption(msg.err.into()));
-    }
-    // SAFETY: librdkafka's pointer and length for the message's lifetime.
-    let bytes = |p: *mut std::ffi::c_void, len: usize| {
-        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec())
-    };
-    let mut ts_type = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
-    // SAFETY: valid message and out-pointer.
-    let ts = unsafe { rd::rd_kafka_message_timestamp(m, &mut ts_type) };
-    let timestamp_ms = (ts_type != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
-        && ts != -1)
-        .then_some(ts);
-    let mut headers = Vec::new();
-    let mut hdrs = std::ptr::null_mut();
-    // SAFETY: valid message; `hdrs` stays owned by the message.
-    if unsafe { rd::rd_kafka_message_headers(m, &mut hdrs) }
-        == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-    {
-        for i in 0.. {
-            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0);
-            // SAFETY: valid header list; out-pointers to locals.
-            let found =
-                unsafe { rd::rd_kafka_header_get_all(hdrs, i, &mut name, &mut value, &mut size) };
-            if found != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                break;
-            }
-            // SAFETY: NUL-terminated name and `size` value bytes owned by
-            // the header list.
-            let key = unsafe { CStr::from_ptr(name) }
-                .to_string_lossy()
-                .into_owned();
-            if crate::record::is_reserved_header(&key) {
-                continue;
-            }
-            let value = (!value.is_null())
-                .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
-            headers.push((key, value));
-        }
-    }
-    Ok(Record {
-        topic: topic.clone(),
-        partition: msg.partition,
-        offset: msg.offset,
-        timestamp_ms,
-        key: bytes(msg.key, msg.key_len),
-        value: bytes(msg.payload, msg.len),
-        headers,
-    })
-}
 
 /// Encodes records of one partition as the contract's packed `batch`
 /// (layout in `sdk/wit/plugin.wit`, written by the SDK's `layout::Tables`)
