@@ -15,7 +15,7 @@
 
 use crate::capacity::{Health, Snapshot};
 use crate::config::WhenNoTarget;
-use crate::dispatch::{Dispatcher, Job, Placed, Reroute, PARKING};
+use crate::dispatch::{Destination, Dispatcher, Job, Placed, Reroute};
 use crate::metrics::Metrics;
 use crate::plugin::router::{Route, RouterPlugin, Targets};
 use crate::plugin::slot::Slot;
@@ -159,7 +159,7 @@ impl Routing {
         let mut extra = vec![0u32; view.targets.len()];
         let (mut routed, mut defaulted) = (0, 0);
         let mut unplaced = Vec::new();
-        let mut queued: Vec<(Arc<str>, Job)> = Vec::with_capacity(jobs.len());
+        let mut queued: Vec<(Destination, Job)> = Vec::with_capacity(jobs.len());
         for (j, route) in jobs.into_iter().zip(routes) {
             let placement = decide(&view, &extra, route, &j.excluded);
             let Some((mut j, targets, by_host)) = self.settle(j, placement).await else {
@@ -184,9 +184,9 @@ impl Routing {
             }
             for &t in &targets[1..] {
                 let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
-                queued.push((view.targets[t].id.clone(), copy));
+                queued.push((Destination::Target(view.targets[t].id.clone()), copy));
             }
-            queued.push((view.targets[targets[0]].id.clone(), j));
+            queued.push((Destination::Target(view.targets[targets[0]].id.clone()), j));
         }
         let reroute: Arc<dyn Reroute> = self.clone();
         if self.dispatch.enqueue_all(queued, &reroute).await.is_err() {
@@ -197,8 +197,10 @@ impl Routing {
         let when_no_target = self.dispatch.delivery.load().cfg.when_no_target;
         if when_no_target == WhenNoTarget::Wait {
             // Parked, unless its key has copies in flight: then behind them.
-            let parking: Arc<str> = Arc::from(PARKING);
-            let parked = unplaced.into_iter().map(|j| (parking.clone(), j)).collect();
+            let parked = unplaced
+                .into_iter()
+                .map(|j| (Destination::Parking, j))
+                .collect();
             let _ = self.dispatch.enqueue_all(parked, &reroute).await;
         } else {
             for j in unplaced {

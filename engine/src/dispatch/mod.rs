@@ -32,7 +32,7 @@
 
 pub mod breaker;
 
-use crate::capacity::{Health, Registry};
+use crate::capacity::{Health, Registry, Snapshot};
 use crate::config::{DeliveryConfig, KeyOrder, WhenNoTarget};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
@@ -50,9 +50,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 
-/// The id of the parking queue: records no target can take, waiting
+/// Where a placed record waits for delivery: the queue of a target, or
+/// the parking queue of records no target can take now
 /// (`delivery.when_no_target = "wait"`).
-pub(crate) const PARKING: &str = "";
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Target(Arc<str>),
+    Parking,
+}
+
+impl Destination {
+    /// The `target` label of the queue's metrics.
+    fn label(&self) -> &str {
+        match self {
+            Destination::Target(id) => id,
+            Destination::Parking => "(parking)",
+        }
+    }
+}
 
 /// Delivery settings from `[delivery]`, with the HTTP client built from
 /// them; replaced whole on config reload.
@@ -127,7 +142,7 @@ struct PartitionState {
 }
 
 struct KeyRoute {
-    target: Arc<str>,
+    target: Destination,
     copies: u32,
 }
 
@@ -224,7 +239,7 @@ impl Partition {
     /// the key already has copies in flight — redirects the job to the
     /// target they are bound to: they all sit in one lane there, in offset
     /// order, and move together.
-    fn bind_keys(&self, jobs: &mut [(Arc<str>, Job)]) {
+    fn bind_keys(&self, jobs: &mut [(Destination, Job)]) {
         let mut st = self.state.lock().expect("partition lock");
         for (target, j) in jobs {
             if let Some(h) = j.key {
@@ -377,7 +392,7 @@ struct Lane {
 
 /// One target's queue: FIFO lanes and the slots bounding fresh records.
 pub struct TargetQueue {
-    id: Arc<str>,
+    id: Destination,
     lanes: Vec<Lane>,
     slots: Semaphore,
     depth: prometheus::IntGauge,
@@ -445,7 +460,7 @@ impl TargetQueue {
 /// and circuit breakers, the sinks, and the hard-stop signal. Shared by all
 /// partition workers and lanes.
 pub struct Dispatcher {
-    queues: Mutex<HashMap<Arc<str>, Arc<TargetQueue>>>,
+    queues: Mutex<HashMap<Destination, Arc<TargetQueue>>>,
     pub breakers: Breakers,
     stop_tx: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
@@ -524,9 +539,67 @@ pub fn schedule(cfg: &DeliveryConfig, retries: Option<usize>) -> impl Iterator<I
     .map(full_jitter)
 }
 
+/// What [`Dispatcher::admit`] allows.
+enum Admission {
+    /// Send to this URL.
+    Send(Arc<str>),
+    /// The breaker spaces its probes: ask again after this.
+    Wait(Duration),
+    /// Route the records elsewhere (`cdrs_rerouted_records_total` label,
+    /// reason).
+    Refused(&'static str, String),
+}
+
+/// One delivery's retry budget at a target: `delivery.max_attempts`
+/// attempts on the backoff schedule, within `delivery.retry_deadline_ms`.
+struct Budget {
+    retries: Box<dyn Iterator<Item = Duration> + Send>,
+    deadline: Instant,
+    tries: u32,
+}
+
+impl Budget {
+    fn new(cfg: &DeliveryConfig) -> Budget {
+        Budget {
+            retries: Box::new(schedule(
+                cfg,
+                Some(cfg.max_attempts.saturating_sub(1) as usize),
+            )),
+            deadline: Instant::now() + Duration::from_millis(cfg.retry_deadline_ms),
+            tries: 0,
+        }
+    }
+
+    /// How long to wait before retrying after `e`; `None` when the records
+    /// should go elsewhere: `e` is not retryable or the target unreachable,
+    /// or the budget is spent. A `Retry-After` is honoured while attempts
+    /// remain.
+    fn next_wait(
+        &mut self,
+        cfg: &DeliveryConfig,
+        e: &DeliveryError,
+        now: Instant,
+    ) -> Option<Duration> {
+        if !e.retryable() || e.unreachable() {
+            return None;
+        }
+        let wait = match e.retry_after() {
+            Some(ra) if self.tries < cfg.max_attempts => Some(ra),
+            Some(_) => None,
+            None => self.retries.next(),
+        };
+        // `checked_add`: a `Retry-After` of 10^19 s overflows `Instant`.
+        wait.filter(|w| now.checked_add(*w).is_some_and(|t| t < self.deadline))
+    }
+}
+
 impl Dispatcher {
     /// The queue of `target`, created (with its lane tasks) on first use.
-    fn queue(self: &Arc<Self>, target: &Arc<str>, reroute: &Arc<dyn Reroute>) -> Arc<TargetQueue> {
+    fn queue(
+        self: &Arc<Self>,
+        target: &Destination,
+        reroute: &Arc<dyn Reroute>,
+    ) -> Arc<TargetQueue> {
         let mut queues = self.queues.lock().expect("queues lock");
         if let Some(q) = queues.get(target) {
             return q.clone();
@@ -555,11 +628,7 @@ impl Dispatcher {
             depth: self
                 .metrics
                 .target_queue
-                .with_label_values(&[if &**target == PARKING {
-                    "(parking)"
-                } else {
-                    target
-                }]),
+                .with_label_values(&[target.label()]),
         });
         for lane in 0..lanes {
             tokio::spawn(self.clone().run_lane(q.clone(), lane, reroute.clone()));
@@ -580,7 +649,7 @@ impl Dispatcher {
     /// unfinished).
     pub async fn enqueue_all(
         self: &Arc<Self>,
-        mut jobs: Vec<(Arc<str>, Job)>,
+        mut jobs: Vec<(Destination, Job)>,
         reroute: &Arc<dyn Reroute>,
     ) -> Result<(), Abandoned> {
         let strict = self.delivery.load().cfg.key_order == KeyOrder::Strict;
@@ -591,7 +660,7 @@ impl Dispatcher {
             }
         }
         // By target, in order of first appearance; offset order within each.
-        let mut groups: Vec<(Arc<str>, Vec<Job>)> = Vec::new();
+        let mut groups: Vec<(Destination, Vec<Job>)> = Vec::new();
         for (t, j) in jobs {
             match groups.iter_mut().rev().find(|(g, _)| *g == t) {
                 Some((_, js)) => js.push(j),
@@ -619,7 +688,10 @@ impl Dispatcher {
     }
 
     /// Whether `target`'s URL in the current snapshot is `kafka://`.
-    fn is_kafka_target(&self, target: &str) -> bool {
+    fn is_kafka_target(&self, target: &Destination) -> bool {
+        let Destination::Target(target) = target else {
+            return false;
+        };
         let snapshot = self.registry.snapshot();
         snapshot
             .index_of(target)
@@ -676,10 +748,9 @@ impl Dispatcher {
     /// move, fail and arrive together, in offset order.
     async fn deliver(self: &Arc<Self>, q: &TargetQueue, jobs: Vec<Job>, reroute: &dyn Reroute) {
         let mut stop = self.stop_signal();
-        let (mut groups, mut unplaced) = if &*q.id == PARKING {
-            (Vec::new(), jobs)
-        } else {
-            (vec![(q.id.clone(), jobs)], Vec::new())
+        let (mut groups, mut unplaced) = match &q.id {
+            Destination::Parking => (Vec::new(), jobs),
+            Destination::Target(id) => (vec![(id.clone(), jobs)], Vec::new()),
         };
         let mut idle = schedule(&self.delivery.load().cfg, None);
         loop {
@@ -748,70 +819,31 @@ impl Dispatcher {
     async fn deliver_to(self: &Arc<Self>, id: Arc<str>, mut jobs: Vec<Job>) -> Vec<Job> {
         let delivery = self.delivery.load_full();
         let cfg = &delivery.cfg;
-        let budget = || {
-            (
-                schedule(cfg, Some(cfg.max_attempts.saturating_sub(1) as usize)),
-                Instant::now() + Duration::from_millis(cfg.retry_deadline_ms),
-            )
-        };
-        let (mut retries, mut deadline) = budget();
+        let mut budget = Budget::new(cfg);
         let mut stop = self.stop_signal();
         let gauge = self.metrics.breaker_state.with_label_values(&[&*id]);
-        let mut tries = 0u32;
         // Later parts of a batch split after a 413, next to send last.
         let mut pending: Vec<Vec<Job>> = Vec::new();
-        let give_up = |mut jobs: Vec<Job>, label: &str, why: &str| {
-            tracing::debug!(target_id = %id, records = jobs.len(), reason = why, "routing records again");
-            self.metrics
-                .rerouted
-                .with_label_values(&[&*id, label])
-                .inc_by(jobs.len() as u64);
-            self.metrics.count("delivery", "rerouted", jobs.len());
-            for j in &mut jobs {
-                if !j.excluded.contains(&id) {
-                    j.excluded.push(id.clone());
-                }
-                j.last_error = format!("{id}: {why}");
-            }
-            jobs
-        };
         loop {
             if self.stopped() {
                 return Vec::new();
             }
             let snapshot = self.registry.snapshot();
-            let Some(t) = snapshot.index_of(&id).map(|i| &snapshot.targets[i]) else {
-                return give_up(
-                    with_pending(jobs, &mut pending),
-                    "removed",
-                    "target no longer exists",
-                );
-            };
-            if t.health == Health::Down {
-                let why = t.reason.clone().unwrap_or_else(|| "target is down".into());
-                return give_up(with_pending(jobs, &mut pending), "down", &why);
-            }
-            let admit = self.breakers.admit(&id, Instant::now());
-            gauge.set(self.breakers.state(&id).gauge());
-            match admit {
-                Admit::Open => {
-                    return give_up(
-                        with_pending(jobs, &mut pending),
-                        "breaker_open",
-                        "circuit breaker open",
-                    )
-                }
-                Admit::Wait(w) => {
+            let url = match self.admit(&id, &snapshot, &gauge) {
+                Admission::Send(url) => url,
+                Admission::Wait(w) => {
                     tokio::time::sleep(w).await;
                     continue;
                 }
-                Admit::Send | Admit::Probe => {}
-            }
-            tries += 1;
+                Admission::Refused(label, why) => {
+                    return self.give_up(&id, with_pending(jobs, &mut pending), label, &why);
+                }
+            };
+            budget.tries += 1;
             for j in &mut jobs {
                 j.attempts += 1;
             }
-            if tries > 1 {
+            if budget.tries > 1 {
                 self.metrics
                     .retries
                     .with_label_values(&[&*id])
@@ -821,7 +853,7 @@ impl Dispatcher {
             let n = refs.len() as u32;
             self.registry.begin_delivery(&id, n);
             let started = Instant::now();
-            let result = self.send(cfg, &t.url, &refs).await;
+            let result = self.send(cfg, &url, &refs).await;
             let latency = started.elapsed();
             self.metrics
                 .delivery_seconds
@@ -841,37 +873,13 @@ impl Dispatcher {
                     self.registry.end_delivery(&id, n, latency, None, false);
                     self.breakers.success(&cfg.breaker, &id, now);
                     gauge.set(self.breakers.state(&id).gauge());
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&[&*id, "ok"])
-                        .inc();
-                    let mut dead = Vec::with_capacity(refused.len());
-                    if !refused.is_empty() {
-                        let mut all: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-                        for (i, why) in refused {
-                            if let Some(j) = all.get_mut(i).and_then(Option::take) {
-                                dead.push((j, format!("{id}: {why}")));
-                            }
-                        }
-                        jobs = all.into_iter().flatten().collect();
-                    }
-                    self.metrics
-                        .delivered_records
-                        .with_label_values(&[&*id])
-                        .inc_by(jobs.len() as u64);
-                    self.metrics.count("delivery", "delivered", jobs.len());
-                    finish_jobs(jobs);
-                    for (j, why) in dead {
-                        tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
-                            "record refused by the sink for good; dead-lettering it");
-                        self.dead_letter_job(j, "delivery", &why).await;
-                    }
+                    self.delivered(&id, jobs, refused).await;
                     match pending.pop() {
                         Some(next) => {
                             // A part of a split batch: a request of its own,
                             // with the whole retry budget.
                             jobs = next;
-                            (tries, (retries, deadline)) = (0, budget());
+                            budget = Budget::new(cfg);
                             continue;
                         }
                         None => return Vec::new(),
@@ -886,21 +894,7 @@ impl Dispatcher {
                 .deliveries
                 .with_label_values(&[&*id, "error"])
                 .inc();
-            // A redirect is not retried, but a target that redirects every
-            // batch is as useless as a failing one: the breaker counts it.
-            if e.retryable() || e.is_redirect() {
-                let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
-                if let Some(ej) = self.breakers.failure(&cfg.breaker, &id, &targets, now) {
-                    tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
-                        "circuit breaker open: target ejected");
-                    self.metrics.ejections.with_label_values(&[&*id]).inc();
-                    self.registry
-                        .eject(&id, ej.duration, &format!("ejected: {}", ej.reason));
-                }
-            } else {
-                // The target answered: it is up, it just refuses these.
-                self.breakers.success(&cfg.breaker, &id, now);
-            }
+            self.count_failure(cfg, &id, &snapshot, &e, now);
             gauge.set(self.breakers.state(&id).gauge());
             // 413 Payload Too Large: the server's body limit (nginx's
             // default is 1 MiB), not the records. Send the batch in halves,
@@ -912,21 +906,11 @@ impl Dispatcher {
                     "413 from the target; sending the batch in halves");
                 self.metrics.split_batches.with_label_values(&[&*id]).inc();
                 pending.push(later);
-                (tries, (retries, deadline)) = (0, budget());
+                budget = Budget::new(cfg);
                 continue;
             }
-            if !e.retryable() || e.unreachable() {
-                return give_up(with_pending(jobs, &mut pending), &e.label(), &msg);
-            }
-            let wait = match e.retry_after() {
-                Some(ra) if tries < cfg.max_attempts => Some(ra),
-                Some(_) => None,
-                None => retries.next(),
-            };
-            // `checked_add`: a `Retry-After` of 10^19 s overflows `Instant`.
-            let Some(wait) = wait.filter(|w| now.checked_add(*w).is_some_and(|t| t < deadline))
-            else {
-                return give_up(with_pending(jobs, &mut pending), &e.label(), &msg);
+            let Some(wait) = budget.next_wait(cfg, &e, now) else {
+                return self.give_up(&id, with_pending(jobs, &mut pending), &e.label(), &msg);
             };
             tracing::debug!(target_id = %id, records = n, ?wait, error = %msg, "delivery failed; retrying");
             tokio::select! {
@@ -934,6 +918,99 @@ impl Dispatcher {
                 _ = stop.wait_for(|s| *s) => return Vec::new(),
             }
         }
+    }
+
+    /// Whether a request may go to `id` now: its URL if so; a wait while
+    /// its breaker spaces probes; or why not (the label of
+    /// `cdrs_rerouted_records_total`, and the reason).
+    fn admit(&self, id: &str, snapshot: &Snapshot, gauge: &prometheus::IntGauge) -> Admission {
+        let Some(t) = snapshot.index_of(id).map(|i| &snapshot.targets[i]) else {
+            return Admission::Refused("removed", "target no longer exists".into());
+        };
+        if t.health == Health::Down {
+            let why = t.reason.clone().unwrap_or_else(|| "target is down".into());
+            return Admission::Refused("down", why);
+        }
+        let admit = self.breakers.admit(id, Instant::now());
+        gauge.set(self.breakers.state(id).gauge());
+        match admit {
+            Admit::Open => Admission::Refused("breaker_open", "circuit breaker open".into()),
+            Admit::Wait(w) => Admission::Wait(w),
+            Admit::Send | Admit::Probe => Admission::Send(t.url.clone()),
+        }
+    }
+
+    /// `jobs` were delivered to `id`, but for the records the sink refused
+    /// for good (`refused`: index in `jobs`, reason), which are
+    /// dead-lettered.
+    async fn delivered(&self, id: &str, jobs: Vec<Job>, refused: Vec<(usize, String)>) {
+        self.metrics.deliveries.with_label_values(&[id, "ok"]).inc();
+        let mut jobs = jobs;
+        let mut dead = Vec::with_capacity(refused.len());
+        if !refused.is_empty() {
+            let mut all: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+            for (i, why) in refused {
+                if let Some(j) = all.get_mut(i).and_then(Option::take) {
+                    dead.push((j, format!("{id}: {why}")));
+                }
+            }
+            jobs = all.into_iter().flatten().collect();
+        }
+        self.metrics
+            .delivered_records
+            .with_label_values(&[id])
+            .inc_by(jobs.len() as u64);
+        self.metrics.count("delivery", "delivered", jobs.len());
+        finish_jobs(jobs);
+        for (j, why) in dead {
+            tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
+                "record refused by the sink for good; dead-lettering it");
+            self.dead_letter_job(j, "delivery", &why).await;
+        }
+    }
+
+    /// Counts a failed request in `id`'s circuit breaker, ejecting the
+    /// target when the breaker opens. A redirect is not retried, but a
+    /// target that redirects every batch is as useless as a failing one,
+    /// so it counts; any other refusal means the target is up.
+    fn count_failure(
+        &self,
+        cfg: &DeliveryConfig,
+        id: &str,
+        snapshot: &Snapshot,
+        e: &DeliveryError,
+        now: Instant,
+    ) {
+        if !(e.retryable() || e.is_redirect()) {
+            self.breakers.success(&cfg.breaker, id, now);
+            return;
+        }
+        let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
+        if let Some(ej) = self.breakers.failure(&cfg.breaker, id, &targets, now) {
+            tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
+                "circuit breaker open: target ejected");
+            self.metrics.ejections.with_label_values(&[id]).inc();
+            self.registry
+                .eject(id, ej.duration, &format!("ejected: {}", ej.reason));
+        }
+    }
+
+    /// `jobs` leave `id` to be routed again: `id` joins their exclusions,
+    /// `why` becomes their last error. Returns them.
+    fn give_up(&self, id: &Arc<str>, mut jobs: Vec<Job>, label: &str, why: &str) -> Vec<Job> {
+        tracing::debug!(target_id = %id, records = jobs.len(), reason = why, "routing records again");
+        self.metrics
+            .rerouted
+            .with_label_values(&[&**id, label])
+            .inc_by(jobs.len() as u64);
+        self.metrics.count("delivery", "rerouted", jobs.len());
+        for j in &mut jobs {
+            if !j.excluded.contains(id) {
+                j.excluded.push(id.clone());
+            }
+            j.last_error = format!("{id}: {why}");
+        }
+        jobs
     }
 
     /// Dead-letters one copy and finishes it (unless the process stops
@@ -1000,3 +1077,6 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
