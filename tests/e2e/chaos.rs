@@ -6,8 +6,8 @@
 //! against the ledger: every record the filter kept is delivered at least
 //! once or dead-lettered, in key order per target, none lost.
 //!
-//! Each case prints one row of the table in the README's reliability
-//! section (`scripts/dev.sh chaos` shows them). The cases run one at a time
+//! Each case prints one row of the chaos table of docs/reliability.md
+//! (`scripts/dev.sh chaos` shows them). The cases run one at a time
 //! (a lock), as they load both cores.
 
 use cdrs::config::{Config, TargetConfig, WhenNoTarget};
@@ -212,7 +212,7 @@ impl DeadLetters {
     }
 }
 
-/// One case's outcome: a row of the README table.
+/// One case's outcome: a row of the chaos table (docs/reliability.md).
 #[derive(Debug, Default)]
 struct Tally {
     produced: usize,
@@ -429,6 +429,20 @@ impl Rig {
     }
 
     /// Sums a counter family (all labels) over the live instances' metrics.
+    /// Records each server logged so far (duplicates included).
+    fn received(&self) -> Vec<usize> {
+        self.logs().iter().map(Vec::len).collect()
+    }
+
+    /// The `/metrics` text of instance `n`.
+    async fn metrics(&self, n: usize) -> String {
+        let url = format!("http://{}/metrics", self.instances[n].admin);
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     async fn counter(&self, name: &str) -> u64 {
         let mut sum = 0.0;
         for i in self.instances.iter().filter(|i| i.child.is_some()) {
@@ -520,8 +534,32 @@ async fn chaos_1_kill_9_a_target_and_restart_it() {
     let mut rig = Rig::new("kill-target", None, |_| {}).await;
     rig.start_instance().await;
     rig.wait_delivered(0.25).await;
+    let before = rig.received();
+    let killed = Instant::now();
     rig.servers[2].kill9();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The killed server's share moves to the others as soon as a request
+    // to it is refused (unreachable: routed again at once, no retry there):
+    // within seconds, not a report expiry or breaker interval later.
+    let moved = loop {
+        let now = rig.received();
+        if now[0] + now[1] >= before[0] + before[1] + 2_000 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "kill-target: the survivors got {} more records in 15 s",
+            now[0] + now[1] - before[0] - before[1]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("kill-target: 2,000 more records at the survivors {moved:?} after the kill");
+    let metrics = rig.metrics(0).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cdrs_rerouted_records_total{") && l.contains("blotter-3")),
+        "records were routed away from the killed target"
+    );
     rig.wait_delivered(0.5).await;
     rig.servers[2].restart();
     rig.servers[2]
@@ -571,7 +609,21 @@ async fn chaos_3_three_processes_one_killed_one_added() {
     rig.wait_delivered(0.3).await;
     rig.instances[1].kill9();
     rig.wait_delivered(0.6).await;
-    rig.start_instance().await;
+    let added = rig.start_instance().await;
+    // The added instance takes partitions in the rebalance (a partition's
+    // in-flight gauge appears when the instance is assigned it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rig
+        .metrics(added)
+        .await
+        .contains("cdrs_partition_inflight_records{")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "group-kill-add: the added instance was assigned no partition in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     rig.finish(Duration::from_secs(180)).await;
 }
 
