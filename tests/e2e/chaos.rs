@@ -12,7 +12,9 @@
 
 use cdrs::config::{Config, TargetConfig, WhenNoTarget};
 use cdrs::testkit::appserver::{read_log, LogLine};
-use cdrs::testkit::{dead_letter_headers, demo_config, produce_events, trade_event, Fate, Ledger};
+use cdrs::testkit::{
+    dead_letter_headers, demo_config, produce_with, producer, trade_event, Fate, Ledger,
+};
 use cdrs_e2e::{cdrs_bin, create_topics, free_port, mock_cluster_handle, plugin_dir, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,6 +28,11 @@ use std::time::{Duration, Instant};
 const RECORDS: u64 = 50_000;
 const CLIENTS: u64 = 500;
 const PARTITIONS: i32 = 6;
+/// The records are produced `CHUNK` every `PACE` (~3,300/s, ~15 s in all)
+/// while CDRS runs, so every case's fault (the longest: a server failing
+/// for 10 s from 10% on) lands mid-stream.
+const CHUNK: usize = 1_000;
+const PACE: Duration = Duration::from_millis(300);
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An app server process.
@@ -325,20 +332,22 @@ impl Rig {
         config.pipeline.revoke_drain_ms = 4_000;
         tweak(&mut config);
         assert!(config.validate().is_empty(), "{:?}", config.validate());
-        // Produced while CDRS runs (~10,000 records/s), so faults land
+        // Produced while CDRS runs (`CHUNK` every `PACE`), so faults land
         // mid-stream.
         let producer = {
             let (brokers, topic) = (brokers.clone(), topic.clone());
             tokio::spawn(async move {
                 let mut ledger = Ledger::default();
+                let producer = producer(&brokers).expect("producer");
                 let events: Vec<_> = (0..RECORDS).map(|i| trade_event(i, CLIENTS)).collect();
-                for chunk in events.chunks(1_000) {
-                    let part = produce_events(&brokers, &topic, chunk.to_vec())
+                let mut pace = tokio::time::interval(PACE);
+                for chunk in events.chunks(CHUNK) {
+                    pace.tick().await;
+                    let part = produce_with(&producer, &topic, chunk)
                         .await
                         .expect("produce");
                     ledger.fates.extend(part.fates);
                     ledger.keys.extend(part.keys);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 ledger
             })
@@ -391,7 +400,17 @@ impl Rig {
             assert!(Instant::now() < deadline, "cdrs-{n} did not join its group");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        self.phase(&format!("cdrs-{n} ready"));
         n
+    }
+
+    /// Prints when a step of the case was reached (the case's timeline).
+    fn phase(&self, what: &str) {
+        eprintln!(
+            "{}: {what} at {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
     }
 
     fn logs(&self) -> Vec<Vec<LogLine>> {
@@ -416,6 +435,7 @@ impl Rig {
         loop {
             let got: HashSet<String> = self.logs().into_iter().flatten().map(|l| l.id).collect();
             if got.len() >= want {
+                self.phase(&format!("{:.0}% delivered", share * 100.0));
                 return;
             }
             assert!(
@@ -465,12 +485,14 @@ impl Rig {
         if let Some(p) = self.producer.take() {
             self.ledger = p.await.expect("producer task");
         }
+        self.phase("all produced");
         let deadline = Instant::now() + limit;
         let mut t = self.tally();
         while t.lost > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
             t = self.tally();
         }
+        self.phase("all accounted for");
         let secs = self.started.elapsed().as_secs_f64();
         eprintln!(
             "{}: rerouted {} retries {} ejections {} prefetched-now {} (live instances)",
@@ -483,6 +505,7 @@ impl Rig {
         for i in &mut self.instances {
             i.sigterm(Duration::from_secs(30));
         }
+        self.phase("stopped");
         let rss = self
             .instances
             .iter()

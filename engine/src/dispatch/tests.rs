@@ -8,13 +8,16 @@ use crate::config::CapacityConfig;
 use crate::testkit::appserver::AppServer;
 use std::sync::atomic::AtomicUsize;
 
+/// A record as the re-router saw it: offset, targets excluded, attempts.
+type Seen = (i64, Vec<Arc<str>>, u32);
+
 /// Where the test's re-router sends records routed again: to a target, or
 /// nowhere (they wait) for the first `wait_rounds` calls.
 struct TestReroute {
     to: Option<Arc<str>>,
     wait_rounds: AtomicUsize,
-    /// Per call: (offset, targets excluded, attempts) of each record.
-    seen: Mutex<Vec<Vec<(i64, Vec<Arc<str>>, u32)>>>,
+    /// Per call, each record.
+    seen: Mutex<Vec<Vec<Seen>>>,
 }
 
 impl TestReroute {

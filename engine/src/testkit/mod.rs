@@ -81,34 +81,55 @@ pub async fn produce(brokers: &str, topic: &str, n: u64, clients: u64) -> anyhow
     .await
 }
 
+/// An idempotent producer for [`produce_with`] (5 ms linger).
+///
+/// # Errors
+/// librdkafka refuses to create it (a bad `brokers` string).
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
 /// Produces `(key, value, fate)` events to `topic` in order and returns the
 /// ledger of their ids (from the broker's acks) and fates.
+///
+/// # Errors
+/// The producer cannot be created, or a record is not acknowledged within
+/// 30 s.
 pub async fn produce_events(
     brokers: &str,
     topic: &str,
     events: Vec<(String, String, Fate)>,
 ) -> anyhow::Result<Ledger> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()?;
+    produce_with(&producer(brokers)?, topic, &events).await
+}
+
+/// [`produce_events`] with a producer of the caller's, which can be kept
+/// for many calls (creating one costs a connection and a producer id).
+///
+/// # Errors
+/// A record is not acknowledged within 30 s.
+pub async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[(String, String, Fate)],
+) -> anyhow::Result<Ledger> {
     let mut ledger = Ledger::default();
     for chunk in events.chunks(2000) {
-        let sends = chunk.iter().map(|(key, value, fate)| {
-            let producer = &producer;
-            async move {
-                let rec = FutureRecord::to(topic).key(key).payload(value);
-                let sent = producer.send(rec, Duration::from_secs(30)).await;
-                sent.map(|d| {
-                    (
-                        format!("{topic}/{}/{}", d.partition, d.offset),
-                        key.clone(),
-                        *fate,
-                    )
-                })
-                .map_err(|(e, _)| e)
-            }
+        let sends = chunk.iter().map(|(key, value, fate)| async move {
+            let rec = FutureRecord::to(topic).key(key).payload(value);
+            let sent = producer.send(rec, Duration::from_secs(30)).await;
+            sent.map(|d| {
+                (
+                    format!("{topic}/{}/{}", d.partition, d.offset),
+                    key.clone(),
+                    *fate,
+                )
+            })
+            .map_err(|(e, _)| e)
         });
         for r in futures::future::join_all(sends).await {
             let (id, key, fate) = r?;

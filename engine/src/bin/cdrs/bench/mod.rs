@@ -1,0 +1,463 @@
+//! `cdrs bench`: the benchmarks of the plugin runtime, measured in one run on
+//! this machine, printed as a table and written as JSON.
+//!
+//! 1. **Plugin overhead**: ns per record for the demo filter (JSON field
+//!    rule) plus the P2C router, as Wasm components, at batch sizes 1, 16,
+//!    256, 1024 and 16 / 128 targets, against a native Rust implementation of
+//!    the same policy (serde_json field check + weighted power of two
+//!    choices) in the same process.
+//! 2. **End to end**: records/s through CDRS (broker → filter → router →
+//!    `kafka://` target topic) with a trivial filter and with the JSON
+//!    filter, against a bare rdkafka consume → produce passthrough on the
+//!    same broker (three interleaved rounds, medians); p50/p99 produce →
+//!    arrival latency at a steady rate after a warm-up, through CDRS, the
+//!    like-for-like passthrough and the broker alone. The broker is Tansu
+//!    in its own process when installed (its CPU is reported apart), else
+//!    librdkafka's in-process mock ([`BenchBroker`]).
+//! 3. **Load**: cold compile and cached load per plugin; instantiation (+ `init`).
+//! 4. **Memory**: resident set of the process idle and under load; per plugin
+//!    instance (RSS growth over 64 extra instances).
+//!
+//! Figures depend on the build: run the release binary (`scripts/dev.sh bench`).
+
+mod broker;
+mod end_to_end;
+mod overhead;
+
+use anyhow::Context;
+pub use broker::BenchBroker;
+use broker::*;
+use cdrs::capacity::{Registry, Snapshot};
+use cdrs::config::{CapacityConfig, PluginConfig, PluginRuntimeConfig, TargetConfig};
+use cdrs::daemon::Daemon;
+use cdrs::metrics::Metrics;
+use cdrs::plugin::bindings::types::Verdict;
+use cdrs::plugin::filter::FilterPlugin;
+use cdrs::plugin::router::{Route, RouterPlugin};
+use cdrs::plugin::Runtime;
+use cdrs::record::Record;
+use cdrs::testkit::kafka;
+use cdrs::testkit::tansu::TansuProcess;
+use cdrs::testkit::{demo_config, demo_filter, demo_router, produce_events, trade_event, Fate};
+use end_to_end::*;
+use overhead::*;
+use rand_distr::weighted::WeightedAliasIndex;
+use rand_distr::Distribution;
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `cdrs bench`.
+pub struct BenchOptions {
+    /// Folder with `field_filter.wasm` and `p2c_router.wasm`.
+    pub plugin_dir: PathBuf,
+    /// Records per end-to-end run.
+    pub records: u64,
+    /// Fewer iterations (a smoke run: the figures are rough).
+    pub quick: bool,
+    /// Run one part only: `overhead`, `load`, `e2e`, or `latency` (the
+    /// end-to-end part's latency phase alone); the others report 0.
+    pub only: Option<String>,
+    /// The broker of the end-to-end part.
+    pub broker: BenchBroker,
+    /// librdkafka settings for CDRS's clients in the end-to-end part, put
+    /// into `[kafka.options]` after the bench's own (so they win).
+    pub kafka_options: Vec<(String, String)>,
+}
+
+/// One row of the overhead benchmark.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OverheadRow {
+    /// `json`: the demo filter (one JSON field rule) + P2C router;
+    /// `trivial`: a filter without rules (keeps all) + P2C router, i.e.
+    /// mostly the cost of crossing into the plugins; `json-no-deadline`:
+    /// `json` compiled without epoch checks (batch 256, 16 targets only).
+    pub policy: &'static str,
+    pub batch: usize,
+    pub targets: usize,
+    /// Wasm filter + router, ns per record.
+    pub wasm_ns: f64,
+    pub filter_ns: f64,
+    pub router_ns: f64,
+    /// The same policy in native Rust, ns per record.
+    pub native_ns: f64,
+}
+
+/// Compile and cache-load time of one plugin.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadRow {
+    pub plugin: String,
+    pub cold_ms: f64,
+    pub cached_ms: f64,
+}
+
+/// Everything `cdrs bench` measured; the first keys are the ones the
+/// performance goals are stated in.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Wasm filter + router per record, batch 256, 16 targets, ns.
+    pub overhead_ns_per_record: f64,
+    /// The same policy natively, batch 256, 16 targets, ns.
+    pub native_ns_per_record: f64,
+    /// Wasm filter + router per record with the trivial filter (no rules:
+    /// what crossing into the plugins costs), batch 256, 16 targets, ns.
+    pub overhead_trivial_ns_per_record: f64,
+    /// The trivial policy natively (the P2C pick alone), ns.
+    pub native_trivial_ns_per_record: f64,
+    /// The JSON policy (batch 256, 16 targets) on plugins compiled without
+    /// epoch checks, i.e. without a call deadline, ns; and natively in the
+    /// same round. Not a mode CDRS runs in: it shows what deadlines cost.
+    pub overhead_no_deadline_ns_per_record: f64,
+    pub native_no_deadline_ns_per_record: f64,
+    /// CDRS with the trivial filter, records/s.
+    pub e2e_records_per_s: f64,
+    /// Bare rdkafka consume → produce, records/s.
+    pub passthrough_records_per_s: f64,
+    pub e2e_ratio_trivial: f64,
+    pub e2e_ratio_json: f64,
+    /// rdkafka consume → produce writing what CDRS's Kafka sink writes
+    /// (idempotent producer, `cdrs-idempotency-key` header), records/s.
+    pub passthrough_like_cdrs_records_per_s: f64,
+    /// CDRS against that like-for-like passthrough.
+    pub e2e_ratio_trivial_like_cdrs: f64,
+    pub e2e_ratio_json_like_cdrs: f64,
+    /// Consume → deliver latency at a steady rate, ms.
+    pub p50_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    /// The same through the like-for-like passthrough, ms.
+    pub passthrough_p50_latency_ms: f64,
+    pub passthrough_p99_latency_ms: f64,
+    /// The broker alone at the same rate: produce → an assigned consumer of
+    /// the same topic (one leg; a copy loop or CDRS adds a second), ms.
+    pub broker_p50_latency_ms: f64,
+    pub broker_p99_latency_ms: f64,
+    /// P2C router: cold compile and cached load, ms.
+    pub cold_load_ms: f64,
+    pub cached_load_ms: f64,
+    /// One instance created and `init`-ed, ms (P2C router).
+    pub instantiate_ms: f64,
+    /// Resident memory per plugin instance (field filter), bytes.
+    pub instance_rss_bytes: f64,
+    pub rss_idle_bytes: u64,
+    pub rss_load_bytes: u64,
+    pub e2e_json_records_per_s: f64,
+    /// Cores busy in this process (CPU s per wall s; the embedded broker
+    /// included) during the bare passthrough, trivial, JSON and
+    /// like-for-like passthrough runs.
+    pub e2e_busy_cores: Vec<f64>,
+    /// The same for the broker's process when it runs in its own (Tansu).
+    pub e2e_broker_cores: Vec<f64>,
+    pub overhead: Vec<OverheadRow>,
+    pub loads: Vec<LoadRow>,
+    pub records: u64,
+    /// The broker of the end-to-end part.
+    pub broker: String,
+    pub machine: String,
+}
+
+/// Runs every benchmark (a minute or two).
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    let rss_idle_bytes = rss_bytes("VmRSS");
+    let (dir, quick) = (opts.plugin_dir.clone(), opts.quick);
+    let wants = |part: &str| opts.only.as_deref().is_none_or(|o| o == part);
+    let (want_overhead, want_load) = (wants("overhead"), wants("load"));
+    let (overhead, loads, instantiate_ms, instance_rss_bytes) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let overhead = if want_overhead {
+                overhead(&dir, quick)?
+            } else {
+                Vec::new()
+            };
+            let (loads, instantiate_ms, per_instance) = if want_load {
+                loading(&dir)?
+            } else {
+                (Vec::new(), 0.0, 0.0)
+            };
+            Ok((overhead, loads, instantiate_ms, per_instance))
+        })
+        .await??;
+    let e2e = if wants("e2e") || wants("latency") {
+        end_to_end(&opts).await?
+    } else {
+        EndToEnd::default()
+    };
+    let at = |policy: &str, b: usize, t: usize| {
+        overhead
+            .iter()
+            .find(|r| r.policy == policy && r.batch == b && r.targets == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (main, trivial) = (at("json", 256, 16), at("trivial", 256, 16));
+    let no_deadline = at(JSON_NO_DEADLINE, 256, 16);
+    let router = loads
+        .iter()
+        .find(|l| l.plugin == "p2c_router")
+        .cloned()
+        .unwrap_or_default();
+    Ok(BenchReport {
+        overhead_ns_per_record: main.wasm_ns,
+        native_ns_per_record: main.native_ns,
+        overhead_trivial_ns_per_record: trivial.wasm_ns,
+        native_trivial_ns_per_record: trivial.native_ns,
+        overhead_no_deadline_ns_per_record: no_deadline.wasm_ns,
+        native_no_deadline_ns_per_record: no_deadline.native_ns,
+        e2e_records_per_s: e2e.trivial,
+        passthrough_records_per_s: e2e.passthrough,
+        e2e_ratio_trivial: ratio(e2e.trivial, e2e.passthrough),
+        e2e_ratio_json: ratio(e2e.json, e2e.passthrough),
+        passthrough_like_cdrs_records_per_s: e2e.passthrough_like_cdrs,
+        e2e_ratio_trivial_like_cdrs: ratio(e2e.trivial, e2e.passthrough_like_cdrs),
+        e2e_ratio_json_like_cdrs: ratio(e2e.json, e2e.passthrough_like_cdrs),
+        p50_latency_ms: e2e.p50_ms,
+        p99_latency_ms: e2e.p99_ms,
+        passthrough_p50_latency_ms: e2e.passthrough_p50_ms,
+        passthrough_p99_latency_ms: e2e.passthrough_p99_ms,
+        broker_p50_latency_ms: e2e.broker_p50_ms,
+        broker_p99_latency_ms: e2e.broker_p99_ms,
+        cold_load_ms: router.cold_ms,
+        cached_load_ms: router.cached_ms,
+        instantiate_ms,
+        instance_rss_bytes,
+        rss_idle_bytes,
+        rss_load_bytes: rss_bytes("VmHWM"),
+        e2e_json_records_per_s: e2e.json,
+        e2e_busy_cores: e2e.busy_cores.clone(),
+        e2e_broker_cores: e2e.broker_cores.clone(),
+        overhead,
+        loads,
+        records: opts.records,
+        broker: opts.broker.to_string(),
+        machine: machine(),
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// The table `cdrs bench` prints.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!("cdrs bench on {}\n", r.machine);
+    if !r.overhead.is_empty() {
+        s += "\nplugin overhead (filter + router, ns/record)\n";
+        s += "| policy | batch | targets | wasm | filter | router | native | wasm/native |\n|---|---|---|---|---|---|---|---|\n";
+        for o in &r.overhead {
+            s += &format!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}× |\n",
+                o.policy,
+                o.batch,
+                o.targets,
+                o.wasm_ns,
+                o.filter_ns,
+                o.router_ns,
+                o.native_ns,
+                o.wasm_ns / o.native_ns
+            );
+        }
+        if r.overhead.iter().any(|o| o.policy == JSON_NO_DEADLINE) {
+            s += "(json-no-deadline: the json plugins compiled without epoch checks, \
+                  i.e. with no call deadline; not a mode CDRS runs in)\n";
+        }
+    }
+    let busy = |i: usize| {
+        let own = r.e2e_busy_cores.get(i).copied().unwrap_or(0.0);
+        match r.e2e_broker_cores.get(i).copied().unwrap_or(0.0) {
+            b if b > 0.0 => format!("{own:.2} + broker {b:.2}"),
+            _ => format!("{own:.2}"),
+        }
+    };
+    if r.passthrough_records_per_s > 0.0 {
+        s += &format!(
+            "\nend to end ({} records of 200 bytes, {})\n\
+             | path | records/s | vs bare | vs like-for-like | cores busy |\n|---|---|---|---|---|\n",
+            r.records, r.broker
+        );
+        let like = r.passthrough_like_cdrs_records_per_s;
+        for (i, path, rate) in [
+            (0, "rdkafka passthrough, bare", r.passthrough_records_per_s),
+            (3, "rdkafka passthrough, like-for-like", like),
+            (1, "CDRS, trivial filter", r.e2e_records_per_s),
+            (2, "CDRS, JSON filter", r.e2e_json_records_per_s),
+        ] {
+            s += &format!(
+                "| {path} | {rate:.0} | {:.2} | {:.2} | {} |\n",
+                ratio(rate, r.passthrough_records_per_s),
+                ratio(rate, like),
+                busy(i)
+            );
+        }
+        s += "like-for-like: what CDRS's Kafka sink writes (idempotent producer, \
+              cdrs-idempotency-key header)\n";
+    }
+    if r.p50_latency_ms > 0.0 {
+        if r.passthrough_records_per_s == 0.0 {
+            s += &format!("\nend to end ({})\n", r.broker);
+        }
+        s += &format!(
+            "latency at a steady 2,000 records/s (produce → arrival on the target topic): \
+             CDRS p50 {:.1} ms, p99 {:.1} ms; like-for-like passthrough p50 {:.1} ms, p99 {:.1} ms; \
+             broker alone (produce → consumer, one leg) p50 {:.1} ms, p99 {:.1} ms\n",
+            r.p50_latency_ms,
+            r.p99_latency_ms,
+            r.passthrough_p50_latency_ms,
+            r.passthrough_p99_latency_ms,
+            r.broker_p50_latency_ms,
+            r.broker_p99_latency_ms
+        );
+    }
+    if !r.loads.is_empty() {
+        s += "\nload\n| plugin | cold compile ms | cached load ms |\n|---|---|---|\n";
+        for l in &r.loads {
+            s += &format!("| {} | {:.1} | {:.2} |\n", l.plugin, l.cold_ms, l.cached_ms);
+        }
+        s += &format!(
+        "instantiate + init: {:.3} ms\n\nmemory: {:.0} KiB per plugin instance; process RSS idle {:.1} MiB, peak {:.1} MiB\n",
+        r.instantiate_ms,
+        r.instance_rss_bytes / 1024.0,
+        r.rss_idle_bytes as f64 / 1048576.0,
+        r.rss_load_bytes as f64 / 1048576.0
+    );
+    }
+    s
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+/// User + system CPU time so far of this process (`None`) or of process
+/// `pid`, seconds (`/proc/PID/stat`, clock ticks of 1/100 s).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let stat = pid.map_or_else(|| "/proc/self/stat".into(), |p| format!("/proc/{p}/stat"));
+    std::fs::read_to_string(stat)
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// A line of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).
+fn rss_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A 200-byte JSON record (the demo's trade events, padded).
+fn record(i: u64) -> (String, String, Fate) {
+    let (key, value, fate) = trade_event(i, 1000);
+    if fate != Fate::Delivered || value.len() >= 200 {
+        return (key, value, fate);
+    }
+    let pad = 200 - value.len() - r#","pad":"""#.len() - 1;
+    let value = format!(
+        "{},\"pad\":\"{}\"}}",
+        &value[..value.len() - 1],
+        "x".repeat(pad)
+    );
+    (key, value, fate)
+}
+
+fn targets(n: usize) -> Vec<TargetConfig> {
+    (0..n)
+        .map(|i| TargetConfig {
+            id: format!("t{i}"),
+            url: format!("http://127.0.0.1:{}/records", 10_000 + i),
+            capacity: 100 * (1 + i as u32 % 4),
+            weight: cdrs::config::DEFAULT_WEIGHT,
+            zone: None,
+            labels: Default::default(),
+            health_url: None,
+            report_token: None,
+        })
+        .collect()
+}
+
+fn runtime(cache: &Path, instances: usize) -> anyhow::Result<Arc<Runtime>> {
+    Runtime::new(&PluginRuntimeConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        instances,
+        ..PluginRuntimeConfig::default()
+    })
+}
+
+fn cache_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cdrs-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The `--broker` of `cdrs bench`.
+pub(crate) fn broker(arg: Option<&str>) -> anyhow::Result<BenchBroker> {
+    let tansu = cdrs::testkit::tansu::TansuProcess::binary(Path::new("."));
+    Ok(match arg {
+        None if tansu.is_file() => BenchBroker::Tansu(tansu),
+        None | Some("embedded") => BenchBroker::Embedded,
+        Some("tansu") if tansu.is_file() => BenchBroker::Tansu(tansu),
+        Some("tansu") => anyhow::bail!(
+            "--broker tansu: no Tansu binary at {} (set CDRS_TANSU, or run `scripts/dev.sh broker`)",
+            tansu.display()
+        ),
+        Some(addr) if addr.contains(':') => BenchBroker::External(addr.to_string()),
+        Some(other) => anyhow::bail!(
+            "--broker {other:?}: expected `tansu`, `embedded` or HOST:PORT of a running broker"
+        ),
+    })
+}
+
+/// `cdrs bench`: runs it, prints the table, writes the JSON report to `out`.
+pub(crate) fn command(out: Option<PathBuf>, opts: BenchOptions) -> anyhow::Result<ExitCode> {
+    let report = crate::runtime()?.block_on(run(opts))?;
+    print!("{}", table(&report));
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
