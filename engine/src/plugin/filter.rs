@@ -5,25 +5,63 @@ use super::bindings::packed_filter::{PackedFilter, PackedFilterPre};
 use super::bindings::types::{Batch, Verdict};
 use super::convert::{self, HeaderSelection};
 use super::{
-    cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
+    cut_reason, isolate, Compiled, NewInstance, PluginError, PluginMeta, Pool, Runtime, State,
+    World,
 };
 use crate::config::PluginConfig;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;
 use std::time::Instant;
+use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 /// A linked component of either filter world.
-enum Pre {
+pub(crate) enum Pre {
     Plain(FilterPre<State>),
     /// `packed-filter` (contract 1.1): verdicts come back as codes.
     Packed(PackedFilterPre<State>),
 }
 
-enum Bindings {
+pub(crate) enum Bindings {
     Plain(Filter),
     Packed(PackedFilter),
+}
+
+/// The `filter` world (and `packed-filter`) for [`Runtime::link`].
+pub(crate) enum FilterWorld {}
+
+impl World for FilterWorld {
+    const NAME: &'static str = "filter";
+    type Pre = Pre;
+    type Bindings = Bindings;
+    type Init = ();
+
+    fn link(pre: InstancePre<State>, packed: bool) -> wasmtime::Result<Pre> {
+        if packed {
+            PackedFilterPre::new(pre).map(Pre::Packed)
+        } else {
+            FilterPre::new(pre).map(Pre::Plain)
+        }
+    }
+
+    fn instantiate(pre: &Pre, store: &mut Store<State>) -> wasmtime::Result<Bindings> {
+        match pre {
+            Pre::Plain(pre) => pre.instantiate(store).map(Bindings::Plain),
+            Pre::Packed(pre) => pre.instantiate(store).map(Bindings::Packed),
+        }
+    }
+
+    fn init(
+        bindings: &Bindings,
+        store: &mut Store<State>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match bindings {
+            Bindings::Plain(b) => b.call_init(store, config),
+            Bindings::Packed(b) => b.call_init(store, config),
+        }
+    }
 }
 
 struct Instance {
@@ -71,13 +109,7 @@ impl FilterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<FilterPlugin, PluginError> {
-        let (pre, packed) = runtime.instance_pre("filter", name, &compiled.component)?;
-        let pre = if packed {
-            PackedFilterPre::new(pre).map(Pre::Packed)
-        } else {
-            FilterPre::new(pre).map(Pre::Plain)
-        }
-        .map_err(link_error(name, "filter"))?;
+        let pre = runtime.link::<FilterWorld>(name, &compiled.component)?;
         let mut plugin = FilterPlugin {
             meta: PluginMeta::new(name, &compiled),
             runtime: runtime.clone(),
@@ -99,30 +131,18 @@ impl FilterPlugin {
     }
 
     fn instantiate(&self) -> Result<Instance, PluginError> {
-        let mut store = self.runtime.store(&self.meta.name);
-        self.runtime.arm(&mut store);
-        let bindings = match &self.pre {
-            Pre::Plain(pre) => pre.instantiate(&mut store).map(Bindings::Plain),
-            Pre::Packed(pre) => pre.instantiate(&mut store).map(Bindings::Packed),
-        }
-        .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
-        self.runtime.arm(&mut store);
-        let init = match &bindings {
-            Bindings::Plain(b) => b.call_init(&mut store, &self.config_json),
-            Bindings::Packed(b) => b.call_init(&mut store, &self.config_json),
-        };
-        match init {
-            Ok(Ok(())) => Ok(Instance {
-                store,
-                bindings,
-                batch: convert::empty_batch(),
-            }),
-            Ok(Err(msg)) => Err(PluginError::Init {
-                name: self.meta.name.to_string(),
-                msg,
-            }),
-            Err(e) => Err(self.runtime.classify(&self.meta.name, e)),
-        }
+        let NewInstance {
+            store, bindings, ..
+        } = self.runtime.instantiate::<FilterWorld>(
+            &self.meta.name,
+            &self.pre,
+            &self.config_json,
+        )?;
+        Ok(Instance {
+            store,
+            bindings,
+            batch: convert::empty_batch(),
+        })
     }
 
     /// One verdict per record. Records that make the plugin trap, miss its

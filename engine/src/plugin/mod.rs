@@ -40,7 +40,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -239,6 +239,35 @@ static COMPILING: Mutex<()> = Mutex::new(());
 type SharedCompile = Arc<OnceLock<Result<(Component, bool), PluginError>>>;
 
 /// Maps a wasmtime linking error to [`PluginError::Link`].
+/// What differs between the filter and the router world when a component
+/// is linked and instantiated: the generated bindings of the world's plain
+/// and packed variants, and what its `init` answers.
+pub(crate) trait World {
+    /// `"filter"` or `"router"`.
+    const NAME: &'static str;
+    /// The component linked against the world.
+    type Pre;
+    /// One instance's exports.
+    type Bindings;
+    /// What `init` answers on success.
+    type Init;
+    fn link(pre: InstancePre<State>, packed: bool) -> wasmtime::Result<Self::Pre>;
+    fn instantiate(pre: &Self::Pre, store: &mut Store<State>) -> wasmtime::Result<Self::Bindings>;
+    fn init(
+        bindings: &Self::Bindings,
+        store: &mut Store<State>,
+        config: &str,
+    ) -> wasmtime::Result<Result<Self::Init, String>>;
+}
+
+/// An instance made by [`Runtime::instantiate`]: its store, its bindings
+/// and what its `init` answered.
+pub(crate) struct NewInstance<W: World> {
+    pub store: Store<State>,
+    pub bindings: W::Bindings,
+    pub init: W::Init,
+}
+
 pub(crate) fn link_error<'a>(
     name: &'a str,
     world: &'static str,
@@ -409,6 +438,10 @@ impl Drop for Runtime {
 
 impl Runtime {
     /// Builds the engine and linkers and starts the epoch ticker thread.
+    ///
+    /// # Errors
+    /// wasmtime refuses the engine settings (e.g. a memory reservation the
+    /// pooling allocator cannot make).
     pub fn new(limits: &PluginRuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
         Runtime::build(limits, true)
     }
@@ -687,20 +720,64 @@ impl Runtime {
 
     /// Whether `component` links against `world` (version, imports, exports);
     /// nothing is instantiated.
+    ///
+    /// # Errors
+    /// `Incompatible` or `Link`, naming the version, import or export that
+    /// does not fit.
     pub fn check_links(
         &self,
         world: &'static str,
         name: &str,
         component: &Component,
     ) -> Result<(), PluginError> {
-        let (pre, packed) = self.instance_pre(world, name, component)?;
-        let linked = match (world, packed) {
-            ("router", false) => bindings::router::RouterPre::new(pre).map(drop),
-            ("router", true) => bindings::packed_router::PackedRouterPre::new(pre).map(drop),
-            (_, false) => bindings::filter::FilterPre::new(pre).map(drop),
-            (_, true) => bindings::packed_filter::PackedFilterPre::new(pre).map(drop),
-        };
-        linked.map_err(link_error(name, world))
+        if world == "router" {
+            self.link::<router::RouterWorld>(name, component).map(drop)
+        } else {
+            self.link::<filter::FilterWorld>(name, component).map(drop)
+        }
+    }
+
+    /// Links `component` against world `W` (its plain or packed variant,
+    /// whichever the component exports): the one loader of filter and
+    /// router plugins.
+    ///
+    /// Errors: as [`Runtime::instance_pre`].
+    pub(crate) fn link<W: World>(
+        &self,
+        name: &str,
+        component: &Component,
+    ) -> Result<W::Pre, PluginError> {
+        let (pre, packed) = self.instance_pre(W::NAME, name, component)?;
+        W::link(pre, packed).map_err(link_error(name, W::NAME))
+    }
+
+    /// A new instance of a plugin linked against `W`, with `init` called
+    /// with `config`.
+    ///
+    /// Errors: `Init` with the plugin's message; a trap, deadline or
+    /// memory fault while instantiating or in `init`.
+    pub(crate) fn instantiate<W: World>(
+        &self,
+        name: &Arc<str>,
+        pre: &W::Pre,
+        config: &str,
+    ) -> Result<NewInstance<W>, PluginError> {
+        let mut store = self.store(name);
+        self.arm(&mut store);
+        let bindings = W::instantiate(pre, &mut store).map_err(|e| self.classify(name, e))?;
+        self.arm(&mut store);
+        match W::init(&bindings, &mut store, config) {
+            Ok(Ok(init)) => Ok(NewInstance {
+                store,
+                bindings,
+                init,
+            }),
+            Ok(Err(msg)) => Err(PluginError::Init {
+                name: name.to_string(),
+                msg,
+            }),
+            Err(e) => Err(self.classify(name, e)),
+        }
     }
 
     /// Whether instances created from now on write their stderr to the

@@ -7,7 +7,8 @@ use super::bindings::router::{Router, RouterPre};
 use super::bindings::types::{Batch, Decision, RouterOptions};
 use super::convert::{self, HeaderSelection};
 use super::{
-    cut_reason, isolate, link_error, Compiled, PluginError, PluginMeta, Pool, Runtime, State,
+    cut_reason, isolate, Compiled, NewInstance, PluginError, PluginMeta, Pool, Runtime, State,
+    World,
 };
 use crate::capacity::Snapshot;
 use crate::config::PluginConfig;
@@ -15,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::record::Record;
 use std::sync::Arc;
 use std::time::Instant;
+use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 /// Target indexes of one decision.
@@ -33,15 +35,51 @@ pub enum Route {
 }
 
 /// A linked component of either router world.
-enum Pre {
+pub(crate) enum Pre {
     Plain(RouterPre<State>),
     /// `packed-router` (contract 1.1): decisions come back as codes.
     Packed(PackedRouterPre<State>),
 }
 
-enum Bindings {
+pub(crate) enum Bindings {
     Plain(Router),
     Packed(PackedRouter),
+}
+
+/// The `router` world (and `packed-router`) for [`Runtime::link`].
+pub(crate) enum RouterWorld {}
+
+impl World for RouterWorld {
+    const NAME: &'static str = "router";
+    type Pre = Pre;
+    type Bindings = Bindings;
+    type Init = RouterOptions;
+
+    fn link(pre: InstancePre<State>, packed: bool) -> wasmtime::Result<Pre> {
+        if packed {
+            PackedRouterPre::new(pre).map(Pre::Packed)
+        } else {
+            RouterPre::new(pre).map(Pre::Plain)
+        }
+    }
+
+    fn instantiate(pre: &Pre, store: &mut Store<State>) -> wasmtime::Result<Bindings> {
+        match pre {
+            Pre::Plain(pre) => pre.instantiate(store).map(Bindings::Plain),
+            Pre::Packed(pre) => pre.instantiate(store).map(Bindings::Packed),
+        }
+    }
+
+    fn init(
+        bindings: &Bindings,
+        store: &mut Store<State>,
+        config: &str,
+    ) -> wasmtime::Result<Result<RouterOptions, String>> {
+        match bindings {
+            Bindings::Plain(b) => b.call_init(store, config),
+            Bindings::Packed(b) => b.call_init(store, config),
+        }
+    }
 }
 
 struct Instance {
@@ -71,6 +109,10 @@ pub struct RouterPlugin {
 impl RouterPlugin {
     /// Compiles, links against the `router` world, and creates and `init`s
     /// `plugins.instances` instances.
+    ///
+    /// # Errors
+    /// [`PluginError`]: the file cannot be read or compiled, it does not link
+    /// against the router world, or an `init` refuses its config.
     pub fn load(
         runtime: &Arc<Runtime>,
         cfg: &PluginConfig,
@@ -91,13 +133,7 @@ impl RouterPlugin {
         config_json: String,
         metrics: Arc<Metrics>,
     ) -> Result<RouterPlugin, PluginError> {
-        let (pre, packed) = runtime.instance_pre("router", name, &compiled.component)?;
-        let pre = if packed {
-            PackedRouterPre::new(pre).map(Pre::Packed)
-        } else {
-            RouterPre::new(pre).map(Pre::Plain)
-        }
-        .map_err(link_error(name, "router"))?;
+        let pre = runtime.link::<RouterWorld>(name, &compiled.component)?;
         let mut plugin = RouterPlugin {
             meta: PluginMeta::new(name, &compiled),
             options: RouterOptions {
@@ -128,34 +164,22 @@ impl RouterPlugin {
     }
 
     fn instantiate(&self) -> Result<(Instance, RouterOptions), PluginError> {
-        let mut store = self.runtime.store(&self.meta.name);
-        self.runtime.arm(&mut store);
-        let bindings = match &self.pre {
-            Pre::Plain(pre) => pre.instantiate(&mut store).map(Bindings::Plain),
-            Pre::Packed(pre) => pre.instantiate(&mut store).map(Bindings::Packed),
-        }
-        .map_err(|e| self.runtime.classify(&self.meta.name, e))?;
-        self.runtime.arm(&mut store);
-        let init = match &bindings {
-            Bindings::Plain(b) => b.call_init(&mut store, &self.config_json),
-            Bindings::Packed(b) => b.call_init(&mut store, &self.config_json),
+        let NewInstance {
+            store,
+            bindings,
+            init,
+        } = self.runtime.instantiate::<RouterWorld>(
+            &self.meta.name,
+            &self.pre,
+            &self.config_json,
+        )?;
+        let instance = Instance {
+            store,
+            bindings,
+            pushed: None,
+            batch: convert::empty_batch(),
         };
-        match init {
-            Ok(Ok(options)) => Ok((
-                Instance {
-                    store,
-                    bindings,
-                    pushed: None,
-                    batch: convert::empty_batch(),
-                },
-                options,
-            )),
-            Ok(Err(msg)) => Err(PluginError::Init {
-                name: self.meta.name.to_string(),
-                msg,
-            }),
-            Err(e) => Err(self.runtime.classify(&self.meta.name, e)),
-        }
+        Ok((instance, init))
     }
 
     /// One [`Route`] per record, decided against `snapshot` (pushed to the
