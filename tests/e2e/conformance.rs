@@ -192,69 +192,81 @@ fn plugin_test_reports_a_changed_decision() {
     );
 }
 
-/// `cdrs plugin new` for each language and world gives a project whose one
-/// build command makes a component that loads and runs on its own fixtures.
 #[test]
-fn scaffolded_projects_build_and_run_in_every_language() {
-    let base = std::env::temp_dir().join(format!("cdrs-new-{}", std::process::id()));
+fn scaffolded_rust_projects_build_and_run() {
+    scaffolded_projects_build_and_run("rust");
+}
+
+#[test]
+fn scaffolded_python_projects_build_and_run() {
+    scaffolded_projects_build_and_run("python");
+}
+
+#[test]
+fn scaffolded_js_projects_build_and_run() {
+    scaffolded_projects_build_and_run("js");
+}
+
+#[test]
+fn scaffolded_c_projects_build_and_run() {
+    scaffolded_projects_build_and_run("c");
+}
+
+/// `cdrs plugin new` for `lang` and each world gives a project whose one
+/// build command makes a component that loads and runs on its own fixtures.
+/// One test per language, so the languages build side by side.
+fn scaffolded_projects_build_and_run(lang: &str) {
+    let base = std::env::temp_dir().join(format!("cdrs-new-{lang}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let runtime = Runtime::new(&PluginRuntimeConfig {
         instances: 1,
         ..Default::default()
     })
     .expect("runtime");
-    for lang in ["rust", "python", "js", "c"] {
-        for world in ["router", "filter"] {
-            let name = format!("my-{lang}-{world}");
-            let dir = base.join(&name);
-            cdrs::plugin::scaffold::create(lang, world, &dir, &root().join("sdk"))
-                .expect("scaffold");
-            let out = std::process::Command::new("bash")
-                .arg(dir.join("build.sh"))
-                // Rust projects share one target folder so dependencies compile once.
-                .env("CARGO_TARGET_DIR", root().join("target/scaffold"))
-                .output()
-                .expect("run build.sh");
-            assert!(
-                out.status.success(),
-                "{lang} {world} build failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let wasm = dir.join(format!("{}.wasm", name.replace('-', "_")));
-            let records =
-                testbed::read_records(&dir.join("fixtures/records.jsonl")).expect("records");
-            let targets = match world {
-                "router" => {
-                    testbed::read_targets(&dir.join("fixtures/targets.json")).expect("targets")
-                }
-                _ => Vec::new(),
-            };
-            let run = testbed::run(&runtime, &wasm, &records, &targets, "{}", 256)
-                .unwrap_or_else(|e| panic!("{lang} {world}: {e}"));
-            assert_eq!(run.world, world);
-            assert_eq!(run.errors, 0, "{lang} {world}: failed plugin calls");
-            let got: Vec<String> = run.lines.iter().map(|l| l.to_string()).collect();
-            // The templates' policies: routers pick the least loaded healthy
-            // target by (in-flight + assigned) / capacity: blotter-1 0/100,
-            // blotter-2 1/200, then they take turns (ties go to the first);
-            // blotter-3 is down. Filters drop the one record without a key.
-            let want: Vec<String> = if world == "router" {
-                ["blotter-1", "blotter-2", "blotter-1", "blotter-2"]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        format!(r#"{{"decision":"route","offset":{i},"targets":["{t}"]}}"#)
-                    })
-                    .collect()
-            } else {
-                ["keep", "keep", "drop", "keep"]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| format!(r#"{{"offset":{i},"verdict":"{v}"}}"#))
-                    .collect()
-            };
-            assert_eq!(got, want, "{lang} {world}");
-        }
+    for world in ["router", "filter"] {
+        let name = format!("my-{lang}-{world}");
+        let dir = base.join(&name);
+        cdrs::plugin::scaffold::create(lang, world, &dir, &root().join("sdk")).expect("scaffold");
+        let out = std::process::Command::new("bash")
+            .arg(dir.join("build.sh"))
+            // Rust projects share one target folder so dependencies compile once.
+            .env("CARGO_TARGET_DIR", root().join("target/scaffold"))
+            .output()
+            .expect("run build.sh");
+        assert!(
+            out.status.success(),
+            "{lang} {world} build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wasm = dir.join(format!("{}.wasm", name.replace('-', "_")));
+        let records = testbed::read_records(&dir.join("fixtures/records.jsonl")).expect("records");
+        let targets = match world {
+            "router" => testbed::read_targets(&dir.join("fixtures/targets.json")).expect("targets"),
+            _ => Vec::new(),
+        };
+        let run = testbed::run(&runtime, &wasm, &records, &targets, "{}", 256)
+            .unwrap_or_else(|e| panic!("{lang} {world}: {e}"));
+        assert_eq!(run.world, world);
+        assert_eq!(run.errors, 0, "{lang} {world}: failed plugin calls");
+        let got: Vec<String> = run.lines.iter().map(|l| l.to_string()).collect();
+        // The templates' policies: routers pick the least loaded healthy
+        // target by (in-flight + assigned) / capacity: blotter-1 0/100,
+        // blotter-2 1/200, then they take turns (ties go to the first);
+        // blotter-3 is down. Filters drop the one record without a key.
+        let want: Vec<String> = if world == "router" {
+            ["blotter-1", "blotter-2", "blotter-1", "blotter-2"]
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!(r#"{{"decision":"route","offset":{i},"targets":["{t}"]}}"#))
+                .collect()
+        } else {
+            ["keep", "keep", "drop", "keep"]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!(r#"{{"offset":{i},"verdict":"{v}"}}"#))
+                .collect()
+        };
+        assert_eq!(got, want, "{lang} {world}");
     }
     let _ = std::fs::remove_dir_all(&base);
 }
