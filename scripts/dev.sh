@@ -78,9 +78,16 @@ need_tansu() {
 # Plugins built, Tansu installed, both exported for the test binaries.
 test_env() {
   build_plugins
+  phase "plugins built"
   build_examples
+  phase "example plugins built (Python, JavaScript, C)"
   CDRS_TANSU=$(need_tansu)
   export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+}
+
+# Seconds since the command started, to stderr: where a run's time goes.
+phase() {
+  echo "== $1 (${SECONDS} s)" >&2
 }
 
 cmd=${1:-help}; shift || true
@@ -96,12 +103,16 @@ case "$cmd" in
     test_env
     # Host crates (engine unit tests, end-to-end tests), then the plugins'
     # native unit tests (policy logic, no Wasm).
+    cargo test --workspace --no-run -q "$@" 2>&1 | grep -v '^  Executable' >&2 || true
+    phase "Rust tests built"
     cargo test --workspace --no-fail-fast "$@"
+    phase "Rust tests done"
     # The guest SDKs' own tests: policy logic natively, layout readers.
     echo "== SDK tests: python, js, c" >&2
     PYTHONDONTWRITEBYTECODE=1 "$TOOLS/venv/bin/python" -m unittest discover -s sdk/python/tests
     node --test sdk/js/test/
     sdk/c/test/run.sh
+    phase "SDK tests done"
     ;;
   bench)
     build_plugins
