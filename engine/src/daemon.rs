@@ -41,6 +41,11 @@ impl Daemon {
     /// Loads plugins, binds the admin API, joins the consumer group and
     /// starts consuming. Returns once all of that succeeded. With
     /// `config_path`, that file is watched and reloaded as a diff.
+    ///
+    /// # Errors
+    /// The Wasm runtime cannot start; a plugin fails to load (each named); the
+    /// admin address cannot be bound; the dead-letter or group consumer cannot
+    /// be created; the capacity topic cannot be read.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
@@ -168,6 +173,9 @@ impl Daemon {
     }
 
     /// Waits until the consumer joined its group, at most `timeout`.
+    ///
+    /// # Errors
+    /// The consumer did not join its group within `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.is_ready() {
@@ -200,6 +208,9 @@ impl Daemon {
     }
 
     /// Stops consuming, drains, commits offsets, stops the admin API.
+    ///
+    /// # Errors
+    /// The source task panicked, or committing the final offsets failed.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.request_stop();
         let result = self.task.await.context("source task panicked")?;

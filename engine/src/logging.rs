@@ -39,6 +39,9 @@ pub fn validate(level: &str) -> Result<(), String> {
 
 /// Replaces the active filter (config reload). A no-op when [`init`] did
 /// not install the subscriber (embedded use, tests).
+///
+/// # Errors
+/// `level` is not a valid `tracing` filter directive (the parser's message).
 pub fn set_level(level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
     match HANDLE.get() {

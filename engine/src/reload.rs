@@ -23,6 +23,10 @@ pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 /// reloaded as a diff, a changed plugin file swaps that plugin. The watcher
 /// only debounces and signals; loading happens on a blocking thread, off the
 /// data path. Runs until `shutdown`.
+///
+/// # Errors
+/// The file watcher (`notify`) cannot be created or cannot watch a file's
+/// folder.
 pub async fn watch_files(
     manager: Arc<PluginManager>,
     reloader: Arc<ConfigReloader>,

@@ -306,6 +306,9 @@ fn describe(tpl: &TopicPartitionList) -> String {
 pub type Source = StreamConsumer<SourceContext>;
 
 /// Creates the group consumer and subscribes to `kafka.topics`.
+///
+/// # Errors
+/// librdkafka refuses the settings (`[kafka.options]`) or the subscription.
 pub fn consumer(
     cfg: &KafkaConfig,
     pipeline: &PipelineConfig,

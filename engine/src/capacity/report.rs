@@ -151,6 +151,10 @@ impl CapacityReport {
     }
 
     /// Parses a report from JSON bytes (size, syntax, types, unknown fields).
+    ///
+    /// # Errors
+    /// [`ReportError`]: too large, not JSON, a field of the wrong type, or an
+    /// unknown field (named by its path).
     pub fn parse(bytes: &[u8]) -> Result<CapacityReport, ReportError> {
         if bytes.len() > MAX_REPORT_BYTES {
             return Err(ReportError::Oversized(bytes.len()));
@@ -173,6 +177,10 @@ impl CapacityReport {
 
     /// Checks ranges and the timestamp against `now_ms` (wall clock) with
     /// `max_skew_ms` of tolerance.
+    ///
+    /// # Errors
+    /// [`ReportError`]: a value out of range (named), or a timestamp further
+    /// than `max_skew_ms` in the future.
     pub fn validate(&self, now_ms: i64, max_skew_ms: u64) -> Result<(), ReportError> {
         let check = |field, value: u64, max: u64| {
             if value > max {

@@ -117,6 +117,9 @@ impl<P: Swappable> Slot<P> {
     }
 
     /// Puts the previous version back. Errors if there is none.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: no plugin `name`, or it has no previous version.
     pub fn rollback(&self, why: &str) -> Result<String, String> {
         let mut st = self.state.lock().expect("slot lock");
         let prev = st
@@ -364,6 +367,10 @@ impl PluginManager {
     /// Loads plugin `name` from its configured file and swaps it in, unless
     /// the file holds the version already running. Blocking (compiles).
     /// Returns the running version.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: no plugin `name`, or the new version cannot be read,
+    /// compiled, linked or `init`-ed (the old one keeps serving).
     pub fn reload_file(&self, name: &str) -> Result<String, ReloadError> {
         let target = self.find(name)?;
         let path = target.config().path.clone();
@@ -377,6 +384,10 @@ impl PluginManager {
     }
 
     /// Installs uploaded component bytes as plugin `name`. Blocking.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: no plugin `name`, or the bytes cannot be compiled,
+    /// linked or `init`-ed (the old version keeps serving).
     pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<String, ReloadError> {
         let target = self.find(name)?;
         self.install(&target, bytes, "upload", "upload", false)

@@ -140,6 +140,10 @@ fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>, FixtureError> {
 }
 
 /// Reads fixture records (JSON lines; blank lines skipped).
+///
+/// # Errors
+/// [`FixtureError`]: the file cannot be read, or a line is not a valid record
+/// (its line number named).
 pub fn read_records(path: &Path) -> Result<Vec<Record>, FixtureError> {
     read_json_lines(path)?
         .iter()
@@ -198,6 +202,10 @@ fn healthy() -> HealthFixture {
 }
 
 /// Reads a target snapshot (a JSON array of targets).
+///
+/// # Errors
+/// [`FixtureError`]: the file cannot be read, or is not a JSON array of valid
+/// targets.
 pub fn read_targets(path: &Path) -> Result<Vec<TargetView>, FixtureError> {
     let file = path.display().to_string();
     let err = |msg: String| FixtureError {
@@ -437,6 +445,9 @@ pub fn run(
 }
 
 /// Reads expected lines (JSON lines, blank lines skipped).
+///
+/// # Errors
+/// [`FixtureError`]: the file cannot be read, or a line is not JSON.
 pub fn read_expect(path: &Path) -> Result<Vec<Value>, FixtureError> {
     Ok(read_json_lines(path)?.into_iter().map(|(_, v)| v).collect())
 }

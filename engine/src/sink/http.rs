@@ -224,6 +224,9 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built (TLS backend initialisation).
     pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<HttpSink> {
         let client = reqwest::Client::builder()
             // A followed 301/302/303 turns the POST into a GET without the
@@ -241,6 +244,11 @@ impl HttpSink {
     }
 
     /// POSTs `records` to `url`; Ok only on a 2xx answer.
+    ///
+    /// # Errors
+    /// [`DeliveryError`]: the request failed (connection, timeout), or the
+    /// server answered other than 2xx (its status, `Retry-After` and the start
+    /// of its body).
     pub async fn post(&self, url: &str, records: &[&Record]) -> Result<(), DeliveryError> {
         let body = WireBatch {
             records: records.iter().map(|r| WireRecord::from_record(r)).collect(),

@@ -142,6 +142,9 @@ impl ProducerContext for AckContext {
 
 impl TargetProducer {
     /// An idempotent producer on `brokers` (`options`: `[kafka.options]`).
+    ///
+    /// # Errors
+    /// librdkafka refuses the settings.
     pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         Ok(TargetProducer {
             producer: crate::kafka::producer_config(brokers, options)
@@ -285,6 +288,9 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// A producer for `topic` on `brokers`; `options` are raw librdkafka
     /// settings (the `[kafka.options]` table), filtered to producer ones.
+    ///
+    /// # Errors
+    /// librdkafka refuses the settings.
     pub fn new(
         brokers: &str,
         topic: &str,
@@ -304,6 +310,10 @@ impl DeadLetterSink {
     /// larger than the producer's `message.max.bytes` is dead-lettered
     /// without its value and headers, with a `cdrs-dlq-omitted` header
     /// saying so, rather than retried forever.
+    ///
+    /// # Errors
+    /// The broker did not acknowledge the record within the producer's
+    /// `message.timeout.ms`, or refused it.
     pub async fn send(&self, r: &Record, why: &DeadLetter<'_>) -> Result<(), KafkaError> {
         // Only a record that is itself too large: the broker's size error
         // refuses whole produce requests, other dead letters with it.

@@ -201,12 +201,18 @@ async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
 
 impl AppServer {
     /// Starts a server on 127.0.0.1 (free port) that declares `capacity`.
+    ///
+    /// # Errors
+    /// The port cannot be bound.
     pub fn start(id: &str, capacity: u32) -> anyhow::Result<AppServer> {
         Self::start_on(id, capacity, 0, None)
     }
 
     /// Starts a server on 127.0.0.1:`port` (0: any free port); with `log`,
     /// every record received is appended to that file as a [`LogLine`].
+    ///
+    /// # Errors
+    /// The port cannot be bound, or the log file cannot be opened.
     pub fn start_on(
         id: &str,
         capacity: u32,
@@ -328,6 +334,9 @@ impl AppServer {
 
     /// Starts publishing a capacity report to the capacity `topic` every
     /// `every` (key: the server id).
+    ///
+    /// # Errors
+    /// The producer cannot be created.
     pub fn publish_to(&self, brokers: &str, topic: &str, every: Duration) -> anyhow::Result<()> {
         let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -391,6 +400,9 @@ impl Drop for AppServer {
 
 /// Reads a server's log file (lines in arrival order; a torn last line, from
 /// a crash mid-write, is skipped — its batch was never acknowledged).
+///
+/// # Errors
+/// The file cannot be read, or a complete line is not a [`LogLine`].
 pub fn read_log(path: &std::path::Path) -> anyhow::Result<Vec<LogLine>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

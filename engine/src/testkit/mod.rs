@@ -72,6 +72,9 @@ impl Ledger {
 }
 
 /// Produces `n` demo events to `topic` and returns the ledger.
+///
+/// # Errors
+/// As [`produce_events`].
 pub async fn produce(brokers: &str, topic: &str, n: u64, clients: u64) -> anyhow::Result<Ledger> {
     produce_events(
         brokers,
@@ -214,6 +217,9 @@ pub fn dead_letter_headers<M: Message>(m: &M) -> (String, HashMap<String, String
 
 /// Reads the whole dead-letter topic (partitions `0..partitions`) and
 /// returns the original ids (`cdrs-original-*` headers) with their reasons.
+///
+/// # Errors
+/// The consumer cannot be created or assigned.
 pub fn read_dead_letters(
     brokers: &str,
     topic: &str,
