@@ -7,8 +7,18 @@
 //! lowest offset not yet finished — the next offset a restarted consumer must
 //! read — so committing it never skips an unfinished record (at-least-once).
 //! A record sent to several targets finishes when its last copy does.
+//!
+//! [`Partition`] wraps one partition's tracker with its in-flight window
+//! (`pipeline.max_inflight_records`: a worker waits for room before it
+//! hands on a batch) and the key bindings that keep per-key order
+//! (`delivery.key_order = "strict"`), and stores each new watermark in the
+//! consumer.
 
-use std::collections::VecDeque;
+use crate::metrics::Metrics;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// Pending offsets of one partition.
 ///
@@ -95,6 +105,162 @@ impl OffsetTracker {
     /// Records (offsets) still unfinished.
     pub fn pending(&self) -> usize {
         self.unfinished
+    }
+}
+
+/// One partition's records in flight: its offset tracker, its in-flight
+/// window and where its in-flight keys are bound to (`D`: the dispatcher's
+/// destination, a target or the parking queue).
+pub struct Partition<D> {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    state: Mutex<PartitionState<D>>,
+    window: Semaphore,
+    /// Set on revoke/shutdown: the worker takes no new batches.
+    pub revoked: AtomicBool,
+    /// Stores the watermark (next offset to read) in the consumer.
+    store: Box<dyn Fn(i64) + Send + Sync>,
+    inflight: prometheus::IntGauge,
+}
+
+struct PartitionState<D> {
+    tracker: OffsetTracker,
+    /// Key hash → where its in-flight copies were sent to last.
+    keys: HashMap<u64, KeyRoute<D>>,
+}
+
+struct KeyRoute<D> {
+    target: D,
+    copies: u32,
+}
+
+impl<D: Clone + PartialEq> Partition<D> {
+    /// `window`: `pipeline.max_inflight_records`; `store(w)` is called with
+    /// each new watermark.
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        window: usize,
+        metrics: &Metrics,
+        store: impl Fn(i64) + Send + Sync + 'static,
+    ) -> Arc<Partition<D>> {
+        let inflight = metrics
+            .partition_inflight
+            .with_label_values(&[&*topic, &partition.to_string()]);
+        Arc::new(Partition {
+            topic,
+            partition,
+            state: Mutex::new(PartitionState {
+                tracker: OffsetTracker::default(),
+                keys: HashMap::new(),
+            }),
+            window: Semaphore::new(window),
+            revoked: AtomicBool::new(false),
+            store: Box::new(store),
+            inflight,
+        })
+    }
+
+    /// Waits for room for `n` more records in the in-flight window, then
+    /// tracks their offsets (ascending) as unfinished. False (nothing
+    /// tracked) if the partition was revoked meanwhile.
+    pub async fn admit(&self, offsets: &[i64]) -> bool {
+        let n = offsets.len() as u32;
+        let permits = self
+            .window
+            .acquire_many(n)
+            .await
+            .expect("window semaphore is never closed");
+        if self.revoked.load(Ordering::Relaxed) {
+            return false;
+        }
+        permits.forget();
+        let mut st = self.state.lock().expect("partition lock");
+        for &o in offsets {
+            st.tracker.track(o, 1);
+        }
+        self.inflight.add(n.into());
+        true
+    }
+
+    /// A record finished before routing (dropped or dead-lettered by a filter).
+    pub(crate) fn finish_unrouted(&self, offset: i64) {
+        self.finish(offset, None);
+    }
+
+    /// Records read and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.state.lock().expect("partition lock").tracker.pending()
+    }
+
+    /// One copy of `offset` finished (delivered, dropped, dead-lettered);
+    /// `key` if the copy was bound to its key's route.
+    pub(crate) fn finish(&self, offset: i64, key: Option<u64>) {
+        self.finish_many(&[(offset, key)]);
+    }
+
+    /// [`Partition::finish`] for many copies under one lock, with one
+    /// release of window permits and at most one offset store.
+    pub(crate) fn finish_many(&self, done: &[(i64, Option<u64>)]) {
+        let mut st = self.state.lock().expect("partition lock");
+        let mut freed = 0;
+        for &(offset, key) in done {
+            if let Some(h) = key {
+                if let Some(k) = st.keys.get_mut(&h) {
+                    k.copies -= 1;
+                    if k.copies == 0 {
+                        st.keys.remove(&h);
+                    }
+                }
+            }
+            if st.tracker.finish(offset) {
+                freed += 1;
+            }
+        }
+        if freed > 0 {
+            self.window.add_permits(freed);
+            self.inflight.sub(freed as i64);
+        }
+        if let Some(w) = st.tracker.advanced() {
+            (self.store)(w);
+        }
+    }
+
+    /// Binds one more copy of each key (hash) to its destination, or — if
+    /// the key already has copies in flight — rewrites the destination to
+    /// the one they are bound to: they all sit in one lane there, in offset
+    /// order, and move together.
+    pub(crate) fn bind_keys<'a>(&self, keyed: impl IntoIterator<Item = (u64, &'a mut D)>)
+    where
+        D: 'a,
+    {
+        let mut st = self.state.lock().expect("partition lock");
+        for (h, target) in keyed {
+            let k = st.keys.entry(h).or_insert_with(|| KeyRoute {
+                target: target.clone(),
+                copies: 0,
+            });
+            k.copies += 1;
+            if k.target != *target {
+                *target = k.target.clone();
+            }
+        }
+    }
+
+    /// Adds `extra` unfinished copies of `offset` (fan-out).
+    pub(crate) fn add_copies(&self, offset: i64, extra: u32) {
+        if extra > 0 {
+            let mut st = self.state.lock().expect("partition lock");
+            st.tracker.add_copies(offset, extra);
+        }
+    }
+
+    /// Stores the current watermark now (revoke, shutdown).
+    pub fn store_now(&self) {
+        let st = self.state.lock().expect("partition lock");
+        if let Some(w) = st.tracker.watermark() {
+            (self.store)(w);
+        }
     }
 }
 

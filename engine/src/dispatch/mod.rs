@@ -16,7 +16,7 @@
 //! Guarantees:
 //! * **at-least-once**: a record finishes only when delivered (2xx / broker
 //!   ack), dropped by a plugin or acknowledged by the dead-letter topic; only
-//!   then can its partition's commit watermark ([`OffsetTracker`]) pass it.
+//!   then can its partition's commit watermark ([`OffsetTracker`](crate::offsets::OffsetTracker)) pass it.
 //!   On a hard stop, queued records are simply not finished.
 //! * **per-key order at a target**: while a key has copies in flight they
 //!   all sit in one lane (new records of the key follow them there, whatever
@@ -35,7 +35,6 @@ pub mod breaker;
 use crate::capacity::{Health, Registry, Snapshot};
 use crate::config::{DeliveryConfig, KeyOrder, WhenNoTarget};
 use crate::metrics::Metrics;
-use crate::offsets::OffsetTracker;
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, HttpSink};
 use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
@@ -45,7 +44,6 @@ use breaker::{Admit, Breakers};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -120,158 +118,9 @@ pub trait Reroute: Send + Sync + 'static {
     fn route_again(&self, jobs: Vec<Job>) -> BoxFuture<'_, Placed>;
 }
 
-/// One partition's records in flight: its offset tracker, its in-flight
-/// window and the targets its in-flight keys are bound to.
-pub struct Partition {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    state: Mutex<PartitionState>,
-    window: Semaphore,
-    /// Set on revoke/shutdown: the worker takes no new batches.
-    pub revoked: AtomicBool,
-    /// Stores the watermark (next offset to read) in the consumer.
-    store: Box<dyn Fn(i64) + Send + Sync>,
-    inflight: prometheus::IntGauge,
-}
-
-#[derive(Default)]
-struct PartitionState {
-    tracker: OffsetTracker,
-    /// Key hash → target its in-flight copies were sent to last.
-    keys: HashMap<u64, KeyRoute>,
-}
-
-struct KeyRoute {
-    target: Destination,
-    copies: u32,
-}
-
-impl Partition {
-    /// `window`: `pipeline.max_inflight_records`; `store(w)` is called with
-    /// each new watermark.
-    pub fn new(
-        topic: Arc<str>,
-        partition: i32,
-        window: usize,
-        metrics: &Metrics,
-        store: impl Fn(i64) + Send + Sync + 'static,
-    ) -> Arc<Partition> {
-        let inflight = metrics
-            .partition_inflight
-            .with_label_values(&[&*topic, &partition.to_string()]);
-        Arc::new(Partition {
-            topic,
-            partition,
-            state: Mutex::default(),
-            window: Semaphore::new(window),
-            revoked: AtomicBool::new(false),
-            store: Box::new(store),
-            inflight,
-        })
-    }
-
-    /// Waits for room for `n` more records in the in-flight window, then
-    /// tracks their offsets (ascending) as unfinished. False (nothing
-    /// tracked) if the partition was revoked meanwhile.
-    pub async fn admit(&self, offsets: &[i64]) -> bool {
-        let n = offsets.len() as u32;
-        let permits = self
-            .window
-            .acquire_many(n)
-            .await
-            .expect("window semaphore is never closed");
-        if self.revoked.load(Ordering::Relaxed) {
-            return false;
-        }
-        permits.forget();
-        let mut st = self.state.lock().expect("partition lock");
-        for &o in offsets {
-            st.tracker.track(o, 1);
-        }
-        self.inflight.add(n.into());
-        true
-    }
-
-    /// A record finished before routing (dropped or dead-lettered by a filter).
-    pub(crate) fn finish_unrouted(&self, offset: i64) {
-        self.finish(offset, None);
-    }
-
-    /// Records read and not yet finished.
-    pub fn pending(&self) -> usize {
-        self.state.lock().expect("partition lock").tracker.pending()
-    }
-
-    /// One copy of `offset` finished (delivered, dropped, dead-lettered);
-    /// `key` if the copy was bound to its key's route.
-    fn finish(&self, offset: i64, key: Option<u64>) {
-        self.finish_many(&[(offset, key)]);
-    }
-
-    /// [`Partition::finish`] for many copies under one lock, with one
-    /// release of window permits and at most one offset store.
-    fn finish_many(&self, done: &[(i64, Option<u64>)]) {
-        let mut st = self.state.lock().expect("partition lock");
-        let mut freed = 0;
-        for &(offset, key) in done {
-            if let Some(h) = key {
-                if let Some(k) = st.keys.get_mut(&h) {
-                    k.copies -= 1;
-                    if k.copies == 0 {
-                        st.keys.remove(&h);
-                    }
-                }
-            }
-            if st.tracker.finish(offset) {
-                freed += 1;
-            }
-        }
-        if freed > 0 {
-            self.window.add_permits(freed);
-            self.inflight.sub(freed as i64);
-        }
-        if let Some(w) = st.tracker.advanced() {
-            (self.store)(w);
-        }
-    }
-
-    /// Binds one more copy of each keyed job's key to its target, or — if
-    /// the key already has copies in flight — redirects the job to the
-    /// target they are bound to: they all sit in one lane there, in offset
-    /// order, and move together.
-    fn bind_keys(&self, jobs: &mut [(Destination, Job)]) {
-        let mut st = self.state.lock().expect("partition lock");
-        for (target, j) in jobs {
-            if let Some(h) = j.key {
-                j.bound = true;
-                let k = st.keys.entry(h).or_insert_with(|| KeyRoute {
-                    target: target.clone(),
-                    copies: 0,
-                });
-                k.copies += 1;
-                if k.target != *target {
-                    *target = k.target.clone();
-                }
-            }
-        }
-    }
-
-    /// Adds `extra` unfinished copies of `offset` (fan-out).
-    pub(crate) fn add_copies(&self, offset: i64, extra: u32) {
-        if extra > 0 {
-            let mut st = self.state.lock().expect("partition lock");
-            st.tracker.add_copies(offset, extra);
-        }
-    }
-
-    /// Stores the current watermark now (revoke, shutdown).
-    pub fn store_now(&self) {
-        let st = self.state.lock().expect("partition lock");
-        if let Some(w) = st.tracker.watermark() {
-            (self.store)(w);
-        }
-    }
-}
+/// One partition's records in flight, keys bound to a [`Destination`]
+/// (see [`crate::offsets::Partition`]).
+pub type Partition = crate::offsets::Partition<Destination>;
 
 /// Records a lane of a `kafka://` target hands the producer before it waits
 /// for their acks (`delivery.max_batch` if larger). librdkafka forms its own
@@ -656,7 +505,10 @@ impl Dispatcher {
         if strict {
             for run in jobs.chunk_by_mut(|a, b| Arc::ptr_eq(&a.1.part, &b.1.part)) {
                 let part = run[0].1.part.clone();
-                part.bind_keys(run);
+                part.bind_keys(run.iter_mut().filter_map(|(target, j)| {
+                    j.bound = j.key.is_some();
+                    j.key.map(|h| (h, target))
+                }));
             }
         }
         // By target, in order of first appearance; offset order within each.

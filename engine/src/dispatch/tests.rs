@@ -6,7 +6,7 @@
 use super::*;
 use crate::config::CapacityConfig;
 use crate::testkit::appserver::AppServer;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A record as the re-router saw it: offset, targets excluded, attempts.
 type Seen = (i64, Vec<Arc<str>>, u32);
