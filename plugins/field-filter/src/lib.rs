@@ -27,7 +27,7 @@
 //! ```
 
 use cdrs_plugin_sdk::filter::{stamp, Batch, Filter, Record, Verdict};
-use cdrs_plugin_sdk::json::lookup;
+use cdrs_plugin_sdk::json::{equals, lookup_span};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -92,9 +92,10 @@ pub struct FieldFilter {
     non_json: Action,
     reads_json: bool,
     stamp_header: Option<String>,
-    /// Per-rule field values of the record at hand, reused across records
-    /// (one allocation per instance, not one per record).
-    fields: Vec<Option<Value>>,
+    /// Per-rule field of the record at hand, where its JSON text is in the
+    /// value: reused across records (one allocation per instance, not one
+    /// per record), and nothing built from the document.
+    fields: Vec<Option<std::ops::Range<usize>>>,
 }
 
 impl FieldFilter {
@@ -159,8 +160,8 @@ impl FieldFilter {
             };
             for rule in &self.rules {
                 let found = match &rule.subject {
-                    Subject::Field(path) => match lookup(doc, path) {
-                        Ok(v) => v,
+                    Subject::Field(path) => match lookup_span(doc, path) {
+                        Ok(span) => span,
                         Err(_) => return act(self.non_json, NOT_JSON),
                     },
                     Subject::Header(_) => None,
@@ -169,15 +170,20 @@ impl FieldFilter {
             }
         }
         for (i, rule) in self.rules.iter().enumerate() {
-            let found: Option<Value> = match &rule.subject {
-                Subject::Field(_) => fields[i].take(),
-                Subject::Header(h) => r
-                    .header(h)
-                    .map(|v| Value::String(String::from_utf8_lossy(v).into_owned())),
+            let header;
+            let found: Option<&[u8]> = match &rule.subject {
+                Subject::Field(_) => fields[i].clone().and_then(|span| r.value()?.get(span)),
+                Subject::Header(h) => {
+                    // A header compares as a JSON string of its UTF-8 text.
+                    header = r.header(h).map(|v| {
+                        serde_json::to_vec(&String::from_utf8_lossy(v)).unwrap_or_default()
+                    });
+                    header.as_deref()
+                }
             };
             let hit = match &rule.test {
-                Test::Equals(v) => found.as_ref() == Some(v),
-                Test::In(vs) => found.as_ref().is_some_and(|f| vs.contains(f)),
+                Test::Equals(v) => found.is_some_and(|f| equals(f, v)),
+                Test::In(vs) => found.is_some_and(|f| vs.iter().any(|v| equals(f, v))),
                 Test::Exists(b) => found.is_some() == *b,
             };
             if hit {

@@ -4,17 +4,22 @@
 use super::*;
 
 /// The demo filter's policy natively, with the same JSON code the plugin
-/// runs (`cdrs_plugin_sdk::json::lookup`): keep unless `type` is
-/// "heartbeat"; not JSON → dead-letter.
+/// runs (`cdrs_plugin_sdk::json::{lookup_span, equals}`): keep unless
+/// `type` is "heartbeat"; not JSON → dead-letter.
 pub(super) fn native_filter(records: &[&Record]) -> Vec<bool> {
+    use cdrs_plugin_sdk::json::{equals, lookup_span};
+    let heartbeat = serde_json::Value::String("heartbeat".into());
     records
         .iter()
         .map(|r| {
-            let ty = r
-                .value
-                .as_deref()
-                .map(|b| cdrs_plugin_sdk::json::lookup(b, &["type"]));
-            matches!(ty, Some(Ok(t)) if t.as_ref().and_then(|t| t.as_str()) != Some("heartbeat"))
+            let Some(doc) = r.value.as_deref() else {
+                return false;
+            };
+            match lookup_span(doc, &["type"]) {
+                Ok(Some(span)) => !equals(&doc[span], &heartbeat),
+                Ok(None) => true,
+                Err(_) => false,
+            }
         })
         .collect()
 }
