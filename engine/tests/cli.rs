@@ -170,6 +170,11 @@ fn bench_writes_every_figure() {
         "cold_load_ms",
         "cached_load_ms",
         "instance_rss_bytes",
+        "http_records_per_s",
+        "http_loop_records_per_s",
+        "http_ratio_like_for_like",
+        "http_p99_ms",
+        "http_loop_p99_ms",
     ] {
         let v = json[key].as_f64().unwrap_or(f64::NAN);
         // RSS growth can round to zero pages; everything else is a rate or a time.
@@ -179,6 +184,17 @@ fn bench_writes_every_figure() {
             v > 0.0
         };
         assert!(v.is_finite() && min_ok, "{key} = {v} in {json}");
+    }
+    // CPU per record can round to 0 on 2,000 records (clock ticks of 10
+    // ms); CDRS's added latency is negative when it was faster than the loop.
+    for key in [
+        "http_cpu_us_per_record",
+        "http_loop_cpu_us_per_record",
+        "http_p50_added_ms",
+        "http_p99_added_ms",
+    ] {
+        let v = json[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite(), "{key} = {v} in {json}");
     }
     // Two policies (json, trivial) × 4 batch sizes × 2 target counts, and
     // one row of json without deadlines.

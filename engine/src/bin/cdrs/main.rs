@@ -82,7 +82,7 @@ enum Command {
         quick: bool,
         /// Run one part only (the others report 0); `latency` is the
         /// end-to-end part's latency phase alone.
-        #[arg(long, value_parser = ["overhead", "load", "e2e", "latency"])]
+        #[arg(long, value_parser = ["overhead", "load", "e2e", "latency", "http"])]
         only: Option<String>,
         /// A librdkafka setting for CDRS's clients in the end-to-end part,
         /// as in `[kafka.options]` (repeatable; after the bench's own, so
@@ -102,6 +102,13 @@ enum Command {
             default_value = "target/wasm32-wasip2/plugin"
         )]
         plugin_dir: PathBuf,
+    },
+    /// Counting app servers for `cdrs bench` (its HTTP part starts them in
+    /// their own process): prints their ports, serves until stdin closes.
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long, default_value_t = 3)]
+        servers: usize,
     },
     /// One fake application server as its own process (for trying CDRS by
     /// hand and for chaos tests): takes `POST /records`, appends each record
@@ -184,6 +191,10 @@ fn main() -> ExitCode {
                 };
                 bench::command(out, opts)
             })
+        }
+        Command::BenchServer { servers } => {
+            init_logs("warn");
+            bench::http::serve(servers)
         }
         Command::DemoServer {
             id,

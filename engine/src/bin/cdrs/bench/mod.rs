@@ -14,14 +14,20 @@
 //!    like-for-like passthrough and the broker alone. The broker is Tansu
 //!    in its own process when installed (its CPU is reported apart), else
 //!    librdkafka's in-process mock ([`BenchBroker`]).
-//! 3. **Load**: cold compile and cached load per plugin; instantiation (+ `init`).
-//! 4. **Memory**: resident set of the process idle and under load; per plugin
+//! 3. **HTTP**: records/s and CPU per record through CDRS (demo filter and
+//!    router) to three counting HTTP app servers, against a like-for-like
+//!    rdkafka → HTTP loop (same bodies, client, concurrency and batch size),
+//!    and produce → arrival latency of both at half the loop's rate
+//!    ([`http`]).
+//! 4. **Load**: cold compile and cached load per plugin; instantiation (+ `init`).
+//! 5. **Memory**: resident set of the process idle and under load; per plugin
 //!    instance (RSS growth over 64 extra instances).
 //!
 //! Figures depend on the build: run the release binary (`scripts/dev.sh bench`).
 
 mod broker;
 mod end_to_end;
+pub(crate) mod http;
 mod overhead;
 
 use anyhow::Context;
@@ -52,7 +58,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +70,8 @@ pub struct BenchOptions {
     pub records: u64,
     /// Fewer iterations (a smoke run: the figures are rough).
     pub quick: bool,
-    /// Run one part only: `overhead`, `load`, `e2e`, or `latency` (the
-    /// end-to-end part's latency phase alone); the others report 0.
+    /// Run one part only: `overhead`, `load`, `e2e`, `latency` (the
+    /// end-to-end part's latency phase alone) or `http`; the others report 0.
     pub only: Option<String>,
     /// The broker of the end-to-end part.
     pub broker: BenchBroker,
@@ -150,6 +156,24 @@ pub struct BenchReport {
     pub rss_idle_bytes: u64,
     pub rss_load_bytes: u64,
     pub e2e_json_records_per_s: f64,
+    /// HTTP delivery (demo filter and router, three counting servers):
+    /// CDRS's records/s against the like-for-like rdkafka → HTTP loop's.
+    pub http_records_per_s: f64,
+    pub http_loop_records_per_s: f64,
+    pub http_ratio_like_for_like: f64,
+    /// CPU of CDRS / of the loop per record, µs (broker and servers apart).
+    pub http_cpu_us_per_record: f64,
+    pub http_loop_cpu_us_per_record: f64,
+    /// Produce → arrival at the server at half the loop's rate, ms: CDRS,
+    /// the loop, and CDRS minus the loop.
+    pub http_p50_ms: f64,
+    pub http_p99_ms: f64,
+    pub http_loop_p50_ms: f64,
+    pub http_loop_p99_ms: f64,
+    pub http_p50_added_ms: f64,
+    pub http_p99_added_ms: f64,
+    /// Everything the HTTP part measured.
+    pub http: http::HttpFigures,
     /// Cores busy in this process (CPU s per wall s; the embedded broker
     /// included) during the bare passthrough, trivial, JSON and
     /// like-for-like passthrough runs.
@@ -189,6 +213,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         end_to_end(&opts).await?
     } else {
         EndToEnd::default()
+    };
+    let h = if wants("http") {
+        http::http(&opts).await?
+    } else {
+        http::HttpFigures::default()
     };
     let at = |policy: &str, b: usize, t: usize| {
         overhead
@@ -231,6 +260,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         rss_idle_bytes,
         rss_load_bytes: rss_bytes("VmHWM"),
         e2e_json_records_per_s: e2e.json,
+        http_records_per_s: h.cdrs_records_per_s,
+        http_loop_records_per_s: h.loop_records_per_s,
+        http_ratio_like_for_like: ratio(h.cdrs_records_per_s, h.loop_records_per_s),
+        http_cpu_us_per_record: h.cdrs_cpu_us_per_record,
+        http_loop_cpu_us_per_record: h.loop_cpu_us_per_record,
+        http_p50_ms: h.cdrs_p50_ms,
+        http_p99_ms: h.cdrs_p99_ms,
+        http_loop_p50_ms: h.loop_p50_ms,
+        http_loop_p99_ms: h.loop_p99_ms,
+        http_p50_added_ms: h.cdrs_p50_ms - h.loop_p50_ms,
+        http_p99_added_ms: h.cdrs_p99_ms - h.loop_p99_ms,
+        http: h,
         e2e_busy_cores: e2e.busy_cores.clone(),
         e2e_broker_cores: e2e.broker_cores.clone(),
         overhead,
@@ -317,6 +358,36 @@ pub fn table(r: &BenchReport) -> String {
             r.passthrough_p99_latency_ms,
             r.broker_p50_latency_ms,
             r.broker_p99_latency_ms
+        );
+    }
+    if r.http_loop_records_per_s > 0.0 {
+        let h = &r.http;
+        s += &format!(
+            "\nHTTP delivery ({} records of 200 bytes, {}, {} counting servers)\n\
+             | path | records/s | vs loop | CPU µs/record | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n\
+             | rdkafka → HTTP loop, like-for-like | {:.0} | 1.00 | {:.2} | {:.1} | {:.1} |\n\
+             | CDRS, demo filter and router | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |\n\
+             latency: produce → arrival at the server at {:.0} records/s (half the {:.0} records/s \
+             the loop sustains while the records are produced beside it); \
+             CDRS adds p50 {:+.1} ms, p99 {:+.1} ms. Broker {:.2}, servers {:.2} CPU µs/record\n",
+            r.records,
+            r.broker,
+            http::SERVERS,
+            h.loop_records_per_s,
+            h.loop_cpu_us_per_record,
+            h.loop_p50_ms,
+            h.loop_p99_ms,
+            h.cdrs_records_per_s,
+            r.http_ratio_like_for_like,
+            h.cdrs_cpu_us_per_record,
+            h.cdrs_p50_ms,
+            h.cdrs_p99_ms,
+            h.latency_rate,
+            h.loop_live_records_per_s,
+            r.http_p50_added_ms,
+            r.http_p99_added_ms,
+            h.broker_cpu_us_per_record,
+            h.servers_cpu_us_per_record,
         );
     }
     if !r.loads.is_empty() {
