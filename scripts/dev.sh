@@ -125,8 +125,8 @@ case "$cmd" in
   chaos)
     test_env
     cargo build -q -p cdrs >&2
-    echo "| case | produced | filtered | delivered | duplicates | dead-lettered | lost | out of key order | max RSS MiB | s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| case | produced | filtered | delivered | duplicates | duplicates ÷ rate, s | dead-lettered | lost | out of key order | max RSS MiB | s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     cargo test -q -p cdrs-e2e --test e2e chaos -- --nocapture --test-threads=1 2>/dev/null | grep -o '| [a-z0-9-]* | .*|$'
     ;;
   sdk-bench)

@@ -25,6 +25,16 @@ use std::sync::Arc;
 /// long (~1s) delays between messages."
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
+/// librdkafka's `auto.commit.interval.ms` for the source consumer, unless
+/// `[kafka.options]` sets it: how often the stored commit watermarks are
+/// committed, in the background (librdkafka's default is 5000; its commits
+/// are asynchronous and never wait on the data path). After a `kill -9`,
+/// what was delivered since the last commit is delivered again by the next
+/// owner, so this bounds the duplicates to about this much of traffic
+/// (plus what was in flight): 1000 let ~2 s of traffic through twice in
+/// the chaos suite.
+pub const AUTO_COMMIT_INTERVAL_MS: &str = "200";
+
 /// librdkafka's `queued.max.messages.kbytes` for the source consumer,
 /// unless `[kafka.options]` sets it: KiB prefetched per partition at most
 /// (with split partition queues the limit applies to each partition's
@@ -38,7 +48,7 @@ pub fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientCo
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")

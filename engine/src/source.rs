@@ -10,7 +10,7 @@
 //! * at-least-once: `enable.auto.offset.store=false`; each partition's
 //!   [`Partition`] stores its commit watermark — the lowest offset not yet
 //!   delivered, dropped or dead-lettered — whenever it moves. librdkafka
-//!   auto-commits stored offsets; revoke and shutdown commit synchronously.
+//!   auto-commits stored offsets (every `kafka::AUTO_COMMIT_INTERVAL_MS`); revoke and shutdown commit synchronously.
 //! * per-partition order: one reader per partition queue, batches handed to
 //!   the pipeline in offset order.
 //! * bounded memory: a partition holds at most its in-flight window

@@ -512,13 +512,17 @@ impl Rig {
             .map(|i| i.peak_rss_kib)
             .max()
             .unwrap_or(0);
+        // Duplicates as seconds of the producer's traffic: what a commit
+        // interval of that long would let through twice.
+        let rate = CHUNK as f64 / PACE.as_secs_f64();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {:.1} | {:.0} |",
             self.name,
             t.produced,
             t.filtered,
             t.delivered,
             t.duplicates,
+            t.duplicates as f64 / rate,
             t.dead_lettered,
             t.lost,
             t.out_of_order,
