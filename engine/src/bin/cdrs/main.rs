@@ -82,7 +82,7 @@ enum Command {
         quick: bool,
         /// Run one part only (the others report 0); `latency` is the
         /// end-to-end part's latency phase alone.
-        #[arg(long, value_parser = ["overhead", "load", "e2e", "latency", "http"])]
+        #[arg(long, value_parser = ["overhead", "load", "e2e", "latency", "http", "http-scaling"])]
         only: Option<String>,
         /// A librdkafka setting for CDRS's clients in the end-to-end part,
         /// as in `[kafka.options]` (repeatable; after the bench's own, so

@@ -69,10 +69,13 @@ pub struct HttpFigures {
 
 // ---- the counting servers (child process) ----
 
+/// State shared by the servers of one `cdrs bench-server` process: one
+/// count for all, so the bench reads it with one request whatever the
+/// number of servers (reading 64 counts one after the other under load
+/// took longer than a whole run).
 #[derive(Default)]
 struct Counter {
     records: AtomicU64,
-    requests: AtomicU64,
     ages_us: Mutex<Vec<u32>>,
 }
 
@@ -124,7 +127,6 @@ async fn receive(State(c): State<Arc<Counter>>, body: Bytes) -> axum::http::Stat
     }
     c.records
         .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-    c.requests.fetch_add(1, Ordering::Relaxed);
     axum::http::StatusCode::OK
 }
 
@@ -137,12 +139,14 @@ async fn take_ages(State(c): State<Arc<Counter>>) -> axum::Json<Vec<u32>> {
 }
 
 /// `cdrs bench-server`: `count` counting app servers on free loopback ports
-/// (`POST /records`; `GET /count`: records received so far; `POST /ages`:
-/// the produce → arrival times in µs kept since the last call). Prints the
-/// ports on one line, serves until its stdin closes (the bench is gone).
+/// (`POST /records`; `GET /count`: records received so far by all of them;
+/// `POST /ages`: the produce → arrival times in µs kept since the last
+/// call, all servers'). Prints the ports on one line, serves until its
+/// stdin closes (the bench is gone).
 pub(crate) fn serve(count: usize) -> anyhow::Result<ExitCode> {
     crate::runtime()?.block_on(async move {
         let mut ports = Vec::new();
+        let counter = Arc::new(Counter::default());
         for _ in 0..count {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             ports.push(listener.local_addr()?.port().to_string());
@@ -150,7 +154,7 @@ pub(crate) fn serve(count: usize) -> anyhow::Result<ExitCode> {
                 .route("/records", post(receive))
                 .route("/count", get(stats))
                 .route("/ages", post(take_ages))
-                .with_state(Arc::new(Counter::default()));
+                .with_state(counter.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
         println!("{}", ports.join(" "));
@@ -215,34 +219,26 @@ impl CountingServers {
 
     /// Records received by all servers so far.
     pub(super) async fn received(&self) -> anyhow::Result<u64> {
-        let mut total = 0;
-        for b in &self.bases {
-            let text = self
-                .client
-                .get(format!("{b}/count"))
-                .send()
-                .await?
-                .text()
-                .await?;
-            total += text.trim().parse::<u64>()?;
-        }
-        Ok(total)
+        let text = self
+            .client
+            .get(format!("{}/count", self.bases[0]))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text.trim().parse::<u64>()?)
     }
 
     /// Produce → arrival times of all servers since the last call, ms.
     pub(super) async fn take_ages_ms(&self) -> anyhow::Result<Vec<f64>> {
-        let mut all = Vec::new();
-        for b in &self.bases {
-            let ages: Vec<u32> = self
-                .client
-                .post(format!("{b}/ages"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            all.extend(ages.into_iter().map(|us| us as f64 / 1000.0));
-        }
-        Ok(all)
+        let ages: Vec<u32> = self
+            .client
+            .post(format!("{}/ages", self.bases[0]))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(ages.into_iter().map(|us| us as f64 / 1000.0).collect())
     }
 }
 
@@ -267,7 +263,7 @@ impl HttpLoop {
     /// to `delivery.max_batch` records round-robin to `urls`, at most
     /// `delivery.lanes` requests at a time per URL; a failed POST is tried
     /// again at the same URL after 50 ms; after a 2xx the batch's highest
-    /// offset per partition is stored (auto-commit every second, as CDRS).
+    /// offset per partition is stored (auto-committed as CDRS's are).
     pub(super) fn start(
         link: &Link,
         input: &str,
@@ -280,7 +276,10 @@ impl HttpLoop {
             .set("group.id", group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
+            .set(
+                "auto.commit.interval.ms",
+                cdrs::kafka::AUTO_COMMIT_INTERVAL_MS,
+            )
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", link.fetch_wait_ms)
             .set(
@@ -761,4 +760,66 @@ async fn paced_latency(
     ages.sort_by(f64::total_cmp);
     let q = |p: f64| ages[((ages.len() as f64 - 1.0) * p) as usize];
     Ok((q(0.5), q(0.99)))
+}
+
+/// One configuration of the scaling runs.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ScalingRow {
+    pub targets: usize,
+    pub partitions: i32,
+    /// Input records/s between the 10% and 90% marks.
+    pub records_per_s: f64,
+    /// CPU of the bench process (CDRS) per record, µs.
+    pub cpu_us_per_record: f64,
+    /// Resident set of the bench process once the run's records arrived,
+    /// bytes (the daemon still running).
+    pub rss_bytes: u64,
+}
+
+/// Targets and partitions of the scaling runs: the targets with 6
+/// partitions, then the partitions with 3 targets.
+pub(super) const SCALING: [(usize, i32); 6] = [(1, 6), (3, 6), (16, 6), (64, 6), (3, 1), (3, 24)];
+
+/// CDRS's HTTP path (demo filter and router) with 1 to 64 targets and 1 to
+/// 24 partitions: one run each over `records / 2` records, on a broker and
+/// servers of its own.
+pub(super) async fn scaling(opts: &BenchOptions) -> anyhow::Result<Vec<ScalingRow>> {
+    let cluster = Running::start(&opts.broker).await?;
+    let link = cluster.link();
+    let most = SCALING.iter().map(|s| s.0).max().unwrap_or(1);
+    let servers = CountingServers::start(most)?;
+    let urls = servers.urls();
+    let run = format!("{}-{}", std::process::id(), now_us() / 1_000_000);
+    let name = |what: &str| format!("bench-scaling-{what}-{run}");
+    let n = (opts.records / 2).max(1_000);
+    let dlq = name("dlq");
+    cluster.create_topic(&dlq, 1).await?;
+    let mut partition_counts: Vec<i32> = SCALING.iter().map(|s| s.1).collect();
+    partition_counts.sort_unstable();
+    partition_counts.dedup();
+    for p in &partition_counts {
+        let topic = name(&format!("in-{p}"));
+        cluster.create_topic(&topic, *p).await?;
+        produce_events(&link.brokers, &topic, kept_records(n)).await?;
+    }
+    let limit = Duration::from_secs(300);
+    let mut rows = Vec::new();
+    for (targets, partitions) in SCALING {
+        let topic = name(&format!("in-{partitions}"));
+        let group = name(&format!("{targets}-{partitions}"));
+        let cfg = http_config(&link, &group, (&topic, &dlq), &urls[..targets], opts);
+        let base = servers.received().await?;
+        let daemon = Daemon::start(cfg, None).await?;
+        let w = watch_servers(&link, &servers, (base, n), limit).await?;
+        let rss_bytes = rss_bytes("VmRSS");
+        daemon.stop().await?;
+        rows.push(ScalingRow {
+            targets,
+            partitions,
+            records_per_s: 0.8 * n as f64 / w.span.as_secs_f64(),
+            cpu_us_per_record: w.cpu[0] * 1e6 / (0.8 * n as f64),
+            rss_bytes,
+        });
+    }
+    Ok(rows)
 }

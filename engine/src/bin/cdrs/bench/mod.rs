@@ -71,7 +71,8 @@ pub struct BenchOptions {
     /// Fewer iterations (a smoke run: the figures are rough).
     pub quick: bool,
     /// Run one part only: `overhead`, `load`, `e2e`, `latency` (the
-    /// end-to-end part's latency phase alone) or `http`; the others report 0.
+    /// end-to-end part's latency phase alone), `http` (with its scaling
+    /// runs) or `http-scaling` (those alone); the others report 0.
     pub only: Option<String>,
     /// The broker of the end-to-end part.
     pub broker: BenchBroker,
@@ -174,6 +175,8 @@ pub struct BenchReport {
     pub http_p99_added_ms: f64,
     /// Everything the HTTP part measured.
     pub http: http::HttpFigures,
+    /// The HTTP path with 1–64 targets and 1–24 partitions.
+    pub http_scaling: Vec<http::ScalingRow>,
     /// Cores busy in this process (CPU s per wall s; the embedded broker
     /// included) during the bare passthrough, trivial, JSON and
     /// like-for-like passthrough runs.
@@ -218,6 +221,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         http::http(&opts).await?
     } else {
         http::HttpFigures::default()
+    };
+    // Not in a `--quick` run unless asked for: six daemons joining a group.
+    let scaling = if opts.only.as_deref() == Some("http-scaling") || (wants("http") && !opts.quick)
+    {
+        http::scaling(&opts).await?
+    } else {
+        Vec::new()
     };
     let at = |policy: &str, b: usize, t: usize| {
         overhead
@@ -272,6 +282,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         http_p50_added_ms: h.cdrs_p50_ms - h.loop_p50_ms,
         http_p99_added_ms: h.cdrs_p99_ms - h.loop_p99_ms,
         http: h,
+        http_scaling: scaling,
         e2e_busy_cores: e2e.busy_cores.clone(),
         e2e_broker_cores: e2e.broker_cores.clone(),
         overhead,
@@ -389,6 +400,23 @@ pub fn table(r: &BenchReport) -> String {
             h.broker_cpu_us_per_record,
             h.servers_cpu_us_per_record,
         );
+    }
+    if !r.http_scaling.is_empty() {
+        s += &format!(
+            "\nHTTP delivery scaling (CDRS, {} records each, demo filter and router)\n\
+             | targets | partitions | records/s | CPU µs/record | RSS MiB |\n|---|---|---|---|---|\n",
+            (r.records / 2).max(1_000)
+        );
+        for row in &r.http_scaling {
+            s += &format!(
+                "| {} | {} | {:.0} | {:.2} | {:.1} |\n",
+                row.targets,
+                row.partitions,
+                row.records_per_s,
+                row.cpu_us_per_record,
+                row.rss_bytes as f64 / 1048576.0
+            );
+        }
     }
     if !r.loads.is_empty() {
         s += "\nload\n| plugin | cold compile ms | cached load ms |\n|---|---|---|\n";
