@@ -126,7 +126,9 @@ pub struct Partition<D> {
 struct PartitionState<D> {
     tracker: OffsetTracker,
     /// Key hash → where its in-flight copies were sent to last.
-    keys: HashMap<u64, KeyRoute<D>>,
+    /// Keys are already hashes ([`crate::dispatch::key_hash`]): foldhash
+    /// mixes them cheaply where SipHash would hash them again.
+    keys: HashMap<u64, KeyRoute<D>, foldhash::fast::FixedState>,
 }
 
 struct KeyRoute<D> {
@@ -152,7 +154,7 @@ impl<D: Clone + PartialEq> Partition<D> {
             partition,
             state: Mutex::new(PartitionState {
                 tracker: OffsetTracker::default(),
-                keys: HashMap::new(),
+                keys: HashMap::default(),
             }),
             window: Semaphore::new(window),
             revoked: AtomicBool::new(false),

@@ -43,7 +43,6 @@ use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -132,14 +131,19 @@ pub type Partition = crate::offsets::Partition<Destination>;
 /// with ~25% less CPU.
 pub const KAFKA_LANE_BATCH: usize = 20_000;
 
-/// Hash of a record key, for lanes and key binding (`None` for no key).
+/// Hash of a record key, for lanes and key binding (`None` for no key):
+/// foldhash's fast hash with a fixed seed, so a key keeps its lane for the
+/// life of the process. Not keyed against collisions on purpose: two keys
+/// with one hash only share a lane and a binding (stricter order, never
+/// lost order). SipHash (std's `DefaultHasher`) here and in the key
+/// bindings' map took ~3% of the daemon's CPU on the HTTP path
+/// (`cdrs bench --only http-scaling` under perf).
 pub fn key_hash(key: Option<&[u8]>) -> Option<u64> {
-    key.map(|k| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        k.hash(&mut h);
-        h.finish()
-    })
+    use std::hash::BuildHasher;
+    key.map(|k| foldhash::fast::FixedState::with_seed(KEY_HASH_SEED).hash_one(k))
 }
+
+const KEY_HASH_SEED: u64 = 0x6364_7273_6b65_7973;
 
 /// One copy of a record on its way to a target.
 pub struct Job {

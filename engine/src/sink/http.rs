@@ -90,8 +90,9 @@ impl WireRecord {
     pub fn from_record(r: &Record) -> WireRecord {
         let (key, key_b64) = encode(&r.key);
         let (value, value_b64) = encode(&r.value);
+        let id = r.id();
         WireRecord {
-            id: r.id(),
+            id: id.clone(),
             topic: r.topic.to_string(),
             partition: r.partition,
             offset: r.offset,
@@ -113,7 +114,7 @@ impl WireRecord {
                 })
                 .chain(std::iter::once(WireHeader {
                     key: IDEMPOTENCY_HEADER.into(),
-                    value: Some(r.id()),
+                    value: Some(id),
                     value_b64: None,
                 }))
                 .collect(),

@@ -52,6 +52,9 @@ pub struct HttpFigures {
     /// (0 for an embedded broker, whose CPU counts in the bench's process).
     pub broker_cpu_us_per_record: f64,
     pub servers_cpu_us_per_record: f64,
+    /// Records per POST the servers received (medians of the rounds).
+    pub cdrs_records_per_request: f64,
+    pub loop_records_per_request: f64,
     /// Records/s of the loop while the records are produced as fast as
     /// possible beside it (producer, broker, servers and loop on one
     /// machine): the highest rate the whole setup sustains.
@@ -65,6 +68,10 @@ pub struct HttpFigures {
     pub cdrs_p99_ms: f64,
     pub loop_p50_ms: f64,
     pub loop_p99_ms: f64,
+    /// The same from producer to a consumer of the topic: the broker alone
+    /// (one leg; both paths above consume one leg and POST), ms.
+    pub broker_p50_ms: f64,
+    pub broker_p99_ms: f64,
 }
 
 // ---- the counting servers (child process) ----
@@ -76,6 +83,7 @@ pub struct HttpFigures {
 #[derive(Default)]
 struct Counter {
     records: AtomicU64,
+    requests: AtomicU64,
     ages_us: Mutex<Vec<u32>>,
 }
 
@@ -127,11 +135,16 @@ async fn receive(State(c): State<Arc<Counter>>, body: Bytes) -> axum::http::Stat
     }
     c.records
         .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+    c.requests.fetch_add(1, Ordering::Relaxed);
     axum::http::StatusCode::OK
 }
 
 async fn stats(State(c): State<Arc<Counter>>) -> String {
-    c.records.load(Ordering::Relaxed).to_string()
+    format!(
+        "{} {}",
+        c.records.load(Ordering::Relaxed),
+        c.requests.load(Ordering::Relaxed)
+    )
 }
 
 async fn take_ages(State(c): State<Arc<Counter>>) -> axum::Json<Vec<u32>> {
@@ -139,7 +152,8 @@ async fn take_ages(State(c): State<Arc<Counter>>) -> axum::Json<Vec<u32>> {
 }
 
 /// `cdrs bench-server`: `count` counting app servers on free loopback ports
-/// (`POST /records`; `GET /count`: records received so far by all of them;
+/// (`POST /records`; `GET /count`: records and requests received so far by
+/// all of them, as two numbers;
 /// `POST /ages`: the produce → arrival times in µs kept since the last
 /// call, all servers'). Prints the ports on one line, serves until its
 /// stdin closes (the bench is gone).
@@ -219,6 +233,11 @@ impl CountingServers {
 
     /// Records received by all servers so far.
     pub(super) async fn received(&self) -> anyhow::Result<u64> {
+        Ok(self.counts().await?.0)
+    }
+
+    /// Records and requests received by all servers so far.
+    pub(super) async fn counts(&self) -> anyhow::Result<(u64, u64)> {
         let text = self
             .client
             .get(format!("{}/count", self.bases[0]))
@@ -226,7 +245,11 @@ impl CountingServers {
             .await?
             .text()
             .await?;
-        Ok(text.trim().parse::<u64>()?)
+        let mut n = text.split_whitespace().map(str::parse::<u64>);
+        match (n.next(), n.next()) {
+            (Some(Ok(records)), Some(Ok(requests))) => Ok((records, requests)),
+            _ => anyhow::bail!("`cdrs bench-server` answered {text:?} to GET /count"),
+        }
     }
 
     /// Produce → arrival times of all servers since the last call, ms.
@@ -493,12 +516,13 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     let delivery = DeliveryConfig::default();
     let rounds = if opts.quick { 1 } else { 3 };
     let mut runs: [Vec<Run>; 2] = Default::default();
+    let mut batches: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
         for k in 0..2 {
             // 0: the loop, 1: CDRS; each round starts with the other.
             let path = (round + k) % 2;
             let group = name(&format!("path{path}-{round}"));
-            let base = servers.received().await?;
+            let (base, requests) = servers.counts().await?;
             let w = if path == 0 {
                 let l = HttpLoop::start(&link, &input, &group, urls.clone(), &delivery)?;
                 let w = watch_servers(&link, &servers, (base, n), limit).await?;
@@ -511,6 +535,8 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
                 daemon.stop().await?;
                 w
             };
+            let (records, after) = servers.counts().await?;
+            batches[path].push((records - base) as f64 / (after - requests).max(1) as f64);
             runs[path].push(w);
         }
     }
@@ -535,6 +561,8 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
         cdrs_cpu_us_per_record: cpu_us(&runs[1], 0),
         broker_cpu_us_per_record: cpu_us(&runs[1], 1),
         servers_cpu_us_per_record: cpu_us(&runs[1], 2),
+        loop_records_per_request: median(batches[0].clone()),
+        cdrs_records_per_request: median(batches[1].clone()),
         ..HttpFigures::default()
     };
 
@@ -565,15 +593,23 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     let cfg = http_config(&link, &name("lat-cdrs"), (&cdrs_in, &dlq), &urls, opts);
     let daemon = Daemon::start(cfg, None).await?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
+    let arrivals = Arrivals::Servers(&servers);
     let (p50, p99) =
-        paced_latency(&link, &servers, &cdrs_in, f.latency_rate, measured, limit).await?;
+        paced_latency(&link, &arrivals, &cdrs_in, f.latency_rate, measured, limit).await?;
     daemon.stop().await?;
     (f.cdrs_p50_ms, f.cdrs_p99_ms) = (p50, p99);
     let l = HttpLoop::start(&link, &loop_in, &name("lat-loop"), urls.clone(), &delivery)?;
     let (p50, p99) =
-        paced_latency(&link, &servers, &loop_in, f.latency_rate, measured, limit).await?;
+        paced_latency(&link, &arrivals, &loop_in, f.latency_rate, measured, limit).await?;
     l.stop().await?;
     (f.loop_p50_ms, f.loop_p99_ms) = (p50, p99);
+    // The floor both stand on: produce → a consumer of the topic.
+    let one_leg = name("lat-broker");
+    cluster.create_topic(&one_leg, PARTITIONS).await?;
+    let arrivals = Arrivals::Consumer(ConsumerWatch::start(&link, &one_leg)?);
+    let (p50, p99) =
+        paced_latency(&link, &arrivals, &one_leg, f.latency_rate, measured, limit).await?;
+    (f.broker_p50_ms, f.broker_p99_ms) = (p50, p99);
     Ok(f)
 }
 
@@ -677,6 +713,84 @@ fn flood(
     })
 }
 
+/// Where the latency phase sees records arrive: at the app servers, or at
+/// a consumer of the input topic (the broker alone: one leg, the floor).
+pub(super) enum Arrivals<'a> {
+    Servers(&'a CountingServers),
+    Consumer(ConsumerWatch),
+}
+
+impl Arrivals<'_> {
+    async fn received(&self) -> anyhow::Result<u64> {
+        match self {
+            Arrivals::Servers(s) => s.received().await,
+            Arrivals::Consumer(c) => Ok(c.seen.load(Ordering::Relaxed)),
+        }
+    }
+
+    async fn take_ages_ms(&self) -> anyhow::Result<Vec<f64>> {
+        match self {
+            Arrivals::Servers(s) => s.take_ages_ms().await,
+            Arrivals::Consumer(c) => Ok(std::mem::take(&mut *c.ages.lock().expect("ages lock"))),
+        }
+    }
+}
+
+/// A consumer assigned every partition of a topic from its start, on a
+/// thread of its own, counting records and keeping (consume − produce time)
+/// of those with [`SENT_HEADER`], ms.
+pub(super) struct ConsumerWatch {
+    seen: Arc<AtomicU64>,
+    ages: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ConsumerWatch {
+    pub(super) fn start(link: &Link, topic: &str) -> anyhow::Result<ConsumerWatch> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &link.brokers)
+            .set("group.id", format!("bench-watch-{topic}"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", link.fetch_wait_ms)
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        }
+        c.assign(&tpl)?;
+        let watch = ConsumerWatch {
+            seen: Arc::default(),
+            ages: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (seen, ages, stop) = (watch.seen.clone(), watch.ages.clone(), watch.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let now = now_us();
+                let sent = m.headers().and_then(|hs| {
+                    let h = hs.iter().find(|h| h.key == SENT_HEADER)?;
+                    std::str::from_utf8(h.value?).ok()?.parse::<u64>().ok()
+                });
+                if let Some(at) = sent {
+                    let age = now.saturating_sub(at) as f64 / 1000.0;
+                    ages.lock().expect("ages lock").push(age);
+                }
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(watch)
+    }
+}
+
+impl Drop for ConsumerWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Produces to `input` at a steady `rate` records/s: one second of warm-up
 /// (no [`SENT_HEADER`]; waited for until the servers got it, so a group
 /// join or a first fetch is not measured), then `seconds` of records
@@ -684,7 +798,7 @@ fn flood(
 /// servers, ms.
 async fn paced_latency(
     link: &Link,
-    servers: &CountingServers,
+    servers: &Arrivals<'_>,
     input: &str,
     rate: f64,
     seconds: f64,

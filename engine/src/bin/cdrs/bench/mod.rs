@@ -378,9 +378,11 @@ pub fn table(r: &BenchReport) -> String {
              | path | records/s | vs loop | CPU µs/record | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n\
              | rdkafka → HTTP loop, like-for-like | {:.0} | 1.00 | {:.2} | {:.1} | {:.1} |\n\
              | CDRS, demo filter and router | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |\n\
+             | broker alone (produce → consumer; latency only) | | | | {:.1} | {:.1} |\n\
              latency: produce → arrival at the server at {:.0} records/s (half the {:.0} records/s \
              the loop sustains while the records are produced beside it); \
-             CDRS adds p50 {:+.1} ms, p99 {:+.1} ms. Broker {:.2}, servers {:.2} CPU µs/record\n",
+             CDRS adds p50 {:+.1} ms, p99 {:+.1} ms. Broker {:.2}, servers {:.2} CPU µs/record; \
+             records per request: loop {:.0}, CDRS {:.0}\n",
             r.records,
             r.broker,
             http::SERVERS,
@@ -393,12 +395,16 @@ pub fn table(r: &BenchReport) -> String {
             h.cdrs_cpu_us_per_record,
             h.cdrs_p50_ms,
             h.cdrs_p99_ms,
+            h.broker_p50_ms,
+            h.broker_p99_ms,
             h.latency_rate,
             h.loop_live_records_per_s,
             r.http_p50_added_ms,
             r.http_p99_added_ms,
             h.broker_cpu_us_per_record,
             h.servers_cpu_us_per_record,
+            h.loop_records_per_request,
+            h.cdrs_records_per_request,
         );
     }
     if !r.http_scaling.is_empty() {
