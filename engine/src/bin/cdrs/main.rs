@@ -65,8 +65,9 @@ enum Command {
         )]
         plugin_dir: PathBuf,
     },
-    /// Benchmarks: plugin overhead against native, end to end against a bare
-    /// rdkafka passthrough, load times, memory. Prints a table; --out writes JSON.
+    /// Benchmarks: plugin overhead against native, end to end (`kafka://`
+    /// and HTTP) against like-for-like rdkafka loops, latency, scaling, load
+    /// times, memory. Prints a table; --out writes JSON.
     /// Run the release build for real figures (`scripts/dev.sh bench`).
     Bench {
         /// Write the JSON report here.

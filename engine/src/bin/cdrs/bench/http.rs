@@ -72,6 +72,8 @@ pub struct HttpFigures {
     /// (one leg; both paths above consume one leg and POST), ms.
     pub broker_p50_ms: f64,
     pub broker_p99_ms: f64,
+    /// The same three at [`LOW_RATE`] (not with `--quick`).
+    pub low_rate: LatencyAt,
 }
 
 // ---- the counting servers (child process) ----
@@ -585,32 +587,62 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
         l.stop().await?;
         f.latency_rate = f.loop_live_records_per_s / 2.0;
     }
-    let (cdrs_in, loop_in) = (name("lat-cdrs"), name("lat-loop"));
-    for t in [&cdrs_in, &loop_in] {
-        cluster.create_topic(t, PARTITIONS).await?;
-    }
     let measured = if opts.quick { 1.0 } else { 5.0 };
-    let cfg = http_config(&link, &name("lat-cdrs"), (&cdrs_in, &dlq), &urls, opts);
-    let daemon = Daemon::start(cfg, None).await?;
-    daemon.wait_ready(Duration::from_secs(60)).await?;
-    let arrivals = Arrivals::Servers(&servers);
-    let (p50, p99) =
-        paced_latency(&link, &arrivals, &cdrs_in, f.latency_rate, measured, limit).await?;
-    daemon.stop().await?;
-    (f.cdrs_p50_ms, f.cdrs_p99_ms) = (p50, p99);
-    let l = HttpLoop::start(&link, &loop_in, &name("lat-loop"), urls.clone(), &delivery)?;
-    let (p50, p99) =
-        paced_latency(&link, &arrivals, &loop_in, f.latency_rate, measured, limit).await?;
-    l.stop().await?;
-    (f.loop_p50_ms, f.loop_p99_ms) = (p50, p99);
-    // The floor both stand on: produce → a consumer of the topic.
-    let one_leg = name("lat-broker");
-    cluster.create_topic(&one_leg, PARTITIONS).await?;
-    let arrivals = Arrivals::Consumer(ConsumerWatch::start(&link, &one_leg)?);
-    let (p50, p99) =
-        paced_latency(&link, &arrivals, &one_leg, f.latency_rate, measured, limit).await?;
-    (f.broker_p50_ms, f.broker_p99_ms) = (p50, p99);
+    let mut rates = vec![("lat", f.latency_rate)];
+    if !opts.quick {
+        rates.push(("low", LOW_RATE));
+    }
+    for (tag, rate) in rates {
+        let (cdrs_in, loop_in) = (name(&format!("{tag}-cdrs")), name(&format!("{tag}-loop")));
+        for t in [&cdrs_in, &loop_in] {
+            cluster.create_topic(t, PARTITIONS).await?;
+        }
+        let mut at = LatencyAt {
+            rate,
+            ..LatencyAt::default()
+        };
+        let cfg = http_config(&link, &cdrs_in, (&cdrs_in, &dlq), &urls, opts);
+        let daemon = Daemon::start(cfg, None).await?;
+        daemon.wait_ready(Duration::from_secs(60)).await?;
+        let arrivals = Arrivals::Servers(&servers);
+        (at.cdrs_p50_ms, at.cdrs_p99_ms) =
+            paced_latency(&link, &arrivals, &cdrs_in, rate, measured, limit).await?;
+        daemon.stop().await?;
+        let l = HttpLoop::start(&link, &loop_in, &loop_in, urls.clone(), &delivery)?;
+        (at.loop_p50_ms, at.loop_p99_ms) =
+            paced_latency(&link, &arrivals, &loop_in, rate, measured, limit).await?;
+        l.stop().await?;
+        // The floor both stand on: produce → a consumer of the topic.
+        let one_leg = name(&format!("{tag}-broker"));
+        cluster.create_topic(&one_leg, PARTITIONS).await?;
+        let arrivals = Arrivals::Consumer(ConsumerWatch::start(&link, &one_leg)?);
+        (at.broker_p50_ms, at.broker_p99_ms) =
+            paced_latency(&link, &arrivals, &one_leg, rate, measured, limit).await?;
+        if tag == "lat" {
+            (f.cdrs_p50_ms, f.cdrs_p99_ms) = (at.cdrs_p50_ms, at.cdrs_p99_ms);
+            (f.loop_p50_ms, f.loop_p99_ms) = (at.loop_p50_ms, at.loop_p99_ms);
+            (f.broker_p50_ms, f.broker_p99_ms) = (at.broker_p50_ms, at.broker_p99_ms);
+        } else {
+            f.low_rate = at;
+        }
+    }
     Ok(f)
+}
+
+/// The HTTP part's second, low latency rate, records/s: the `kafka://`
+/// latency phase's, where the broker alone takes milliseconds, not tens.
+pub(super) const LOW_RATE: f64 = 2_000.0;
+
+/// Produce → arrival latency of the three setups at one rate, ms.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LatencyAt {
+    pub rate: f64,
+    pub cdrs_p50_ms: f64,
+    pub cdrs_p99_ms: f64,
+    pub loop_p50_ms: f64,
+    pub loop_p99_ms: f64,
+    pub broker_p50_ms: f64,
+    pub broker_p99_ms: f64,
 }
 
 /// CDRS from `input` to the counting servers with the demo's filter and

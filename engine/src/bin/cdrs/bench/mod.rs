@@ -173,6 +173,9 @@ pub struct BenchReport {
     pub http_loop_p99_ms: f64,
     pub http_p50_added_ms: f64,
     pub http_p99_added_ms: f64,
+    /// CDRS minus the loop at 2,000 records/s, ms (0 with `--quick`).
+    pub http_low_rate_p50_added_ms: f64,
+    pub http_low_rate_p99_added_ms: f64,
     /// Everything the HTTP part measured.
     pub http: http::HttpFigures,
     /// The HTTP path with 1–64 targets and 1–24 partitions.
@@ -281,6 +284,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         http_loop_p99_ms: h.loop_p99_ms,
         http_p50_added_ms: h.cdrs_p50_ms - h.loop_p50_ms,
         http_p99_added_ms: h.cdrs_p99_ms - h.loop_p99_ms,
+        http_low_rate_p50_added_ms: h.low_rate.cdrs_p50_ms - h.low_rate.loop_p50_ms,
+        http_low_rate_p99_added_ms: h.low_rate.cdrs_p99_ms - h.low_rate.loop_p99_ms,
         http: h,
         http_scaling: scaling,
         e2e_busy_cores: e2e.busy_cores.clone(),
@@ -406,6 +411,22 @@ pub fn table(r: &BenchReport) -> String {
             h.loop_records_per_request,
             h.cdrs_records_per_request,
         );
+        let low = &h.low_rate;
+        if low.rate > 0.0 {
+            s += &format!(
+                "latency at {:.0} records/s: loop p50 {:.1} / p99 {:.1} ms, CDRS p50 {:.1} / p99 {:.1} ms \
+                 (adds {:+.1} / {:+.1}), broker alone p50 {:.1} / p99 {:.1} ms\n",
+                low.rate,
+                low.loop_p50_ms,
+                low.loop_p99_ms,
+                low.cdrs_p50_ms,
+                low.cdrs_p99_ms,
+                r.http_low_rate_p50_added_ms,
+                r.http_low_rate_p99_added_ms,
+                low.broker_p50_ms,
+                low.broker_p99_ms,
+            );
+        }
     }
     if !r.http_scaling.is_empty() {
         s += &format!(
