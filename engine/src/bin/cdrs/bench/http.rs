@@ -276,7 +276,8 @@ impl Drop for CountingServers {
 
 // ---- the like-for-like loop ----
 
-/// A running rdkafka → HTTP loop; stops when dropped or [`HttpLoop::stop`]ped.
+/// A running rdkafka → HTTP loop, until [`HttpLoop::stop`]ped (a bench that
+/// fails half-way leaves it to the process's exit).
 pub(super) struct HttpLoop {
     stop: Arc<std::sync::atomic::AtomicBool>,
     reader: tokio::task::JoinHandle<anyhow::Result<()>>,
