@@ -270,13 +270,7 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
     let n = if latency_only { 0 } else { opts.records };
     let cluster = Running::start(&opts.broker).await?;
     // Topic and group names unique per run: an external broker keeps them.
-    let run = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    );
+    let run = run_id();
     let name = |what: &str| format!("bench-{what}-{run}");
     let (input, dlq) = (name("in"), name("dlq"));
     cluster.create_topic(&input, PARTITIONS).await?;

@@ -59,20 +59,11 @@ pub struct HttpFigures {
     /// possible beside it (producer, broker, servers and loop on one
     /// machine): the highest rate the whole setup sustains.
     pub loop_live_records_per_s: f64,
-    /// Steady rate of the latency phase, records/s: half of
-    /// `loop_live_records_per_s` (2,000 with `--quick`, which measures no
-    /// live rate and reports the loop's throughput instead).
-    pub latency_rate: f64,
-    /// Produce → arrival at the server, ms, at that rate.
-    pub cdrs_p50_ms: f64,
-    pub cdrs_p99_ms: f64,
-    pub loop_p50_ms: f64,
-    pub loop_p99_ms: f64,
-    /// The same from producer to a consumer of the topic: the broker alone
-    /// (one leg; both paths above consume one leg and POST), ms.
-    pub broker_p50_ms: f64,
-    pub broker_p99_ms: f64,
-    /// The same three at [`LOW_RATE`] (not with `--quick`).
+    /// Latency at half of `loop_live_records_per_s` (at 2,000 records/s
+    /// with `--quick`, which measures no live rate and reports the loop's
+    /// throughput instead).
+    pub half_load: LatencyAt,
+    /// The same at [`LOW_RATE`] (not with `--quick`).
     pub low_rate: LatencyAt,
 }
 
@@ -502,13 +493,7 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     let link = cluster.link();
     let servers = CountingServers::start(SERVERS)?;
     let urls = servers.urls();
-    let run = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    );
+    let run = run_id();
     let name = |what: &str| format!("bench-http-{what}-{run}");
     let (input, dlq) = (name("in"), name("dlq"));
     cluster.create_topic(&input, PARTITIONS).await?;
@@ -575,7 +560,7 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     // `--quick`: 2,000 records/s, no flood.
     if opts.quick {
         f.loop_live_records_per_s = f.loop_records_per_s;
-        f.latency_rate = 2_000.0;
+        f.half_load.rate = 2_000.0;
     } else {
         let live = name("live");
         cluster.create_topic(&live, PARTITIONS).await?;
@@ -586,10 +571,10 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
         watch_servers(&link, &servers, (base, 1_000), limit).await?;
         f.loop_live_records_per_s = live_rate(&link, &servers, &live, n, limit).await?;
         l.stop().await?;
-        f.latency_rate = f.loop_live_records_per_s / 2.0;
+        f.half_load.rate = f.loop_live_records_per_s / 2.0;
     }
     let measured = if opts.quick { 1.0 } else { 5.0 };
-    let mut rates = vec![("lat", f.latency_rate)];
+    let mut rates = vec![("lat", f.half_load.rate)];
     if !opts.quick {
         rates.push(("low", LOW_RATE));
     }
@@ -620,9 +605,7 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
         (at.broker_p50_ms, at.broker_p99_ms) =
             paced_latency(&link, &arrivals, &one_leg, rate, measured, limit).await?;
         if tag == "lat" {
-            (f.cdrs_p50_ms, f.cdrs_p99_ms) = (at.cdrs_p50_ms, at.cdrs_p99_ms);
-            (f.loop_p50_ms, f.loop_p99_ms) = (at.loop_p50_ms, at.loop_p99_ms);
-            (f.broker_p50_ms, f.broker_p99_ms) = (at.broker_p50_ms, at.broker_p99_ms);
+            f.half_load = at;
         } else {
             f.low_rate = at;
         }
@@ -634,7 +617,10 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
 /// latency phase's, where the broker alone takes milliseconds, not tens.
 pub(super) const LOW_RATE: f64 = 2_000.0;
 
-/// Produce → arrival latency of the three setups at one rate, ms.
+/// Produce → arrival latency at one steady rate (records/s), ms: at the
+/// servers through CDRS and through the loop, and from producer to a
+/// consumer of the topic (the broker alone: one leg; both paths consume one
+/// leg and POST).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct LatencyAt {
     pub rate: f64,
@@ -936,7 +922,7 @@ pub(super) async fn scaling(opts: &BenchOptions) -> anyhow::Result<Vec<ScalingRo
     let most = SCALING.iter().map(|s| s.0).max().unwrap_or(1);
     let servers = CountingServers::start(most)?;
     let urls = servers.urls();
-    let run = format!("{}-{}", std::process::id(), now_us() / 1_000_000);
+    let run = run_id();
     let name = |what: &str| format!("bench-scaling-{what}-{run}");
     let n = (opts.records / 2).max(1_000);
     let dlq = name("dlq");

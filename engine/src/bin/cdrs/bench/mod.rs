@@ -278,12 +278,12 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         http_ratio_like_for_like: ratio(h.cdrs_records_per_s, h.loop_records_per_s),
         http_cpu_us_per_record: h.cdrs_cpu_us_per_record,
         http_loop_cpu_us_per_record: h.loop_cpu_us_per_record,
-        http_p50_ms: h.cdrs_p50_ms,
-        http_p99_ms: h.cdrs_p99_ms,
-        http_loop_p50_ms: h.loop_p50_ms,
-        http_loop_p99_ms: h.loop_p99_ms,
-        http_p50_added_ms: h.cdrs_p50_ms - h.loop_p50_ms,
-        http_p99_added_ms: h.cdrs_p99_ms - h.loop_p99_ms,
+        http_p50_ms: h.half_load.cdrs_p50_ms,
+        http_p99_ms: h.half_load.cdrs_p99_ms,
+        http_loop_p50_ms: h.half_load.loop_p50_ms,
+        http_loop_p99_ms: h.half_load.loop_p99_ms,
+        http_p50_added_ms: h.half_load.cdrs_p50_ms - h.half_load.loop_p50_ms,
+        http_p99_added_ms: h.half_load.cdrs_p99_ms - h.half_load.loop_p99_ms,
         http_low_rate_p50_added_ms: h.low_rate.cdrs_p50_ms - h.low_rate.loop_p50_ms,
         http_low_rate_p99_added_ms: h.low_rate.cdrs_p99_ms - h.low_rate.loop_p99_ms,
         http: h,
@@ -393,16 +393,16 @@ pub fn table(r: &BenchReport) -> String {
             http::SERVERS,
             h.loop_records_per_s,
             h.loop_cpu_us_per_record,
-            h.loop_p50_ms,
-            h.loop_p99_ms,
+            h.half_load.loop_p50_ms,
+            h.half_load.loop_p99_ms,
             h.cdrs_records_per_s,
             r.http_ratio_like_for_like,
             h.cdrs_cpu_us_per_record,
-            h.cdrs_p50_ms,
-            h.cdrs_p99_ms,
-            h.broker_p50_ms,
-            h.broker_p99_ms,
-            h.latency_rate,
+            h.half_load.cdrs_p50_ms,
+            h.half_load.cdrs_p99_ms,
+            h.half_load.broker_p50_ms,
+            h.half_load.broker_p99_ms,
+            h.half_load.rate,
             h.loop_live_records_per_s,
             r.http_p50_added_ms,
             r.http_p99_added_ms,
@@ -551,6 +551,15 @@ fn cache_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cdrs-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// `PID-SECONDS`: a suffix that makes a run's topic and group names unique
+/// (an external broker keeps those of earlier runs).
+fn run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{}-{secs}", std::process::id())
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
