@@ -130,6 +130,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     cfg: &AdminConfig,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -165,11 +166,40 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let Some(tls) = &tls else {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                // A client gone or too slow is the client's problem, not an error.
+                let _ = conn.await;
+                drop(permit);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, under the same
+        // deadline as reading a request's headers; the graceful stop
+        // watches the connection once it speaks HTTP.
+        let (acceptor, builder, watcher, metrics) = (
+            tls.acceptor(),
+            builder.clone(),
+            graceful.watcher(),
+            metrics.clone(),
+        );
+        let handshake_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
         tokio::spawn(async move {
-            // A client gone or too slow is the client's problem, not an error.
-            let _ = conn.await;
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Ok(Err(e)) => {
+                    metrics.admin_refused.with_label_values(&["tls"]).inc();
+                    tracing::debug!(error = %e, "admin API TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics.admin_refused.with_label_values(&["tls"]).inc();
+                }
+            }
             drop(permit);
         });
     }
@@ -521,10 +551,7 @@ fn redact(mut config: serde_json::Value) -> serde_json::Value {
         .and_then(|o| o.as_object_mut())
     {
         for (k, v) in opts.iter_mut() {
-            if ["password", "secret", "token", "key"]
-                .iter()
-                .any(|s| k.contains(s))
-            {
+            if crate::redact::is_secret_option(k) {
                 *v = serde_json::Value::String("<redacted>".into());
             }
         }
@@ -594,6 +621,7 @@ mod tests {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         };
         let registry = Arc::new(Registry::new(
             CapacityConfig::default(),
@@ -977,7 +1005,7 @@ mod tests {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
             let metrics = state.metrics.clone();
-            async move { serve(listener, app, &cfg, metrics, stop).await }
+            async move { serve(listener, app, &cfg, None, metrics, stop).await }
         });
         let mut idle = Vec::new();
         for _ in 0..20 {

@@ -132,6 +132,17 @@ pub const MAX_JOINS_PER_SECOND: std::ops::RangeInclusive<u32> = 1..=10_000;
 /// Shortest accepted `targets[].report_token`, characters.
 pub const MIN_REPORT_TOKEN_CHARS: usize = 16;
 
+/// `[kafka.options]` keys that name a file librdkafka reads (its
+/// CONFIGURATION.md): checked to exist by [`Config::validate`].
+pub const KAFKA_FILE_OPTIONS: &[&str] = &[
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+];
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +190,83 @@ impl Default for LogConfig {
             level: d_log_level(),
         }
     }
+}
+
+/// A TLS client block: `[delivery.tls]` (every HTTPS target, health check
+/// and dynamic target) and `[targets.tls]` (one target; each key given
+/// there replaces the `[delivery.tls]` one). Keys as Vector's `tls`
+/// blocks. Files are PEM, relative paths from the config file's folder,
+/// watched: a rotated file takes effect for new connections
+/// (`docs/security.md`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) to trust instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (chain, leaf first) for mutual TLS; with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key: PKCS#8, RSA or EC PEM, or an
+    /// `ENCRYPTED PRIVATE KEY` opened with `key_pass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Passphrase of an encrypted `key_file`. A secret: `${ENV}` or
+    /// `file:/path` (see [`Config::parse`]); never shown.
+    #[serde(default, skip_serializing)]
+    pub key_pass: Option<String>,
+    /// Name the server's certificate must be valid for, instead of the
+    /// URL's host (the SNI sent stays the URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `false` accepts any server certificate (logged as a warning at every
+    /// start): for tests only. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+    /// Offer HTTP/2 in the TLS handshake (ALPN); `false`: HTTP/1.1 only.
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
+}
+
+impl TlsConfig {
+    /// `self` with every key `over` sets replaced by `over`'s.
+    pub fn overridden_by(&self, over: &TlsConfig) -> TlsConfig {
+        TlsConfig {
+            ca_file: over.ca_file.clone().or_else(|| self.ca_file.clone()),
+            cert_file: over.cert_file.clone().or_else(|| self.cert_file.clone()),
+            key_file: over.key_file.clone().or_else(|| self.key_file.clone()),
+            key_pass: over.key_pass.clone().or_else(|| self.key_pass.clone()),
+            server_name: over
+                .server_name
+                .clone()
+                .or_else(|| self.server_name.clone()),
+            verify: over.verify.or(self.verify),
+            http2: over.http2.or(self.http2),
+        }
+    }
+
+    fn files_mut(&mut self) -> [&mut Option<PathBuf>; 3] {
+        [&mut self.ca_file, &mut self.cert_file, &mut self.key_file]
+    }
+}
+
+/// `[admin.tls]`: the admin API over HTTPS; with `client_ca_file`, only
+/// clients presenting a certificate signed by that CA may connect.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// Server certificate (chain, leaf first), PEM.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (encrypted: with `key_pass`).
+    pub key_file: PathBuf,
+    /// Passphrase of an encrypted `key_file`; a secret, never shown.
+    #[serde(default, skip_serializing)]
+    pub key_pass: Option<String>,
+    /// CA whose client certificates are required (mutual TLS). Unset: no
+    /// client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[kafka]`: where records come from and where dead letters go.
@@ -247,6 +335,10 @@ pub struct AdminConfig {
     /// get 429, 1..=16. Default 2.
     #[serde(default = "d_admin_uploads")]
     pub max_concurrent_uploads: usize,
+    /// `[admin.tls]`: serve the admin API over HTTPS. Restart-only (its
+    /// files rotate live). Default unset: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AdminTlsConfig>,
 }
 
 /// Default `admin.max_connections`.
@@ -279,6 +371,7 @@ impl Default for AdminConfig {
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             header_read_timeout_ms: DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS,
             max_concurrent_uploads: DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS,
+            tls: None,
         }
     }
 }
@@ -532,6 +625,10 @@ pub struct TargetConfig {
     /// serialized (`GET /v1/config` does not show it). Default unset.
     #[serde(default, skip_serializing)]
     pub report_token: Option<String>,
+    /// `[targets.tls]`: this target's TLS keys over `[delivery.tls]`'s
+    /// (https:// URLs and `health_url`). Default unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 fn d_weight() -> u32 {
@@ -776,6 +873,14 @@ pub struct DeliveryConfig {
     /// `[delivery.breaker]`: circuit breaker and outlier ejection.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// `[delivery.tls]`: TLS of https:// targets, health checks and
+    /// dynamic targets. Default: the system's roots, no client certificate.
+    #[serde(default, skip_serializing_if = "is_default_tls")]
+    pub tls: TlsConfig,
+}
+
+fn is_default_tls(t: &TlsConfig) -> bool {
+    *t == TlsConfig::default()
 }
 
 /// `delivery.key_order`.
@@ -920,6 +1025,7 @@ impl Default for DeliveryConfig {
             when_no_target: WhenNoTarget::Wait,
             key_order: KeyOrder::Strict,
             breaker: BreakerConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -942,6 +1048,96 @@ impl fmt::Display for ConfigProblem {
 pub struct ConfigError {
     pub file: String,
     pub problems: Vec<ConfigProblem>,
+}
+
+/// The checks of a client TLS block that need no parsing: a client
+/// certificate comes with its key, and every file exists. Whether the
+/// files parse and belong together is `crate::tls`'s check.
+fn validate_tls(tls: &TlsConfig, block: &str, bad: &mut impl FnMut(String, String)) {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        bad(
+            block.into(),
+            "cert_file and key_file go together (a client certificate and its key): give both or neither"
+                .into(),
+        );
+    }
+    if tls.key_pass.is_some() && tls.key_file.is_none() {
+        bad(
+            format!("{block}.key_pass"),
+            "is set without key_file".into(),
+        );
+    }
+    for (name, file) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        if let Some(f) = file {
+            file_exists(&format!("{block}.{name}"), f, bad);
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        if name.is_empty() || name.contains(['/', ':', ' ']) {
+            bad(
+                format!("{block}.server_name"),
+                format!("{name:?} is not a DNS name or IP address, e.g. \"blotter.internal\""),
+            );
+        }
+    }
+}
+
+/// `file` exists and is a readable file; otherwise a problem on `key`.
+fn file_exists(key: &str, file: &Path, bad: &mut impl FnMut(String, String)) {
+    if let Err(e) = std::fs::File::open(file).and_then(|f| f.metadata()) {
+        bad(
+            key.into(),
+            format!("{:?} cannot be read: {e}", file.display().to_string()),
+        );
+    } else if !file.is_file() {
+        bad(
+            key.into(),
+            format!("{:?} is not a file", file.display().to_string()),
+        );
+    }
+}
+
+/// A secret reference's value (see [`Config::parse`]): `Ok(None)` when
+/// `value` is not a reference.
+///
+/// # Errors
+/// The variable is unset, or the file cannot be read or is not UTF-8; the
+/// message names the variable or the file, never a secret.
+pub fn resolve_secret(value: &str, base: &Path) -> Result<Option<String>, String> {
+    if let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+        return match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Err(format!(
+                "refers to the environment variable {name:?}, which is not set"
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "refers to the environment variable {name:?}, which is not UTF-8"
+            )),
+        };
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        let path = base.join(path);
+        return match std::fs::read_to_string(&path) {
+            Ok(mut v) => {
+                if v.ends_with('\n') {
+                    v.pop();
+                    if v.ends_with('\r') {
+                        v.pop();
+                    }
+                }
+                Ok(Some(v))
+            }
+            Err(e) => Err(format!(
+                "refers to the file {:?}, which cannot be read: {e}",
+                path
+            )),
+        };
+    }
+    Ok(None)
 }
 
 impl fmt::Display for ConfigError {
@@ -978,14 +1174,17 @@ impl Config {
         Config::parse(&text, base, &file)
     }
 
-    /// Parses and validates TOML `text`; relative plugin paths are resolved
-    /// against `base`. `file` names the source in errors.
+    /// Parses and validates TOML `text`; relative plugin and TLS file paths
+    /// are resolved against `base`, secret references (`${ENV}`,
+    /// `file:PATH`, see `resolve_secrets`) replaced by the secrets. `file`
+    /// names the source in errors.
     pub fn parse(text: &str, base: &Path, file: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.into(),
             problems: vec![toml_problem(&e)],
         })?;
         config.apply_env();
+        let mut problems = config.resolve_secrets(base);
         for p in config
             .filters
             .iter_mut()
@@ -995,7 +1194,8 @@ impl Config {
                 p.path = base.join(&p.path);
             }
         }
-        let problems = config.validate();
+        config.resolve_tls_paths(base);
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -1003,6 +1203,72 @@ impl Config {
                 file: file.into(),
                 problems,
             })
+        }
+    }
+
+    /// Replaces every secret reference by the secret: a value `${NAME}` by
+    /// the environment variable `NAME`, a value `file:PATH` by that file's
+    /// contents (one trailing newline removed; a relative `PATH` from
+    /// `base`). Secrets: `admin.token`, `admin.read_token`,
+    /// `targets[].report_token`, every `tls.key_pass`, and every
+    /// `[kafka.options]` value (e.g. `sasl.password`). Returns a problem per
+    /// reference that cannot be resolved (the secret itself is never in it).
+    fn resolve_secrets(&mut self, base: &Path) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut resolve = |key: String, value: &mut String| match resolve_secret(value, base) {
+            Ok(Some(secret)) => *value = secret,
+            Ok(None) => {}
+            Err(message) => out.push(ConfigProblem { key, message }),
+        };
+        let a = &mut self.admin;
+        for (key, v) in [
+            ("admin.token", &mut a.token),
+            ("admin.read_token", &mut a.read_token),
+        ] {
+            if let Some(v) = v {
+                resolve(key.into(), v);
+            }
+        }
+        if let Some(v) = a.tls.as_mut().and_then(|t| t.key_pass.as_mut()) {
+            resolve("admin.tls.key_pass".into(), v);
+        }
+        if let Some(v) = &mut self.delivery.tls.key_pass {
+            resolve("delivery.tls.key_pass".into(), v);
+        }
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if let Some(v) = &mut t.report_token {
+                resolve(format!("targets[{i}].report_token"), v);
+            }
+            if let Some(v) = t.tls.as_mut().and_then(|t| t.key_pass.as_mut()) {
+                resolve(format!("targets[{i}].tls.key_pass"), v);
+            }
+        }
+        for (k, v) in self.kafka.options.iter_mut() {
+            resolve(format!("kafka.options.{k:?}"), v);
+        }
+        out
+    }
+
+    /// Makes the TLS file paths absolute relative to `base`.
+    fn resolve_tls_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let blocks = std::iter::once(&mut self.delivery.tls)
+            .chain(self.targets.iter_mut().filter_map(|t| t.tls.as_mut()));
+        for tls in blocks {
+            for p in tls.files_mut().into_iter().flatten() {
+                join(p);
+            }
+        }
+        if let Some(t) = &mut self.admin.tls {
+            join(&mut t.cert_file);
+            join(&mut t.key_file);
+            if let Some(p) = &mut t.client_ca_file {
+                join(p);
+            }
         }
     }
 
@@ -1038,6 +1304,16 @@ impl Config {
 
     /// `[kafka]`: brokers, group, topic names, options CDRS sets itself.
     fn validate_kafka(&self, bad: &mut impl FnMut(String, String)) {
+        // librdkafka reads these at client creation and names only the
+        // setting; say which file is missing before it starts.
+        for key in KAFKA_FILE_OPTIONS {
+            match self.kafka.options.get(*key).map(String::as_str) {
+                // `probe`: librdkafka looks for the system's CA bundle.
+                None | Some("probe") => {}
+                Some(f) if *key == "ssl.ca.location" && Path::new(f).is_dir() => {}
+                Some(f) => file_exists(&format!("kafka.options.{key:?}"), Path::new(f), bad),
+            }
+        }
         if self.kafka.brokers.trim().is_empty() {
             bad(
                 "kafka.brokers".into(),
@@ -1234,7 +1510,7 @@ impl Config {
             }
             let shown = crate::redact::url(&t.url);
             match reqwest::Url::parse(&t.url) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                     if self.is_admin_address(&u) {
                         bad(
                             format!("targets[{i}].url"),
@@ -1291,7 +1567,7 @@ impl Config {
                 Ok(u) => bad(
                     format!("targets[{i}].url"),
                     format!(
-                        "{:?} has scheme {:?}; valid: http://host:port/path (HTTP sink) or kafka://topic (Kafka sink)",
+                        "{:?} has scheme {:?}; valid: http(s)://host:port/path (HTTP sink) or kafka://topic (Kafka sink)",
                         shown,
                         u.scheme()
                     ),
@@ -1341,12 +1617,30 @@ impl Config {
         }
         for (i, t) in self.targets.iter().enumerate() {
             if let Some(h) = &t.health_url {
-                if !reqwest::Url::parse(h).is_ok_and(|u| u.scheme() == "http") {
+                if !reqwest::Url::parse(h).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
                     bad(
                         format!("targets[{i}].health_url"),
-                        format!("{:?} is not an http:// URL", crate::redact::url(h)),
+                        format!(
+                            "{:?} is not an http:// or https:// URL",
+                            crate::redact::url(h)
+                        ),
                     );
                 }
+            }
+            if let Some(tls) = &t.tls {
+                if t.url.starts_with("kafka://") {
+                    bad(
+                        format!("targets[{i}].tls"),
+                        "applies to http(s):// targets; a kafka:// target uses [kafka.options] \
+                         (ssl.*, sasl.*)"
+                            .into(),
+                    );
+                }
+                validate_tls(
+                    &self.delivery.tls.overridden_by(tls),
+                    &format!("targets[{i}].tls"),
+                    bad,
+                );
             }
         }
     }
@@ -1672,6 +1966,14 @@ impl Config {
     /// The `[admin]` checks of [`Config::validate`].
     fn validate_admin(&self, bad: &mut impl FnMut(String, String)) {
         let a = &self.admin;
+        if let Some(t) = &a.tls {
+            file_exists("admin.tls.cert_file", &t.cert_file, bad);
+            file_exists("admin.tls.key_file", &t.key_file, bad);
+            if let Some(ca) = &t.client_ca_file {
+                file_exists("admin.tls.client_ca_file", ca, bad);
+            }
+        }
+        validate_tls(&self.delivery.tls, "delivery.tls", bad);
         match a.listen.parse::<std::net::SocketAddr>() {
             Err(_) => bad(
                 "admin.listen".into(),

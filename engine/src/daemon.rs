@@ -13,7 +13,9 @@ use crate::plugin::Runtime;
 use crate::reload::{self, ConfigReloader};
 use crate::sink::kafka::DeadLetterSink;
 use crate::source;
+use crate::tls::{Clients, ServerTls};
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -64,9 +66,19 @@ impl Daemon {
             &config.targets,
             metrics.clone(),
         ));
+        let clients = Clients::new(&config.delivery, &config.targets, Some(metrics.clone()))
+            .context("failed to set up TLS for the targets")?;
+        let clients = Arc::new(ArcSwap::from_pointee(clients));
+        let admin_tls = match &config.admin.tls {
+            Some(t) => Some(Arc::new(
+                ServerTls::new(t, Some(metrics.clone()))
+                    .context("failed to set up TLS for the admin API")?,
+            )),
+            None => None,
+        };
         let dispatch = Arc::new(Dispatcher::new(
             registry.clone(),
-            Delivery::new(&config.delivery)?,
+            Delivery::new(&config.delivery, clients.clone()),
             DeadLetterSink::new(
                 &config.kafka.brokers,
                 &config.kafka.dead_letter_topic,
@@ -89,6 +101,8 @@ impl Daemon {
             plugins.clone(),
             registry.clone(),
             dispatch.clone(),
+            clients.clone(),
+            admin_tls.clone(),
         ));
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -114,12 +128,19 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = {
             let (stop, cfg, metrics) = (shutdown_rx.clone(), config.admin.clone(), metrics.clone());
+            let admin_tls = admin_tls.clone();
             let app = admin::router(state);
-            tokio::spawn(async move { admin::serve(listener, app, &cfg, metrics, stop).await })
+            tokio::spawn(async move {
+                admin::serve(listener, app, &cfg, admin_tls, metrics, stop).await
+            })
         };
-        tracing::info!(%admin_addr, "admin API listening");
+        tracing::info!(%admin_addr, tls = config.admin.tls.is_some(), "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
-        let checks = tokio::spawn(capacity::health::run(registry.clone(), shutdown_rx.clone()));
+        let checks = tokio::spawn(capacity::health::run(
+            registry.clone(),
+            clients.clone(),
+            shutdown_rx.clone(),
+        ));
         let mut background = vec![refresher, checks];
         if let Some(topic) = &config.capacity.topic {
             let feed =

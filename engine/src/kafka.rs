@@ -107,14 +107,21 @@ pub fn check_options(config: &Config) -> Vec<ConfigProblem> {
     let mut out = Vec::new();
     for (k, v) in options {
         if let Err(e) = ClientConfig::new().set(k, v).create_native_config() {
-            let why = match e {
+            let mut why = match e {
                 KafkaError::ClientConfig(_, desc, ..) => desc,
                 e => e.to_string(),
             };
+            let mut shown = format!("{v:?}");
+            if crate::redact::is_secret_option(k) {
+                if !v.is_empty() {
+                    why = why.replace(v.as_str(), crate::redact::REDACTED);
+                }
+                shown = format!("{:?}", crate::redact::REDACTED);
+            }
             out.push(ConfigProblem {
                 key: format!("kafka.options.{k:?}"),
                 message: format!(
-                    "{v:?} is refused by librdkafka: {why}; valid properties and values: \
+                    "{shown} is refused by librdkafka: {why}; valid properties and values: \
                      librdkafka's CONFIGURATION.md"
                 ),
             });

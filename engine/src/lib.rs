@@ -13,7 +13,8 @@
 //! [`sink`] (HTTP POST, `kafka://` targets, dead-letter topic),
 //! [`plugin`] (wasmtime runtime, WIT conversions, hot-swap slots),
 //! [`capacity`] (target registry and snapshots), [`kafka`] (librdkafka
-//! settings), [`offsets`], and the leaves [`config`], [`record`],
+//! settings), [`offsets`], [`tls`] (TLS files, HTTP clients, the admin
+//! acceptor), and the leaves [`config`], [`record`],
 //! [`metrics`], [`redact`], [`logging`], [`panic`]. [`testkit`] serves
 //! `cdrs demo`, `cdrs bench` and the end-to-end tests.
 
@@ -36,3 +37,4 @@ pub mod route;
 pub mod sink;
 pub mod source;
 pub mod testkit;
+pub mod tls;

@@ -46,7 +46,8 @@ pub struct Metrics {
     /// wrong bearer token) | host (`Host` not in `admin.allowed_hosts`) |
     /// origin (cross-origin mutation without a token) | connections
     /// (`admin.max_connections` reached) | uploads
-    /// (`admin.max_concurrent_uploads` reached).
+    /// (`admin.max_concurrent_uploads` reached) | tls (a TLS handshake failed
+    /// or timed out, e.g. no client certificate under `admin.tls.client_ca_file`).
     pub admin_refused: IntCounterVec,
     /// `cdrs_target_up{target}`: 1 healthy or degraded, 0 down.
     pub target_up: IntGaugeVec,
@@ -77,6 +78,10 @@ pub struct Metrics {
     pub partition_prefetched: IntGaugeVec,
     /// `cdrs_partition_inflight_records{topic, partition}`: records read but not finished.
     pub partition_inflight: IntGaugeVec,
+    /// `cdrs_tls_cert_expiry_timestamp_seconds{cert}`: when a certificate
+    /// CDRS presents stops being valid, Unix seconds. cert: `admin` |
+    /// `delivery` (`[delivery.tls]`) | `target/<id>` (`[targets.tls]`).
+    pub tls_cert_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -172,6 +177,11 @@ impl Metrics {
                 "cdrs_admin_refused_total",
                 "Admin API requests and connections refused before a handler ran",
                 &["reason"],
+            ),
+            tls_cert_expiry: gauge(
+                "cdrs_tls_cert_expiry_timestamp_seconds",
+                "When a certificate CDRS presents expires (Unix seconds)",
+                &["cert"],
             ),
             target_up: gauge(
                 "cdrs_target_up",

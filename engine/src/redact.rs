@@ -14,6 +14,22 @@ use std::borrow::Cow;
 /// What a secret is replaced with.
 pub const REDACTED: &str = "redacted";
 
+/// Whether a `[kafka.options]` key holds a secret (a password, secret,
+/// token, key or JAAS / OAUTHBEARER config, e.g. `sasl.password`,
+/// `ssl.key.password`, `sasl.jaas.config`): its value is never shown.
+pub fn is_secret_option(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "token",
+        "key",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
 /// `raw` with its password and query values replaced by [`REDACTED`];
 /// `raw` unchanged when it has neither. A string that does not parse as a
 /// URL but looks like `scheme://user:pass@…` loses everything between `:`

@@ -11,6 +11,8 @@
 use crate::config::Config;
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::plugin::slot::PluginManager;
+use crate::tls::{Clients, ServerTls};
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,8 +21,9 @@ use std::time::Duration;
 /// Debounce for file events: editors and `cp` write a file in several steps.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Watches the config file and the plugin files: a changed config file is
-/// reloaded as a diff, a changed plugin file swaps that plugin. The watcher
+/// Watches the config file, the plugin files and the TLS files: a changed
+/// config file is reloaded as a diff, a changed plugin file swaps that
+/// plugin, a changed TLS file rotates what reads it. The watcher
 /// only debounces and signals; loading happens on a blocking thread, off the
 /// data path. Runs until `shutdown`.
 ///
@@ -53,7 +56,13 @@ pub async fn watch_files(
             .iter()
             .map(|(p, n)| (canonical(p), n.clone()))
             .collect();
-        for p in watched.iter().map(|(p, _)| p).chain(config_file.iter()) {
+        let tls_files: Vec<PathBuf> = reloader.tls_files().iter().map(canonical).collect();
+        for p in watched
+            .iter()
+            .map(|(p, _)| p)
+            .chain(config_file.iter())
+            .chain(tls_files.iter())
+        {
             if let Some(d) = p.parent().map(PathBuf::from) {
                 if !dirs.contains(&d) {
                     watcher.watch(&d, RecursiveMode::NonRecursive)?;
@@ -71,6 +80,11 @@ pub async fn watch_files(
             changed.push(p);
         }
         let changed: Vec<PathBuf> = changed.iter().map(canonical).collect();
+        if changed.iter().any(|c| tls_files.contains(c)) {
+            let (r, changed) = (reloader.clone(), changed.clone());
+            let task = move || crate::panic::contained(|| r.rotate_tls(&changed));
+            let _ = tokio::task::spawn_blocking(task).await;
+        }
         if config_file.as_ref().is_some_and(|c| changed.contains(c)) {
             let r = reloader.clone();
             let _ =
@@ -150,6 +164,10 @@ pub struct ConfigReloader {
     plugins: Arc<PluginManager>,
     registry: Arc<crate::capacity::Registry>,
     dispatch: Arc<Dispatcher>,
+    /// The HTTP clients of deliveries and health checks (TLS per target).
+    clients: Arc<ArcSwap<Clients>>,
+    /// The admin API's TLS, when `[admin.tls]` is set.
+    admin_tls: Option<Arc<ServerTls>>,
 }
 
 impl ConfigReloader {
@@ -159,6 +177,8 @@ impl ConfigReloader {
         plugins: Arc<PluginManager>,
         registry: Arc<crate::capacity::Registry>,
         dispatch: Arc<Dispatcher>,
+        clients: Arc<ArcSwap<Clients>>,
+        admin_tls: Option<Arc<ServerTls>>,
     ) -> Self {
         ConfigReloader {
             path,
@@ -167,6 +187,27 @@ impl ConfigReloader {
             plugins,
             registry,
             dispatch,
+            clients,
+            admin_tls,
+        }
+    }
+
+    /// Every TLS file in use (clients and the admin API), to watch.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files = self.clients.load().files();
+        if let Some(a) = &self.admin_tls {
+            files.extend(a.files());
+        }
+        files
+    }
+
+    /// Rotates what reads one of `changed` (canonical paths): clients and
+    /// the admin acceptor are rebuilt from their files; a file that does
+    /// not make a valid config is refused (logged) and the old one stays.
+    pub fn rotate_tls(&self, changed: &[PathBuf]) {
+        self.clients.load().rotate(changed);
+        if let Some(a) = &self.admin_tls {
+            a.rotate(changed);
         }
     }
 
@@ -232,18 +273,27 @@ impl ConfigReloader {
                     .collect(),
             );
         }
+        // TLS files are read and checked before anything changes: a bad
+        // one rejects the whole reload.
+        let clients = if old.delivery != new.delivery || old.targets != new.targets {
+            match self.clients.load().rebuild(&new.delivery, &new.targets) {
+                Ok(c) => Some(c),
+                Err(e) => return fail(vec![e.to_string()]),
+            }
+        } else {
+            None
+        };
         let mut changed = match self.plugins.apply(&new) {
             Ok(c) => c,
             Err(errs) => return fail(errs.iter().map(|e| e.to_string()).collect()),
         };
+        if let Some(c) = clients {
+            self.clients.store(Arc::new(c));
+        }
         if old.delivery != new.delivery {
-            match Delivery::new(&new.delivery) {
-                Ok(d) => {
-                    self.dispatch.delivery.store(Arc::new(d));
-                    changed.push("delivery".into());
-                }
-                Err(e) => changed.push(format!("delivery: not applied: {e}")),
-            }
+            let d = Delivery::new(&new.delivery, self.clients.clone());
+            self.dispatch.delivery.store(Arc::new(d));
+            changed.push("delivery".into());
         }
         if old.targets != new.targets {
             self.registry.set_targets(&new.targets);

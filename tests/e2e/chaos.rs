@@ -106,6 +106,7 @@ impl Server {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         }
     }
 }

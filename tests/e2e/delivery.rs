@@ -138,6 +138,7 @@ fn stream_target(topic: &str) -> TargetConfig {
         labels: Default::default(),
         health_url: None,
         report_token: None,
+        tls: None,
     }
 }
 

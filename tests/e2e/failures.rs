@@ -128,6 +128,7 @@ async fn target_credentials_never_show_in_reasons_or_dead_letters() {
             labels: Default::default(),
             health_url: Some(format!("http://svc:s3cret@127.0.0.1:{port}/health")),
             report_token: None,
+            tls: None,
         }];
         c.delivery.when_no_target = cdrs::config::WhenNoTarget::DeadLetter;
         c.capacity.health_interval_ms = 100;

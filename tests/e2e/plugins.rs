@@ -315,6 +315,7 @@ fn router_failures_fall_back_to_the_host_policy() {
         labels: Default::default(),
         health_url: None,
         report_token: None,
+        tls: None,
     };
     let registry = Registry::new(
         CapacityConfig::default(),

@@ -4,12 +4,18 @@
 //! `health_healthy_after` passes bring it back.
 
 use super::Registry;
+use crate::tls::Clients;
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs the checks until `shutdown`.
-pub async fn run(registry: Arc<Registry>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let client = reqwest::Client::new();
+/// Runs the checks until `shutdown`, each with its target's client
+/// (`clients`: the delivery clients, so the same TLS settings).
+pub async fn run(
+    registry: Arc<Registry>,
+    clients: Arc<ArcSwap<Clients>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let cfg = registry.config();
         let timeout = Duration::from_millis(cfg.health_timeout_ms);
@@ -25,7 +31,7 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: tokio::sync::watch::Rece
             })
             .collect();
         let runs = checks.into_iter().map(|(id, url)| {
-            let client = client.clone();
+            let client = clients.load().client(&id);
             async move {
                 let shown = crate::redact::url(&url);
                 let r = match client.get(&url).timeout(timeout).send().await {
@@ -34,10 +40,13 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: tokio::sync::watch::Rece
                     Err(e) if e.is_timeout() => {
                         Err(format!("GET {shown} timed out after {timeout:?}"))
                     }
-                    Err(e) => Err(format!(
-                        "GET {shown} failed: {}",
-                        crate::redact::error_chain(&e.without_url())
-                    )),
+                    Err(e) => Err(match crate::tls::handshake_failure(&e) {
+                        Some(cause) => format!("GET {shown}: TLS handshake failed: {cause}"),
+                        None => format!(
+                            "GET {shown} failed: {}",
+                            crate::redact::error_chain(&e.without_url())
+                        ),
+                    }),
                 };
                 (id, r)
             }

@@ -624,6 +624,7 @@ impl Registry {
             labels: report.labels.clone(),
             health_url: None,
             report_token: None,
+            tls: None,
         };
         let live = Arc::new(TargetLive::new(&t, true));
         live.state.lock().expect("target lock").up_since_ms = Some(self.now_ms());
@@ -944,6 +945,7 @@ mod tests {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         }
     }
 

@@ -218,10 +218,10 @@ impl CapacityReport {
         }
         if let Some(e) = &self.endpoint {
             match reqwest::Url::parse(e) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => {
                     return Err(ReportError::Invalid(format!(
-                        "field \"endpoint\": {e:?} is not an http://host:port/path URL"
+                        "field \"endpoint\": {e:?} is not an http(s)://host:port/path URL"
                     )))
                 }
             }

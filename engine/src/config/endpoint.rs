@@ -1,7 +1,8 @@
 //! `capacity.allow_endpoints` patterns: which delivery endpoints an app
 //! server that joins by itself may report.
 
-/// One `capacity.allow_endpoints` pattern: an `http://` URL whose host,
+/// One `capacity.allow_endpoints` pattern: an `http://` or `https://` URL
+/// (an endpoint matches only a pattern of its own scheme) whose host,
 /// port and path may hold `*`, the only wildcard. The endpoint a server
 /// reports is parsed as a URL (`reqwest::Url`, WHATWG rules) and each part
 /// matched on its own with `globset`, so a `*` never crosses a separator:
@@ -10,9 +11,11 @@
 /// `http://10.1.evil.example.com:8080`), as the port it matches any port,
 /// in the path it matches within one segment. Endpoints with a user, a
 /// query or a fragment never match. A pattern without a path allows any
-/// path; without a port, the scheme's default (80).
+/// path; without a port, the scheme's default (80 or 443).
 #[derive(Debug, Clone)]
 pub struct EndpointPattern {
+    /// `http` or `https`.
+    scheme: &'static str,
     /// Over the host with `.` written as `/` (globset's separator).
     host: globset::GlobMatcher,
     /// `None`: any port.
@@ -33,12 +36,18 @@ fn segment_glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
 
 impl EndpointPattern {
     /// Parses `pattern`. Errors (lower case, for the config check): not
-    /// `http://`, no host, a port other than digits or `*`, or glob syntax
+    /// `http://` or `https://`, no host, a port other than digits or `*`, or glob syntax
     /// other than `*`.
     pub fn new(pattern: &str) -> Result<EndpointPattern, String> {
         const EXAMPLE: &str = "e.g. \"http://10.1.*.*:8080/records\"";
-        let Some(rest) = pattern.strip_prefix("http://") else {
-            return Err("it must start with \"http://\" (endpoints are http:// URLs)".into());
+        let (scheme, rest) = if let Some(rest) = pattern.strip_prefix("http://") {
+            ("http", rest)
+        } else if let Some(rest) = pattern.strip_prefix("https://") {
+            ("https", rest)
+        } else {
+            return Err(
+                "it must start with \"http://\" or \"https://\" (endpoints are HTTP URLs)".into(),
+            );
         };
         if let Some(c) = pattern.chars().find(|c| "?{}[]\\!@#".contains(*c)) {
             return Err(format!(
@@ -79,7 +88,7 @@ impl EndpointPattern {
             ));
         }
         let port = match port {
-            None => Some(80),
+            None => Some(if scheme == "https" { 443 } else { 80 }),
             Some("*") => None,
             Some(p) => Some(
                 p.parse::<u16>()
@@ -87,6 +96,7 @@ impl EndpointPattern {
             ),
         };
         Ok(EndpointPattern {
+            scheme,
             host: segment_glob(&host.to_ascii_lowercase().replace('.', "/"))?,
             port,
             path: path.map(segment_glob).transpose()?,
@@ -98,7 +108,7 @@ impl EndpointPattern {
         let Ok(url) = reqwest::Url::parse(endpoint) else {
             return false;
         };
-        let plain = url.scheme() == "http"
+        let plain = url.scheme() == self.scheme
             && url.username().is_empty()
             && url.password().is_none()
             && url.query().is_none()
@@ -135,6 +145,10 @@ mod tests {
         ] {
             assert!(!ip.matches(evil), "{evil}");
         }
+        let tls = p("https://10.1.*.*/records");
+        assert!(tls.matches("https://10.1.2.3/records"));
+        assert!(!tls.matches("http://10.1.2.3:443/records"));
+        assert!(!tls.matches("https://10.1.2.3:8443/records"));
         let any_port = p("http://127.0.0.1:*");
         assert!(any_port.matches("http://127.0.0.1:7001/records"));
         assert!(any_port.matches("http://127.0.0.1:7001"));
@@ -146,7 +160,10 @@ mod tests {
         assert!(!segment.matches("http://blotter-7.internal:8080/v1/eu/x/records"));
         assert!(!segment.matches("http://blotter-7.evil.internal:8080/v1/eu/records"));
         for (bad, why) in [
-            ("https://10.1.*.*/", "must start with \"http://\""),
+            (
+                "ftp://10.1.*.*/",
+                "must start with \"http://\" or \"https://\"",
+            ),
             (
                 "http://10.1.*:8080/records",
                 "has 3, not 4; e.g. \"10.1.*.*\"",

@@ -16,7 +16,7 @@ fn three_mistakes_give_three_named_errors() {
     let text = e.to_string();
     assert!(text.contains("\"blotter-1\" is declared twice"), "{text}");
     assert!(
-        text.contains("valid: http://host:port/path (HTTP sink) or kafka://topic (Kafka sink)"),
+        text.contains("valid: http(s)://host:port/path (HTTP sink) or kafka://topic (Kafka sink)"),
         "{text}"
     );
     // The plugin path may or may not exist in this checkout; nothing else.
@@ -706,4 +706,115 @@ fn configuration_doc_matches_the_config_structs() {
             row.line, row.key
         );
     }
+}
+
+#[test]
+fn secrets_come_from_the_environment_or_files_and_never_show_in_errors() {
+    let dir = std::env::temp_dir().join(format!("cdrs-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("not-wasm.txt"), "x").unwrap();
+    std::fs::write(dir.join("sasl-password"), "file-secret-7781\n").unwrap();
+    std::env::set_var("CDRS_TEST_ADMIN_TOKEN_5521", "env-secret-5521-abcdef");
+    let text = minimal(
+        "http://127.0.0.1:1/",
+        r#"report_token = "${CDRS_TEST_ADMIN_TOKEN_5521}"
+        [admin]
+        token = "${CDRS_TEST_ADMIN_TOKEN_5521}"
+        [kafka.options]
+        "sasl.password" = "file:sasl-password"
+        "client.id" = "plain-value""#,
+    );
+    let c = Config::parse(&text, &dir, "inline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin.token.as_deref(), Some("env-secret-5521-abcdef"));
+    assert_eq!(
+        c.targets[0].report_token.as_deref(),
+        Some("env-secret-5521-abcdef")
+    );
+    assert_eq!(c.kafka.options["sasl.password"], "file-secret-7781");
+    assert_eq!(c.kafka.options["client.id"], "plain-value");
+    let shown = serde_json::to_string(&c).unwrap();
+    assert!(!shown.contains("env-secret-5521-abcdef"), "{shown}");
+    // Unresolvable references: named by key, variable and file.
+    let text = minimal(
+        "http://127.0.0.1:1/",
+        r#"[admin]
+        read_token = "${CDRS_TEST_UNSET_8812}"
+        [kafka.options]
+        "sasl.password" = "file:no-such-secret""#,
+    );
+    let e = Config::parse(&text, &dir, "inline")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("admin.read_token") && e.contains("\"CDRS_TEST_UNSET_8812\", which is not set"),
+        "{e}"
+    );
+    assert!(
+        e.contains("kafka.options.\"sasl.password\"") && e.contains("no-such-secret"),
+        "{e}"
+    );
+}
+
+#[test]
+fn https_targets_and_tls_blocks_are_checked() {
+    let dir = std::env::temp_dir().join(format!("cdrs-tls-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), "x").unwrap();
+    std::fs::write(dir.join("not-wasm.txt"), "x").unwrap();
+    let text = minimal(
+        "https://blotter-1.internal:8443/records",
+        r#"health_url = "https://blotter-1.internal:8443/health"
+        [targets.tls]
+        server_name = "blotter.internal"
+        [delivery.tls]
+        ca_file = "ca.pem"
+        http2 = false"#,
+    );
+    let c = Config::parse(&text, &dir, "inline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.delivery.tls.ca_file.as_deref(),
+        Some(dir.join("ca.pem").as_path())
+    );
+    let merged = c
+        .delivery
+        .tls
+        .overridden_by(c.targets[0].tls.as_ref().unwrap());
+    assert_eq!(merged.server_name.as_deref(), Some("blotter.internal"));
+    assert_eq!(merged.http2, Some(false));
+    let text = minimal(
+        "https://127.0.0.1:8443/",
+        r#"[targets.tls]
+        cert_file = "ca.pem"
+        [delivery.tls]
+        ca_file = "missing-ca.pem"
+        [kafka.options]
+        "security.protocol" = "SSL"
+        "ssl.key.location" = "/no/such/key.pem""#,
+    );
+    let e = Config::parse(&text, &dir, "inline")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("targets[0].tls: cert_file and key_file go together"),
+        "{e}"
+    );
+    assert!(
+        e.contains("delivery.tls.ca_file") && e.contains("missing-ca.pem"),
+        "{e}"
+    );
+    assert!(
+        e.contains("kafka.options.\"ssl.key.location\"") && e.contains("/no/such/key.pem"),
+        "{e}"
+    );
+    let e = Config::parse(
+        &minimal("kafka://out", "[targets.tls]\nverify = false"),
+        &dir,
+        "inline",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("targets[0].tls: applies to http(s):// targets"),
+        "{e}"
+    );
 }

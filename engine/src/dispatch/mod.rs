@@ -66,19 +66,30 @@ impl Destination {
     }
 }
 
-/// Delivery settings from `[delivery]`, with the HTTP client built from
-/// them; replaced whole on config reload.
+/// Delivery settings from `[delivery]`, with the HTTP sink over the shared
+/// clients; replaced whole on config reload.
 pub struct Delivery {
     pub http: HttpSink,
     pub cfg: DeliveryConfig,
 }
 
 impl Delivery {
+    /// Delivery per `cfg` over `clients` (built from the same config; the
+    /// health checks share them).
+    pub fn new(cfg: &DeliveryConfig, clients: Arc<ArcSwap<crate::tls::Clients>>) -> Delivery {
+        Delivery {
+            http: HttpSink::new(cfg, clients),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Delivery per `cfg` with clients of its own and no per-target TLS.
+    ///
     /// # Errors
-    /// The HTTP client cannot be built (TLS backend, proxy settings).
-    pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<Delivery> {
+    /// A `[delivery.tls]` file cannot be used.
+    pub fn standalone(cfg: &DeliveryConfig) -> Result<Delivery, crate::tls::TlsError> {
         Ok(Delivery {
-            http: HttpSink::new(cfg)?,
+            http: HttpSink::standalone(cfg)?,
             cfg: cfg.clone(),
         })
     }
@@ -578,6 +589,7 @@ impl Dispatcher {
     async fn send(
         &self,
         cfg: &DeliveryConfig,
+        target: &str,
         url: &str,
         records: &[&Record],
     ) -> Result<(), DeliveryError> {
@@ -592,7 +604,7 @@ impl Dispatcher {
                 .send(url, records, Duration::from_millis(cfg.timeout_ms))
                 .await
         } else {
-            self.delivery.load().http.post(url, records).await
+            self.delivery.load().http.post(target, url, records).await
         }
     }
 
@@ -709,7 +721,7 @@ impl Dispatcher {
             let n = refs.len() as u32;
             self.registry.begin_delivery(&id, n);
             let started = Instant::now();
-            let result = self.send(cfg, &url, &refs).await;
+            let result = self.send(cfg, &id, &url, &refs).await;
             let latency = started.elapsed();
             self.metrics
                 .delivery_seconds

@@ -78,7 +78,7 @@ fn rig(servers: &[&AppServer], cfg: DeliveryConfig) -> Rig {
         DeadLetterSink::new(&brokers, "dlq", &BTreeMap::new()).expect("dead-letter producer");
     let dispatch = Arc::new(Dispatcher::new(
         registry,
-        Delivery::new(&cfg).expect("delivery"),
+        Delivery::standalone(&cfg).expect("delivery"),
         dead_letters,
         metrics.clone(),
         brokers,

@@ -13,9 +13,12 @@
 
 use crate::config::DeliveryConfig;
 use crate::record::Record;
+use crate::tls::Clients;
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Header carrying `topic/partition/offset` on every delivered record (HTTP
@@ -137,6 +140,14 @@ impl WireRecord {
 pub enum DeliveryError {
     #[error("request to {url} failed: {msg}")]
     Request { url: String, msg: String },
+    /// The TLS handshake failed; `cause` says why in an operator's words
+    /// ([`crate::tls::handshake_failure`]).
+    #[error("TLS handshake with target {target:?} ({url}) failed: {cause}")]
+    Tls {
+        target: String,
+        url: String,
+        cause: String,
+    },
     #[error("{url} timed out after {ms} ms")]
     Timeout { url: String, ms: u64 },
     /// Some records of the batch can never be written by this sink (a
@@ -164,7 +175,9 @@ impl DeliveryError {
     /// retried; the records are routed again.
     pub fn retryable(&self) -> bool {
         match self {
-            DeliveryError::Request { .. } | DeliveryError::Timeout { .. } => true,
+            DeliveryError::Request { .. }
+            | DeliveryError::Tls { .. }
+            | DeliveryError::Timeout { .. } => true,
             DeliveryError::Rejected { .. } => false,
             DeliveryError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
         }
@@ -183,9 +196,13 @@ impl DeliveryError {
     }
 
     /// Whether the target could not be reached at all (refused connection,
-    /// DNS): it is marked down at once instead of retried.
+    /// DNS, failed TLS handshake): it is marked down at once instead of
+    /// retried.
     pub fn unreachable(&self) -> bool {
-        matches!(self, DeliveryError::Request { .. })
+        matches!(
+            self,
+            DeliveryError::Request { .. } | DeliveryError::Tls { .. }
+        )
     }
 
     /// How long the target asked us to wait (`Retry-After`), if it did.
@@ -201,6 +218,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Request { .. } => "unreachable".into(),
             DeliveryError::Timeout { .. } => "timeout".into(),
+            DeliveryError::Tls { .. } => "tls".into(),
             DeliveryError::Rejected { .. } => "rejected".into(),
             DeliveryError::Status { status, .. } => status.to_string(),
         }
@@ -217,65 +235,70 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// The HTTP sink: a shared keep-alive client.
+/// The HTTP sink: keep-alive clients per TLS setting ([`Clients`]),
+/// shared with the health checks and replaced on reload.
 #[derive(Clone)]
 pub struct HttpSink {
-    client: reqwest::Client,
+    pub clients: Arc<ArcSwap<Clients>>,
     timeout_ms: u64,
 }
 
 impl HttpSink {
-    ///
-    /// # Errors
-    /// The HTTP client cannot be built (TLS backend initialisation).
-    pub fn new(cfg: &DeliveryConfig) -> anyhow::Result<HttpSink> {
-        let client = reqwest::Client::builder()
-            // A followed 301/302/303 turns the POST into a GET without the
-            // batch, and its 2xx would count as delivered: a redirect is an
-            // answer of its own (not retried; the records go elsewhere).
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(2_000)))
-            .pool_max_idle_per_host(16)
-            .build()?;
-        Ok(HttpSink {
-            client,
+    /// A sink over `clients` (built from the same `[delivery]`).
+    pub fn new(cfg: &DeliveryConfig, clients: Arc<ArcSwap<Clients>>) -> HttpSink {
+        HttpSink {
+            clients,
             timeout_ms: cfg.timeout_ms,
-        })
+        }
     }
 
-    /// POSTs `records` to `url`; Ok only on a 2xx answer.
+    /// A sink with its own clients for `cfg` and no per-target TLS.
     ///
     /// # Errors
-    /// [`DeliveryError`]: the request failed (connection, timeout), or the
-    /// server answered other than 2xx (its status, `Retry-After` and the start
-    /// of its body).
-    pub async fn post(&self, url: &str, records: &[&Record]) -> Result<(), DeliveryError> {
+    /// A `[delivery.tls]` file cannot be used.
+    pub fn standalone(cfg: &DeliveryConfig) -> Result<HttpSink, crate::tls::TlsError> {
+        let clients = Clients::new(cfg, &[], None)?;
+        Ok(HttpSink::new(cfg, Arc::new(ArcSwap::from_pointee(clients))))
+    }
+
+    /// POSTs `records` to `url` of target `target`; Ok only on a 2xx answer.
+    ///
+    /// # Errors
+    /// [`DeliveryError`]: the request failed (connection, TLS handshake,
+    /// timeout), or the server answered other than 2xx (its status,
+    /// `Retry-After` and the start of its body).
+    pub async fn post(
+        &self,
+        target: &str,
+        url: &str,
+        records: &[&Record],
+    ) -> Result<(), DeliveryError> {
         let body = WireBatch {
             records: records.iter().map(|r| WireRecord::from_record(r)).collect(),
         };
-        let resp = self
-            .client
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                // Error texts travel to logs, `GET /v1/targets` and
-                // dead-letter headers: never with the URL's credentials.
-                let url = crate::redact::url(url).into_owned();
-                if e.is_timeout() {
-                    DeliveryError::Timeout {
-                        url,
-                        ms: self.timeout_ms,
-                    }
-                } else {
-                    DeliveryError::Request {
-                        url,
-                        msg: crate::redact::error_chain(&e.without_url()),
-                    }
+        let client = self.clients.load().client(target);
+        let resp = client.post(url).json(&body).send().await.map_err(|e| {
+            // Error texts travel to logs, `GET /v1/targets` and
+            // dead-letter headers: never with the URL's credentials.
+            let url = crate::redact::url(url).into_owned();
+            if e.is_timeout() {
+                DeliveryError::Timeout {
+                    url,
+                    ms: self.timeout_ms,
                 }
-            })?;
+            } else if let Some(cause) = crate::tls::handshake_failure(&e) {
+                DeliveryError::Tls {
+                    target: target.into(),
+                    url,
+                    cause,
+                }
+            } else {
+                DeliveryError::Request {
+                    url,
+                    msg: crate::redact::error_chain(&e.without_url()),
+                }
+            }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -418,7 +441,7 @@ mod tests {
 
     /// POSTs one small record to `url` with the default settings.
     async fn post_one(url: &str) -> Result<(), DeliveryError> {
-        let sink = HttpSink::new(&DeliveryConfig::default()).unwrap();
+        let sink = HttpSink::standalone(&DeliveryConfig::default()).unwrap();
         let r = Record {
             topic: "t".into(),
             partition: 0,
@@ -428,7 +451,7 @@ mod tests {
             value: Some(b"{}".to_vec()),
             headers: vec![],
         };
-        sink.post(url, &[&r]).await
+        sink.post("t", url, &[&r]).await
     }
 
     #[tokio::test]

@@ -88,17 +88,42 @@ struct Shared {
     file: Mutex<Option<std::fs::File>>,
     inflight: AtomicU32,
     behaviour: Behaviour,
+    /// TLS only: the client certificate (DER) of each connection, in
+    /// accept order (empty when the client sent none).
+    client_certs: Mutex<Vec<Vec<u8>>>,
+    /// TLS only: handshakes that failed.
+    tls_failures: AtomicU64,
+    /// `POST /records` requests that came over HTTP/2.
+    http2_requests: AtomicU64,
+}
+
+/// HTTPS for an [`AppServer`]: its certificate and key (PEM files), and
+/// with `client_ca`, client certificates signed by that CA required.
+#[derive(Debug, Clone)]
+pub struct AppTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// A running application server.
 pub struct AppServer {
     pub id: String,
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     shared: Arc<Shared>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
-async fn receive(State(s): State<Arc<Shared>>, Json(batch): Json<WireBatch>) -> Response {
+async fn receive(
+    State(s): State<Arc<Shared>>,
+    version: axum::http::Version,
+    Json(batch): Json<WireBatch>,
+) -> Response {
+    if version == axum::http::Version::HTTP_2 {
+        s.http2_requests.fetch_add(1, Ordering::Relaxed);
+    }
     s.inflight
         .fetch_add(batch.records.len() as u32, Ordering::Relaxed);
     let latency = s.behaviour.latency_ms.load(Ordering::Relaxed);
@@ -219,6 +244,26 @@ impl AppServer {
         port: u16,
         log: Option<&std::path::Path>,
     ) -> anyhow::Result<AppServer> {
+        Self::launch(id, capacity, port, log, None)
+    }
+
+    /// Starts an HTTPS server on 127.0.0.1 (free port), HTTP/2 offered by
+    /// ALPN, client certificates required when `tls.client_ca` is set.
+    ///
+    /// # Errors
+    /// The port cannot be bound, or a TLS file cannot be used.
+    pub fn start_tls(id: &str, capacity: u32, tls: AppTls) -> anyhow::Result<AppServer> {
+        Self::launch(id, capacity, 0, None, Some(tls))
+    }
+
+    fn launch(
+        id: &str,
+        capacity: u32,
+        port: u16,
+        log: Option<&std::path::Path>,
+        tls: Option<AppTls>,
+    ) -> anyhow::Result<AppServer> {
+        let acceptor = tls.as_ref().map(server_tls).transpose()?;
         let file = match log {
             Some(p) => Some(
                 std::fs::OpenOptions::new()
@@ -241,6 +286,9 @@ impl AppServer {
             file: Mutex::new(file),
             inflight: AtomicU32::new(0),
             behaviour: Behaviour::default(),
+            client_certs: Mutex::new(Vec::new()),
+            tls_failures: AtomicU64::new(0),
+            http2_requests: AtomicU64::new(0),
         });
         // Bound here (std) so the port is known before start returns, even
         // when called from inside another Tokio runtime.
@@ -252,17 +300,20 @@ impl AppServer {
             .route("/health", axum::routing::get(health))
             .route("/control", post(control))
             .with_state(shared.clone());
+        let tls_shared = shared.clone();
         runtime.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
+            match (tokio::net::TcpListener::from_std(listener), acceptor) {
+                (Ok(l), None) => {
                     let _ = axum::serve(l, app).await;
                 }
-                Err(e) => tracing::error!(error = %e, "app server listener failed"),
+                (Ok(l), Some(acceptor)) => serve_tls(l, acceptor, app, tls_shared).await,
+                (Err(e), _) => tracing::error!(error = %e, "app server listener failed"),
             }
         });
         Ok(AppServer {
             id: id.to_string(),
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             shared,
             runtime: Mutex::new(Some(runtime)),
         })
@@ -279,12 +330,29 @@ impl AppServer {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         }
     }
 
     /// The URL CDRS delivers to.
     pub fn url(&self) -> String {
-        format!("http://{}/records", self.addr)
+        format!("{}://{}/records", self.scheme, self.addr)
+    }
+
+    /// TLS only: the client certificate (DER) each connection presented,
+    /// in accept order (empty for none).
+    pub fn client_certs(&self) -> Vec<Vec<u8>> {
+        self.shared.client_certs.lock().expect("certs lock").clone()
+    }
+
+    /// TLS only: handshakes that failed.
+    pub fn tls_failures(&self) -> u64 {
+        self.shared.tls_failures.load(Ordering::Relaxed)
+    }
+
+    /// `POST /records` requests that came over HTTP/2.
+    pub fn http2_requests(&self) -> u64 {
+        self.shared.http2_requests.load(Ordering::Relaxed)
     }
 
     /// Behaviour knobs (latency, failing).
@@ -395,6 +463,64 @@ impl AppServer {
 impl Drop for AppServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The acceptor of an HTTPS app server.
+fn server_tls(tls: &AppTls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let provider = crate::tls::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let roots = Arc::new(crate::tls::read_roots(ca)?);
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(
+        crate::tls::read_certs(&tls.cert)?,
+        crate::tls::read_key(&tls.key, None)?,
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts TLS connections and serves `app` on them (HTTP/1.1 or HTTP/2,
+/// as ALPN chose), noting each connection's client certificate.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    shared: Arc<Shared>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    while let Ok((stream, _)) = listener.accept().await {
+        let (acceptor, app, shared) = (acceptor.clone(), app.clone(), shared.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(t) => t,
+                Err(_) => {
+                    shared.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+                .unwrap_or_default();
+            shared.client_certs.lock().expect("certs lock").push(cert);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 

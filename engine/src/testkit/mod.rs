@@ -10,6 +10,7 @@
 
 pub mod appserver;
 pub mod kafka;
+pub mod pki;
 pub mod tansu;
 
 use crate::config::{

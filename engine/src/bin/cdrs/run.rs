@@ -96,6 +96,11 @@ pub(crate) fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| p.to_string()),
         );
+        let (tls_problems, notes) = tls_checks(config);
+        problems.extend(tls_problems);
+        for n in notes {
+            println!("note: {n}");
+        }
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let metrics = Arc::new(Metrics::new());
         if let Err(errs) = PluginManager::load(runtime, config, metrics) {
@@ -124,4 +129,32 @@ pub(crate) fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The TLS files of `config`, checked as `cdrs run` would use them
+/// (exist, parse, key matches certificate, not expired); returns
+/// (problems, notes), each naming its block.
+fn tls_checks(config: &Config) -> (Vec<String>, Vec<String>) {
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    let mut add = |block: &str, (p, n): (Vec<String>, Vec<String>)| {
+        problems.extend(p.into_iter().map(|p| format!("{block}: {p}")));
+        notes.extend(n.into_iter().map(|n| format!("{block}: {n}")));
+    };
+    add(
+        "delivery.tls",
+        cdrs::tls::check_client(&config.delivery.tls),
+    );
+    for (i, t) in config.targets.iter().enumerate() {
+        if let Some(tls) = &t.tls {
+            let merged = config.delivery.tls.overridden_by(tls);
+            add(
+                &format!("targets[{i}].tls"),
+                cdrs::tls::check_client(&merged),
+            );
+        }
+    }
+    if let Some(tls) = &config.admin.tls {
+        add("admin.tls", cdrs::tls::check_server(tls));
+    }
+    (problems, notes)
 }

@@ -138,6 +138,7 @@ pub(super) fn config(
         labels: Default::default(),
         health_url: None,
         report_token: None,
+        tls: None,
     };
     let mut cfg = demo_config(
         &link.brokers,

@@ -328,7 +328,7 @@ impl HttpLoop {
             }
             Ok(())
         });
-        let sink = HttpSink::new(delivery)?;
+        let sink = HttpSink::standalone(delivery)?;
         let input = input.to_string();
         let sender = tokio::spawn(async move {
             let gates: Vec<Arc<Semaphore>> = urls
@@ -348,7 +348,7 @@ impl HttpLoop {
                 );
                 tokio::spawn(async move {
                     let refs: Vec<&Record> = batch.iter().collect();
-                    while sink.post(&url, &refs).await.is_err() {
+                    while sink.post("loop", &url, &refs).await.is_err() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     let mut high: Vec<(i32, i64)> = Vec::new();
@@ -472,6 +472,7 @@ fn http_targets(urls: &[String]) -> Vec<TargetConfig> {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         })
         .collect()
 }

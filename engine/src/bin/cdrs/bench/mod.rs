@@ -535,6 +535,7 @@ fn targets(n: usize) -> Vec<TargetConfig> {
             labels: Default::default(),
             health_url: None,
             report_token: None,
+            tls: None,
         })
         .collect()
 }
