@@ -22,7 +22,23 @@ need_wasm_target() {
   fi
 }
 
+# Build dependencies of the host crates: librdkafka links the system
+# OpenSSL (SSL and SASL_SSL listeners), found with pkg-config. Debian/Ubuntu.
+need_build_deps() {
+  local missing=()
+  for pkg in libssl-dev pkg-config; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "== installing build dependencies: ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >&2
+}
+
 build_plugins() {
+  need_build_deps
   need_wasm_target
   # fault-filter and fault-router misbehave on purpose; the tests use them
   # against the sandbox.

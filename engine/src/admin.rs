@@ -989,6 +989,95 @@ mod tests {
         }
     }
 
+    /// `[admin.tls]` with `client_ca_file`: a client without a certificate
+    /// from that CA gets no answer (counted); with one, the tokens work as
+    /// over plain HTTP: the read token reads and cannot write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_client_certificates_are_required_and_tokens_still_apply() {
+        use crate::config::{AdminTlsConfig, DeliveryConfig, TlsConfig};
+        use crate::testkit::pki::{Pki, Validity};
+        let dir = std::env::temp_dir().join(format!("cdrs-admin-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Pki::new(&dir, "admin").unwrap();
+        let server = ca
+            .server("server", &["127.0.0.1"], Validity::Days(30))
+            .unwrap();
+        let operator = ca.client("operator", "operator").unwrap();
+        let stranger = Pki::new(&dir, "stranger")
+            .unwrap()
+            .client("x", "x")
+            .unwrap();
+        let tls = AdminTlsConfig {
+            cert_file: server.cert.clone(),
+            key_file: server.key.clone(),
+            key_pass: None,
+            client_ca_file: Some(ca.ca_file.clone()),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let server_tls = Arc::new(crate::tls::ServerTls::new(&tls, Some(metrics.clone())).unwrap());
+        let access = Access {
+            token: Some("admin-token".into()),
+            read_token: Some("read-token".into()),
+            hosts: None,
+        };
+        let app = with_access(access, 2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("https://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let cfg = AdminConfig::default();
+        let served = tokio::spawn({
+            let metrics = metrics.clone();
+            async move { serve(listener, app, &cfg, Some(server_tls), metrics, stop).await }
+        });
+        let client = |cert: Option<&crate::testkit::pki::Issued>| {
+            let tls = TlsConfig {
+                ca_file: Some(ca.ca_file.clone()),
+                cert_file: cert.map(|c| c.cert.clone()),
+                key_file: cert.map(|c| c.key.clone()),
+                ..TlsConfig::default()
+            };
+            let d = DeliveryConfig {
+                tls,
+                ..DeliveryConfig::default()
+            };
+            crate::tls::Clients::new(&d, &[], None)
+                .unwrap()
+                .client("admin")
+        };
+        for (who, c) in [
+            ("no certificate", client(None)),
+            ("a foreign CA", client(Some(&stranger))),
+        ] {
+            let r = c.get(format!("{base}/healthz")).send().await;
+            assert!(r.is_err(), "{who}: {r:?}");
+        }
+        assert!(metrics.admin_refused.with_label_values(&["tls"]).get() >= 1);
+        let c = client(Some(&operator));
+        let get =
+            |path: &str, token: &str| c.get(format!("{base}{path}")).bearer_auth(token).send();
+        assert_eq!(get("/healthz", "").await.unwrap().status(), 200);
+        assert_eq!(
+            get("/v1/targets", "read-token").await.unwrap().status(),
+            200
+        );
+        assert_eq!(
+            get("/v1/targets", "wrong-token").await.unwrap().status(),
+            401
+        );
+        let put = c
+            .put(format!("{base}/v1/plugins/router"))
+            .bearer_auth("read-token")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 401, "the read token cannot upload");
+        let expiry = metrics.tls_cert_expiry.with_label_values(&["admin"]).get();
+        assert!(expiry > 0, "admin certificate expiry exported");
+        stop_tx.send(true).unwrap();
+        served.await.unwrap();
+    }
+
     /// Idle connections are closed after the header read timeout, those
     /// over the cap at once, and `/healthz` stays reachable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,28 @@ pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> Cli
     cfg
 }
 
+/// The settings of a reader outside the consumer group (the capacity
+/// topic feed): partitions assigned by CDRS, nothing committed, then
+/// `[kafka.options]` without group settings. `group_id` is required by
+/// librdkafka but never joined.
+pub fn reader_config(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    group_id: &str,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    for (k, v) in options {
+        if !k.starts_with("group.") && !k.starts_with("partition.assignment") {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
+
 /// librdkafka consumer-only properties, which a producer warns about.
 pub fn is_consumer_only(key: &str) -> bool {
     key.starts_with("session.")
@@ -231,4 +253,59 @@ pub unsafe fn record_from_raw(
         value: bytes(msg.payload, msg.len),
         headers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SASL_SSL with SCRAM and a private CA: librdkafka is built with
+    /// OpenSSL and takes them, and the group consumer, the producers and
+    /// the capacity reader all get them.
+    #[test]
+    fn ssl_and_sasl_settings_reach_every_client() {
+        let dir = std::env::temp_dir().join(format!("cdrs-kafka-ssl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = crate::testkit::pki::Pki::new(&dir, "kafka").unwrap();
+        let client = ca.client("client", "cdrs").unwrap();
+        let options: BTreeMap<String, String> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "cdrs"),
+            ("sasl.password", "scram-secret"),
+            ("ssl.ca.location", ca.ca_file.to_str().unwrap()),
+            ("ssl.certificate.location", client.cert.to_str().unwrap()),
+            ("ssl.key.location", client.key.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kafka = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            group_id: "g".into(),
+            topics: vec!["t".into()],
+            dead_letter_topic: "dlq".into(),
+            options: options.clone(),
+        };
+        let configs = [
+            (
+                "consumer",
+                consumer_config(&kafka, &PipelineConfig::default()),
+            ),
+            ("producer", producer_config(&kafka.brokers, &options)),
+            ("reader", reader_config(&kafka.brokers, &options, "r")),
+        ];
+        for (name, mut c) in configs {
+            for (k, v) in &options {
+                assert_eq!(c.get(k), Some(v.as_str()), "{name} gets {k}");
+            }
+            c.set("log_level", "3");
+            let created = if name == "producer" {
+                c.create::<rdkafka::producer::BaseProducer>().map(drop)
+            } else {
+                c.create::<rdkafka::consumer::BaseConsumer>().map(drop)
+            };
+            created.unwrap_or_else(|e| panic!("librdkafka refused the {name}: {e}"));
+        }
+    }
 }

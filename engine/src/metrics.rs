@@ -82,6 +82,9 @@ pub struct Metrics {
     /// CDRS presents stops being valid, Unix seconds. cert: `admin` |
     /// `delivery` (`[delivery.tls]`) | `target/<id>` (`[targets.tls]`).
     pub tls_cert_expiry: IntGaugeVec,
+    /// `cdrs_tls_rotations_total{cert, result}`: rotated TLS files taken
+    /// (`ok`) or refused (`refused`: the previous ones stay in use).
+    pub tls_rotations: IntCounterVec,
 }
 
 impl Metrics {
@@ -182,6 +185,11 @@ impl Metrics {
                 "cdrs_tls_cert_expiry_timestamp_seconds",
                 "When a certificate CDRS presents expires (Unix seconds)",
                 &["cert"],
+            ),
+            tls_rotations: counter(
+                "cdrs_tls_rotations_total",
+                "Rotated TLS files taken or refused",
+                &["cert", "result"],
             ),
             target_up: gauge(
                 "cdrs_target_up",

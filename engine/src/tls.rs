@@ -54,11 +54,26 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The process's crypto provider: rustls's `ring` one.
+/// The process's crypto provider: rustls's `ring` one, also installed as
+/// the process default (reqwest's own TLS setup asks for that one).
 pub fn provider() -> Arc<CryptoProvider> {
     static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
+    P.get_or_init(|| {
+        let p = Arc::new(rustls::crypto::ring::default_provider());
+        // Err: another provider was installed first; ours is still used
+        // for every config CDRS builds.
+        let _ = CryptoProvider::install_default((*p).clone());
+        p
+    })
+    .clone()
+}
+
+/// An HTTP client with reqwest's defaults (system roots, no client
+/// certificate), for tools and tests; CDRS's own deliveries use
+/// [`Clients`].
+pub fn plain_client() -> reqwest::Client {
+    provider();
+    reqwest::Client::new()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -227,6 +242,24 @@ fn note_expiry(metrics: Option<&Metrics>, name: &str, expiry: i64) {
             days_left = left / 86_400,
             "TLS certificate expires soon"
         );
+    }
+}
+
+/// Logs and counts a rotation's outcome.
+fn note_rotation(metrics: Option<&Metrics>, name: &str, r: &Result<(), TlsError>) {
+    let result = match r {
+        Ok(()) => {
+            tracing::info!(cert = name, "TLS files rotated; new connections use them");
+            "ok"
+        }
+        Err(err) => {
+            tracing::error!(cert = name, error = %err,
+                "rotated TLS files refused; the previous ones stay in use");
+            "refused"
+        }
+    };
+    if let Some(m) = metrics {
+        m.tls_rotations.with_label_values(&[name, result]).inc();
     }
 }
 
@@ -624,13 +657,7 @@ impl Clients {
                     note_expiry(self.metrics.as_deref(), &e.name, x);
                 }
             });
-            match &r {
-                Ok(()) => {
-                    tracing::info!(cert = %e.name, "TLS files rotated; new connections use them")
-                }
-                Err(err) => tracing::error!(cert = %e.name, error = %err,
-                    "rotated TLS files refused; the previous ones stay in use"),
-            }
+            note_rotation(self.metrics.as_deref(), &e.name, &r);
             out.push((e.name.clone(), r));
         }
         out
@@ -733,14 +760,7 @@ impl ServerTls {
         }
         let r = Self::build(&self.tls, self.metrics.as_deref())
             .map(|a| self.acceptor.store(Arc::new(a)));
-        match &r {
-            Ok(()) => tracing::info!(
-                cert = "admin",
-                "TLS files rotated; new connections use them"
-            ),
-            Err(err) => tracing::error!(cert = "admin", error = %err,
-                "rotated TLS files refused; the previous ones stay in use"),
-        }
+        note_rotation(self.metrics.as_deref(), "admin", &r);
         Some(r)
     }
 }

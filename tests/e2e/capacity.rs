@@ -229,7 +229,7 @@ async fn health_checks_and_bad_reports() {
     );
 
     let good = view(&s.daemon, "blotter-2").unwrap().capacity;
-    let http = reqwest::Client::new();
+    let http = cdrs::tls::plain_client();
     let url = format!(
         "http://{}/v1/targets/blotter-2/capacity",
         s.daemon.admin_addr

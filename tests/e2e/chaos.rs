@@ -87,7 +87,7 @@ impl Server {
     }
 
     async fn control(&self, body: serde_json::Value) {
-        reqwest::Client::new()
+        cdrs::tls::plain_client()
             .post(format!("http://127.0.0.1:{}/control", self.port))
             .json(&body)
             .send()

@@ -46,6 +46,19 @@ pub async fn start_with(
             AppServer::start(&format!("blotter-{}", i + 1), CAPACITIES[i]).expect("app server")
         })
         .collect();
+    start_on(brokers, topic, dlq, group, servers, tweak, file).await
+}
+
+/// As [`start_with`], with servers of the caller's (each a target).
+pub async fn start_on(
+    brokers: &str,
+    topic: &str,
+    dlq: &str,
+    group: &str,
+    servers: Vec<AppServer>,
+    tweak: impl FnOnce(&mut Config),
+    file: Option<std::path::PathBuf>,
+) -> Scenario {
     let targets = servers.iter().map(AppServer::target_config).collect();
     let mut config = demo_config(brokers, group, topic, dlq, &plugin_dir(), targets);
     tweak(&mut config);

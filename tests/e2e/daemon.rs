@@ -18,6 +18,11 @@ fn records_total(metrics: &str, stage: &str, outcome: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The admin token, given as `${CDRS_E2E_ADMIN_TOKEN}`.
+const TOKEN: &str = "e2e-admin-secret-8841";
+/// A SASL password, given as `file:sasl-password.txt`.
+const SASL_SECRET: &str = "e2e-sasl-secret-3317";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdrs_run_binary_delivers_and_commits_on_sigterm() {
     let tansu = Tansu::start();
@@ -41,10 +46,11 @@ dead_letter_topic = "{dlq}"
 [kafka.options]
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "6000"
+"sasl.password" = "file:sasl-password.txt"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
-token = "t0ken"
+token = "${{CDRS_E2E_ADMIN_TOKEN}}"
 
 [[filters]]
 name = "drop-heartbeats"
@@ -78,10 +84,31 @@ config = {{ sticky = true }}
     ));
     let config = dir.join("cdrs.toml");
     std::fs::write(&config, toml).unwrap();
+    // Secrets by reference: neither may show in a log, an answer or
+    // `cdrs check`'s output.
+    std::fs::write(dir.join("sasl-password.txt"), format!("{SASL_SECRET}\n")).unwrap();
+    let checked = Command::new(cdrs_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("CDRS_E2E_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let check_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success(), "cdrs check: {check_text}");
+    assert!(
+        !check_text.contains(TOKEN) && !check_text.contains(SASL_SECRET),
+        "{check_text}"
+    );
     let log = std::fs::File::create(dir.join("cdrs.log")).unwrap();
     let mut child = Command::new(cdrs_bin())
         .args(["run", "--config"])
         .arg(&config)
+        .env("CDRS_E2E_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -89,9 +116,9 @@ config = {{ sticky = true }}
 
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     for s in &servers {
-        s.report_to(admin, Duration::from_millis(200), Some("t0ken".into()));
+        s.report_to(admin, Duration::from_millis(200), Some(TOKEN.into()));
     }
-    let http = reqwest::Client::new();
+    let http = cdrs::tls::plain_client();
     let base = format!("http://{admin}");
     let mut ready = false;
     for _ in 0..600 {
@@ -154,6 +181,20 @@ config = {{ sticky = true }}
         .count();
     assert_eq!(healthy, 3, "{targets}");
     assert!(!targets.to_string().contains("s3cret"), "{targets}");
+    let shown = http
+        .get(format!("{base}/v1/config"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.contains("sasl.password"), "{shown}");
+    assert!(
+        !shown.contains(TOKEN) && !shown.contains(SASL_SECRET),
+        "GET /v1/config shows a secret: {shown}"
+    );
 
     // SIGTERM: drain, commit, exit 0.
     let status = Command::new("kill")
@@ -190,6 +231,10 @@ config = {{ sticky = true }}
         log_text().contains("svc:redacted@") && !log_text().contains("s3cret"),
         "the failing target is logged, its password never: {}",
         log_text()
+    );
+    assert!(
+        !log_text().contains(TOKEN) && !log_text().contains(SASL_SECRET),
+        "a secret in the log"
     );
     assert!(
         !log_text().contains('\u{1b}'),

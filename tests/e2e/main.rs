@@ -18,3 +18,4 @@ mod flow;
 mod plugins;
 mod reload;
 mod swap;
+mod tls;

@@ -130,7 +130,7 @@ async fn config_edits_apply_live_and_bad_ones_change_nothing() {
     assert_eq!(s.daemon.reloader.active(), active, "nothing changed");
 
     // POST /v1/reload reports the same.
-    let resp = reqwest::Client::new()
+    let resp = cdrs::tls::plain_client()
         .post(format!("http://{}/v1/reload", s.daemon.admin_addr))
         .send()
         .await

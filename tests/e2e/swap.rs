@@ -34,7 +34,7 @@ async fn status(s: &Scenario, name: &str) -> PluginStatus {
 }
 
 async fn put_plugin(admin: std::net::SocketAddr, name: &str, body: Vec<u8>) -> (u16, String) {
-    let r = reqwest::Client::new()
+    let r = cdrs::tls::plain_client()
         .put(format!("http://{admin}/v1/plugins/{name}"))
         .body(body)
         .send()

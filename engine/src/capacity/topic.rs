@@ -4,7 +4,6 @@
 //! is one JSON [`CapacityReport`](super::CapacityReport) with `server_id`.
 
 use super::{CapacityReport, Feed, Registry, ReportError};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -19,18 +18,9 @@ pub fn consumer(
     options: &BTreeMap<String, String>,
     topic: &str,
 ) -> anyhow::Result<StreamConsumer> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        // Required by librdkafka, never joined: partitions are assigned.
-        .set("group.id", format!("cdrs-capacity-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    for (k, v) in options {
-        if !k.starts_with("group.") && !k.starts_with("partition.assignment") {
-            cfg.set(k, v);
-        }
-    }
-    let consumer: StreamConsumer = cfg.create()?;
+    let group = format!("cdrs-capacity-{}", std::process::id());
+    let consumer: StreamConsumer =
+        crate::kafka::reader_config(brokers, options, &group).create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = md
         .topics()

@@ -855,11 +855,16 @@ impl Dispatcher {
         }
         let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
         if let Some(ej) = self.breakers.failure(&cfg.breaker, id, &targets, now) {
-            tracing::warn!(target_id = %id, reason = %ej.reason, ejection = ?ej.duration,
-                "circuit breaker open: target ejected");
+            tracing::warn!(target_id = %id, reason = %ej.reason, last_error = %e,
+                ejection = ?ej.duration, "circuit breaker open: target ejected");
             self.metrics.ejections.with_label_values(&[id]).inc();
-            self.registry
-                .eject(id, ej.duration, &format!("ejected: {}", ej.reason));
+            // The last failure stays in the reason: an operator needs the
+            // cause (a TLS handshake, a status), not only the count.
+            self.registry.eject(
+                id,
+                ej.duration,
+                &format!("ejected: {}; last: {e}", ej.reason),
+            );
         }
     }
 

@@ -382,7 +382,7 @@ impl AppServer {
         let url = format!("http://{admin}/v1/targets/{}/capacity", shared.id);
         let me = self.url();
         self.spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::tls::plain_client();
             loop {
                 if shared.behaviour.silent.load(Ordering::Relaxed) {
                     tokio::time::sleep(every).await;

@@ -142,6 +142,8 @@ pub(crate) fn init_logs(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (rustls's ring).
+    cdrs::tls::provider();
     let result = match cli.command {
         Command::Run { config } => run::run(config),
         Command::Check { config } => {

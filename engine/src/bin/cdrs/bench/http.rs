@@ -211,7 +211,7 @@ impl CountingServers {
         Ok(CountingServers {
             child,
             bases,
-            client: reqwest::Client::new(),
+            client: cdrs::tls::plain_client(),
         })
     }
 
