@@ -141,7 +141,18 @@ impl Daemon {
             clients.clone(),
             shutdown_rx.clone(),
         ));
-        let mut background = vec![refresher, checks];
+        let expiry = {
+            let (r, mut stop) = (reloader.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::tls::EXPIRY_CHECK_INTERVAL) => r.warn_expiring_tls(),
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
+        let mut background = vec![refresher, checks, expiry];
         if let Some(topic) = &config.capacity.topic {
             let feed =
                 capacity::topic::consumer(&config.kafka.brokers, &config.kafka.options, topic)

@@ -201,6 +201,15 @@ impl ConfigReloader {
         files
     }
 
+    /// Warns about TLS certificates that expire within
+    /// [`crate::tls::EXPIRY_WARNING`].
+    pub fn warn_expiring_tls(&self) {
+        self.clients.load().warn_expiring();
+        if let Some(a) = &self.admin_tls {
+            a.warn_expiring();
+        }
+    }
+
     /// Rotates what reads one of `changed` (canonical paths): clients and
     /// the admin acceptor are rebuilt from their files; a file that does
     /// not make a valid config is refused (logged) and the old one stays.

@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -227,12 +228,20 @@ fn certified_key(
     Ok((chain, key_der, expiry))
 }
 
-/// Warns when the certificate `name` expires within [`EXPIRY_WARNING`] (or
-/// has expired) and sets its expiry gauge.
+/// Sets the expiry gauge of certificate `name` and warns as [`warn_expiry`].
 fn note_expiry(metrics: Option<&Metrics>, name: &str, expiry: i64) {
     if let Some(m) = metrics {
         m.tls_cert_expiry.with_label_values(&[name]).set(expiry);
     }
+    warn_expiry(name, expiry);
+}
+
+/// How often a running CDRS repeats its expiry warnings.
+pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Warns when the certificate `name` expires (Unix seconds `expiry`)
+/// within [`EXPIRY_WARNING`], and errs when it has expired.
+fn warn_expiry(name: &str, expiry: i64) {
     let left = expiry - now_s();
     if left <= 0 {
         tracing::error!(cert = name, "TLS certificate has expired");
@@ -516,6 +525,8 @@ pub struct Endpoint {
     pub tls: TlsConfig,
     options: ClientOptions,
     client: ArcSwap<reqwest::Client>,
+    /// The client certificate's expiry, Unix seconds; 0 without one.
+    expiry: AtomicI64,
 }
 
 impl Endpoint {
@@ -598,6 +609,7 @@ impl Clients {
                 tls,
                 options: options.clone(),
                 client: ArcSwap::from_pointee(client),
+                expiry: AtomicI64::new(expiry.unwrap_or(0)),
             }))
         };
         let default = make("delivery".into(), delivery.tls.clone())?;
@@ -637,6 +649,16 @@ impl Clients {
         std::iter::once(&self.default).chain(self.targets.values())
     }
 
+    /// Warns about client certificates that expire soon (or have).
+    pub fn warn_expiring(&self) {
+        for e in self.endpoints() {
+            let x = e.expiry.load(Ordering::Relaxed);
+            if x != 0 {
+                warn_expiry(&e.name, x);
+            }
+        }
+    }
+
     /// Every TLS file read by these clients.
     pub fn files(&self) -> Vec<PathBuf> {
         self.endpoints().flat_map(|e| e.files()).collect()
@@ -653,6 +675,7 @@ impl Clients {
             }
             let r = Endpoint::build(&e.tls, &e.options).map(|(client, expiry)| {
                 e.client.store(Arc::new(client));
+                e.expiry.store(expiry.unwrap_or(0), Ordering::Relaxed);
                 if let Some(x) = expiry {
                     note_expiry(self.metrics.as_deref(), &e.name, x);
                 }
@@ -682,24 +705,27 @@ pub struct ServerTls {
     pub tls: AdminTlsConfig,
     acceptor: ArcSwap<tokio_rustls::TlsAcceptor>,
     metrics: Option<Arc<Metrics>>,
+    /// The certificate's expiry, Unix seconds.
+    expiry: AtomicI64,
 }
 
 impl ServerTls {
     /// # Errors
     /// A file of `[admin.tls]` cannot be used.
     pub fn new(tls: &AdminTlsConfig, metrics: Option<Arc<Metrics>>) -> Result<ServerTls, TlsError> {
-        let acceptor = Self::build(tls, metrics.as_deref())?;
+        let (acceptor, expiry) = Self::build(tls, metrics.as_deref())?;
         Ok(ServerTls {
             tls: tls.clone(),
             acceptor: ArcSwap::from_pointee(acceptor),
             metrics,
+            expiry: AtomicI64::new(expiry),
         })
     }
 
     fn build(
         tls: &AdminTlsConfig,
         metrics: Option<&Metrics>,
-    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    ) -> Result<(tokio_rustls::TlsAcceptor, i64), TlsError> {
         let (chain, key, expiry) =
             certified_key(&tls.cert_file, &tls.key_file, tls.key_pass.as_deref())
                 .map_err(|e| TlsError::Config(format!("admin.tls: {e}")))?;
@@ -731,7 +757,12 @@ impl ServerTls {
                 })?;
         config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         note_expiry(metrics, "admin", expiry);
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), expiry))
+    }
+
+    /// Warns when the certificate expires soon (or has).
+    pub fn warn_expiring(&self) {
+        warn_expiry("admin", self.expiry.load(Ordering::Relaxed));
     }
 
     /// The current acceptor.
@@ -758,8 +789,10 @@ impl ServerTls {
         if !self.files().iter().any(|f| changed.contains(&canonical(f))) {
             return None;
         }
-        let r = Self::build(&self.tls, self.metrics.as_deref())
-            .map(|a| self.acceptor.store(Arc::new(a)));
+        let r = Self::build(&self.tls, self.metrics.as_deref()).map(|(a, expiry)| {
+            self.acceptor.store(Arc::new(a));
+            self.expiry.store(expiry, Ordering::Relaxed);
+        });
         note_rotation(self.metrics.as_deref(), "admin", &r);
         Some(r)
     }

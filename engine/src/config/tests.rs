@@ -447,7 +447,14 @@ fn report_tokens_are_checked_without_being_shown() {
 }
 
 /// Keys `Config` never serializes (secrets), so the doc test names them.
-const UNSERIALIZED_KEYS: [&str; 3] = ["admin.token", "admin.read_token", "targets[].report_token"];
+const UNSERIALIZED_KEYS: [&str; 6] = [
+    "admin.token",
+    "admin.read_token",
+    "targets[].report_token",
+    "admin.tls.key_pass",
+    "delivery.tls.key_pass",
+    "targets[].tls.key_pass",
+];
 
 /// Free-form tables: one key each; what is inside them is not a config key.
 const FREE_FORM_KEYS: [&str; 4] = [
@@ -594,6 +601,11 @@ fn configuration_doc_matches_the_config_structs() {
         token = "0123456789abcdef-admin"
         read_token = "0123456789abcdef-read"
         allowed_hosts = ["localhost"]
+        [admin.tls]
+        cert_file = "not-wasm.txt"
+        key_file = "not-wasm.txt"
+        key_pass = "pass"
+        client_ca_file = "not-wasm.txt"
         [plugins]
         cache_dir = "/nonexistent/cdrs-cache"
         [[filters]]
@@ -614,6 +626,22 @@ fn configuration_doc_matches_the_config_structs() {
         labels = { pool = "p" }
         health_url = "http://127.0.0.1:1/health"
         report_token = "0123456789abcdef-report"
+        [targets.tls]
+        ca_file = "not-wasm.txt"
+        cert_file = "not-wasm.txt"
+        key_file = "not-wasm.txt"
+        key_pass = "pass"
+        server_name = "blotter.internal"
+        verify = true
+        http2 = true
+        [delivery.tls]
+        ca_file = "not-wasm.txt"
+        cert_file = "not-wasm.txt"
+        key_file = "not-wasm.txt"
+        key_pass = "pass"
+        server_name = "blotter.internal"
+        verify = true
+        http2 = true
         [capacity]
         topic = "hb"
         allow_endpoints = ["http://10.1.*.*:8080/records"]
@@ -687,6 +715,11 @@ fn configuration_doc_matches_the_config_structs() {
             "admin.token" => changed.admin.token = secret,
             "admin.read_token" => changed.admin.read_token = secret,
             "targets[].report_token" => changed.targets[0].report_token = secret,
+            "admin.tls.key_pass" => changed.admin.tls.as_mut().unwrap().key_pass = secret,
+            "delivery.tls.key_pass" => changed.delivery.tls.key_pass = secret,
+            "targets[].tls.key_pass" => {
+                changed.targets[0].tls.as_mut().unwrap().key_pass = secret
+            }
             key => {
                 let mut v = full_json.clone();
                 let slot = value_at(&mut v, key).expect("every documented key is present");

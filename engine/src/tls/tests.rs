@@ -361,3 +361,52 @@ fn errors_without_tls_in_them_are_not_named_tls() {
         .unwrap()
         .starts_with("unknown CA"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_certificate_rotates_and_a_broken_one_is_refused() {
+    let d = dir("admin-rotate");
+    let ca = Pki::new(&d, "ca").unwrap();
+    let (cert, key) = (d.join("admin.pem"), d.join("admin-key.pem"));
+    let first = ca
+        .server("first", &["127.0.0.1"], Validity::Days(30))
+        .unwrap();
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let tls = ServerTls::new(
+        &AdminTlsConfig {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            key_pass: None,
+            client_ca_file: None,
+        },
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    let before = tls.acceptor();
+    assert!(tls.rotate(&[d.join("unrelated.pem")]).is_none());
+    let second = ca
+        .server("second", &["127.0.0.1"], Validity::Days(60))
+        .unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    std::fs::write(&key, &second.key_pem).unwrap();
+    assert!(matches!(tls.rotate(&[canonical(&cert)]), Some(Ok(()))));
+    assert!(!Arc::ptr_eq(&before, &tls.acceptor()), "a new acceptor");
+    let expiry = metrics.tls_cert_expiry.with_label_values(&["admin"]).get();
+    assert!(
+        expiry > now_s() + 59 * 86_400,
+        "the new certificate's expiry: {expiry}"
+    );
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    let kept = tls.acceptor();
+    assert!(matches!(tls.rotate(&[canonical(&cert)]), Some(Err(_))));
+    assert!(
+        Arc::ptr_eq(&kept, &tls.acceptor()),
+        "the previous acceptor stays"
+    );
+    let refused = metrics
+        .tls_rotations
+        .with_label_values(&["admin", "refused"])
+        .get();
+    assert_eq!(refused, 1);
+}
