@@ -994,7 +994,7 @@ mod tests {
     /// over plain HTTP: the read token reads and cannot write.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tls_client_certificates_are_required_and_tokens_still_apply() {
-        use crate::config::{AdminTlsConfig, DeliveryConfig, TlsConfig};
+        use crate::config::{AdminTlsConfig, TlsConfig};
         use crate::testkit::pki::{Pki, Validity};
         let dir = std::env::temp_dir().join(format!("cdrs-admin-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1030,19 +1030,13 @@ mod tests {
             async move { serve(listener, app, &cfg, Some(server_tls), metrics, stop).await }
         });
         let client = |cert: Option<&crate::testkit::pki::Issued>| {
-            let tls = TlsConfig {
+            crate::tls::client_for(&TlsConfig {
                 ca_file: Some(ca.ca_file.clone()),
                 cert_file: cert.map(|c| c.cert.clone()),
                 key_file: cert.map(|c| c.key.clone()),
                 ..TlsConfig::default()
-            };
-            let d = DeliveryConfig {
-                tls,
-                ..DeliveryConfig::default()
-            };
-            crate::tls::Clients::new(&d, &[], None)
-                .unwrap()
-                .client("admin")
+            })
+            .unwrap()
         };
         for (who, c) in [
             ("no certificate", client(None)),

@@ -69,6 +69,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     .clone()
 }
 
+/// A client for one TLS setting with the delivery defaults (timeouts, no
+/// redirects), for tools and tests that call an HTTPS endpoint (the admin
+/// API) as CDRS would.
+///
+/// # Errors
+/// As [`client_tls`].
+pub fn client_for(tls: &TlsConfig) -> Result<reqwest::Client, TlsError> {
+    let options = ClientOptions {
+        timeout_ms: crate::config::DEFAULT_DELIVERY_TIMEOUT_MS,
+    };
+    Endpoint::build(tls, &options).map(|(client, _)| client)
+}
+
 /// An HTTP client with reqwest's defaults (system roots, no client
 /// certificate), for tools and tests; CDRS's own deliveries use
 /// [`Clients`].

@@ -2,7 +2,7 @@
 //! certificates made by a CA of the test's own, the ledger kept.
 
 use crate::common::{assert_capacity_split, assert_sticky_and_ordered, start_on, CAPACITIES};
-use cdrs::config::{AdminTlsConfig, DeliveryConfig, KeyOrder, TlsConfig};
+use cdrs::config::{AdminTlsConfig, KeyOrder, TlsConfig};
 use cdrs::testkit::appserver::{AppServer, AppTls};
 use cdrs::testkit::pki::{Issued, Pki, Validity};
 use cdrs::testkit::produce;
@@ -168,19 +168,13 @@ async fn servers_with_bad_certificates_are_marked_down_with_the_cause() {
     let ledger = produce(&brokers, topic, 10_000, 300).await.unwrap();
     // The admin API answers only with a client certificate of our CA.
     let admin = |cert: Option<&Issued>| {
-        let tls = TlsConfig {
+        cdrs::tls::client_for(&TlsConfig {
             ca_file: Some(ca.ca_file.clone()),
             cert_file: cert.map(|c| c.cert.clone()),
             key_file: cert.map(|c| c.key.clone()),
             ..TlsConfig::default()
-        };
-        let delivery = DeliveryConfig {
-            tls,
-            ..DeliveryConfig::default()
-        };
-        cdrs::tls::Clients::new(&delivery, &[], None)
-            .unwrap()
-            .client("admin")
+        })
+        .unwrap()
     };
     let base = format!("https://{}", s.daemon.admin_addr);
     assert!(admin(None)
@@ -340,9 +334,77 @@ fn account_total(servers: &[&AppServer]) -> usize {
     servers.iter().map(|s| s.count()).sum()
 }
 
-/// 25,000 more trade events after the first batch, keyed like them.
+/// `n` more trade events after a first batch of 25,000, keyed like them.
 async fn produce_from(brokers: &str, topic: &str, n: u64) -> cdrs::testkit::Ledger {
-    let events = (25_000..25_000 + n)
+    produce_events_from(brokers, topic, 25_000, n).await
+}
+
+/// A config reload that points `[delivery.tls]` at a file that is not a
+/// certificate changes nothing and names the file; one that turns HTTP/2
+/// off applies (new clients), and nothing is lost across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_broken_tls_file_changes_nothing() {
+    let d = dir("reload");
+    let ca = Pki::new(&d, "ca").unwrap();
+    let client = ca.client("cdrs", "cdrs").unwrap();
+    let (topic, dlq) = ("tls-reload", "tls-reload-dlq");
+    let brokers = mock_cluster(&[(topic, 4), (dlq, 1)]);
+    let servers = blotters(&ca, &ca.ca_file);
+    let tls = mtls(&ca.ca_file, &client.cert, &client.key);
+    let file = d.join("cdrs.toml");
+    let s = start_on(
+        &brokers,
+        topic,
+        dlq,
+        "cdrs-e2e-tls-reload",
+        servers,
+        |c| c.delivery.tls = tls,
+        Some(file.clone()),
+    )
+    .await;
+    let mut ledger = produce(&brokers, topic, 3_000, 200).await.unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    let garbage = d.join("not-a-cert.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").unwrap();
+    let mut broken = s.daemon.reloader.active();
+    broken.delivery.tls.cert_file = Some(garbage.clone());
+    std::fs::write(&file, toml::to_string(&broken).unwrap()).unwrap();
+    let report = s.daemon.reload().await;
+    assert!(!report.ok, "{report:?}");
+    let why = report.errors.join("; ");
+    assert!(
+        why.contains("delivery.tls") && why.contains("not-a-cert.pem"),
+        "{why}"
+    );
+    // Still the old clients: records keep flowing.
+    let more = produce_from(&brokers, topic, 3_000).await;
+    ledger.fates.extend(more.fates);
+    ledger.keys.extend(more.keys);
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    // HTTP/2 off: applies live.
+    let mut http1 = s.daemon.reloader.active();
+    http1.delivery.tls.http2 = Some(false);
+    std::fs::write(&file, toml::to_string(&http1).unwrap()).unwrap();
+    let report = s.daemon.reload().await;
+    assert!(report.ok, "{report:?}");
+    let h2_before: Vec<u64> = s.servers.iter().map(|s| s.http2_requests()).collect();
+    let last = produce_events_from(&brokers, topic, 50_000, 3_000).await;
+    ledger.fates.extend(last.fates);
+    ledger.keys.extend(last.keys);
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    let h2_after: Vec<u64> = s.servers.iter().map(|s| s.http2_requests()).collect();
+    assert_eq!(h2_before, h2_after, "no HTTP/2 request after http2 = false");
+    s.finish(&ledger).await;
+}
+
+/// `n` trade events from sequence `from`.
+async fn produce_events_from(
+    brokers: &str,
+    topic: &str,
+    from: u64,
+    n: u64,
+) -> cdrs::testkit::Ledger {
+    let events = (from..from + n)
         .map(|i| cdrs::testkit::trade_event(i, 400))
         .collect();
     cdrs::testkit::produce_events(brokers, topic, events)

@@ -717,9 +717,7 @@ fn configuration_doc_matches_the_config_structs() {
             "targets[].report_token" => changed.targets[0].report_token = secret,
             "admin.tls.key_pass" => changed.admin.tls.as_mut().unwrap().key_pass = secret,
             "delivery.tls.key_pass" => changed.delivery.tls.key_pass = secret,
-            "targets[].tls.key_pass" => {
-                changed.targets[0].tls.as_mut().unwrap().key_pass = secret
-            }
+            "targets[].tls.key_pass" => changed.targets[0].tls.as_mut().unwrap().key_pass = secret,
             key => {
                 let mut v = full_json.clone();
                 let slot = value_at(&mut v, key).expect("every documented key is present");
