@@ -79,7 +79,7 @@ pub fn client_for(tls: &TlsConfig) -> Result<reqwest::Client, TlsError> {
     let options = ClientOptions {
         timeout_ms: crate::config::DEFAULT_DELIVERY_TIMEOUT_MS,
     };
-    Endpoint::build(tls, &options).map(|(client, _)| client)
+    Endpoint::build(tls, &options).map(|(built, _)| built.client)
 }
 
 /// An HTTP client with reqwest's defaults (system roots, no client
@@ -248,6 +248,13 @@ fn note_expiry(metrics: Option<&Metrics>, name: &str, expiry: i64) {
     }
     warn_expiry(name, expiry);
 }
+
+/// Longest a [`Clients::diagnose`] probe takes.
+pub const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a probe waits after its handshake for the server's alert:
+/// one round trip on a healthy network.
+const ALERT_WAIT: Duration = Duration::from_millis(200);
 
 /// How often a running CDRS repeats its expiry warnings.
 pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -537,17 +544,22 @@ pub struct Endpoint {
     pub name: String,
     pub tls: TlsConfig,
     options: ClientOptions,
-    client: ArcSwap<reqwest::Client>,
+    client: ArcSwap<Built>,
     /// The client certificate's expiry, Unix seconds; 0 without one.
     expiry: AtomicI64,
 }
 
+/// A reqwest client and the TLS config it was built with (kept for
+/// [`Clients::diagnose`]).
+struct Built {
+    client: reqwest::Client,
+    config: Arc<rustls::ClientConfig>,
+}
+
 impl Endpoint {
-    fn build(
-        tls: &TlsConfig,
-        options: &ClientOptions,
-    ) -> Result<(reqwest::Client, Option<i64>), TlsError> {
+    fn build(tls: &TlsConfig, options: &ClientOptions) -> Result<(Built, Option<i64>), TlsError> {
         let ClientTls { config, expiry } = client_tls(tls)?;
+        let kept = Arc::new(config.clone());
         let mut b = reqwest::Client::builder()
             // A followed 301/302/303 turns the POST into a GET without the
             // batch, and its 2xx would count as delivered: a redirect is an
@@ -563,12 +575,18 @@ impl Endpoint {
         let client = b
             .build()
             .map_err(|e| TlsError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok((client, expiry))
+        Ok((
+            Built {
+                client,
+                config: kept,
+            },
+            expiry,
+        ))
     }
 
     /// The current client (cheap: an `Arc` clone inside).
     pub fn client(&self) -> reqwest::Client {
-        (**self.client.load()).clone()
+        self.client.load().client.clone()
     }
 
     /// The files this endpoint reads.
@@ -652,6 +670,56 @@ impl Clients {
         Clients::new(delivery, targets, self.metrics.clone())
     }
 
+    /// Why requests to `url` of target `id` fail, when a TLS handshake is
+    /// the reason but the failed request did not say so: a TLS 1.3 server
+    /// judges the client certificate after the client's side of the
+    /// handshake, and its alert races the request (the request may see
+    /// only a reset or closed connection). A probe connection with the
+    /// same TLS config does the handshake and reads, sending nothing, so
+    /// the alert arrives. `None`: not `https://`, unreachable, or the
+    /// handshake is fine. Takes at most [`DIAGNOSE_TIMEOUT`].
+    pub async fn diagnose(&self, id: &str, url: &str) -> Option<String> {
+        let u = reqwest::Url::parse(url).ok()?;
+        if u.scheme() != "https" {
+            return None;
+        }
+        let host = u
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = u.port_or_known_default()?;
+        let config = self
+            .targets
+            .get(id)
+            .unwrap_or(&self.default)
+            .client
+            .load()
+            .config
+            .clone();
+        let name = ServerName::try_from(host.clone()).ok()?;
+        let probe = async {
+            use tokio::io::AsyncReadExt;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .ok()?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let mut stream = match connector.connect(name, tcp).await {
+                Ok(s) => s,
+                Err(e) => return handshake_failure(&e),
+            };
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(ALERT_WAIT, stream.read(&mut byte)).await {
+                Ok(Err(e)) => handshake_failure(&e),
+                _ => None,
+            }
+        };
+        tokio::time::timeout(DIAGNOSE_TIMEOUT, probe)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The client for target `id`.
     pub fn client(&self, id: &str) -> reqwest::Client {
         self.targets.get(id).unwrap_or(&self.default).client()
@@ -686,8 +754,8 @@ impl Clients {
             if !e.files().iter().any(|f| changed.contains(&canonical(f))) {
                 continue;
             }
-            let r = Endpoint::build(&e.tls, &e.options).map(|(client, expiry)| {
-                e.client.store(Arc::new(client));
+            let r = Endpoint::build(&e.tls, &e.options).map(|(built, expiry)| {
+                e.client.store(Arc::new(built));
                 e.expiry.store(expiry.unwrap_or(0), Ordering::Relaxed);
                 if let Some(x) = expiry {
                     note_expiry(self.metrics.as_deref(), &e.name, x);

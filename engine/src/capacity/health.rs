@@ -31,22 +31,29 @@ pub async fn run(
             })
             .collect();
         let runs = checks.into_iter().map(|(id, url)| {
-            let client = clients.load().client(&id);
+            let clients = clients.load_full();
             async move {
                 let shown = crate::redact::url(&url);
-                let r = match client.get(&url).timeout(timeout).send().await {
+                let sent = clients.client(&id).get(&url).timeout(timeout).send().await;
+                let r = match sent {
                     Ok(resp) if resp.status().is_success() => Ok(()),
                     Ok(resp) => Err(format!("GET {shown} answered {}", resp.status())),
                     Err(e) if e.is_timeout() => {
                         Err(format!("GET {shown} timed out after {timeout:?}"))
                     }
-                    Err(e) => Err(match crate::tls::handshake_failure(&e) {
-                        Some(cause) => format!("GET {shown}: TLS handshake failed: {cause}"),
-                        None => format!(
-                            "GET {shown} failed: {}",
-                            crate::redact::error_chain(&e.without_url())
-                        ),
-                    }),
+                    Err(e) => {
+                        let cause = match crate::tls::handshake_failure(&e) {
+                            Some(c) => Some(c),
+                            None => clients.diagnose(&id, &url).await,
+                        };
+                        Err(match cause {
+                            Some(c) => format!("GET {shown}: TLS handshake failed: {c}"),
+                            None => format!(
+                                "GET {shown} failed: {}",
+                                crate::redact::error_chain(&e.without_url())
+                            ),
+                        })
+                    }
                 };
                 (id, r)
             }

@@ -276,29 +276,37 @@ impl HttpSink {
         let body = WireBatch {
             records: records.iter().map(|r| WireRecord::from_record(r)).collect(),
         };
-        let client = self.clients.load().client(target);
-        let resp = client.post(url).json(&body).send().await.map_err(|e| {
-            // Error texts travel to logs, `GET /v1/targets` and
-            // dead-letter headers: never with the URL's credentials.
-            let url = crate::redact::url(url).into_owned();
-            if e.is_timeout() {
-                DeliveryError::Timeout {
-                    url,
-                    ms: self.timeout_ms,
+        let clients = self.clients.load_full();
+        let sent = clients.client(target).post(url).json(&body).send().await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Error texts travel to logs, `GET /v1/targets` and
+                // dead-letter headers: never with the URL's credentials.
+                let shown = crate::redact::url(url).into_owned();
+                if e.is_timeout() {
+                    return Err(DeliveryError::Timeout {
+                        url: shown,
+                        ms: self.timeout_ms,
+                    });
                 }
-            } else if let Some(cause) = crate::tls::handshake_failure(&e) {
-                DeliveryError::Tls {
-                    target: target.into(),
-                    url,
-                    cause,
-                }
-            } else {
-                DeliveryError::Request {
-                    url,
-                    msg: crate::redact::error_chain(&e.without_url()),
-                }
+                let cause = match crate::tls::handshake_failure(&e) {
+                    Some(cause) => Some(cause),
+                    None => clients.diagnose(target, url).await,
+                };
+                return Err(match cause {
+                    Some(cause) => DeliveryError::Tls {
+                        target: target.into(),
+                        url: shown,
+                        cause,
+                    },
+                    None => DeliveryError::Request {
+                        url: shown,
+                        msg: crate::redact::error_chain(&e.without_url()),
+                    },
+                });
             }
-        })?;
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(());

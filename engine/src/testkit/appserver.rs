@@ -438,7 +438,7 @@ impl AppServer {
 
     /// URL of the health endpoint (`GET`: 200, or 503 while failing).
     pub fn health_url(&self) -> String {
-        format!("http://{}/health", self.addr)
+        format!("{}://{}/health", self.scheme, self.addr)
     }
 
     /// Everything received so far, in arrival order.
