@@ -82,6 +82,8 @@ pub struct AdminState {
     /// None only in tests of the other endpoints.
     pub plugins: Option<Arc<PluginManager>>,
     pub reloader: Option<Arc<ConfigReloader>>,
+    /// The fleet's control topic, when `control.topic` is set.
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 /// The admin routes, with their access layers.
@@ -91,6 +93,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/targets", get(targets))
         .route("/v1/plugins", get(plugins))
         .route("/v1/config", get(show_config))
+        .route("/v1/fleet", get(fleet))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -410,9 +413,13 @@ fn reload_response(
     name: &str,
 ) -> Response {
     match r {
-        Ok(Ok(version)) => {
-            Json(serde_json::json!({ "name": name, "version": version })).into_response()
-        }
+        Ok(Ok(version)) => Json(serde_json::json!({
+            "name": name,
+            "version": version,
+            "scope": "this process only, until it restarts; `cdrs plugin deploy` deploys to \
+                      the whole fleet and survives restarts",
+        }))
+        .into_response(),
         Ok(Err(e @ ReloadError::UnknownPlugin(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
         Ok(Err(e @ ReloadError::Rollback(_))) => error(StatusCode::CONFLICT, e.to_string()),
         Ok(Err(e)) => error(
@@ -574,6 +581,18 @@ fn redact_url_passwords(doc: &mut serde_json::Value) {
     }
 }
 
+/// `GET /v1/fleet`: the latest deployment of each plugin and what each
+/// instance of the fleet runs (its last published status; this one's now).
+async fn fleet(State(s): State<Arc<AdminState>>) -> Response {
+    match &s.control {
+        Some(c) => Json(c.fleet()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no control topic: set control.topic to deploy plugins fleet-wide",
+        ),
+    }
+}
+
 async fn show_config(State(s): State<Arc<AdminState>>) -> Response {
     let Some(r) = &s.reloader else {
         return error(StatusCode::NOT_FOUND, "no config loaded");
@@ -639,6 +658,7 @@ mod tests {
             uploads: Arc::new(Semaphore::new(2)),
             plugins: None,
             reloader: None,
+            control: None,
         });
         (router(state.clone()), state)
     }
@@ -796,6 +816,7 @@ mod tests {
             uploads: Arc::new(Semaphore::new(uploads)),
             plugins: None,
             reloader: None,
+            control: None,
         });
         router(state)
     }

@@ -168,6 +168,45 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// Default `control.status_interval_ms`.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
+
+/// `[control]`: fleet-wide plugin deployments through a Kafka topic
+/// (`crate::control`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The control topic: deployments, their artifacts and every
+    /// instance's status. Created compacted (one partition) when missing.
+    /// Unset: no fleet deployments. Restart-only. Default unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// This process's name in `cdrs plugin status` and `GET /v1/fleet`.
+    /// Default `<hostname>-<pid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// How often this process publishes its status, ms, 100..=3600000.
+    /// Default 10000.
+    #[serde(default = "d_status_interval")]
+    pub status_interval_ms: u64,
+}
+
+fn d_status_interval() -> u64 {
+    DEFAULT_STATUS_INTERVAL_MS
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            topic: None,
+            instance_id: None,
+            status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
+        }
+    }
 }
 
 /// `[log]`.
@@ -1293,6 +1332,7 @@ impl Config {
         self.validate_kafka(&mut bad);
         self.validate_admin(&mut bad);
         self.validate_pipeline(&mut bad);
+        self.validate_control(&mut bad);
         self.validate_plugins(&mut bad);
         self.validate_targets(&mut bad);
         self.validate_capacity(&mut bad);
@@ -1961,6 +2001,43 @@ impl Config {
         };
         ip == admin.ip()
             || (ip.is_loopback() && (admin.ip().is_loopback() || admin.ip().is_unspecified()))
+    }
+
+    /// `[control]`: a topic of its own, a valid instance id and interval.
+    fn validate_control(&self, bad: &mut impl FnMut(String, String)) {
+        let c = &self.control;
+        if let Some(t) = &c.topic {
+            if !valid_topic(t) {
+                bad(
+                    "control.topic".into(),
+                    format!("{t:?} is not a valid topic name: 1..=249 chars of [A-Za-z0-9._-]"),
+                );
+            }
+            let k = &self.kafka;
+            if k.topics.contains(t)
+                || *t == k.dead_letter_topic
+                || self.capacity.topic.as_ref() == Some(t)
+            {
+                bad(
+                    "control.topic".into(),
+                    format!("{t:?} is also consumed, the dead-letter or the capacity topic; use a topic of its own"),
+                );
+            }
+        }
+        if let Some(id) = &c.instance_id {
+            if !valid_id(id) {
+                bad(
+                    "control.instance_id".into(),
+                    format!("{id:?} is not a valid id: 1..=64 chars of [A-Za-z0-9._-]"),
+                );
+            }
+        }
+        if !(100..=3_600_000).contains(&c.status_interval_ms) {
+            bad(
+                "control.status_interval_ms".into(),
+                format!("{} is out of range 100..=3600000", c.status_interval_ms),
+            );
+        }
     }
 
     /// The `[admin]` checks of [`Config::validate`].

@@ -5,6 +5,7 @@
 use crate::admin::{self, AdminState};
 use crate::capacity::{self, Registry};
 use crate::config::Config;
+use crate::control::Control;
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -61,6 +62,15 @@ impl Daemon {
             anyhow::anyhow!("failed to load plugins:\n{}", list.join("\n"))
         })?;
         let plugins = Arc::new(plugins);
+        // The latest fleet deployments run before any record is read.
+        let control = match &config.control.topic {
+            Some(topic) => Some(
+                Control::start(&config, plugins.clone())
+                    .await
+                    .with_context(|| format!("failed to read the control topic {topic:?}"))?,
+            ),
+            None => None,
+        };
         let registry = Arc::new(Registry::new(
             config.capacity.clone(),
             &config.targets,
@@ -120,6 +130,7 @@ impl Daemon {
             )),
             plugins: Some(plugins.clone()),
             reloader: Some(reloader.clone()),
+            control: control.as_ref().map(|(c, _)| c.clone()),
         });
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await
@@ -153,6 +164,9 @@ impl Daemon {
             })
         };
         let mut background = vec![refresher, checks, expiry];
+        if let Some((control, reader)) = control {
+            background.push(tokio::spawn(control.run(reader, shutdown_rx.clone())));
+        }
         if let Some(topic) = &config.capacity.topic {
             let feed =
                 capacity::topic::consumer(&config.kafka.brokers, &config.kafka.options, topic)

@@ -6,7 +6,8 @@
 //!
 //! Stages, one module each, imports running one way (top to bottom):
 //! [`daemon`] (wiring, orderly stop), [`admin`] (HTTP admin API),
-//! [`reload`] (config reload, file watching), [`source`] (Kafka consumer,
+//! [`reload`] (config reload, file watching), [`control`] (fleet-wide
+//! plugin deployments through a Kafka topic), [`source`] (Kafka consumer,
 //! per-partition batches), [`pipeline`] (one batch: filter chain, then the
 //! router step), [`route`] (router plugin, decision table, fallback, route
 //! again), [`dispatch`] (target queues, lanes, retries, circuit breakers),
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod capacity;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dispatch;
 pub mod kafka;

@@ -14,6 +14,7 @@ mod conformance;
 mod daemon;
 mod delivery;
 mod failures;
+mod fleet;
 mod flow;
 mod plugins;
 mod reload;

@@ -645,6 +645,9 @@ fn configuration_doc_matches_the_config_structs() {
         [capacity]
         topic = "hb"
         allow_endpoints = ["http://10.1.*.*:8080/records"]
+        [control]
+        topic = "cdrs-control"
+        instance_id = "cdrs-1"
     "#;
     let full = Config::parse(full, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
     let full_json = serde_json::to_value(&full).unwrap();
@@ -846,6 +849,23 @@ fn https_targets_and_tls_blocks_are_checked() {
     .to_string();
     assert!(
         e.contains("targets[0].tls: applies to http(s):// targets"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_control_topic_is_a_topic_of_its_own() {
+    let text = minimal(
+        "http://127.0.0.1:1/",
+        "[control]\ntopic = \"t\"\ninstance_id = \"not an id\"\nstatus_interval_ms = 5",
+    );
+    let e = Config::parse(&text, &fixture(""), "inline")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("control.topic: \"t\" is also consumed"), "{e}");
+    assert!(e.contains("control.instance_id"), "{e}");
+    assert!(
+        e.contains("control.status_interval_ms: 5 is out of range"),
         "{e}"
     );
 }

@@ -235,6 +235,9 @@ pub enum ReloadError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Rollback(String),
+    /// A deployment this plugin cannot take (another world).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A filter of a reloaded chain: its config, the slot it keeps (if it
@@ -343,6 +346,11 @@ impl PluginManager {
         Err(ReloadError::UnknownPlugin(name.into()))
     }
 
+    /// Whether a plugin `name` is configured (a filter or the router).
+    pub fn has(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
     /// Every plugin's status, chain order then the router.
     pub fn status(&self) -> Vec<PluginStatus> {
         let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
@@ -380,7 +388,8 @@ impl PluginManager {
             msg: e.to_string(),
         });
         let bytes = self.note_failure(&target, bytes)?;
-        self.install(&target, &bytes, &path.display().to_string(), "file", false)
+        let origin = path.display().to_string();
+        self.install(&target, &bytes, Install::new(&origin, "file"))
     }
 
     /// Installs uploaded component bytes as plugin `name`. Blocking.
@@ -390,7 +399,44 @@ impl PluginManager {
     /// linked or `init`-ed (the old version keeps serving).
     pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<String, ReloadError> {
         let target = self.find(name)?;
-        self.install(&target, bytes, "upload", "upload", false)
+        self.install(&target, bytes, Install::new("upload", "upload"))
+    }
+
+    /// Installs a fleet deployment as plugin `name`: `bytes` must be a
+    /// `world` component with sha256 `sha256`; `init`, when given, is its
+    /// `init` config instead of the config file's. Blocking (compiles).
+    /// Returns the running version.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: no plugin `name`, it is not a `world`, or the bytes
+    /// do not match `sha256` or cannot be compiled, linked or `init`-ed (the
+    /// old version keeps serving).
+    pub fn deploy(
+        &self,
+        name: &str,
+        world: &str,
+        bytes: &[u8],
+        sha256: &str,
+        init: Option<&str>,
+        source: &str,
+    ) -> Result<String, ReloadError> {
+        let target = self.find(name)?;
+        let kind = match target {
+            Target::Filter(..) => "filter",
+            Target::Router(..) => "router",
+        };
+        if kind != world {
+            return Err(ReloadError::Refused(format!(
+                "plugin {name:?} is a {kind} here; the deployment is a {world}"
+            )));
+        }
+        let how = Install {
+            sha256: Some(sha256),
+            init,
+            force: init.is_some(),
+            ..Install::new("deployment", source)
+        };
+        self.install(&target, bytes, how)
     }
 
     /// Swaps the previous version of `name` back in.
@@ -416,17 +462,17 @@ impl PluginManager {
         })
     }
 
-    /// Compiles and initialises `bytes` for `target`'s slot (with its config)
-    /// and swaps it in. Unless `force`, the running version is kept when the
-    /// bytes are the same.
-    fn install(
-        &self,
-        target: &Target,
-        bytes: &[u8],
-        origin: &str,
-        source: &str,
-        force: bool,
-    ) -> Result<String, ReloadError> {
+    /// Compiles and initialises `bytes` for `target`'s slot (with its
+    /// config, or `how.init`) and swaps it in. Unless `how.force`, the
+    /// running version is kept when the bytes are the same.
+    fn install(&self, target: &Target, bytes: &[u8], how: Install) -> Result<String, ReloadError> {
+        let Install {
+            origin,
+            source,
+            sha256,
+            init,
+            force,
+        } = how;
         let _one_at_a_time = self.loading.lock().expect("loading lock");
         let config = target.config();
         let name = config.name.as_str();
@@ -434,10 +480,11 @@ impl PluginManager {
             Target::Filter(..) => "filter",
             Target::Router(..) => "router",
         };
+        let pin = sha256.or(config.sha256.as_deref());
         // Cached only once `from_compiled` below accepted it (linked, init ok).
         let compiled: Result<Compiled, PluginError> =
             self.runtime
-                .compile_bytes(name, bytes, origin, config.sha256.as_deref(), Some(world));
+                .compile_bytes(name, bytes, origin, pin, Some(world));
         let compiled = self.note_failure(target, compiled)?;
         let running = target.running();
         if compiled.hash == running && !force {
@@ -445,7 +492,8 @@ impl PluginManager {
             return Ok(running);
         }
         let version = compiled.hash.clone();
-        let (rt, m, json) = (&self.runtime, self.metrics.clone(), config.config_json());
+        let json = init.map_or_else(|| config.config_json(), str::to_string);
+        let (rt, m) = (&self.runtime, self.metrics.clone());
         match target {
             Target::Filter(_, slot) => {
                 let p = self.note_failure(
@@ -539,6 +587,32 @@ impl PluginManager {
             *self.router_config.lock().expect("router lock") = config.router.clone();
         }
         Ok(changes)
+    }
+}
+
+/// Where a new version comes from and how to install it.
+struct Install<'a> {
+    /// Named in errors: a path, `upload` or `deployment`.
+    origin: &'a str,
+    /// The slot's source label: file | upload | deployment (…).
+    source: &'a str,
+    /// A sha256 the bytes must have, over the config's pin.
+    sha256: Option<&'a str>,
+    /// The `init` config instead of the config file's.
+    init: Option<&'a str>,
+    /// Swap even when the bytes are the running version.
+    force: bool,
+}
+
+impl<'a> Install<'a> {
+    fn new(origin: &'a str, source: &'a str) -> Install<'a> {
+        Install {
+            origin,
+            source,
+            sha256: None,
+            init: None,
+            force: false,
+        }
     }
 }
 

@@ -321,5 +321,6 @@ pub fn demo_config(
         },
         delivery: DeliveryConfig::default(),
         log: Default::default(),
+        control: Default::default(),
     }
 }

@@ -413,12 +413,15 @@ async fn health_checks_over_https_name_a_failed_handshake() {
     let rogue = Pki::new(&d, "rogue").unwrap();
     let good = https(
         "good",
-        &ca.server("good", &["127.0.0.1"], Validity::Days(30)).unwrap(),
+        &ca.server("good", &["127.0.0.1"], Validity::Days(30))
+            .unwrap(),
         None,
     );
     let bad = https(
         "bad",
-        &rogue.server("bad", &["127.0.0.1"], Validity::Days(30)).unwrap(),
+        &rogue
+            .server("bad", &["127.0.0.1"], Validity::Days(30))
+            .unwrap(),
         None,
     );
     let targets: Vec<_> = [&good, &bad]
@@ -464,7 +467,10 @@ async fn health_checks_over_https_name_a_failed_handshake() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(reason.contains("TLS handshake failed: unknown CA"), "{reason:?}");
+    assert!(
+        reason.contains("TLS handshake failed: unknown CA"),
+        "{reason:?}"
+    );
     assert_ne!(view("good").health, Health::Down);
     stop.send(true).unwrap();
     checks.await.unwrap();

@@ -1,4 +1,5 @@
-//! `cdrs plugin new|check|test`: the plugin author's verbs.
+//! `cdrs plugin new|check|test`: the plugin author's verbs;
+//! `cdrs plugin deploy|status`: the fleet operator's.
 
 use anyhow::Context;
 use cdrs::config::PluginRuntimeConfig;
@@ -53,6 +54,34 @@ pub(crate) enum PluginCommand {
         #[arg(long, default_value_t = 256)]
         batch: usize,
     },
+    /// Deploy FILE as plugin NAME to every CDRS of the fleet: written to the
+    /// control topic (`control.topic` of the config), run by every instance
+    /// as it reads it, and by every instance that starts later.
+    Deploy {
+        /// The fleet's config file (brokers, Kafka options, control topic).
+        #[arg(long)]
+        config: PathBuf,
+        /// The plugin to replace: a `[[filters]]` or the `[router]` name.
+        name: String,
+        /// The new version (.wasm component).
+        file: PathBuf,
+        /// Its `init` config: inline JSON, or @FILE. Default: each
+        /// instance's config file's.
+        #[arg(long = "plugin-config")]
+        plugin_config: Option<String>,
+        /// A human version label, shown by `plugin status`.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// What every instance of the fleet runs, and the latest deployments.
+    Status {
+        /// The fleet's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the JSON of `GET /v1/fleet` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs one `cdrs plugin` verb.
@@ -84,7 +113,168 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             expect.as_deref(),
             batch,
         ),
+        PluginCommand::Deploy {
+            config,
+            name,
+            file,
+            plugin_config,
+            label,
+        } => deploy(&config, &name, &file, plugin_config, label),
+        PluginCommand::Status { config, json } => status(&config, json),
     }
+}
+
+/// The config of a fleet command, with its control topic.
+fn fleet_config(path: &Path) -> anyhow::Result<(cdrs::config::Config, String)> {
+    let config = cdrs::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let topic = config.control.topic.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{:?} sets no control.topic: fleet deployments need one (e.g. [control] topic = \"cdrs-control\")",
+            path.display().to_string()
+        )
+    })?;
+    Ok((config, topic))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `cdrs plugin deploy`: the component's chunks, then the deployment record.
+fn deploy(
+    config: &Path,
+    name: &str,
+    file: &Path,
+    plugin_config: Option<String>,
+    label: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (config, topic) = fleet_config(config)?;
+    let world = if config.router.name == name {
+        "router"
+    } else if config.filters.iter().any(|f| f.name == name) {
+        "filter"
+    } else {
+        anyhow::bail!(
+            "no plugin named {name:?} in the config's [[filters]] and [router]: a deployment replaces a configured plugin"
+        );
+    };
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let init = match plugin_config {
+        None => None,
+        Some(text) => {
+            let text = match text.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read --plugin-config file {path}"))?,
+                None => text,
+            };
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .context("--plugin-config is not JSON (give inline JSON, or @FILE)")?,
+            )
+        }
+    };
+    let by = format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    let (d, records) = runtime()?.block_on(async {
+        cdrs::control::ensure_topic(&config, &topic).await?;
+        let fleet = cdrs::control::read_fleet(&config, &topic).await?;
+        let (d, records) = cdrs::control::deployment_records(
+            name,
+            world,
+            &bytes,
+            init,
+            label,
+            &by,
+            fleet.deployments.get(name),
+        );
+        let producer: FutureProducer =
+            cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
+        for (key, value) in &records {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(key).payload(value),
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
+        }
+        anyhow::Ok((d, records))
+    })?;
+    drop(records);
+    println!(
+        "deployed {name:?} {} ({} bytes in {} chunk(s){}) to control topic {topic:?}; \
+         every instance applies it as it reads it: cdrs plugin status --config FILE",
+        &d.sha256[..12],
+        d.size,
+        d.chunks,
+        d.label
+            .as_ref()
+            .map(|l| format!(", label {l:?}"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cdrs plugin status`: the control topic read to its end.
+fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let (config, topic) = fleet_config(config)?;
+    let view = runtime()?.block_on(cdrs::control::read_fleet(&config, &topic))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    println!("deployments on {topic:?}:");
+    if view.deployments.is_empty() {
+        println!("  (none)");
+    }
+    for d in view.deployments.values() {
+        println!(
+            "  {:<16} {:<8} {}  {:<20} by {} {}s ago",
+            d.name,
+            d.world,
+            short(&d.sha256),
+            d.label.clone().unwrap_or_default(),
+            d.by,
+            (now - d.at_ms) / 1000
+        );
+    }
+    println!("instances:");
+    if view.instances.is_empty() {
+        println!("  (none has published a status)");
+    }
+    for i in view.instances.values() {
+        println!("  {} (status {}s old)", i.instance, (now - i.at_ms) / 1000);
+        for p in &i.plugins {
+            let refused = p
+                .refused
+                .as_ref()
+                .map(|r| format!("  refused {}: {}", short(&r.sha256), r.reason))
+                .unwrap_or_default();
+            println!(
+                "    {:<16} {:<6} {}  {:<20} {:<24} {} faults{refused}",
+                p.name,
+                p.kind,
+                short(&p.version),
+                p.label.clone().unwrap_or_default(),
+                p.source,
+                p.faults
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cdrs plugin new`: a buildable project with fixtures in folder `name`.

@@ -1,0 +1,240 @@
+//! Fleet-wide deployment through the control topic: two CDRS of one
+//! consumer group on a real broker, `cdrs plugin deploy` (the binary)
+//! while records flow, a refused deployment, and a restart that comes back
+//! on the deployed version.
+
+use cdrs::config::Config;
+use cdrs::daemon::Daemon;
+use cdrs::testkit::appserver::AppServer;
+use cdrs::testkit::{account, demo_config, produce_events, trade_event, Fate, Ledger};
+use cdrs_e2e::{cdrs_bin, create_topics, plugin_dir, wait_for, Tansu};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CONTROL: &str = "fleet-control";
+
+fn config(brokers: &str, servers: &[AppServer], instance: &str) -> Config {
+    let targets = servers.iter().map(AppServer::target_config).collect();
+    let mut c = demo_config(
+        brokers,
+        "cdrs-e2e-fleet",
+        "fleet-trades",
+        "fleet-dlq",
+        &plugin_dir(),
+        targets,
+    );
+    c.control.topic = Some(CONTROL.into());
+    c.control.instance_id = Some(instance.into());
+    c.control.status_interval_ms = 300;
+    c
+}
+
+async fn start(c: Config, servers: &[AppServer]) -> Daemon {
+    let d = Daemon::start(c, None).await.expect("cdrs starts");
+    for s in servers {
+        s.report_to(d.admin_addr, Duration::from_millis(200), None);
+    }
+    d
+}
+
+fn router_version(d: &Daemon) -> String {
+    d.plugins.router.current().meta.hash.clone()
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cdrs_bin()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Every key's records reached each server in offset order.
+fn assert_ordered(servers: &[AppServer]) {
+    for s in servers {
+        let mut last: BTreeMap<(i32, Vec<u8>), i64> = BTreeMap::new();
+        for r in s.received() {
+            let k = (r.partition, r.key.clone().unwrap_or_default());
+            if let Some(&o) = last.get(&k) {
+                assert!(r.offset > o, "{}: {} after {o}", s.id, r.offset);
+            }
+            last.insert(k, r.offset);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
+    let tansu = Tansu::start();
+    create_topics(&tansu.brokers, &[("fleet-trades", 6), ("fleet-dlq", 1)]).await;
+    let servers: Vec<AppServer> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]
+        .iter()
+        .map(|(id, cap)| AppServer::start(id, *cap).unwrap())
+        .collect();
+    let a = start(config(&tansu.brokers, &servers, "cdrs-a"), &servers).await;
+    let b = start(config(&tansu.brokers, &servers, "cdrs-b"), &servers).await;
+    for d in [&a, &b] {
+        d.wait_ready(Duration::from_secs(60)).await.unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("cdrs-e2e-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cdrs.toml");
+    std::fs::write(
+        &file,
+        toml::to_string(&config(&tansu.brokers, &servers, "cli")).unwrap(),
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let router_name = config(&tansu.brokers, &servers, "cli").router.name;
+
+    // Records flow while the router is replaced fleet-wide.
+    let producing = tokio::spawn({
+        let brokers = tansu.brokers.clone();
+        async move {
+            let events = (0..30_000).map(|i| trade_event(i, 300)).collect();
+            produce_events(&brokers, "fleet-trades", events)
+                .await
+                .unwrap()
+        }
+    });
+    let new_router = plugin_dir().join("example_router.wasm");
+    let want = hex::encode(Sha256::digest(std::fs::read(&new_router).unwrap()));
+    assert_ne!(router_version(&a), want);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deployed_at = Instant::now();
+    let (ok, out) = cli(&[
+        "plugin",
+        "deploy",
+        "--config",
+        file_arg,
+        &router_name,
+        new_router.to_str().unwrap(),
+        "--plugin-config",
+        "{}",
+        "--label",
+        "v2",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&want[..12]), "{out}");
+    let everywhere = wait_for(Duration::from_secs(30), || {
+        router_version(&a) == want && router_version(&b) == want
+    })
+    .await;
+    assert!(everywhere, "not every instance runs {want}");
+    eprintln!(
+        "fleet: every instance ran the deployment {:?} after the deploy command returned",
+        deployed_at.elapsed()
+    );
+
+    // A deployment that cannot run here (a filter as the router) is
+    // refused by every instance, with the reason; v2 keeps serving.
+    let (ok, out) = cli(&[
+        "plugin",
+        "deploy",
+        "--config",
+        file_arg,
+        &router_name,
+        plugin_dir().join("field_filter.wasm").to_str().unwrap(),
+        "--label",
+        "wrong-world",
+    ]);
+    assert!(ok, "{out}");
+    let http = cdrs::tls::plain_client();
+    let mut fleet = serde_json::Value::Null;
+    for _ in 0..300 {
+        fleet = http
+            .get(format!("http://{}/v1/fleet", a.admin_addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let refused_by = |i: &str| {
+            fleet["instances"][i]["plugins"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["refused"]["label"] == "wrong-world"))
+        };
+        if refused_by("cdrs-a") && refused_by("cdrs-b") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in ["cdrs-a", "cdrs-b"] {
+        let router = &fleet["instances"][i]["plugins"][1];
+        assert_eq!(router["label"], "v2", "{fleet}");
+        let why = router["refused"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("router"),
+            "{i} refused the filter with a reason: {fleet}"
+        );
+    }
+    assert_eq!(
+        fleet["deployments"][router_name.as_str()]["label"],
+        "wrong-world",
+        "{fleet}"
+    );
+    assert_eq!(router_version(&a), want);
+    assert_eq!(router_version(&b), want);
+    let (ok, status) = cli(&["plugin", "status", "--config", file_arg]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("cdrs-a") && status.contains("cdrs-b") && status.contains("v2"),
+        "{status}"
+    );
+    assert!(status.contains("refused"), "{status}");
+
+    // A restart comes back on the deployed version before it reads a record.
+    let mut ledger: Ledger = producing.await.unwrap();
+    let b_filtered = b.metrics.get("filter", "dropped");
+    let b_dead = (b.metrics.get("filter", "dead_lettered")
+        + b.metrics.get("router", "dead_lettered")) as u64;
+    b.stop().await.unwrap();
+    let b2 = Daemon::start(config(&tansu.brokers, &servers, "cdrs-b"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        router_version(&b2),
+        want,
+        "the restart runs the deployed version"
+    );
+    let events = (30_000..40_000).map(|i| trade_event(i, 300)).collect();
+    let more = produce_events(&tansu.brokers, "fleet-trades", events)
+        .await
+        .unwrap();
+    ledger.fates.extend(more.fates);
+    ledger.keys.extend(more.keys);
+
+    let refs: Vec<&AppServer> = servers.iter().collect();
+    let want_delivered = ledger.count(Fate::Delivered);
+    let all = wait_for(Duration::from_secs(120), || {
+        account(&ledger, &refs).delivered >= want_delivered
+    })
+    .await;
+    assert!(all, "{:?}", account(&ledger, &refs));
+    let count = |d: &Daemon, stage: &str, outcome: &str| d.metrics.get(stage, outcome);
+    let filtered = count(&a, "filter", "dropped") + b_filtered + count(&b2, "filter", "dropped");
+    let dead = count(&a, "filter", "dead_lettered")
+        + count(&a, "router", "dead_lettered")
+        + b_dead
+        + count(&b2, "filter", "dead_lettered")
+        + count(&b2, "router", "dead_lettered");
+    let acc = account(&ledger, &refs);
+    assert_eq!((acc.lost, acc.unexpected), (0, 0), "{acc:?}");
+    assert!(filtered >= ledger.count(Fate::Filtered) as u64);
+    assert!(dead >= ledger.count(Fate::DeadLettered) as u64);
+    assert_ordered(&servers);
+    eprintln!(
+        "ledger: produced {} delivered {} duplicates {} per target {:?}",
+        ledger.fates.len(),
+        acc.delivered,
+        acc.duplicates,
+        acc.per_target
+    );
+    a.stop().await.unwrap();
+    b2.stop().await.unwrap();
+}
