@@ -309,6 +309,16 @@ impl Assembler {
         })
     }
 
+    /// Whether any chunk of artifact `sha256` is here.
+    pub fn has_chunks(&self, sha256: &str) -> bool {
+        self.chunks.contains_key(sha256)
+    }
+
+    /// Stops waiting for plugin `name`'s deployment.
+    pub fn give_up(&mut self, name: &str) -> Option<Deployment> {
+        self.waiting.remove(name)
+    }
+
     /// Forgets the chunks of artifact `sha256`.
     pub fn forget(&mut self, sha256: &str) {
         self.chunks.remove(sha256);
@@ -482,6 +492,8 @@ pub struct Control {
     /// Chunks read at start that no deployment named yet, handed to
     /// [`Control::run`].
     pending: Mutex<Assembler>,
+    /// For readers of the topic after the start (a rollback's artifact).
+    config: Config,
 }
 
 impl Control {
@@ -549,6 +561,7 @@ impl Control {
             refused: Mutex::new(BTreeMap::new()),
             status_interval: Duration::from_millis(c.status_interval_ms),
             pending: Mutex::new(orphans),
+            config: config.clone(),
         });
         // The latest deployment of each plugin; refused here, the one it
         // replaced, so a restart comes back on what the fleet runs.
@@ -618,7 +631,42 @@ impl Control {
                 self.clone().apply(d, bytes).await;
                 self.publish().await;
             }
+            // A deployment of an artifact written long ago (a rollback):
+            // its chunks were read, and let go, before; read them again.
+            let old: Vec<Deployment> = assembler
+                .waiting()
+                .filter(|d| !assembler.has_chunks(&d.sha256))
+                .cloned()
+                .collect();
+            for d in old {
+                match self.reread(&d).await {
+                    Ok(Some(bytes)) => {
+                        assembler.give_up(&d.name);
+                        self.clone().apply(d, bytes).await;
+                        self.publish().await;
+                    }
+                    // Not on the topic (yet): its chunks may still come.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(plugin = %d.name, error = %e, "control topic re-read failed")
+                    }
+                }
+            }
         }
+    }
+
+    /// The artifact of `d`, read again from the topic's beginning (only its
+    /// chunks are kept); `None` when not all of them are there.
+    async fn reread(&self, d: &Deployment) -> anyhow::Result<Option<Result<Vec<u8>, String>>> {
+        let (consumer, ends) = reader(&self.config, &self.topic)?;
+        let mut a = Assembler::keeping(std::iter::once(d.sha256.clone()).collect());
+        catch_up(&consumer, &ends, CATCH_UP_TIMEOUT, |r| {
+            if matches!(r, ControlRecord::Chunk { .. }) {
+                a.take(r);
+            }
+        })
+        .await?;
+        Ok(a.artifact(d))
     }
 
     /// Runs `d` as its plugin (off the async threads), or records why not.

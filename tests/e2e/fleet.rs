@@ -130,6 +130,37 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         deployed_at.elapsed()
     );
 
+    // v3 (the original router's code, as a deployment), then a rollback:
+    // every instance runs v2 again (its artifact is read from the topic
+    // again: it was let go after it was applied).
+    let original = plugin_dir().join("p2c_router.wasm");
+    let v3 = hex::encode(Sha256::digest(std::fs::read(&original).unwrap()));
+    let (ok, out) = cli(&[
+        "plugin",
+        "deploy",
+        "--config",
+        file_arg,
+        &router_name,
+        original.to_str().unwrap(),
+        "--label",
+        "v3",
+    ]);
+    assert!(ok, "{out}");
+    let on = |v: &str| router_version(&a) == v && router_version(&b) == v;
+    assert!(
+        wait_for(Duration::from_secs(30), || on(&v3)).await,
+        "v3 everywhere"
+    );
+    let (ok, out) = cli(&["plugin", "rollback", "--config", file_arg, &router_name]);
+    assert!(
+        ok && out.contains(&want[..12]) && out.contains("v2"),
+        "{out}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || on(&want)).await,
+        "rolled back to v2 everywhere"
+    );
+
     // A deployment that cannot run here (a filter as the router) is
     // refused by every instance, with the reason; v2 keeps serving.
     let (ok, out) = cli(&[

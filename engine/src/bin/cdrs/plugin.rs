@@ -1,5 +1,5 @@
 //! `cdrs plugin new|check|test`: the plugin author's verbs;
-//! `cdrs plugin deploy|status`: the fleet operator's.
+//! `cdrs plugin deploy|rollback|status`: the fleet operator's.
 
 use anyhow::Context;
 use cdrs::config::PluginRuntimeConfig;
@@ -73,6 +73,15 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Deploy, fleet-wide, the version the latest deployment of NAME
+    /// replaced (its artifact is still on the control topic).
+    Rollback {
+        /// The fleet's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The plugin.
+        name: String,
+    },
     /// What every instance of the fleet runs, and the latest deployments.
     Status {
         /// The fleet's config file.
@@ -121,6 +130,7 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             label,
         } => deploy(&config, &name, &file, plugin_config, label),
         PluginCommand::Status { config, json } => status(&config, json),
+        PluginCommand::Rollback { config, name } => rollback(&config, &name),
     }
 }
 
@@ -177,13 +187,7 @@ fn deploy(
             )
         }
     };
-    let by = format!(
-        "{}@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-    );
+    let by = deployer();
     let (d, records) = runtime()?.block_on(async {
         cdrs::control::ensure_topic(&config, &topic).await?;
         let fleet = cdrs::control::read_fleet(&config, &topic).await?;
@@ -222,6 +226,73 @@ fn deploy(
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cdrs plugin rollback`: a deployment record for the previous version
+/// (no artifact to write: it is on the topic already).
+fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (config, topic) = fleet_config(config)?;
+    let d = runtime()?.block_on(async {
+        let fleet = cdrs::control::read_fleet(&config, &topic).await?;
+        let latest = fleet.deployments.get(name).ok_or_else(|| {
+            anyhow::anyhow!("plugin {name:?} has no deployment on {topic:?}: nothing to roll back")
+        })?;
+        let mut back = latest.previous().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the latest deployment of {name:?} replaced none (it was the first): \
+                 deploy the version to go back to"
+            )
+        })?;
+        back.at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        back.by = deployer();
+        back.previous = latest_as_previous(latest);
+        let producer: FutureProducer =
+            cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
+        let key = format!("deployment/{name}");
+        let value = serde_json::to_vec(&back)?;
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
+        anyhow::Ok(back)
+    })?;
+    println!(
+        "rolled {name:?} back to {}{} fleet-wide on {topic:?}",
+        &d.sha256[..12],
+        d.label
+            .as_ref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latest` as the `previous` of the deployment that replaces it.
+fn latest_as_previous(latest: &cdrs::control::Deployment) -> Option<cdrs::control::Previous> {
+    Some(cdrs::control::Previous {
+        sha256: latest.sha256.clone(),
+        size: latest.size,
+        chunks: latest.chunks,
+        config: latest.config.clone(),
+        label: latest.label.clone(),
+    })
+}
+
+/// `$USER@hostname`, who a deployment is by.
+fn deployer() -> String {
+    format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 /// `cdrs plugin status`: the control topic read to its end.
