@@ -550,6 +550,12 @@ pub struct PluginRuntimeConfig {
     /// How long after a swap those faults count, ms. Default 60000.
     #[serde(default = "d_rollback_window")]
     pub rollback_window_ms: u64,
+    /// Ed25519 public keys, each the base64 of its 32 bytes, of which one
+    /// must have signed a fleet deployment for it to run
+    /// (`cdrs plugin deploy --key`). Empty: deployments need no signature.
+    /// Default `[]`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl PluginRuntimeConfig {
@@ -611,6 +617,7 @@ impl Default for PluginRuntimeConfig {
             cache_dir: None,
             rollback_faults: DEFAULT_ROLLBACK_FAULTS,
             rollback_window_ms: DEFAULT_ROLLBACK_WINDOW_MS,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -1140,6 +1147,26 @@ fn file_exists(key: &str, file: &Path, bad: &mut impl FnMut(String, String)) {
     }
 }
 
+/// An Ed25519 public key given as the base64 of its 32 bytes (e.g.
+/// `openssl pkey -in key.pem -pubout -outform DER | tail -c 32 | base64`).
+///
+/// # Errors
+/// Not base64, not 32 bytes, or not a valid curve point.
+pub fn trusted_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("{text:?} is not base64: {e}"))?;
+    let raw: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "{text:?} is {} bytes; an Ed25519 public key is 32 (the base64 of the raw key)",
+            bytes.len()
+        )
+    })?;
+    ed25519_dalek::VerifyingKey::from_bytes(&raw)
+        .map_err(|e| format!("{text:?} is not an Ed25519 public key: {e}"))
+}
+
 /// A secret reference's value (see [`Config::parse`]): `Ok(None)` when
 /// `value` is not a reference.
 ///
@@ -1455,6 +1482,11 @@ impl Config {
 
     /// `[plugins]` limits and every plugin's name and file.
     fn validate_plugins(&self, bad: &mut impl FnMut(String, String)) {
+        for (i, k) in self.plugins.trusted_keys.iter().enumerate() {
+            if let Err(e) = trusted_key(k) {
+                bad(format!("plugins.trusted_keys[{i}]"), e);
+            }
+        }
         if !(1..=60_000).contains(&self.plugins.call_timeout_ms) {
             bad(
                 "plugins.call_timeout_ms".into(),

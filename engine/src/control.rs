@@ -78,6 +78,10 @@ pub struct Deployment {
     /// runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// Ed25519 signature (base64) over [`signed_bytes`], required when
+    /// `plugins.trusted_keys` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The deployment a [`Deployment`] replaced (its artifact stays on the
@@ -92,9 +96,23 @@ pub struct Previous {
     pub config: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Deployment {
+    /// `self` as the `previous` of the deployment that replaces it.
+    pub fn as_previous(&self) -> Previous {
+        Previous {
+            sha256: self.sha256.clone(),
+            size: self.size,
+            chunks: self.chunks,
+            config: self.config.clone(),
+            label: self.label.clone(),
+            signature: self.signature.clone(),
+        }
+    }
+
     /// The deployment this one replaced, as a deployment of its own.
     pub fn previous(&self) -> Option<Deployment> {
         let p = self.previous.as_ref()?;
@@ -104,6 +122,7 @@ impl Deployment {
             chunks: p.chunks,
             config: p.config.clone(),
             label: p.label.clone(),
+            signature: p.signature.clone(),
             previous: None,
             ..self.clone()
         })
@@ -242,13 +261,8 @@ pub fn deployment_records(
         label,
         by: by.into(),
         at_ms: now_ms(),
-        previous: replaces.map(|r| Previous {
-            sha256: r.sha256.clone(),
-            size: r.size,
-            chunks: r.chunks,
-            config: r.config.clone(),
-            label: r.label.clone(),
-        }),
+        previous: replaces.map(Deployment::as_previous),
+        signature: None,
     };
     out.push((
         format!("deployment/{name}"),
@@ -261,6 +275,51 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What a deployment's signature covers: what runs and how it starts (the
+/// plugin, its world, the component's sha256 and the `init` config as
+/// compact JSON with sorted keys), not the label or who and when.
+pub fn signed_bytes(d: &Deployment) -> Vec<u8> {
+    let config = d.config.as_ref().map(|c| c.to_string()).unwrap_or_default();
+    format!(
+        "cdrs-deployment-v1\n{}\n{}\n{}\n{config}",
+        d.name, d.world, d.sha256
+    )
+    .into_bytes()
+}
+
+/// Signs `d` with `key`.
+pub fn sign(d: &mut Deployment, key: &ed25519_dalek::SigningKey) {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&signed_bytes(d));
+    d.signature = Some(base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()));
+}
+
+/// Checks `d`'s signature against `trusted` (none: nothing to check).
+///
+/// # Errors
+/// Unsigned, malformed, or signed by no trusted key.
+pub fn verify(d: &Deployment, trusted: &[ed25519_dalek::VerifyingKey]) -> Result<(), String> {
+    use base64::Engine as _;
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let Some(sig) = &d.signature else {
+        return Err("unsigned: plugins.trusted_keys requires a signed deployment (cdrs plugin deploy --key)".into());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sig)
+        .map_err(|_| "the signature is not base64".to_string())?;
+    let sig = ed25519_dalek::Signature::from_slice(&bytes)
+        .map_err(|_| "the signature is not 64 bytes".to_string())?;
+    let msg = signed_bytes(d);
+    if trusted.iter().any(|k| k.verify_strict(&msg, &sig).is_ok()) {
+        Ok(())
+    } else {
+        Err("the signature does not verify with any of plugins.trusted_keys".into())
+    }
 }
 
 /// Collects chunks and deployments until a deployment's component is whole.
@@ -382,6 +441,24 @@ pub struct FleetView {
 }
 
 impl FleetView {
+    /// The deployment of `name` the fleet last ran: the latest, when some
+    /// instance runs it or none has published a status; otherwise the one
+    /// the latest replaced (which was chosen the same way). What a new
+    /// deployment replaces, and what a rollback returns to.
+    pub fn last_ran(&self, name: &str) -> Option<Deployment> {
+        let latest = self.deployments.get(name)?;
+        let runs = |sha: &str| {
+            self.instances
+                .values()
+                .any(|i| i.plugins.iter().any(|p| p.name == name && p.version == sha))
+        };
+        if self.instances.is_empty() || runs(&latest.sha256) {
+            Some(latest.clone())
+        } else {
+            latest.previous()
+        }
+    }
+
     /// Folds one record in (deployments and statuses; chunks are ignored).
     pub fn take(&mut self, record: &ControlRecord) {
         match record {
@@ -494,6 +571,8 @@ pub struct Control {
     pending: Mutex<Assembler>,
     /// For readers of the topic after the start (a rollback's artifact).
     config: Config,
+    /// `plugins.trusted_keys`, parsed.
+    trusted: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 impl Control {
@@ -562,6 +641,12 @@ impl Control {
             status_interval: Duration::from_millis(c.status_interval_ms),
             pending: Mutex::new(orphans),
             config: config.clone(),
+            trusted: config
+                .plugins
+                .trusted_keys
+                .iter()
+                .filter_map(|k| crate::config::trusted_key(k).ok())
+                .collect(),
         });
         // The latest deployment of each plugin; refused here, the one it
         // replaced, so a restart comes back on what the fleet runs.
@@ -674,7 +759,9 @@ impl Control {
     async fn apply(self: Arc<Self>, d: Deployment, bytes: Result<Vec<u8>, String>) -> bool {
         let me = self.clone();
         let d2 = d.clone();
+        let trusted = verify(&d, &self.trusted);
         let r = tokio::task::spawn_blocking(move || {
+            trusted?;
             let bytes = bytes?;
             let init = d2.config.as_ref().map(|c| c.to_string());
             crate::panic::contained(|| {
@@ -876,9 +963,12 @@ mod tests {
             Some(&Deployment {
                 label: Some("v1".into()),
                 config: Some(serde_json::json!({})),
+                signature: Some("c2ln".into()),
                 ..old
             }),
         );
+        let mut d = d;
+        sign(&mut d, &ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
         let status = InstanceStatus {
             instance: "a".into(),
             at_ms: 1,
@@ -932,6 +1022,34 @@ mod tests {
             &sj["plugins"][0]["refused"],
             "refused",
         );
+    }
+
+    #[test]
+    fn only_a_signature_of_a_trusted_key_over_what_runs_verifies() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let trusted = [key.verifying_key()];
+        let (mut d, _) =
+            deployment_records("p", "router", b"v1", None, Some("v1".into()), "me", None);
+        assert!(
+            verify(&d, &[]).is_ok(),
+            "no trusted keys: no signature needed"
+        );
+        assert!(verify(&d, &trusted).unwrap_err().starts_with("unsigned"));
+        sign(&mut d, &other);
+        assert!(verify(&d, &trusted)
+            .unwrap_err()
+            .contains("does not verify"));
+        sign(&mut d, &key);
+        verify(&d, &trusted).unwrap();
+        // The label is not signed; what runs is.
+        d.label = Some("relabelled".into());
+        verify(&d, &trusted).unwrap();
+        d.config = Some(serde_json::json!({"sticky": false}));
+        assert!(verify(&d, &trusted).is_err(), "another init config");
+        d.config = None;
+        d.sha256 = "0".repeat(64);
+        assert!(verify(&d, &trusted).is_err(), "another component");
     }
 
     #[test]

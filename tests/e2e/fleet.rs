@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 const CONTROL: &str = "fleet-control";
 
+/// The deployers' signing key and another one.
+fn key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
 fn config(brokers: &str, servers: &[AppServer], instance: &str) -> Config {
     let targets = servers.iter().map(AppServer::target_config).collect();
     let mut c = demo_config(
@@ -28,6 +33,10 @@ fn config(brokers: &str, servers: &[AppServer], instance: &str) -> Config {
     c.control.topic = Some(CONTROL.into());
     c.control.instance_id = Some(instance.into());
     c.control.status_interval_ms = 300;
+    use base64::Engine as _;
+    let public =
+        base64::engine::general_purpose::STANDARD.encode(key(1).verifying_key().as_bytes());
+    c.plugins.trusted_keys = vec![public];
     c
 }
 
@@ -89,6 +98,13 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     )
     .unwrap();
     let file_arg = file.to_str().unwrap();
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let (signing, wrong) = (dir.join("deploy-key.pem"), dir.join("wrong-key.pem"));
+    for (path, seed) in [(&signing, 1), (&wrong, 2)] {
+        let pem = key(seed).to_pkcs8_pem(Default::default()).unwrap();
+        std::fs::write(path, pem.as_bytes()).unwrap();
+    }
+    let key_arg = signing.to_str().unwrap();
     let router_name = config(&tansu.brokers, &servers, "cli").router.name;
 
     // Records flow while the router is replaced fleet-wide.
@@ -117,6 +133,8 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         "{}",
         "--label",
         "v2",
+        "--key",
+        key_arg,
     ]);
     assert!(ok, "{out}");
     assert!(out.contains(&want[..12]), "{out}");
@@ -144,6 +162,8 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         original.to_str().unwrap(),
         "--label",
         "v3",
+        "--key",
+        key_arg,
     ]);
     assert!(ok, "{out}");
     let on = |v: &str| router_version(&a) == v && router_version(&b) == v;
@@ -172,6 +192,8 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         plugin_dir().join("field_filter.wasm").to_str().unwrap(),
         "--label",
         "wrong-world",
+        "--key",
+        key_arg,
     ]);
     assert!(ok, "{out}");
     let http = cdrs::tls::plain_client();
@@ -211,6 +233,48 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     );
     assert_eq!(router_version(&a), want);
     assert_eq!(router_version(&b), want);
+
+    // plugins.trusted_keys: unsigned and wrongly signed deployments are
+    // refused everywhere, with the reason in `plugin status`.
+    let v3_file = original.to_str().unwrap();
+    for (label, key, why) in [
+        ("unsigned", None, "unsigned"),
+        (
+            "wrong-key",
+            Some(wrong.to_str().unwrap()),
+            "does not verify",
+        ),
+    ] {
+        let mut args = vec![
+            "plugin",
+            "deploy",
+            "--config",
+            file_arg,
+            &router_name,
+            v3_file,
+            "--label",
+            label,
+        ];
+        if let Some(k) = key {
+            args.extend(["--key", k]);
+        }
+        let (ok, out) = cli(&args);
+        assert!(ok, "{out}");
+        let mut status = String::new();
+        for _ in 0..100 {
+            status = cli(&["plugin", "status", "--config", file_arg]).1;
+            if status.matches(why).count() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            status.matches(why).count() >= 2,
+            "both refuse {label}: {status}"
+        );
+        assert_eq!(router_version(&a), want);
+        assert_eq!(router_version(&b), want);
+    }
     let (ok, status) = cli(&["plugin", "status", "--config", file_arg]);
     assert!(ok, "{status}");
     assert!(

@@ -72,6 +72,11 @@ pub(crate) enum PluginCommand {
         /// A human version label, shown by `plugin status`.
         #[arg(long)]
         label: Option<String>,
+        /// Sign the deployment with this Ed25519 private key (PKCS#8 PEM,
+        /// as `openssl genpkey -algorithm ed25519` writes): required by
+        /// instances with `plugins.trusted_keys`.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Deploy, fleet-wide, the version the latest deployment of NAME
     /// replaced (its artifact is still on the control topic).
@@ -128,7 +133,8 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             file,
             plugin_config,
             label,
-        } => deploy(&config, &name, &file, plugin_config, label),
+            key,
+        } => deploy(&config, &name, &file, plugin_config, label, key.as_deref()),
         PluginCommand::Status { config, json } => status(&config, json),
         PluginCommand::Rollback { config, name } => rollback(&config, &name),
     }
@@ -159,8 +165,26 @@ fn deploy(
     file: &Path,
     plugin_config: Option<String>,
     label: Option<String>,
+    key: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
     use rdkafka::producer::{FutureProducer, FutureRecord};
+    let signing = match key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read --key {}", path.display()))?;
+            Some(
+                ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--key {}: not an Ed25519 private key in PKCS#8 PEM \
+                     (openssl genpkey -algorithm ed25519 -out KEY): {e}",
+                        path.display()
+                    )
+                })?,
+            )
+        }
+        None => None,
+    };
     let (config, topic) = fleet_config(config)?;
     let world = if config.router.name == name {
         "router"
@@ -191,15 +215,20 @@ fn deploy(
     let (d, records) = runtime()?.block_on(async {
         cdrs::control::ensure_topic(&config, &topic).await?;
         let fleet = cdrs::control::read_fleet(&config, &topic).await?;
-        let (d, records) = cdrs::control::deployment_records(
+        let (mut d, mut records) = cdrs::control::deployment_records(
             name,
             world,
             &bytes,
             init,
             label,
             &by,
-            fleet.deployments.get(name),
+            fleet.last_ran(name).as_ref(),
         );
+        if let Some(k) = &signing {
+            cdrs::control::sign(&mut d, k);
+            let last = records.last_mut().expect("the deployment record");
+            last.1 = serde_json::to_vec(&d)?;
+        }
         let producer: FutureProducer =
             cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
         for (key, value) in &records {
@@ -235,12 +264,14 @@ fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let (config, topic) = fleet_config(config)?;
     let d = runtime()?.block_on(async {
         let fleet = cdrs::control::read_fleet(&config, &topic).await?;
-        let latest = fleet.deployments.get(name).ok_or_else(|| {
+        // From what the fleet last ran (not a refused deployment) to what
+        // that replaced.
+        let ran = fleet.last_ran(name).ok_or_else(|| {
             anyhow::anyhow!("plugin {name:?} has no deployment on {topic:?}: nothing to roll back")
         })?;
-        let mut back = latest.previous().ok_or_else(|| {
+        let mut back = ran.previous().ok_or_else(|| {
             anyhow::anyhow!(
-                "the latest deployment of {name:?} replaced none (it was the first): \
+                "the deployment of {name:?} the fleet runs replaced none (it was the first): \
                  deploy the version to go back to"
             )
         })?;
@@ -248,7 +279,7 @@ fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         back.by = deployer();
-        back.previous = latest_as_previous(latest);
+        back.previous = Some(ran.as_previous());
         let producer: FutureProducer =
             cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
         let key = format!("deployment/{name}");
@@ -271,17 +302,6 @@ fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// `latest` as the `previous` of the deployment that replaces it.
-fn latest_as_previous(latest: &cdrs::control::Deployment) -> Option<cdrs::control::Previous> {
-    Some(cdrs::control::Previous {
-        sha256: latest.sha256.clone(),
-        size: latest.size,
-        chunks: latest.chunks,
-        config: latest.config.clone(),
-        label: latest.label.clone(),
-    })
 }
 
 /// `$USER@hostname`, who a deployment is by.
