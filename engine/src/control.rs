@@ -530,6 +530,7 @@ pub async fn catch_up(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "control topic read failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -148,28 +148,40 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         deployed_at.elapsed()
     );
 
-    // v3 (the original router's code, as a deployment), then a rollback:
-    // every instance runs v2 again (its artifact is read from the topic
-    // again: it was let go after it was applied).
+    // v3: the Python example router, 18 MB, in 36 chunks through the
+    // topic; then a rollback: every instance runs v2 again (its artifact
+    // is read from the topic again: it was let go after it was applied).
     let original = plugin_dir().join("p2c_router.wasm");
-    let v3 = hex::encode(Sha256::digest(std::fs::read(&original).unwrap()));
+    let python = plugin_dir().join("example_router_python.wasm");
+    let v3 = hex::encode(Sha256::digest(std::fs::read(&python).unwrap()));
+    let started = Instant::now();
     let (ok, out) = cli(&[
         "plugin",
         "deploy",
         "--config",
         file_arg,
         &router_name,
-        original.to_str().unwrap(),
+        python.to_str().unwrap(),
+        "--plugin-config",
+        "{}",
         "--label",
-        "v3",
+        "v3-python",
         "--key",
         key_arg,
     ]);
     assert!(ok, "{out}");
+    assert!(
+        out.contains("chunk(s)") && !out.contains(" 1 chunk"),
+        "{out}"
+    );
     let on = |v: &str| router_version(&a) == v && router_version(&b) == v;
     assert!(
-        wait_for(Duration::from_secs(30), || on(&v3)).await,
-        "v3 everywhere"
+        wait_for(Duration::from_secs(120), || on(&v3)).await,
+        "the Python router everywhere"
+    );
+    eprintln!(
+        "fleet: an 18 MB Python router ran everywhere {:?} after the deploy started",
+        started.elapsed()
     );
     let (ok, out) = cli(&["plugin", "rollback", "--config", file_arg, &router_name]);
     assert!(
@@ -282,6 +294,14 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         "{status}"
     );
     assert!(status.contains("refused"), "{status}");
+
+    // `cdrs check` says what a start would run instead of the file's path.
+    let (ok, out) = cli(&["check", "--config", file_arg]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("a start would run deployment {}", &want[..12])),
+        "{out}"
+    );
 
     // A restart comes back on the deployed version before it reads a record.
     let mut ledger: Ledger = producing.await.unwrap();

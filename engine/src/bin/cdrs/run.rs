@@ -101,6 +101,9 @@ pub(crate) fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         for n in notes {
             println!("note: {n}");
         }
+        for n in deployed_versions(config) {
+            println!("note: {n}");
+        }
         let runtime = Runtime::new(&config.plugins).context("failed to start the Wasm runtime")?;
         let metrics = Arc::new(Metrics::new());
         if let Err(errs) = PluginManager::load(runtime, config, metrics) {
@@ -157,4 +160,49 @@ fn tls_checks(config: &Config) -> (Vec<String>, Vec<String>) {
         add("admin.tls", cdrs::tls::check_server(tls));
     }
     (problems, notes)
+}
+
+/// With `control.topic`: which deployed version a start would run for each
+/// plugin instead of its `path` (the topic read to its end, at most 15 s).
+fn deployed_versions(config: &Config) -> Vec<String> {
+    let Some(topic) = &config.control.topic else {
+        return Vec::new();
+    };
+    let read = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(15),
+                    cdrs::control::read_fleet(config, topic),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out"))?
+            })
+        });
+    let fleet = match read {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![format!(
+                "control topic {topic:?} not read ({e}); a start reads it before consuming"
+            )]
+        }
+    };
+    let names = config
+        .filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(std::iter::once(config.router.name.as_str()));
+    names
+        .filter_map(|n| {
+            let d = fleet.last_ran(n)?;
+            Some(format!(
+                "plugin {n:?}: a start would run deployment {}{} from {topic:?}, not its path",
+                &d.sha256[..12.min(d.sha256.len())],
+                d.label.map(|l| format!(" ({l})")).unwrap_or_default()
+            ))
+        })
+        .collect()
 }
