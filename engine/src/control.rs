@@ -82,6 +82,34 @@ pub struct Deployment {
     /// `plugins.trusted_keys` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// A canary: only instances whose [`canary_bucket`] is below this
+    /// (1..=99) run it; the others keep what they run until it is promoted
+    /// (`cdrs plugin promote`). Absent: every instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<u8>,
+    /// Set by a canary instance that rolled it back (the slot's rollback
+    /// rule): no other instance takes it, and those that run it go back to
+    /// `previous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failure>,
+}
+
+/// Why a canary deployment failed, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub instance: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// An instance's canary bucket, 0..=99: stable for an instance id (the
+/// first 8 bytes of its sha256, modulo 100), so a canary share picks the
+/// same instances every time.
+pub fn canary_bucket(instance: &str) -> u8 {
+    let h = Sha256::digest(instance.as_bytes());
+    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    (n % 100) as u8
 }
 
 /// The deployment a [`Deployment`] replaced (its artifact stays on the
@@ -101,6 +129,15 @@ pub struct Previous {
 }
 
 impl Deployment {
+    /// Whether `instance` runs this deployment: not failed, and in its
+    /// canary share if it is a canary.
+    pub fn takes(&self, instance: &str) -> bool {
+        self.failed.is_none()
+            && self
+                .canary_percent
+                .is_none_or(|p| canary_bucket(instance) < p)
+    }
+
     /// `self` as the `previous` of the deployment that replaces it.
     pub fn as_previous(&self) -> Previous {
         Previous {
@@ -124,6 +161,8 @@ impl Deployment {
             label: p.label.clone(),
             signature: p.signature.clone(),
             previous: None,
+            canary_percent: None,
+            failed: None,
             ..self.clone()
         })
     }
@@ -263,6 +302,8 @@ pub fn deployment_records(
         at_ms: now_ms(),
         previous: replaces.map(Deployment::as_previous),
         signature: None,
+        canary_percent: None,
+        failed: None,
     };
     out.push((
         format!("deployment/{name}"),
@@ -574,6 +615,9 @@ pub struct Control {
     config: Config,
     /// `plugins.trusted_keys`, parsed.
     trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// Canary deployments this instance runs, by plugin, until promoted or
+    /// failed: watched for the slot's rollback.
+    canaries: Mutex<BTreeMap<String, Deployment>>,
 }
 
 impl Control {
@@ -648,6 +692,7 @@ impl Control {
                 .iter()
                 .filter_map(|k| crate::config::trusted_key(k).ok())
                 .collect(),
+            canaries: Mutex::new(BTreeMap::new()),
         });
         // The latest deployment of each plugin; refused here, the one it
         // replaced, so a restart comes back on what the fleet runs.
@@ -656,18 +701,21 @@ impl Control {
             .values()
             .filter(|d| control.plugins.has(&d.name))
         {
-            let Some(bytes) = needed.artifact(d) else {
-                tracing::warn!(plugin = %d.name, version = %d.sha256,
-                    "the latest deployment's artifact is incomplete on the control topic; keeping the config's version");
-                continue;
-            };
-            if control.clone().apply(d.clone(), bytes).await {
-                continue;
+            let taken = d.takes(&control.instance);
+            if taken {
+                let Some(bytes) = needed.artifact(d) else {
+                    tracing::warn!(plugin = %d.name, version = %d.sha256,
+                        "the latest deployment's artifact is incomplete on the control topic; keeping the config's version");
+                    continue;
+                };
+                if control.clone().apply(d.clone(), bytes).await {
+                    continue;
+                }
             }
             if let Some(p) = d.previous() {
                 if let Some(bytes) = needed.artifact(&p) {
                     tracing::info!(plugin = %d.name, version = %p.sha256,
-                        "running the deployment the refused one replaced");
+                        "running the deployment the latest one replaced (refused, failed, or a canary of other instances)");
                     control.clone().apply(p, bytes).await;
                 }
             }
@@ -691,6 +739,7 @@ impl Control {
             let m = tokio::select! {
                 m = consumer.recv() => m,
                 _ = tick.tick() => {
+                    self.check_canaries().await;
                     self.publish().await;
                     continue;
                 }
@@ -714,8 +763,7 @@ impl Control {
             self.fleet.lock().expect("fleet lock").take(&record);
             for (d, bytes) in assembler.take(record) {
                 assembler.forget(&d.sha256);
-                self.clone().apply(d, bytes).await;
-                self.publish().await;
+                self.clone().arrived(d, bytes).await;
             }
             // A deployment of an artifact written long ago (a rollback):
             // its chunks were read, and let go, before; read them again.
@@ -728,8 +776,7 @@ impl Control {
                 match self.reread(&d).await {
                     Ok(Some(bytes)) => {
                         assembler.give_up(&d.name);
-                        self.clone().apply(d, bytes).await;
-                        self.publish().await;
+                        self.clone().arrived(d, bytes).await;
                     }
                     // Not on the topic (yet): its chunks may still come.
                     Ok(None) => {}
@@ -737,6 +784,102 @@ impl Control {
                         tracing::warn!(plugin = %d.name, error = %e, "control topic re-read failed")
                     }
                 }
+            }
+        }
+    }
+
+    /// A deployment read live: run it if this instance takes it; if it
+    /// failed on a canary and runs here, go back to what it replaced.
+    async fn arrived(self: Arc<Self>, d: Deployment, bytes: Result<Vec<u8>, String>) {
+        let running = self
+            .plugins
+            .status()
+            .into_iter()
+            .find(|p| p.name == d.name)
+            .map(|p| p.version);
+        if d.takes(&self.instance) {
+            let canary = d.canary_percent.is_some();
+            if self.clone().apply(d.clone(), bytes).await && canary {
+                self.canaries
+                    .lock()
+                    .expect("canaries lock")
+                    .insert(d.name.clone(), d);
+            } else {
+                self.canaries.lock().expect("canaries lock").remove(&d.name);
+            }
+        } else if d.failed.is_some() && running.as_deref() == Some(d.sha256.as_str()) {
+            self.canaries.lock().expect("canaries lock").remove(&d.name);
+            if let Some(p) = d.previous() {
+                match self.reread(&p).await {
+                    Ok(Some(bytes)) => {
+                        tracing::warn!(plugin = %d.name, version = %p.sha256,
+                            "the deployment failed on a canary: going back to what it replaced");
+                        self.clone().apply(p, bytes).await;
+                    }
+                    Ok(None) => {
+                        tracing::error!(plugin = %d.name, "the replaced version's artifact is not on the control topic")
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %d.name, error = %e, "control topic re-read failed")
+                    }
+                }
+            }
+        } else {
+            tracing::info!(plugin = %d.name, version = &d.sha256[..12.min(d.sha256.len())],
+                canary = ?d.canary_percent, failed = d.failed.is_some(),
+                "deployment not taken by this instance");
+        }
+        self.publish().await;
+    }
+
+    /// A canary this instance runs that its slot rolled back (trap storm):
+    /// the deployment is marked failed on the topic, for the whole fleet.
+    async fn check_canaries(&self) {
+        let watched: Vec<Deployment> = self
+            .canaries
+            .lock()
+            .expect("canaries lock")
+            .values()
+            .cloned()
+            .collect();
+        for d in watched {
+            let Some(now) = self.plugins.status().into_iter().find(|p| p.name == d.name) else {
+                continue;
+            };
+            if now.version == d.sha256 || now.source != "rollback" {
+                continue;
+            }
+            let reason = now
+                .last_event
+                .unwrap_or_else(|| "rolled back by its slot".into());
+            let failed = Deployment {
+                failed: Some(Failure {
+                    instance: self.instance.clone(),
+                    reason: reason.clone(),
+                    at_ms: now_ms(),
+                }),
+                ..d.clone()
+            };
+            let key = format!("deployment/{}", d.name);
+            let value = serde_json::to_vec(&failed).expect("a deployment serializes");
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    tracing::error!(plugin = %d.name, version = %d.sha256, reason = %reason,
+                        "canary deployment rolled back here: marked failed for the fleet");
+                    self.canaries.lock().expect("canaries lock").remove(&d.name);
+                    // The slot is back on what the canary replaced.
+                    let mut deployed = self.deployed.lock().expect("deployed lock");
+                    match &d.previous {
+                        Some(p) if p.sha256 == now.version => {
+                            deployed.insert(d.name.clone(), (p.sha256.clone(), p.label.clone()));
+                        }
+                        _ => {
+                            deployed.remove(&d.name);
+                        }
+                    }
+                }
+                Err((e, _)) => tracing::warn!(error = %e, "canary failure not published; retrying"),
             }
         }
     }

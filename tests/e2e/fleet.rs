@@ -84,8 +84,16 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         .iter()
         .map(|(id, cap)| AppServer::start(id, *cap).unwrap())
         .collect();
-    let a = start(config(&tansu.brokers, &servers, "cdrs-a"), &servers).await;
-    let b = start(config(&tansu.brokers, &servers, "cdrs-b"), &servers).await;
+    // Instance ids: the first in a 34% canary share, the second not.
+    let id = |inside: bool| {
+        (0..)
+            .map(|i| format!("cdrs-{i}"))
+            .find(|n| (cdrs::control::canary_bucket(n) < 34) == inside)
+            .unwrap()
+    };
+    let (ia, ib) = (id(true), id(false));
+    let a = start(config(&tansu.brokers, &servers, &ia), &servers).await;
+    let b = start(config(&tansu.brokers, &servers, &ib), &servers).await;
     for d in [&a, &b] {
         d.wait_ready(Duration::from_secs(60)).await.unwrap();
     }
@@ -193,6 +201,82 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         "rolled back to v2 everywhere"
     );
 
+    let http = cdrs::tls::plain_client();
+    // A canary that traps: the fault router on the 34% share (instance
+    // a only); records keyed "panic" on every partition make it trap on
+    // a, whose slot rolls it back; a marks the deployment failed, b never
+    // runs it, promote refuses it, and every record is still delivered.
+    let fault = plugin_dir().join("fault_router.wasm");
+    let fault_sha = hex::encode(Sha256::digest(std::fs::read(&fault).unwrap()));
+    let (ok, out) = cli(&[
+        "plugin",
+        "deploy",
+        "--config",
+        file_arg,
+        &router_name,
+        fault.to_str().unwrap(),
+        "--label",
+        "canary",
+        "--canary",
+        "34",
+        "--key",
+        key_arg,
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(30), || router_version(&a) == fault_sha).await,
+        "the canary instance runs it"
+    );
+    let producer = cdrs::testkit::producer(&tansu.brokers).unwrap();
+    let mut panics = Ledger::default();
+    for p in 0..6 {
+        for i in 0..10 {
+            let value = format!(r#"{{"type":"trade","seq":"panic-{p}-{i}"}}"#);
+            let delivered = producer
+                .send(
+                    rdkafka::producer::FutureRecord::to("fleet-trades")
+                        .partition(p)
+                        .key("panic")
+                        .payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+            let id = format!("fleet-trades/{}/{}", delivered.partition, delivered.offset);
+            panics.fates.insert(id.clone(), Fate::Delivered);
+            panics.keys.insert(id, "panic".into());
+        }
+    }
+    let mut fleet = serde_json::Value::Null;
+    for _ in 0..300 {
+        fleet = http
+            .get(format!("http://{}/v1/fleet", b.admin_addr))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if fleet["deployments"][router_name.as_str()]["failed"]["instance"] == ia.as_str()
+            && router_version(&a) == want
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = &fleet["deployments"][router_name.as_str()]["failed"];
+    assert_eq!(failed["instance"], ia.as_str(), "{fleet}");
+    assert_eq!(router_version(&a), want, "the canary rolled back to v2");
+    let b_router = b.plugins.status().pop().unwrap();
+    assert_eq!(b_router.version, want, "the other instance never ran it");
+    assert_ne!(
+        b_router.previous_version.as_deref(),
+        Some(fault_sha.as_str())
+    );
+    let (ok, out) = cli(&["plugin", "promote", "--config", file_arg, &router_name]);
+    assert!(!ok && out.contains("failed on canary instance"), "{out}");
+
     // A deployment that cannot run here (a filter as the router) is
     // refused by every instance, with the reason; v2 keeps serving.
     let (ok, out) = cli(&[
@@ -208,11 +292,11 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         key_arg,
     ]);
     assert!(ok, "{out}");
-    let http = cdrs::tls::plain_client();
     let mut fleet = serde_json::Value::Null;
     for _ in 0..300 {
         fleet = http
             .get(format!("http://{}/v1/fleet", a.admin_addr))
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .unwrap()
@@ -224,13 +308,13 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["refused"]["label"] == "wrong-world"))
         };
-        if refused_by("cdrs-a") && refused_by("cdrs-b") {
+        if refused_by(&ia) && refused_by(&ib) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for i in ["cdrs-a", "cdrs-b"] {
-        let router = &fleet["instances"][i]["plugins"][1];
+    for i in [&ia, &ib] {
+        let router = &fleet["instances"][i.as_str()]["plugins"][1];
         assert_eq!(router["label"], "v2", "{fleet}");
         let why = router["refused"]["reason"].as_str().unwrap_or_default();
         assert!(
@@ -290,7 +374,7 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     let (ok, status) = cli(&["plugin", "status", "--config", file_arg]);
     assert!(ok, "{status}");
     assert!(
-        status.contains("cdrs-a") && status.contains("cdrs-b") && status.contains("v2"),
+        status.contains(&ia) && status.contains(&ib) && status.contains("v2"),
         "{status}"
     );
     assert!(status.contains("refused"), "{status}");
@@ -305,11 +389,13 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
 
     // A restart comes back on the deployed version before it reads a record.
     let mut ledger: Ledger = producing.await.unwrap();
+    ledger.fates.extend(panics.fates);
+    ledger.keys.extend(panics.keys);
     let b_filtered = b.metrics.get("filter", "dropped");
     let b_dead = (b.metrics.get("filter", "dead_lettered")
         + b.metrics.get("router", "dead_lettered")) as u64;
     b.stop().await.unwrap();
-    let b2 = Daemon::start(config(&tansu.brokers, &servers, "cdrs-b"), None)
+    let b2 = Daemon::start(config(&tansu.brokers, &servers, &ib), None)
         .await
         .unwrap();
     assert_eq!(

@@ -1,5 +1,5 @@
 //! `cdrs plugin new|check|test`: the plugin author's verbs;
-//! `cdrs plugin deploy|rollback|status`: the fleet operator's.
+//! `cdrs plugin deploy|promote|rollback|status`: the fleet operator's.
 
 use anyhow::Context;
 use cdrs::config::PluginRuntimeConfig;
@@ -72,11 +72,23 @@ pub(crate) enum PluginCommand {
         /// A human version label, shown by `plugin status`.
         #[arg(long)]
         label: Option<String>,
+        /// Run it on this share of the instances only (1..=99; stable by
+        /// instance id); `plugin promote` takes it to all.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
         /// Sign the deployment with this Ed25519 private key (PKCS#8 PEM,
         /// as `openssl genpkey -algorithm ed25519` writes): required by
         /// instances with `plugins.trusted_keys`.
         #[arg(long)]
         key: Option<PathBuf>,
+    },
+    /// Take NAME's canary deployment to every instance.
+    Promote {
+        /// The fleet's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The plugin.
+        name: String,
     },
     /// Deploy, fleet-wide, the version the latest deployment of NAME
     /// replaced (its artifact is still on the control topic).
@@ -133,8 +145,18 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             file,
             plugin_config,
             label,
+            canary,
             key,
-        } => deploy(&config, &name, &file, plugin_config, label, key.as_deref()),
+        } => deploy(
+            &config,
+            &name,
+            &file,
+            plugin_config,
+            label,
+            canary,
+            key.as_deref(),
+        ),
+        PluginCommand::Promote { config, name } => promote(&config, &name),
         PluginCommand::Status { config, json } => status(&config, json),
         PluginCommand::Rollback { config, name } => rollback(&config, &name),
     }
@@ -165,6 +187,7 @@ fn deploy(
     file: &Path,
     plugin_config: Option<String>,
     label: Option<String>,
+    canary: Option<u8>,
     key: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     use ed25519_dalek::pkcs8::DecodePrivateKey as _;
@@ -224,11 +247,12 @@ fn deploy(
             &by,
             fleet.last_ran(name).as_ref(),
         );
+        d.canary_percent = canary;
         if let Some(k) = &signing {
             cdrs::control::sign(&mut d, k);
-            let last = records.last_mut().expect("the deployment record");
-            last.1 = serde_json::to_vec(&d)?;
         }
+        let last = records.last_mut().expect("the deployment record");
+        last.1 = serde_json::to_vec(&d)?;
         let producer: FutureProducer =
             cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
         for (key, value) in &records {
@@ -257,10 +281,68 @@ fn deploy(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cdrs plugin promote`: the canary deployment of `name`, for every
+/// instance.
+fn promote(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let (config, topic) = fleet_config(config)?;
+    let d = runtime()?.block_on(async {
+        let fleet = cdrs::control::read_fleet(&config, &topic).await?;
+        let latest = fleet.deployments.get(name).ok_or_else(|| {
+            anyhow::anyhow!("plugin {name:?} has no deployment on {topic:?}: nothing to promote")
+        })?;
+        if let Some(f) = &latest.failed {
+            anyhow::bail!(
+                "the latest deployment of {name:?} ({}) failed on canary instance {:?}: {}; \
+                 deploy a fixed version",
+                &latest.sha256[..12],
+                f.instance,
+                f.reason
+            );
+        }
+        anyhow::ensure!(
+            latest.canary_percent.is_some(),
+            "the latest deployment of {name:?} is not a canary: every instance runs it already"
+        );
+        let mut all = latest.clone();
+        all.canary_percent = None;
+        all.by = deployer();
+        all.at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        write_deployment(&config, &topic, &all).await?;
+        anyhow::Ok(all)
+    })?;
+    println!(
+        "promoted {name:?} {} to every instance on {topic:?}",
+        &d.sha256[..12]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes deployment record `d` (its artifact is on the topic already).
+async fn write_deployment(
+    config: &cdrs::config::Config,
+    topic: &str,
+    d: &cdrs::control::Deployment,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
+    let key = format!("deployment/{}", d.name);
+    let value = serde_json::to_vec(d)?;
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&value),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
+    Ok(())
+}
+
 /// `cdrs plugin rollback`: a deployment record for the previous version
 /// (no artifact to write: it is on the topic already).
 fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let (config, topic) = fleet_config(config)?;
     let d = runtime()?.block_on(async {
         let fleet = cdrs::control::read_fleet(&config, &topic).await?;
@@ -280,17 +362,7 @@ fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
             .map_or(0, |d| d.as_millis() as i64);
         back.by = deployer();
         back.previous = Some(ran.as_previous());
-        let producer: FutureProducer =
-            cdrs::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
-        let key = format!("deployment/{name}");
-        let value = serde_json::to_vec(&back)?;
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
+        write_deployment(&config, &topic, &back).await?;
         anyhow::Ok(back)
     })?;
     println!(
@@ -332,8 +404,17 @@ fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("  (none)");
     }
     for d in view.deployments.values() {
+        let canary = d
+            .canary_percent
+            .map(|p| format!("  canary {p}%"))
+            .unwrap_or_default();
+        let failed = d
+            .failed
+            .as_ref()
+            .map(|f| format!("  FAILED on {}: {}", f.instance, f.reason))
+            .unwrap_or_default();
         println!(
-            "  {:<16} {:<8} {}  {:<20} by {} {}s ago",
+            "  {:<16} {:<8} {}  {:<20} by {} {}s ago{canary}{failed}",
             d.name,
             d.world,
             short(&d.sha256),
