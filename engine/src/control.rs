@@ -1113,6 +1113,12 @@ mod tests {
         );
         let mut d = d;
         sign(&mut d, &ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+        d.canary_percent = Some(34);
+        d.failed = Some(Failure {
+            instance: "a".into(),
+            reason: "rolled back".into(),
+            at_ms: 1,
+        });
         let status = InstanceStatus {
             instance: "a".into(),
             at_ms: 1,
@@ -1156,6 +1162,11 @@ mod tests {
             &defs["deployment"]["properties"]["previous"],
             &dj["previous"],
             "previous",
+        );
+        check(
+            &defs["deployment"]["properties"]["failed"],
+            &dj["failed"],
+            "failed",
         );
         let sj = serde_json::to_value(&status).unwrap();
         check(&defs["status"], &sj, "status");
