@@ -138,6 +138,11 @@ impl Deployment {
                 .is_none_or(|p| canary_bucket(instance) < p)
     }
 
+    /// The artifacts it names: its own and the one it replaced (sha256s).
+    pub fn artifacts(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(self.sha256.clone()).chain(self.previous.iter().map(|p| p.sha256.clone()))
+    }
+
     /// `self` as the `previous` of the deployment that replaces it.
     pub fn as_previous(&self) -> Previous {
         Previous {
@@ -525,20 +530,10 @@ pub fn reader(config: &Config, topic: &str) -> anyhow::Result<(StreamConsumer, V
     let consumer: StreamConsumer =
         crate::kafka::reader_config(&config.kafka.brokers, &config.kafka.options, &group)
             .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        partitions > 0,
-        "control topic {topic:?} has no partitions (does it exist?)"
-    );
+    let partitions = crate::kafka::partition_count(&consumer, topic, "control")?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
-    for p in 0..partitions as i32 {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         ends.push((p, high));
@@ -649,16 +644,10 @@ impl Control {
         let referenced: std::collections::HashSet<String> = fleet
             .deployments
             .values()
-            .flat_map(|d| {
-                std::iter::once(d.sha256.clone()).chain(d.previous.iter().map(|p| p.sha256.clone()))
-            })
+            .flat_map(Deployment::artifacts)
             .collect();
-        let mut keep: std::collections::HashSet<String> = mine
-            .iter()
-            .flat_map(|d| {
-                std::iter::once(d.sha256.clone()).chain(d.previous.iter().map(|p| p.sha256.clone()))
-            })
-            .collect();
+        let mut keep: std::collections::HashSet<String> =
+            mine.iter().flat_map(|d| d.artifacts()).collect();
         // Pass 2: the chunks of those artifacts, and of any artifact no
         // deployment names yet (a deployment being written right now).
         let (consumer, ends) = reader(config, &topic)?;

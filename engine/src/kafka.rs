@@ -99,6 +99,30 @@ pub fn reader_config(
     cfg
 }
 
+/// The number of partitions of `topic` as the brokers report it (`what`
+/// names the topic's role in the error).
+///
+/// # Errors
+/// The metadata cannot be read within 10 s, or the topic has no
+/// partitions (it does not exist).
+pub fn partition_count<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    what: &str,
+) -> anyhow::Result<i32> {
+    let md = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(
+        partitions > 0,
+        "{what} topic {topic:?} has no partitions (does it exist?)"
+    );
+    Ok(partitions as i32)
+}
+
 /// librdkafka consumer-only properties, which a producer warns about.
 pub fn is_consumer_only(key: &str) -> bool {
     key.starts_with("session.")

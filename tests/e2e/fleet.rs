@@ -62,6 +62,18 @@ fn cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `GET /v1/fleet` of `d`.
+async fn fleet_of(http: &reqwest::Client, d: &Daemon) -> serde_json::Value {
+    http.get(format!("http://{}/v1/fleet", d.admin_addr))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Every key's records reached each server in offset order.
 fn assert_ordered(servers: &[AppServer]) {
     for s in servers {
@@ -249,15 +261,7 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     }
     let mut fleet = serde_json::Value::Null;
     for _ in 0..300 {
-        fleet = http
-            .get(format!("http://{}/v1/fleet", b.admin_addr))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        fleet = fleet_of(&http, &b).await;
         if fleet["deployments"][router_name.as_str()]["failed"]["instance"] == ia.as_str()
             && router_version(&a) == want
         {
@@ -294,15 +298,7 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     assert!(ok, "{out}");
     let mut fleet = serde_json::Value::Null;
     for _ in 0..300 {
-        fleet = http
-            .get(format!("http://{}/v1/fleet", a.admin_addr))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        fleet = fleet_of(&http, &a).await;
         let refused_by = |i: &str| {
             fleet["instances"][i]["plugins"]
                 .as_array()

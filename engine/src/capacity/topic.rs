@@ -21,19 +21,9 @@ pub fn consumer(
     let group = format!("cdrs-capacity-{}", std::process::id());
     let consumer: StreamConsumer =
         crate::kafka::reader_config(brokers, options, &group).create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        partitions > 0,
-        "capacity topic {topic:?} has no partitions (does it exist?)"
-    );
+    let partitions = crate::kafka::partition_count(&consumer, topic, "capacity")?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
