@@ -82,7 +82,7 @@ pub struct AdminState {
     /// None only in tests of the other endpoints.
     pub plugins: Option<Arc<PluginManager>>,
     pub reloader: Option<Arc<ConfigReloader>>,
-    /// The fleet's control topic, when `control.topic` is set.
+    /// The fleet's control topic, unless `control.enabled = false`.
     pub control: Option<Arc<crate::control::Control>>,
 }
 
@@ -588,7 +588,7 @@ async fn fleet(State(s): State<Arc<AdminState>>) -> Response {
         Some(c) => Json(c.fleet()).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
-            "no control topic: set control.topic to deploy plugins fleet-wide",
+            "no control topic: control.enabled is false, so this process takes no fleet deployments",
         ),
     }
 }

@@ -175,16 +175,24 @@ pub struct Config {
 /// Default `control.status_interval_ms`.
 pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 
+/// Default `control.topic`.
+pub const DEFAULT_CONTROL_TOPIC: &str = "cdrs-control";
+
 /// `[control]`: fleet-wide plugin deployments through a Kafka topic
 /// (`crate::control`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
+    /// Whether this process reads the control topic at all. `false`: no
+    /// fleet deployments (each process runs its config's plugin files).
+    /// Restart-only. Default `true`.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
     /// The control topic: deployments, their artifacts and every
     /// instance's status. Created compacted (one partition) when missing.
-    /// Unset: no fleet deployments. Restart-only. Default unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
+    /// Restart-only. Default `"cdrs-control"`.
+    #[serde(default = "d_control_topic")]
+    pub topic: String,
     /// This process's name in `cdrs plugin status` and `GET /v1/fleet`.
     /// Default `<hostname>-<pid>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,10 +207,26 @@ fn d_status_interval() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
 }
 
+fn d_true() -> bool {
+    true
+}
+
+fn d_control_topic() -> String {
+    DEFAULT_CONTROL_TOPIC.into()
+}
+
+impl ControlConfig {
+    /// The control topic when fleet deployments are on (`enabled`).
+    pub fn topic(&self) -> Option<&str> {
+        self.enabled.then_some(self.topic.as_str())
+    }
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
-            topic: None,
+            enabled: true,
+            topic: d_control_topic(),
             instance_id: None,
             status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
         }
@@ -2038,7 +2062,7 @@ impl Config {
     /// `[control]`: a topic of its own, a valid instance id and interval.
     fn validate_control(&self, bad: &mut impl FnMut(String, String)) {
         let c = &self.control;
-        if let Some(t) = &c.topic {
+        if let Some(t) = c.topic() {
             if !valid_topic(t) {
                 bad(
                     "control.topic".into(),
@@ -2046,9 +2070,9 @@ impl Config {
                 );
             }
             let k = &self.kafka;
-            if k.topics.contains(t)
-                || *t == k.dead_letter_topic
-                || self.capacity.topic.as_ref() == Some(t)
+            if k.topics.iter().any(|x| x == t)
+                || t == k.dead_letter_topic
+                || self.capacity.topic.as_deref() == Some(t)
             {
                 bad(
                     "control.topic".into(),

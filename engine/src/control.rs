@@ -368,14 +368,29 @@ pub fn verify(d: &Deployment, trusted: &[ed25519_dalek::VerifyingKey]) -> Result
     }
 }
 
+/// Bytes of chunks an [`Assembler`] holds at most by default (512 MiB,
+/// some 25 Python components): past it, the chunks of artifacts no
+/// deployment waits for are let go, oldest first, so records written to
+/// the control topic by mistake cannot grow a process without bound.
+pub const MAX_BUFFERED_BYTES: usize = 512 * 1024 * 1024;
+
 /// Collects chunks and deployments until a deployment's component is whole.
-#[derive(Default)]
 pub struct Assembler {
     chunks: HashMap<String, BTreeMap<u32, Vec<u8>>>,
     /// The latest deployment per plugin whose chunks are not all here.
     waiting: BTreeMap<String, Deployment>,
     /// When set, chunks of other artifacts are not kept.
     keep: Option<std::collections::HashSet<String>>,
+    /// Bytes in `chunks`, and the artifacts in the order their first chunk came.
+    bytes: usize,
+    order: std::collections::VecDeque<String>,
+    limit: usize,
+}
+
+impl Default for Assembler {
+    fn default() -> Self {
+        Assembler::with_limit(MAX_BUFFERED_BYTES)
+    }
 }
 
 impl Assembler {
@@ -384,6 +399,34 @@ impl Assembler {
         Assembler {
             keep: Some(keep),
             ..Assembler::default()
+        }
+    }
+
+    /// An assembler that holds at most `limit` bytes of chunks of
+    /// artifacts no deployment waits for.
+    pub fn with_limit(limit: usize) -> Assembler {
+        Assembler {
+            chunks: HashMap::new(),
+            waiting: BTreeMap::new(),
+            keep: None,
+            bytes: 0,
+            order: Default::default(),
+            limit,
+        }
+    }
+
+    /// Lets go of the oldest artifacts no deployment waits for until the
+    /// chunks fit `limit`.
+    fn shed(&mut self) {
+        while self.bytes > self.limit {
+            let waited = |sha: &String| self.waiting.values().any(|d| &d.sha256 == sha);
+            let Some(pos) = self.order.iter().position(|sha| !waited(sha)) else {
+                return;
+            };
+            let sha = self.order.remove(pos).expect("a position in order");
+            tracing::warn!(artifact = %sha, limit_bytes = self.limit,
+                "control topic: chunks of an artifact no deployment names let go (too many buffered)");
+            self.forget(&sha);
         }
     }
 
@@ -426,7 +469,10 @@ impl Assembler {
 
     /// Forgets the chunks of artifact `sha256`.
     pub fn forget(&mut self, sha256: &str) {
-        self.chunks.remove(sha256);
+        if let Some(c) = self.chunks.remove(sha256) {
+            self.bytes -= c.values().map(Vec::len).sum::<usize>();
+        }
+        self.order.retain(|s| s != sha256);
     }
 
     /// Takes one record; returns the deployments it completed, each with
@@ -442,10 +488,15 @@ impl Assembler {
                 if self.keep.as_ref().is_some_and(|k| !k.contains(&sha256)) {
                     return Vec::new();
                 }
-                self.chunks
-                    .entry(sha256.clone())
-                    .or_default()
-                    .insert(index, bytes);
+                let entry = self.chunks.entry(sha256.clone()).or_insert_with(|| {
+                    self.order.push_back(sha256.clone());
+                    BTreeMap::new()
+                });
+                self.bytes += bytes.len();
+                if let Some(old) = entry.insert(index, bytes) {
+                    self.bytes -= old.len();
+                }
+                self.shed();
                 let ready: Vec<String> = self
                     .waiting
                     .iter()
@@ -631,7 +682,7 @@ impl Control {
         plugins: Arc<PluginManager>,
     ) -> anyhow::Result<(Arc<Control>, StreamConsumer)> {
         let c = &config.control;
-        let topic = c.topic.clone().expect("control.topic is set");
+        let topic = c.topic.clone();
         ensure_topic(config, &topic).await?;
         // Pass 1: deployments and statuses (chunks are skipped), to learn
         // which artifacts this process needs.
@@ -1008,19 +1059,39 @@ pub fn instance_id(c: &ControlConfig) -> String {
     })
 }
 
-/// Creates `topic` compacted with one partition unless it exists. The
+/// Creates `topic` compacted with one partition unless it exists (so a
+/// topic an operator created needs no CreateTopics right). The
 /// replication factor is the broker's default (`-1`), or 1 where the broker
 /// does not take `-1`.
 ///
 /// # Errors
-/// The broker refuses to create it for another reason.
+/// The brokers do not answer within 10 s, or refuse to create it.
 pub async fn ensure_topic(config: &Config, topic: &str) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<DefaultClientContext> =
         crate::kafka::producer_config(&config.kafka.brokers, &config.kafka.options).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Asked by a consumer: a producer's metadata request may make a broker
+    // with auto.create.topics.enable create it, uncompacted.
+    let exists = {
+        let group = format!("cdrs-control-{}", std::process::id());
+        let probe: rdkafka::consumer::BaseConsumer =
+            crate::kafka::reader_config(&config.kafka.brokers, &config.kafka.options, &group)
+                .create()?;
+        let md = probe
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("no metadata from the brokers within 10 s: {e}"))?;
+        md.topics()
+            .iter()
+            .any(|t| t.name() == topic && !t.partitions().is_empty())
+    };
+    if exists {
+        return Ok(());
+    }
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for replication in [-1, 1] {
         let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
             .set("cleanup.policy", "compact");
@@ -1194,6 +1265,32 @@ mod tests {
         d.config = None;
         d.sha256 = "0".repeat(64);
         assert!(verify(&d, &trusted).is_err(), "another component");
+    }
+
+    #[test]
+    fn orphan_chunks_are_let_go_past_the_limit_and_waited_ones_kept() {
+        let chunk = |sha: &str, index: u32| ControlRecord::Chunk {
+            sha256: sha.into(),
+            index,
+            bytes: vec![0; 100],
+        };
+        let mut a = Assembler::with_limit(250);
+        let bytes = vec![7u8; 150];
+        let (dep, records) = deployment_records("p", "router", &bytes, None, None, "ops", None);
+        // The deployment first: its artifact is waited for.
+        assert!(a.take(ControlRecord::Deployment(Box::new(dep))).is_empty());
+        a.take(chunk("old", 0));
+        a.take(chunk("new", 0));
+        a.take(chunk("new", 1));
+        assert!(!a.has_chunks("old"), "the oldest orphan goes first");
+        assert!(a.has_chunks("new"));
+        let mut done = Vec::new();
+        for (k, v) in &records[..records.len() - 1] {
+            done.extend(a.take(parse(k.as_bytes(), Some(v)).unwrap()));
+        }
+        assert!(!a.has_chunks("new"), "orphans go before a waited artifact");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].1.as_deref(), Ok(bytes.as_slice()));
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Daemon {
         })?;
         let plugins = Arc::new(plugins);
         // The latest fleet deployments run before any record is read.
-        let control = match &config.control.topic {
+        let control = match config.control.topic() {
             Some(topic) => Some(
                 Control::start(&config, plugins.clone())
                     .await

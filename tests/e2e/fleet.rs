@@ -30,7 +30,7 @@ fn config(brokers: &str, servers: &[AppServer], instance: &str) -> Config {
         &plugin_dir(),
         targets,
     );
-    c.control.topic = Some(CONTROL.into());
+    c.control.topic = CONTROL.into();
     c.control.instance_id = Some(instance.into());
     c.control.status_interval_ms = 300;
     use base64::Engine as _;

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 /// A librdkafka mock cluster (one broker, in this process).
 pub type Mock = MockCluster<'static, DefaultProducerContext>;
 
-/// A mock cluster with these topics (name, partitions). It lives until the
-/// process exits: a consumer left running by a failing test then still
-/// closes cleanly instead of waiting for a vanished broker.
+/// A mock cluster with these topics (name, partitions), and the default
+/// control topic (librdkafka's mock cluster does not take CreateTopics, so
+/// CDRS cannot create it there). It lives until the process exits: a
+/// consumer left running by a failing test then still closes cleanly
+/// instead of waiting for a vanished broker.
 ///
 /// # Errors
 /// librdkafka refuses to create the cluster or a topic.
@@ -24,6 +26,7 @@ pub fn leaked_mock(topics: &[(&str, i32)]) -> anyhow::Result<&'static Mock> {
     for (t, p) in topics {
         cluster.create_topic(t, *p, 1)?;
     }
+    cluster.create_topic(crate::config::DEFAULT_CONTROL_TOPIC, 1, 1)?;
     Ok(Box::leak(Box::new(cluster)))
 }
 

@@ -45,6 +45,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     cluster.create_topic(topic, partitions, 1)?;
     cluster.create_topic(dlq, 1, 1)?;
+    // The mock cluster does not take CreateTopics: the control topic is
+    // made here, as an operator would where CDRS may not create topics.
+    cluster.create_topic(cdrs::config::DEFAULT_CONTROL_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
 
     let servers: Vec<AppServer> = [("blotter-1", 100), ("blotter-2", 200), ("blotter-3", 400)]

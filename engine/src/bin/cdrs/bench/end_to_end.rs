@@ -151,6 +151,9 @@ pub(super) fn config(
     cfg.filters = vec![filter];
     cfg.router = demo_router(plugin_dir, false);
     cfg.log.level = "warn".into();
+    // The data path only: on an external broker the bench must not join
+    // that cluster's fleet through its control topic.
+    cfg.control.enabled = false;
     cfg.kafka
         .options
         .insert("fetch.wait.max.ms".into(), link.fetch_wait_ms.into());

@@ -651,6 +651,9 @@ fn http_config(
         http_targets(urls),
     );
     cfg.log.level = "warn".into();
+    // The data path only: on an external broker the bench must not join
+    // that cluster's fleet through its control topic.
+    cfg.control.enabled = false;
     cfg.kafka
         .options
         .insert("fetch.wait.max.ms".into(), link.fetch_wait_ms.into());
