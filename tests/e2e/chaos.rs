@@ -19,6 +19,7 @@ use cdrs_e2e::{cdrs_bin, create_topics, free_port, mock_cluster_handle, plugin_d
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
+use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -283,6 +284,8 @@ fn tally(ledger: &Ledger, logs: &[Vec<LogLine>], dead: &HashMap<String, String>)
 /// Brokers, servers, CDRS processes and the ledger of one case.
 struct Rig {
     name: &'static str,
+    /// How many records the case produces.
+    records: u64,
     dir: PathBuf,
     config: Config,
     servers: Vec<Server>,
@@ -298,6 +301,16 @@ impl Rig {
     /// Starts a broker (Tansu unless `mock` is given), three servers
     /// (capacities 1:2:4), produces the records; CDRS is not started yet.
     async fn new(name: &'static str, mock: Option<String>, tweak: impl FnOnce(&mut Config)) -> Rig {
+        Rig::sized(name, mock, RECORDS, tweak).await
+    }
+
+    /// As [`Rig::new`], with `records` records.
+    async fn sized(
+        name: &'static str,
+        mock: Option<String>,
+        records: u64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Rig {
         let (topic, dlq) = (format!("chaos-{name}"), format!("chaos-{name}-dlq"));
         let (brokers, tansu) = match mock {
             Some(b) => (b, None),
@@ -340,7 +353,7 @@ impl Rig {
             tokio::spawn(async move {
                 let mut ledger = Ledger::default();
                 let producer = producer(&brokers).expect("producer");
-                let events: Vec<_> = (0..RECORDS).map(|i| trade_event(i, CLIENTS)).collect();
+                let events: Vec<_> = (0..records).map(|i| trade_event(i, CLIENTS)).collect();
                 let mut pace = tokio::time::interval(PACE);
                 for chunk in events.chunks(CHUNK) {
                     pace.tick().await;
@@ -354,6 +367,7 @@ impl Rig {
             })
         };
         Rig {
+            records,
             producer: Some(producer),
             ledger: Ledger::default(),
             name,
@@ -431,7 +445,7 @@ impl Rig {
 
     /// Waits until `share` of all records reached some server.
     async fn wait_delivered(&mut self, share: f64) {
-        let want = (RECORDS as f64 * share) as usize;
+        let want = (self.records as f64 * share) as usize;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let got: HashSet<String> = self.logs().into_iter().flatten().map(|l| l.id).collect();
@@ -449,7 +463,15 @@ impl Rig {
         }
     }
 
-    /// Sums a counter family (all labels) over the live instances' metrics.
+    /// The router version (sha256) instance `n` runs, from `GET /v1/plugins`.
+    async fn router_version(&self, n: usize) -> Option<String> {
+        let url = format!("http://{}/v1/plugins", self.instances[n].admin);
+        let plugins: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        plugins.as_array()?.iter().find(|p| p["kind"] == "router")?["version"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Records each server logged so far (duplicates included).
     fn received(&self) -> Vec<usize> {
         self.logs().iter().map(Vec::len).collect()
@@ -464,6 +486,7 @@ impl Rig {
         }
     }
 
+    /// Sums a counter family (all labels) over the live instances' metrics.
     async fn counter(&self, name: &str) -> u64 {
         let mut sum = 0.0;
         for i in self.instances.iter().filter(|i| i.child.is_some()) {
@@ -628,27 +651,72 @@ async fn chaos_2_a_target_fails_for_10_s_another_gets_10x_slower() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_3_three_processes_one_killed_one_added() {
+async fn chaos_3_three_processes_a_fleet_deployment_one_killed_and_started_again() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::new("group-kill-add", None, |_| {}).await;
+    let mut rig = Rig::sized("group-deploy-kill", None, 100_000, |_| {}).await;
     for _ in 0..3 {
         rig.start_instance().await;
     }
-    rig.wait_delivered(0.3).await;
+    rig.wait_delivered(0.2).await;
+    // `cdrs plugin deploy` of another router while records flow: every
+    // instance runs it (read from the control topic, compiled, swapped
+    // between batches).
+    let router = rig.config.router.name.clone();
+    let file = plugin_dir().join("example_router.wasm");
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()));
+    let out = Command::new(cdrs_bin())
+        .args(["plugin", "deploy", "--config"])
+        .arg(rig.dir.join("cdrs-0.toml"))
+        .args([
+            router.as_str(),
+            file.to_str().unwrap(),
+            "--plugin-config",
+            "{}",
+        ])
+        .args(["--label", "v2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deployed = Instant::now();
+    let mut waiting: Vec<usize> = (0..3).collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for n in waiting {
+            if rig.router_version(n).await.as_deref() != Some(sha.as_str()) {
+                still.push(n);
+            }
+        }
+        waiting = still;
+        assert!(
+            deployed.elapsed() < Duration::from_secs(60),
+            "group-deploy-kill: cdrs-{waiting:?} did not run the deployment in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.phase(&format!(
+        "the deployment ran on all three {} ms after `cdrs plugin deploy` returned",
+        deployed.elapsed().as_millis()
+    ));
+    rig.wait_delivered(0.4).await;
     rig.instances[1].kill9();
     rig.wait_delivered(0.6).await;
-    let added = rig.start_instance().await;
-    // The added instance takes partitions in the rebalance (a partition's
-    // in-flight gauge appears when the instance is assigned it).
+    // Started again, it runs the deployed version (not its config's
+    // file) from before its first record, and takes partitions.
+    let again = rig.start_instance().await;
+    assert_eq!(
+        rig.router_version(again).await.as_deref(),
+        Some(sha.as_str()),
+        "group-deploy-kill: the restarted instance runs the deployed router"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !rig
-        .metrics(added)
+        .metrics(again)
         .await
         .contains("cdrs_partition_inflight_records{")
     {
         assert!(
             Instant::now() < deadline,
-            "group-kill-add: the added instance was assigned no partition in 60 s"
+            "group-deploy-kill: the restarted instance was assigned no partition in 60 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
