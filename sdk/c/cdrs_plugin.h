@@ -752,6 +752,248 @@ end_object:
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* One field of a JSON record value, without building the document          */
+/* ------------------------------------------------------------------------ */
+/*
+ * The C counterpart of the Rust SDK's `json::lookup`: finds the value at a
+ * path of object keys in one scan, allocating nothing, and checks the JSON
+ * grammar (RFC 8259) of the whole document on the way, so a record value
+ * that is not JSON is an error. Keys are compared as raw bytes (a key
+ * written with escapes does not match); with several equal keys in one
+ * object the last wins. The path is at most CDRS_JSON_MAX_PATH deep and
+ * containers nest at most CDRS_JSON_MAX_DEPTH deep.
+ *
+ *   static const char *const side_path[] = {"trade", "side"};
+ *   cdrs_json_span v;
+ *   int rc = cdrs_json_lookup(rec.value, rec.value_len, side_path, 2, &v);
+ *   if (rc < 0) ... dead-letter: not JSON ...
+ *   if (rc > 0 && cdrs_json_string_is(rec.value + v.start, v.len, "buy")) ...
+ */
+
+#define CDRS_JSON_MAX_PATH 128
+#define CDRS_JSON_MAX_DEPTH 1024
+
+/** Where a value lies in the document: bytes `start .. start + len`. */
+typedef struct cdrs_json_span {
+    size_t start;
+    size_t len;
+} cdrs_json_span;
+
+#define CDRS__BAD ((size_t)-1)
+
+static inline size_t cdrs__skip_ws(const uint8_t *d, size_t n, size_t i) {
+    while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == '\n' || d[i] == '\r')) i++;
+    return i;
+}
+
+static inline bool cdrs__is_hex(uint8_t c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* The index after the string token at d[i] ('"'), or CDRS__BAD. */
+static inline size_t cdrs__scan_string(const uint8_t *d, size_t n, size_t i) {
+    if (i >= n || d[i] != '"') return CDRS__BAD;
+    i++;
+    while (i < n) {
+        uint8_t c = d[i];
+        if (c == '"') return i + 1;
+        if (c < 0x20) return CDRS__BAD;
+        if (c != '\\') { i++; continue; }
+        if (++i >= n) return CDRS__BAD;
+        switch (d[i]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            i++;
+            break;
+        case 'u':
+            if (n - i < 5 || !cdrs__is_hex(d[i + 1]) || !cdrs__is_hex(d[i + 2]) ||
+                !cdrs__is_hex(d[i + 3]) || !cdrs__is_hex(d[i + 4]))
+                return CDRS__BAD;
+            i += 5;
+            break;
+        default:
+            return CDRS__BAD;
+        }
+    }
+    return CDRS__BAD;
+}
+
+/* The index after the number at d[i] (RFC 8259 grammar), or CDRS__BAD. */
+static inline size_t cdrs__scan_number(const uint8_t *d, size_t n, size_t i) {
+    if (i < n && d[i] == '-') i++;
+    if (i >= n) return CDRS__BAD;
+    if (d[i] == '0') i++;
+    else if (d[i] >= '1' && d[i] <= '9') while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+    else return CDRS__BAD;
+    if (i < n && d[i] == '.') {
+        i++;
+        if (i >= n || d[i] < '0' || d[i] > '9') return CDRS__BAD;
+        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+    }
+    if (i < n && (d[i] == 'e' || d[i] == 'E')) {
+        i++;
+        if (i < n && (d[i] == '+' || d[i] == '-')) i++;
+        if (i >= n || d[i] < '0' || d[i] > '9') return CDRS__BAD;
+        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+    }
+    return i;
+}
+
+/* The index after the value at d[i] (whitespace before it skipped), or
+ * CDRS__BAD; containers are checked without recursion. */
+static inline size_t cdrs__scan_value(const uint8_t *d, size_t n, size_t i) {
+    uint8_t is_object[CDRS_JSON_MAX_DEPTH / 8];
+    size_t depth = 0;
+    for (;;) {
+        /* a value at i */
+        i = cdrs__skip_ws(d, n, i);
+        if (i >= n) return CDRS__BAD;
+        uint8_t c = d[i];
+        if (c == '{' || c == '[') {
+            if (depth == CDRS_JSON_MAX_DEPTH) return CDRS__BAD;
+            if (c == '{') is_object[depth / 8] |= (uint8_t)(1u << (depth % 8));
+            else is_object[depth / 8] &= (uint8_t)~(1u << (depth % 8));
+            depth++;
+            i = cdrs__skip_ws(d, n, i + 1);
+            if (i < n && d[i] == (c == '{' ? '}' : ']')) {
+                i++;
+                depth--;
+            } else if (c == '{') {
+                i = cdrs__scan_string(d, n, i);
+                if (i == CDRS__BAD) return CDRS__BAD;
+                i = cdrs__skip_ws(d, n, i);
+                if (i >= n || d[i] != ':') return CDRS__BAD;
+                i++;
+                continue;
+            } else {
+                continue;
+            }
+        } else if (c == '"') {
+            i = cdrs__scan_string(d, n, i);
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            i = cdrs__scan_number(d, n, i);
+        } else if (n - i >= 4 && memcmp(d + i, "true", 4) == 0) {
+            i += 4;
+        } else if (n - i >= 5 && memcmp(d + i, "false", 5) == 0) {
+            i += 5;
+        } else if (n - i >= 4 && memcmp(d + i, "null", 4) == 0) {
+            i += 4;
+        } else {
+            return CDRS__BAD;
+        }
+        if (i == CDRS__BAD) return CDRS__BAD;
+        /* after a value: close containers, or go on to the next member */
+        for (;;) {
+            if (depth == 0) return i;
+            bool obj = (is_object[(depth - 1) / 8] >> ((depth - 1) % 8)) & 1u;
+            i = cdrs__skip_ws(d, n, i);
+            if (i >= n) return CDRS__BAD;
+            if (d[i] == (obj ? '}' : ']')) {
+                i++;
+                depth--;
+                continue;
+            }
+            if (d[i] != ',') return CDRS__BAD;
+            i = cdrs__skip_ws(d, n, i + 1);
+            if (obj) {
+                i = cdrs__scan_string(d, n, i);
+                if (i == CDRS__BAD) return CDRS__BAD;
+                i = cdrs__skip_ws(d, n, i);
+                if (i >= n || d[i] != ':') return CDRS__BAD;
+                i++;
+            }
+            break;
+        }
+    }
+}
+
+/* Follows path[level..] into the value at *i; *found and *out as
+ * cdrs_json_lookup's. 0, or -1 if the document is not JSON. */
+static inline int cdrs__lookup_in(const uint8_t *d, size_t n, size_t *i,
+                                  const char *const *path, size_t path_len, size_t level,
+                                  bool *found, cdrs_json_span *out) {
+    size_t at = cdrs__skip_ws(d, n, *i);
+    if (level == path_len) {
+        size_t end = cdrs__scan_value(d, n, at);
+        if (end == CDRS__BAD) return -1;
+        out->start = at;
+        out->len = end - at;
+        *found = true;
+        *i = end;
+        return 0;
+    }
+    if (at >= n || d[at] != '{') {
+        size_t end = cdrs__scan_value(d, n, at);
+        if (end == CDRS__BAD) return -1;
+        *i = end;
+        return 0;
+    }
+    at = cdrs__skip_ws(d, n, at + 1);
+    if (at < n && d[at] == '}') {
+        *i = at + 1;
+        return 0;
+    }
+    size_t want = strlen(path[level]);
+    for (;;) {
+        size_t key_end = cdrs__scan_string(d, n, at);
+        if (key_end == CDRS__BAD) return -1;
+        bool match = key_end - at - 2 == want && memcmp(d + at + 1, path[level], want) == 0;
+        at = cdrs__skip_ws(d, n, key_end);
+        if (at >= n || d[at] != ':') return -1;
+        at++;
+        if (match) {
+            *found = false; /* the last equal key wins */
+            if (cdrs__lookup_in(d, n, &at, path, path_len, level + 1, found, out) < 0) return -1;
+        } else {
+            at = cdrs__scan_value(d, n, at);
+            if (at == CDRS__BAD) return -1;
+        }
+        at = cdrs__skip_ws(d, n, at);
+        if (at < n && d[at] == '}') {
+            *i = at + 1;
+            return 0;
+        }
+        if (at >= n || d[at] != ',') return -1;
+        at = cdrs__skip_ws(d, n, at + 1);
+    }
+}
+
+/** Finds the value at `path` (`path_len` NUL-terminated object keys,
+ *  outermost first) in the JSON document `doc[0..len]`. Returns 1 and sets
+ *  `*out` (the value's raw bytes, e.g. `"buy"` with its quotes, or `{...}`)
+ *  if found; 0 if some key on the path is missing or a step is not an
+ *  object; -1 if `doc` is not one JSON document, or `path_len` exceeds
+ *  CDRS_JSON_MAX_PATH or the nesting CDRS_JSON_MAX_DEPTH. */
+static inline int cdrs_json_lookup(const uint8_t *doc, size_t len, const char *const *path,
+                                   size_t path_len, cdrs_json_span *out) {
+    if (doc == NULL || path_len > CDRS_JSON_MAX_PATH) return -1;
+    bool found = false;
+    size_t i = 0;
+    if (cdrs__lookup_in(doc, len, &i, path, path_len, 0, &found, out) < 0) return -1;
+    if (cdrs__skip_ws(doc, len, i) != len) return -1;
+    return found ? 1 : 0;
+}
+
+/** True if the raw JSON value `raw[0..len]` (from cdrs_json_lookup) is a
+ *  string equal to the NUL-terminated UTF-8 `s` once its escapes are
+ *  decoded. */
+static inline bool cdrs_json_string_is(const uint8_t *raw, size_t len, const char *s) {
+    if (len < 2 || raw[0] != '"' || raw[len - 1] != '"') return false;
+    size_t want = strlen(s);
+    if (len - 2 == want && memchr(raw + 1, '\\', len - 2) == NULL)
+        return memcmp(raw + 1, s, want) == 0;
+    /* escapes: decode into a bounded buffer (decoding never grows) */
+    char buf[512];
+    if (len > sizeof buf) return false;
+    memcpy(buf, raw, len);
+    cdrs_json_reader r;
+    cdrs_json_begin(&r, buf, len);
+    const char *v;
+    size_t v_len;
+    if (cdrs__json_string(&r, &v, &v_len) < 0) return false;
+    return v_len == want && memcmp(v, s, want) == 0;
+}
+
 #ifdef __cplusplus
 }
 #endif

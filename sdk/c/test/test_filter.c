@@ -178,10 +178,56 @@ static void config_is_checked(void) {
     CHECK(F.require_key && !F.has_max && !F.deny_header.set && !F.stamp_header.set, "state");
 }
 
+/* cdrs_json_lookup against the cases of the Rust SDK's json::lookup. */
+static int lookup(const char *doc, const char *a, const char *b, char *got) {
+    const char *path[2] = {a, b};
+    cdrs_json_span v;
+    int rc = cdrs_json_lookup((const uint8_t *)doc, strlen(doc), path, b ? 2 : (a ? 1 : 0), &v);
+    got[0] = 0;
+    if (rc > 0) {
+        memcpy(got, doc + v.start, v.len);
+        got[v.len] = 0;
+    }
+    return rc;
+}
+
+static void json_fields_are_found_and_bad_json_refused(void) {
+    char got[256];
+    const char *doc = "{\"trade\":{\"side\":\"buy\",\"qty\":5},\"type\":\"fill\"}";
+    CHECK(lookup(doc, "trade", "side", got) == 1 && strcmp(got, "\"buy\"") == 0, "%s", got);
+    CHECK(lookup(doc, "trade", NULL, got) == 1 && strcmp(got, "{\"side\":\"buy\",\"qty\":5}") == 0, "%s", got);
+    CHECK(lookup(doc, "nope", NULL, got) == 0, "missing key");
+    CHECK(lookup(doc, "type", "x", got) == 0, "a step that is not an object");
+    CHECK(lookup(doc, NULL, NULL, got) == 1 && strcmp(got, doc) == 0, "empty path: the document");
+    CHECK(lookup(" { \"a\" : [1, {\"b\": [true, false, null]}, -0.5e+3, \"\\u00e9\\n\"] } ", "a", NULL, got) == 1 &&
+              strcmp(got, "[1, {\"b\": [true, false, null]}, -0.5e+3, \"\\u00e9\\n\"]") == 0,
+          "%s", got);
+    CHECK(lookup("{\"a\":{\"b\":1},\"a\":2}", "a", "b", got) == 0, "the last equal key wins");
+    CHECK(lookup("{\"a\":{\"b\":1},\"a\":{\"b\":3}}", "a", "b", got) == 1 && strcmp(got, "3") == 0, "%s", got);
+    const char *bad[] = {"{not json", "{\"a\":1,}", "{\"a\":1} x", "[1,2", "{\"a\":01}", "{\"a\":\"\x01\"}",
+                         "{\"a\":\"\\x\"}", "{\"a\":tru}", "{\"a\" 1}", "{\"x\":[}]}", "", "{\"a\":1.}", "{\"a\":-}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(lookup(bad[i], "a", NULL, got) < 0, "not JSON: %s", bad[i]);
+    /* bad JSON after the value found is still an error */
+    CHECK(lookup("{\"a\":1,\"b\":[}", "a", NULL, got) < 0, "checked to the end");
+    char deep[3000];
+    size_t n = 0;
+    for (int i = 0; i < 1100; i++) deep[n++] = '[';
+    for (int i = 0; i < 1100; i++) deep[n++] = ']';
+    deep[n] = 0;
+    CHECK(lookup(deep, NULL, NULL, got) < 0, "nesting over CDRS_JSON_MAX_DEPTH is refused");
+    const uint8_t plain[] = "\"buy\"", esc[] = "\"b\\u0075y\"", num[] = "5";
+    CHECK(cdrs_json_string_is(plain, 5, "buy"), "plain string");
+    CHECK(cdrs_json_string_is(esc, sizeof esc - 1, "buy"), "escaped string");
+    CHECK(!cdrs_json_string_is(plain, 5, "bu"), "other string");
+    CHECK(!cdrs_json_string_is(num, 1, "5"), "a number is not a string");
+}
+
 int main(void) {
     first_rule_that_applies_decides();
     size_rule_edges();
     deny_and_stamp();
     config_is_checked();
+    json_fields_are_found_and_bad_json_refused();
     return t_finish("example-filter-c");
 }
