@@ -8,16 +8,17 @@
 #   OUT.wasm    the component to write
 #
 # Steps (each idempotent, fast when already done):
-#   1. Zig from PyPI (`ziglang`, pinned below) in the venv .tools/venv;
+#   1. Zig from PyPI (`ziglang`, pinned below) in a venv (see CACHE below);
 #   2. `cdrs-plugin-tools` (sdk/tools) with cargo: wit-bindgen's C bindings
-#      and componentization from library crates, no CLI installs;
+#      and componentization from library crates, no CLI installs (in a
+#      plugin project, built once per user under the cache folder);
 #   3. C bindings for WORLD into target/c-plugins/<plugin>/gen;
 #   4. `zig cc --target=wasm32-wasi` of the plugin, the bindings and the
 #      component-type object into a core module (reactor, no WASI imports);
 #   5. the core module into a component at OUT.wasm.
 #
 # Environment: CDRS_ZIG_VERSION (default below), CDRS_VENV (default
-# .tools/venv), CDRS_PLUGIN_TOOLS (a prebuilt cdrs-plugin-tools: skips cargo),
+# CACHE/venv), CDRS_PLUGIN_TOOLS (a prebuilt cdrs-plugin-tools: skips cargo),
 # CDRS_CFLAGS (extra compiler flags), CDRS_WIT_DIR (another copy of the
 # contract, e.g. to build against a later version; default sdk/wit),
 # CARGO_BUILD_JOBS (default 2).
@@ -42,7 +43,15 @@ OUT="$3"
 SDK_C="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SDK_C/../.." && pwd)"
 WIT="${CDRS_WIT_DIR:-$ROOT/sdk/wit}"
-VENV="${CDRS_VENV:-$ROOT/.tools/venv}"
+# Toolchains: in a CDRS checkout, under its .tools/; in a plugin project
+# (this SDK copied there by `cdrs plugin new`), per user under
+# ${XDG_CACHE_HOME:-~/.cache}/cdrs, or CDRS_CACHE_DIR.
+if [ -f "$ROOT/engine/Cargo.toml" ]; then
+    CACHE="$ROOT/.tools"
+else
+    CACHE="${CDRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cdrs}"
+fi
+VENV="${CDRS_VENV:-$CACHE/venv}"
 
 [ -d "$PLUGIN_DIR" ] || die "plugin directory '$PLUGIN_DIR' does not exist"
 PLUGIN_DIR="$(cd "$PLUGIN_DIR" && pwd)"
@@ -79,10 +88,17 @@ zig() { "$VENV/bin/python" -m ziglang "$@"; }
 # 2. The build tools.
 if [ -n "${CDRS_PLUGIN_TOOLS:-}" ]; then
     TOOLS="$CDRS_PLUGIN_TOOLS"
-else
+elif [ -f "$ROOT/engine/Cargo.toml" ]; then
     TOOLS="$ROOT/target/release/cdrs-plugin-tools"
     (cd "$ROOT" && cargo build --quiet --release -p cdrs-plugin-tools -j "${CARGO_BUILD_JOBS:-2}") ||
         die "cannot build cdrs-plugin-tools (cargo build --release -p cdrs-plugin-tools)"
+else
+    # A plugin project: from the copy of sdk/tools beside this SDK, once
+    # per user (a few minutes the first time).
+    TOOLS="$CACHE/target/release/cdrs-plugin-tools"
+    cargo build --quiet --release --manifest-path "$SDK_C/../tools/Cargo.toml" \
+        --target-dir "$CACHE/target" -j "${CARGO_BUILD_JOBS:-2}" ||
+        die "cannot build cdrs-plugin-tools from $SDK_C/../tools (is cargo installed?)"
 fi
 [ -x "$TOOLS" ] || die "'$TOOLS' is not an executable"
 

@@ -12,7 +12,7 @@
 #
 # Steps:
 #   1. install the pinned toolchain (sdk/js/package.json + package-lock.json)
-#      into <repo>/.tools/js with `npm ci`; skipped when the installed lock
+#      into the toolchain folder (see CACHE below) with `npm ci`; skipped when the installed lock
 #      file is the same (a stamp file records it);
 #   2. bundle plugin.js and its imports into one ES module with esbuild
 #      (componentize-js only sees the directory of its source file);
@@ -35,7 +35,15 @@ fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 wit="$root/sdk/wit"
-tools=${CDRS_JS_TOOLS:-$root/.tools/js}
+# Toolchains: in a CDRS checkout, under its .tools/; in a plugin project
+# (this SDK copied there by `cdrs plugin new`), per user under
+# ${XDG_CACHE_HOME:-~/.cache}/cdrs, or CDRS_CACHE_DIR.
+if [ -f "$root/engine/Cargo.toml" ]; then
+    CACHE="$root/.tools"
+else
+    CACHE="${CDRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cdrs}"
+fi
+tools=${CDRS_JS_TOOLS:-$CACHE/js}
 
 command -v node >/dev/null || die "node is not installed (Node.js >= 18 is needed)"
 command -v npm >/dev/null || die "npm is not installed"

@@ -8,9 +8,9 @@
 # entry module is PLUGIN_DIR/app.py, which defines `class WitWorld`; it can
 # `import cdrs_plugin` (sdk/python is on the module path).
 #
-# The toolchain (componentize-py, pinned below) is installed into the venv
-# .tools/venv at the repo root, created if missing; when the pinned version is
-# already there nothing is downloaded. Works from any cwd.
+# The toolchain (componentize-py, pinned below) is installed into a venv,
+# created if missing (see CACHE below); when the pinned version is already
+# there nothing is downloaded. Works from any cwd.
 set -euo pipefail
 
 COMPONENTIZE_PY_VERSION="0.25.1"
@@ -28,7 +28,15 @@ usage() {
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SDK_DIR/../.." && pwd)"
 WIT_DIR="$REPO_DIR/sdk/wit"
-VENV="$REPO_DIR/.tools/venv"
+# Toolchains: in a CDRS checkout, under its .tools/; in a plugin project
+# (this SDK copied there by `cdrs plugin new`), per user under
+# ${XDG_CACHE_HOME:-~/.cache}/cdrs, or CDRS_CACHE_DIR.
+if [ -f "$REPO_DIR/engine/Cargo.toml" ]; then
+    CACHE="$REPO_DIR/.tools"
+else
+    CACHE="${CDRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cdrs}"
+fi
+VENV="$CACHE/venv"
 CPY="$VENV/bin/componentize-py"
 
 install_toolchain() {

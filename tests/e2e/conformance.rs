@@ -9,6 +9,7 @@
 
 use cdrs::capacity::{Health, TargetView};
 use cdrs::config::PluginRuntimeConfig;
+use cdrs::plugin::scaffold::Sdk;
 use cdrs::plugin::testbed::{self, TestRun};
 use cdrs::plugin::Runtime;
 use cdrs_e2e::{plugin_dir, root};
@@ -212,8 +213,9 @@ fn scaffolded_c_projects_build_and_run() {
     scaffolded_projects_build_and_run("c");
 }
 
-/// `cdrs plugin new` for `lang` and each world gives a project whose one
-/// build command makes a component that loads and runs on its own fixtures.
+/// `cdrs plugin new` for `lang` and each world gives a project, outside
+/// the checkout, whose one build command makes a component that loads and
+/// runs on its own fixtures.
 /// One test per language, so the languages build side by side.
 fn scaffolded_projects_build_and_run(lang: &str) {
     let base = std::env::temp_dir().join(format!("cdrs-new-{lang}-{}", std::process::id()));
@@ -226,11 +228,18 @@ fn scaffolded_projects_build_and_run(lang: &str) {
     for world in ["router", "filter"] {
         let name = format!("my-{lang}-{world}");
         let dir = base.join(&name);
-        cdrs::plugin::scaffold::create(lang, world, &dir, &root().join("sdk")).expect("scaffold");
+        // Outside the checkout, with the SDK copied into the project.
+        cdrs::plugin::scaffold::create(lang, world, &dir, &Sdk::Vendored).expect("scaffold");
         let out = std::process::Command::new("bash")
             .arg(dir.join("build.sh"))
-            // Rust projects share one target folder so dependencies compile once.
+            // Rust projects share one target folder so dependencies compile
+            // once; C ones the component tools the checkout built (building
+            // them from the project's copy gives the same binary).
             .env("CARGO_TARGET_DIR", root().join("target/scaffold"))
+            .env(
+                "CDRS_PLUGIN_TOOLS",
+                root().join("target/release/cdrs-plugin-tools"),
+            )
             .output()
             .expect("run build.sh");
         assert!(

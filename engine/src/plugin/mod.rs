@@ -598,15 +598,17 @@ impl Runtime {
         };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(compile_err(
-                "not a WebAssembly file (no \\0asm header); build the plugin with \
-                 `cargo build --target wasm32-wasip2`"
+                "not a WebAssembly file (no \\0asm header); give the .wasm component \
+                 your plugin project's build writes (`./build.sh` in a project made by \
+                 `cdrs plugin new`)"
                     .into(),
             ));
         }
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(compile_err(
-                "is a core Wasm module, not a component; build for wasm32-wasip2 or run \
-                 `wasm-tools component new`"
+                "is a core Wasm module, not a component; build it with your language's \
+                 CDRS SDK build (see sdk/<lang>/README.md), which makes a component, or \
+                 wrap it with `wasm-tools component new`"
                     .into(),
             ));
         }

@@ -3,41 +3,57 @@
 //! Each project is small on purpose: one source file with a working policy
 //! (routers: least in-flight per capacity among healthy targets; filters:
 //! drop records without a key), fixtures to run it on with
-//! `cdrs plugin test`, and a README with the three commands that matter
-//! (build, check, test). The language guides in `sdk/<lang>/README.md` say
+//! `cdrs plugin test`, and a README with the commands that matter (build,
+//! check, test, deploy). The language guides in `sdk/<lang>/README.md` say
 //! the rest.
+//!
+//! A project stands on its own: the SDK it builds with (the WIT contract,
+//! the language's helpers and build script; for C also the component
+//! tools' sources) is copied into its `sdk/` folder from this binary, so
+//! it builds anywhere, with no path back to a CDRS source tree. The build
+//! scripts keep their toolchains per user under `~/.cache/cdrs`.
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
-/// The `sdk/` folder of the source tree this binary was built from.
-pub fn default_sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk")
+/// Where a new project's SDK comes from.
+#[derive(Debug, Clone)]
+pub enum Sdk {
+    /// A copy in the project's `sdk/` folder, written from this binary.
+    Vendored,
+    /// An existing CDRS `sdk/` folder (e.g. of a checkout), referred to by
+    /// its absolute path.
+    At(PathBuf),
 }
 
 /// Creates the project folder `dir` for `lang` (`rust`, `python`, `js`, `c`)
-/// and `world` (`router`, `filter`), with paths to `sdk`; returns the files
-/// written.
+/// and `world` (`router`, `filter`) with the SDK of `sdk`; returns the
+/// files written (the vendored SDK's under `dir/sdk/` included).
 ///
-/// Errors: an unknown language or world, `dir` already exists, `sdk` is not
-/// a CDRS SDK folder, or a write fails.
-pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Errors: an unknown language or world, `dir` already exists, an
+/// [`Sdk::At`] folder that is not a CDRS SDK folder, or a write fails.
+pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Sdk) -> anyhow::Result<Vec<PathBuf>> {
     if !matches!(world, "router" | "filter") {
         bail!("unknown world {world:?}; use router or filter");
     }
     if dir.exists() {
         bail!("\"{}\" already exists; pick a new folder", dir.display());
     }
-    let sdk = sdk
-        .canonicalize()
-        .ok()
-        .filter(|p| p.join("wit/plugin.wit").is_file())
-        .with_context(|| {
-            format!(
-                "\"{}\" is not the CDRS sdk folder (no wit/plugin.wit); pass --sdk PATH/TO/cdrs/sdk",
-                sdk.display()
-            )
-        })?;
+    let sdk_s = match sdk {
+        Sdk::Vendored => "sdk".to_string(),
+        Sdk::At(path) => path
+            .canonicalize()
+            .ok()
+            .filter(|p| p.join("wit/plugin.wit").is_file())
+            .with_context(|| {
+                format!(
+                    "\"{}\" is not a CDRS sdk folder (no wit/plugin.wit); leave out --sdk to copy the SDK into the project",
+                    path.display()
+                )
+            })?
+            .display()
+            .to_string(),
+    };
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -53,20 +69,25 @@ pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result
             )
         })?;
     let files = template(lang, world)?;
-    let sdk_s = sdk.display().to_string();
-    let mut written = Vec::new();
-    for (rel, text) in files
+    let mut out: Vec<(String, String)> = files
         .iter()
         .chain(common(world).iter())
-        .map(|(r, t)| (r.to_string(), t.to_string()))
-    {
-        let text = text
-            .replace("{{name}}", name)
-            .replace("{{name_snake}}", &name.replace('-', "_"))
-            .replace("{{world}}", world)
-            .replace("{{lang}}", lang)
-            .replace("{{guide}}", &format!("{sdk_s}/{}", guide(lang)))
-            .replace("{{sdk}}", &sdk_s);
+        .map(|(rel, text)| {
+            let text = text
+                .replace("{{name}}", name)
+                .replace("{{name_snake}}", &name.replace('-', "_"))
+                .replace("{{world}}", world)
+                .replace("{{lang}}", lang)
+                .replace("{{guide}}", &format!("{sdk_s}/{}", guide(lang)))
+                .replace("{{sdk}}", &sdk_s);
+            (rel.to_string(), text)
+        })
+        .collect();
+    if matches!(sdk, Sdk::Vendored) {
+        out.extend(vendored_sdk(lang));
+    }
+    let mut written = Vec::new();
+    for (rel, text) in out {
         let path = dir.join(&rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -82,6 +103,91 @@ pub fn create(lang: &str, world: &str, dir: &Path, sdk: &Path) -> anyhow::Result
         written.push(path);
     }
     Ok(written)
+}
+
+/// The SDK files a `lang` project gets under `sdk/`, as in the CDRS tree.
+/// Cargo manifests lose their `*.workspace = true` keys (the project is
+/// its own workspace) and come with the CDRS tree's `Cargo.lock`, so a
+/// build resolves the same crate versions the SDK was tested with.
+fn vendored_sdk(lang: &str) -> Vec<(String, String)> {
+    macro_rules! sdk_file {
+        ($rel:literal) => {
+            (
+                concat!("sdk/", $rel),
+                include_str!(concat!("../../../sdk/", $rel)),
+            )
+        };
+    }
+    const LOCK: &str = include_str!("../../../Cargo.lock");
+    let mut files: Vec<(&str, &str)> = vec![
+        sdk_file!("README.md"),
+        sdk_file!("wit/plugin.wit"),
+        sdk_file!("example-policy.md"),
+    ];
+    match lang {
+        "rust" => files.extend([
+            sdk_file!("rust/Cargo.toml"),
+            sdk_file!("rust/README.md"),
+            sdk_file!("rust/src/lib.rs"),
+            sdk_file!("rust/src/json.rs"),
+            sdk_file!("rust/src/layout.rs"),
+            ("Cargo.lock", LOCK),
+        ]),
+        "python" => files.extend([
+            sdk_file!("python/README.md"),
+            sdk_file!("python/build.sh"),
+            sdk_file!("python/cdrs_plugin.py"),
+        ]),
+        "js" => files.extend([
+            sdk_file!("js/README.md"),
+            sdk_file!("js/build.sh"),
+            sdk_file!("js/cdrs-plugin.js"),
+            sdk_file!("js/package.json"),
+            sdk_file!("js/package-lock.json"),
+        ]),
+        _ => files.extend([
+            sdk_file!("c/README.md"),
+            sdk_file!("c/build.sh"),
+            sdk_file!("c/cdrs_plugin.h"),
+            sdk_file!("tools/Cargo.toml"),
+            sdk_file!("tools/src/lib.rs"),
+            sdk_file!("tools/src/main.rs"),
+            ("sdk/tools/Cargo.lock", LOCK),
+        ]),
+    }
+    files
+        .into_iter()
+        .map(|(rel, text)| {
+            let text = if rel.ends_with("Cargo.toml") {
+                standalone_manifest(text, rel == "sdk/tools/Cargo.toml")
+            } else {
+                text.to_string()
+            };
+            (rel.to_string(), text)
+        })
+        .collect()
+}
+
+/// `text` (a member manifest of the CDRS workspace) with the workspace's
+/// values in place of `*.workspace = true`; `own_workspace` adds an empty
+/// `[workspace]` so the crate builds on its own.
+fn standalone_manifest(text: &str, own_workspace: bool) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|line| match line.trim() {
+            "edition.workspace = true" => "edition = \"2021\"".to_string(),
+            "version.workspace = true" => format!("version = \"{}\"", env!("CARGO_PKG_VERSION")),
+            "license.workspace = true" => "license = \"Apache-2.0\"".to_string(),
+            "anyhow.workspace = true" => "anyhow = \"1\"".to_string(),
+            "thiserror.workspace = true" => "thiserror = \"2\"".to_string(),
+            _ => line.to_string(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    if own_workspace {
+        out.push_str("\n# Its own workspace: built alone, with its own Cargo.lock.\n[workspace]\n");
+    }
+    out
 }
 
 type Files = Vec<(&'static str, &'static str)>;
@@ -164,8 +270,13 @@ const README_ROUTER: &str = r#"# {{name}}: a CDRS router plugin
 by eye as `fixtures/expect.jsonl` and add `--expect fixtures/expect.jsonl`:
 from then on it prints a diff and exits 1 when a change alters a decision.
 
-Deploy: point `[router] path` in the CDRS config at the .wasm file; CDRS
-compiles it off the hot path, calls `init`, and swaps it in between batches.
+Deploy to every CDRS of a fleet (through its control topic; each one
+compiles it off the hot path, calls `init`, and swaps it in between
+batches; `cdrs plugin status` shows who runs what):
+
+    cdrs plugin deploy --config cdrs.toml ROUTER_NAME {{name_snake}}.wasm --label v1
+
+or, for one process, point `[router] path` in its config at the .wasm file.
 The guide for this language: `{{guide}}`; the contract and the host's rules:
 `{{sdk}}/README.md`.
 "#;
@@ -180,9 +291,14 @@ const README_FILTER: &str = r#"# {{name}}: a CDRS filter plugin
 by eye as `fixtures/expect.jsonl` and add `--expect fixtures/expect.jsonl`:
 from then on it prints a diff and exits 1 when a change alters a verdict.
 
-Deploy: add a `[[filters]]` entry with `path` = the .wasm file to the CDRS
-config; CDRS compiles it off the hot path, calls `init`, and swaps it in
-between batches. The guide for this language: `{{guide}}`; the contract and the host's rules:
+Deploy: add a `[[filters]]` entry named FILTER_NAME to the CDRS config
+(its `path` is the version a process starts with), then replace it on
+every CDRS of the fleet through the control topic (each one compiles it
+off the hot path, calls `init`, and swaps it in between batches):
+
+    cdrs plugin deploy --config cdrs.toml FILTER_NAME {{name_snake}}.wasm --label v1
+
+The guide for this language: `{{guide}}`; the contract and the host's rules:
 `{{sdk}}/README.md`.
 "#;
 
@@ -345,8 +461,13 @@ mod tests {
         for lang in ["rust", "python", "js", "c"] {
             for world in ["router", "filter"] {
                 let dir = base.join(format!("{lang}-{world}"));
-                let files = create(lang, world, &dir, &default_sdk_dir()).unwrap();
+                let files = create(lang, world, &dir, &Sdk::Vendored).unwrap();
                 assert!(files.iter().any(|f| f.ends_with("README.md")));
+                assert!(dir.join("sdk/wit/plugin.wit").is_file());
+                for f in files.iter().filter(|f| f.ends_with("Cargo.toml")) {
+                    let t = std::fs::read_to_string(f).unwrap();
+                    assert!(!t.contains(".workspace = true"), "{}: {t}", f.display());
+                }
                 if lang == "rust" {
                     let cfg = dir.join(".cargo/config.toml");
                     assert!(files.contains(&cfg), "{files:?}");
@@ -356,6 +477,7 @@ mod tests {
                 }
                 let text: String = files
                     .iter()
+                    .filter(|f| !f.starts_with(dir.join("sdk")))
                     .map(|f| std::fs::read_to_string(f).unwrap())
                     .collect();
                 assert!(
@@ -364,18 +486,14 @@ mod tests {
                 );
             }
         }
-        let again = create(
-            "rust",
-            "router",
-            &base.join("rust-router"),
-            &default_sdk_dir(),
-        );
+        let again = create("rust", "router", &base.join("rust-router"), &Sdk::Vendored);
         assert!(again.unwrap_err().to_string().contains("already exists"));
-        let e = create("cobol", "router", &base.join("x"), &default_sdk_dir()).unwrap_err();
+        let e = create("cobol", "router", &base.join("x"), &Sdk::Vendored).unwrap_err();
         assert!(e.to_string().contains("unknown language \"cobol\""), "{e}");
-        let e = create("rust", "router", &base.join("a b"), &default_sdk_dir()).unwrap_err();
+        let e = create("rust", "router", &base.join("a b"), &Sdk::Vendored).unwrap_err();
         assert!(e.to_string().contains("must be letters"), "{e}");
-        let e = create("rust", "router", &base.join("y"), Path::new("/nonexistent")).unwrap_err();
+        let at = Sdk::At(PathBuf::from("/nonexistent"));
+        let e = create("rust", "router", &base.join("y"), &at).unwrap_err();
         assert!(e.to_string().contains("--sdk"), "{e}");
         let _ = std::fs::remove_dir_all(&base);
     }

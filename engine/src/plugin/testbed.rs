@@ -444,6 +444,48 @@ pub fn run(
     })
 }
 
+/// What `delivery.key_order = "strict"` makes of a router's `lines` for
+/// `records` (one line per record, as [`run`] gives them) when no record is
+/// acknowledged during the run: once a key's record is routed to one
+/// target, the key's later records join it there, whatever the router said
+/// (the dispatcher's in-flight lane, `docs/reliability.md`). A line the host
+/// would place elsewhere gains `"placed"` (the target's id) and `"why"`.
+/// Keyless records and multi-target, drop, dead-letter and default
+/// decisions are left as they are.
+pub fn strict_key_order(records: &[Record], lines: &mut [Value]) {
+    if records.len() != lines.len() {
+        return; // an init error: one line
+    }
+    let mut lane: std::collections::HashMap<&[u8], String> = Default::default();
+    for (r, line) in records.iter().zip(lines.iter_mut()) {
+        let (Some(key), Some([target])) = (
+            r.key.as_deref(),
+            line.get("targets")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice),
+        ) else {
+            continue;
+        };
+        let Some(target) = target.as_str() else {
+            continue;
+        };
+        match lane.get(key) {
+            None => {
+                lane.insert(key, target.to_string());
+            }
+            Some(first) if first != target => {
+                let why = format!(
+                    "key {:?} has records in flight on {first:?} (delivery.key_order = \"strict\")",
+                    String::from_utf8_lossy(key)
+                );
+                line["placed"] = first.as_str().into();
+                line["why"] = why.into();
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// Reads expected lines (JSON lines, blank lines skipped).
 ///
 /// # Errors
@@ -540,6 +582,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `cap`"), "{e}");
+    }
+
+    #[test]
+    fn strict_key_order_keeps_a_key_on_its_first_target() {
+        let rec = |key: Option<&str>| Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: None,
+            headers: Vec::new(),
+        };
+        let records = [
+            rec(Some("a")),
+            rec(Some("b")),
+            rec(Some("a")),
+            rec(None),
+            rec(Some("a")),
+        ];
+        let mut lines: Vec<Value> = [
+            json!({"offset": 0, "decision": "route", "targets": ["t1"]}),
+            json!({"offset": 1, "decision": "route", "targets": ["t2"]}),
+            json!({"offset": 2, "decision": "route", "targets": ["t2"]}),
+            json!({"offset": 3, "decision": "route", "targets": ["t2"]}),
+            json!({"offset": 4, "decision": "drop"}),
+        ]
+        .into();
+        strict_key_order(&records, &mut lines);
+        assert_eq!(lines[2]["placed"], "t1", "{lines:?}");
+        assert!(lines[2]["why"].as_str().unwrap().contains("\"a\""));
+        for i in [0, 1, 3, 4] {
+            assert!(lines[i].get("placed").is_none(), "{i}: {lines:?}");
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub(crate) enum PluginCommand {
         /// Which world it implements.
         #[arg(long, default_value = "router", value_parser = ["router", "filter"])]
         world: String,
-        /// The CDRS `sdk/` folder (WIT, helpers, build scripts). Default: the
-        /// one of the source tree this binary was built from.
+        /// Build against this CDRS `sdk/` folder (e.g. of a checkout) instead
+        /// of a copy of the SDK in the project's own `sdk/` folder.
         #[arg(long, env = "CDRS_SDK_DIR")]
         sdk: Option<PathBuf>,
         /// Folder to create (its last part is the plugin's name).
@@ -53,6 +53,12 @@ pub(crate) enum PluginCommand {
         /// Records per plugin call.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Also show where the host places each routed record under
+        /// `delivery.key_order = "strict"` (the default) if none is
+        /// acknowledged during the run: a key's later records follow its
+        /// first one's target, whatever the router says (`"placed"`).
+        #[arg(long, value_parser = ["strict", "relaxed"], default_value = "relaxed")]
+        key_order: String,
     },
     /// Deploy FILE as plugin NAME to every CDRS of the fleet: written to the
     /// control topic (`control.topic` of the config), run by every instance
@@ -131,13 +137,14 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             config,
             expect,
             batch,
+            key_order,
         } => test(
             &file,
             &records,
             targets.as_deref(),
             config,
             expect.as_deref(),
-            batch,
+            (batch, key_order == "strict"),
         ),
         PluginCommand::Deploy {
             config,
@@ -165,9 +172,9 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
 /// The config of a fleet command, with its control topic.
 fn fleet_config(path: &Path) -> anyhow::Result<(cdrs::config::Config, String)> {
     let config = cdrs::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let topic = config.control.topic.clone().ok_or_else(|| {
+    let topic = config.control.topic().map(str::to_owned).ok_or_else(|| {
         anyhow::anyhow!(
-            "{:?} sets no control.topic: fleet deployments need one (e.g. [control] topic = \"cdrs-control\")",
+            "{:?} sets control.enabled = false: fleet deployments need the control topic",
             path.display().to_string()
         )
     })?;
@@ -451,11 +458,18 @@ fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `cdrs plugin new`: a buildable project with fixtures in folder `name`.
 fn new(lang: &str, world: &str, sdk: Option<PathBuf>, name: &Path) -> anyhow::Result<ExitCode> {
-    let sdk = sdk.unwrap_or_else(cdrs::plugin::scaffold::default_sdk_dir);
-    let files = cdrs::plugin::scaffold::create(lang, world, name, &sdk)?;
+    use cdrs::plugin::scaffold::{create, Sdk};
+    let sdk = sdk.map_or(Sdk::Vendored, Sdk::At);
+    let files = create(lang, world, name, &sdk)?;
     println!("created {} ({lang} {world}):", name.display());
-    for f in &files {
+    for f in files.iter().filter(|f| !f.starts_with(name.join("sdk"))) {
         println!("  {}", f.display());
+    }
+    if matches!(sdk, Sdk::Vendored) {
+        println!(
+            "  {}/ (the {lang} SDK and the WIT contract)",
+            name.join("sdk").display()
+        );
     }
     println!("next: see {}/README.md", name.display());
     Ok(ExitCode::SUCCESS)
@@ -542,7 +556,7 @@ fn test(
     targets: Option<&Path>,
     config: Option<String>,
     expect: Option<&Path>,
-    batch: usize,
+    (batch, strict): (usize, bool),
 ) -> anyhow::Result<ExitCode> {
     let records = testbed::read_records(records)?;
     let targets = match targets {
@@ -564,7 +578,10 @@ fn test(
     // A guest's stderr (tracebacks, panic messages) helps here; the
     // daemon never shows it.
     runtime.set_guest_stderr(true);
-    let run = testbed::run(&runtime, file, &records, &targets, &config, batch)?;
+    let mut run = testbed::run(&runtime, file, &records, &targets, &config, batch)?;
+    if strict && run.world == "router" {
+        testbed::strict_key_order(&records, &mut run.lines);
+    }
     for line in &run.lines {
         println!("{line}");
     }
