@@ -72,7 +72,11 @@ BUILD="$ROOT/target/c-plugins/$NAME"
 GEN="$BUILD/gen"
 mkdir -p "$GEN"
 
-# 1. Zig from PyPI.
+# 1. Zig from PyPI. One install at a time per toolchain folder (builds
+# running side by side would otherwise fill one venv at once).
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$(dirname "$VENV")/.cdrs-install.lock"
+flock 9
 if [ ! -x "$VENV/bin/python" ]; then
     echo "build.sh: creating venv $VENV" >&2
     python3 -m venv "$VENV" || die "cannot create venv '$VENV' (python3 -m venv)"
@@ -83,6 +87,7 @@ if [ "$have_zig" != "$ZIG_VERSION" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "ziglang==$ZIG_VERSION" ||
         die "cannot install ziglang==$ZIG_VERSION from PyPI"
 fi
+flock -u 9
 zig() { "$VENV/bin/python" -m ziglang "$@"; }
 
 # 2. The build tools.

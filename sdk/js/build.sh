@@ -55,7 +55,11 @@ if [ $install_only = 0 ]; then
     [ -d "$wit" ] || die "no WIT directory at $wit"
 fi
 
-# 1. Toolchain, pinned by the committed lock file.
+# 1. Toolchain, pinned by the committed lock file; one install at a time
+# per toolchain folder.
+mkdir -p "$(dirname "$tools")"
+exec 9>"$(dirname "$tools")/.cdrs-install.lock"
+flock 9
 stamp="$tools/.cdrs-installed"
 want=$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
@@ -72,6 +76,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     fi
     echo "$want" >"$stamp"
 fi
+flock -u 9
 bin="$tools/node_modules/.bin"
 if [ $install_only = 1 ]; then
     echo "sdk/js/build.sh: toolchain ready in $tools" >&2

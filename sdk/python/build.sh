@@ -40,6 +40,16 @@ VENV="$CACHE/venv"
 CPY="$VENV/bin/componentize-py"
 
 install_toolchain() {
+    # One install at a time per toolchain folder (builds running side by
+    # side would otherwise fill one venv at once).
+    mkdir -p "$(dirname "$VENV")"
+    exec 9>"$(dirname "$VENV")/.cdrs-install.lock"
+    flock 9
+    install_unlocked
+    flock -u 9
+}
+
+install_unlocked() {
     if [[ -x "$CPY" ]] && [[ "$("$CPY" --version 2>/dev/null)" == "componentize-py $COMPONENTIZE_PY_VERSION" ]]; then
         return 0
     fi

@@ -1,7 +1,8 @@
 //! Fleet-wide deployment through the control topic: two CDRS of one
 //! consumer group on a real broker, `cdrs plugin deploy` (the binary)
-//! while records flow, a refused deployment, and a restart that comes back
-//! on the deployed version.
+//! while records flow (among them a Python router made by `cdrs plugin
+//! new` outside the checkout), a canary, refused deployments, and a
+//! restart that comes back on the deployed version.
 
 use cdrs::config::Config;
 use cdrs::daemon::Daemon;
@@ -110,7 +111,37 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         d.wait_ready(Duration::from_secs(60)).await.unwrap();
     }
     let dir = std::env::temp_dir().join(format!("cdrs-e2e-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // A Python router project made by `cdrs plugin new` outside the
+    // checkout (its SDK copied in), built with its one command while the
+    // fleet starts; deployed below.
+    let project = dir.join("py-router");
+    let building = std::thread::spawn({
+        let project = project.clone();
+        move || {
+            let (ok, out) = cli(&[
+                "plugin",
+                "new",
+                "--lang",
+                "python",
+                "--world",
+                "router",
+                project.to_str().unwrap(),
+            ]);
+            assert!(ok, "{out}");
+            let built = Command::new("bash")
+                .arg(project.join("build.sh"))
+                .output()
+                .unwrap();
+            assert!(
+                built.status.success(),
+                "{}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            project.join("py_router.wasm")
+        }
+    });
     let file = dir.join("cdrs.toml");
     std::fs::write(
         &file,
@@ -168,11 +199,11 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         deployed_at.elapsed()
     );
 
-    // v3: the Python example router, 18 MB, in 36 chunks through the
+    // v3: the scaffolded Python router, 18 MB, in 36 chunks through the
     // topic; then a rollback: every instance runs v2 again (its artifact
     // is read from the topic again: it was let go after it was applied).
     let original = plugin_dir().join("p2c_router.wasm");
-    let python = plugin_dir().join("example_router_python.wasm");
+    let python = building.join().expect("the Python project builds");
     let v3 = hex::encode(Sha256::digest(std::fs::read(&python).unwrap()));
     let started = Instant::now();
     let (ok, out) = cli(&[
@@ -434,4 +465,5 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
     );
     a.stop().await.unwrap();
     b2.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
