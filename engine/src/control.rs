@@ -317,6 +317,34 @@ pub fn deployment_records(
     (d, out)
 }
 
+/// The chunk keys (`artifact/<sha256>/<i>`) that deployment `new` leaves
+/// unreferenced on a topic that held `before`: those of the artifacts the
+/// deployment of `new.name` it replaces named (its own and the one it
+/// replaced) that no deployment names any more. A deployer writes
+/// tombstones for them, so a compacted topic lets old components go and
+/// a starting process does not read them.
+pub fn retired_chunks(before: &FleetView, new: &Deployment) -> Vec<String> {
+    let Some(old) = before.deployments.get(&new.name) else {
+        return Vec::new();
+    };
+    let mut kept: std::collections::HashSet<String> = before
+        .deployments
+        .values()
+        .filter(|d| d.name != new.name)
+        .flat_map(Deployment::artifacts)
+        .chain(new.artifacts())
+        .collect();
+    let mut out = Vec::new();
+    let candidates = std::iter::once((&old.sha256, old.chunks))
+        .chain(old.previous.iter().map(|p| (&p.sha256, p.chunks)));
+    for (sha, chunks) in candidates {
+        if kept.insert(sha.clone()) {
+            out.extend((0..chunks).map(|i| format!("artifact/{sha}/{i}")));
+        }
+    }
+    out
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1265,6 +1293,37 @@ mod tests {
         d.config = None;
         d.sha256 = "0".repeat(64);
         assert!(verify(&d, &trusted).is_err(), "another component");
+    }
+
+    #[test]
+    fn a_deployment_retires_the_artifacts_nothing_names_any_more() {
+        let deploy = |name: &str, bytes: &[u8], replaces: Option<&Deployment>| {
+            deployment_records(name, "router", bytes, None, None, "ops", replaces).0
+        };
+        let mut fleet = FleetView::default();
+        let v1 = deploy("r", b"one", None);
+        assert!(retired_chunks(&fleet, &v1).is_empty(), "nothing before");
+        fleet.deployments.insert("r".into(), v1.clone());
+        let v2 = deploy("r", b"two", Some(&v1));
+        assert!(retired_chunks(&fleet, &v2).is_empty(), "v2 names v1");
+        fleet.deployments.insert("r".into(), v2.clone());
+        // Another plugin runs v1's component: it stays.
+        let other = deploy("s", b"one", None);
+        fleet.deployments.insert("s".into(), other);
+        let v3 = deploy("r", b"three", Some(&v2));
+        assert!(
+            retired_chunks(&fleet, &v3).is_empty(),
+            "v1 still named by s"
+        );
+        fleet.deployments.remove("s");
+        assert_eq!(
+            retired_chunks(&fleet, &v3),
+            vec![format!("artifact/{}/0", v1.sha256)]
+        );
+        // A rollback to v1 names v1 and v2: nothing goes.
+        let mut back = v2.previous().unwrap();
+        back.previous = Some(v2.as_previous());
+        assert!(retired_chunks(&fleet, &back).is_empty());
     }
 
     #[test]

@@ -245,11 +245,18 @@ fn tally(ledger: &Ledger, logs: &[Vec<LogLine>], dead: &HashMap<String, String>)
         dead_lettered: dead.len(),
         ..Tally::default()
     };
+    // Receipts of each record over all targets.
+    let mut receipts: HashMap<&str, usize> = HashMap::new();
+    for l in logs.iter().flatten() {
+        *receipts.entry(l.id.as_str()).or_default() += 1;
+    }
     for log in logs {
-        // Per target: the first receipt of each record, per key, must come
-        // in offset order (keys live in one partition).
-        let mut first: HashSet<&str> = HashSet::new();
-        let mut last: HashMap<&str, i64> = HashMap::new();
+        // Per target, per partition and key (a key the producer pins to
+        // several partitions has an order in each): the records delivered
+        // once come in offset order. A record delivered again after its
+        // partition changed owner (at-least-once) may go to another target
+        // the second time, where it lands after later ones by design.
+        let mut last: HashMap<(i32, &str), i64> = HashMap::new();
         for l in log {
             if ledger.fates.get(&l.id) != Some(&Fate::Delivered) {
                 t.unexpected += 1;
@@ -257,9 +264,9 @@ fn tally(ledger: &Ledger, logs: &[Vec<LogLine>], dead: &HashMap<String, String>)
             if !seen.insert(&l.id) {
                 t.duplicates += 1;
             }
-            if first.insert(&l.id) {
+            if receipts[l.id.as_str()] == 1 {
                 let key = l.key.as_deref().unwrap_or("");
-                let prev = last.entry(key).or_insert(-1);
+                let prev = last.entry((l.partition, key)).or_insert(-1);
                 if l.offset < *prev {
                     t.out_of_order += 1;
                 }
@@ -291,6 +298,8 @@ struct Rig {
     servers: Vec<Server>,
     instances: Vec<Instance>,
     ledger: Ledger,
+    /// Records the case produced itself, beside the producer task's.
+    extra: Ledger,
     producer: Option<tokio::task::JoinHandle<Ledger>>,
     dead: DeadLetters,
     started: Instant,
@@ -370,6 +379,7 @@ impl Rig {
             records,
             producer: Some(producer),
             ledger: Ledger::default(),
+            extra: Ledger::default(),
             name,
             dead: DeadLetters::new(&brokers, &dlq),
             dir,
@@ -383,10 +393,17 @@ impl Rig {
 
     /// Starts one more `cdrs run` and waits until it joined the group.
     async fn start_instance(&mut self) -> usize {
+        self.start_instance_as(None).await
+    }
+
+    /// As [`Rig::start_instance`], named `id` in the fleet
+    /// (`control.instance_id`; default `<hostname>-<pid>`).
+    async fn start_instance_as(&mut self, id: Option<&str>) -> usize {
         let n = self.instances.len();
         let port = free_port();
         let mut config = self.config.clone();
         config.admin.listen = format!("127.0.0.1:{port}");
+        config.control.instance_id = id.map(str::to_owned);
         let file = self.dir.join(format!("cdrs-{n}.toml"));
         std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
         let log = std::fs::File::create(self.dir.join(format!("cdrs-{n}.log"))).unwrap();
@@ -463,13 +480,22 @@ impl Rig {
         }
     }
 
-    /// The router version (sha256) instance `n` runs, from `GET /v1/plugins`.
-    async fn router_version(&self, n: usize) -> Option<String> {
+    /// The router version (sha256) instance `n` runs and the one before
+    /// it, from `GET /v1/plugins`.
+    async fn router(&self, n: usize) -> (Option<String>, Option<String>) {
         let url = format!("http://{}/v1/plugins", self.instances[n].admin);
-        let plugins: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
-        plugins.as_array()?.iter().find(|p| p["kind"] == "router")?["version"]
-            .as_str()
-            .map(str::to_owned)
+        let plugins: serde_json::Value = match reqwest::get(&url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let Some(router) = plugins
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["kind"] == "router"))
+        else {
+            return (None, None);
+        };
+        let field = |k: &str| router[k].as_str().map(str::to_owned);
+        (field("version"), field("previous_version"))
     }
 
     /// Records each server logged so far (duplicates included).
@@ -509,6 +535,9 @@ impl Rig {
         if let Some(p) = self.producer.take() {
             self.ledger = p.await.expect("producer task");
         }
+        let extra = std::mem::take(&mut self.extra);
+        self.ledger.fates.extend(extra.fates);
+        self.ledger.keys.extend(extra.keys);
         self.phase("all produced");
         let deadline = Instant::now() + limit;
         let mut t = self.tally();
@@ -654,35 +683,43 @@ async fn chaos_2_a_target_fails_for_10_s_another_gets_10x_slower() {
 async fn chaos_3_three_processes_a_fleet_deployment_one_killed_and_started_again() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut rig = Rig::sized("group-deploy-kill", None, 100_000, |_| {}).await;
-    for _ in 0..3 {
-        rig.start_instance().await;
+    // Fleet names: the first inside a 34% canary share, the others not.
+    let named = |inside: bool, skip: usize| {
+        (0..)
+            .map(|i| format!("cdrs-{i}"))
+            .filter(|n| (cdrs::control::canary_bucket(n) < 34) == inside)
+            .nth(skip)
+            .unwrap()
+    };
+    let ids = [named(true, 0), named(false, 0), named(false, 1)];
+    for id in &ids {
+        rig.start_instance_as(Some(id)).await;
     }
     rig.wait_delivered(0.2).await;
     // `cdrs plugin deploy` of another router while records flow: every
     // instance runs it (read from the control topic, compiled, swapped
     // between batches).
     let router = rig.config.router.name.clone();
+    let config_file = rig.dir.join("cdrs-0.toml");
+    let deploy = |file: &std::path::Path, extra: &[&str]| {
+        let out = Command::new(cdrs_bin())
+            .args(["plugin", "deploy", "--config"])
+            .arg(&config_file)
+            .args([router.as_str(), file.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
     let file = plugin_dir().join("example_router.wasm");
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()));
-    let out = Command::new(cdrs_bin())
-        .args(["plugin", "deploy", "--config"])
-        .arg(rig.dir.join("cdrs-0.toml"))
-        .args([
-            router.as_str(),
-            file.to_str().unwrap(),
-            "--plugin-config",
-            "{}",
-        ])
-        .args(["--label", "v2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    deploy(&file, &["--plugin-config", "{}", "--label", "v2"]);
     let deployed = Instant::now();
     let mut waiting: Vec<usize> = (0..3).collect();
     while !waiting.is_empty() {
         let mut still = Vec::new();
         for n in waiting {
-            if rig.router_version(n).await.as_deref() != Some(sha.as_str()) {
+            if rig.router(n).await.0.as_deref() != Some(sha.as_str()) {
                 still.push(n);
             }
         }
@@ -700,11 +737,11 @@ async fn chaos_3_three_processes_a_fleet_deployment_one_killed_and_started_again
     rig.wait_delivered(0.4).await;
     rig.instances[1].kill9();
     rig.wait_delivered(0.6).await;
-    // Started again, it runs the deployed version (not its config's
-    // file) from before its first record, and takes partitions.
-    let again = rig.start_instance().await;
+    // Started again under its name, it runs the deployed version (not its
+    // config's file) from before its first record, and takes partitions.
+    let again = rig.start_instance_as(Some(&ids[1])).await;
     assert_eq!(
-        rig.router_version(again).await.as_deref(),
+        rig.router(again).await.0.as_deref(),
         Some(sha.as_str()),
         "group-deploy-kill: the restarted instance runs the deployed router"
     );
@@ -720,6 +757,69 @@ async fn chaos_3_three_processes_a_fleet_deployment_one_killed_and_started_again
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A 34% canary of a router that traps on records keyed "panic": only
+    // the first instance runs it; its trap storm rolls it back there, the
+    // deployment is marked failed fleet-wide, the two others never run it,
+    // and the records it touched are placed by the host's policy.
+    let fault = plugin_dir().join("fault_router.wasm");
+    let fault_sha = hex::encode(sha2::Sha256::digest(std::fs::read(&fault).unwrap()));
+    deploy(&fault, &["--label", "canary", "--canary", "34"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rig.router(0).await.0.as_deref() != Some(fault_sha.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "group-deploy-kill: the canary instance did not run the canary in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let producer = producer(&rig.config.kafka.brokers).expect("producer");
+    let topic = rig.config.kafka.topics[0].clone();
+    for p in 0..PARTITIONS {
+        for i in 0..20 {
+            let value = format!(r#"{{"type":"trade","seq":"panic-{p}-{i}"}}"#);
+            let sent = producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(&topic)
+                        .partition(p)
+                        .key("panic")
+                        .payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+            let id = format!("{topic}/{}/{}", sent.partition, sent.offset);
+            rig.extra.fates.insert(id.clone(), Fate::Delivered);
+            rig.extra.keys.insert(id, "panic".into());
+        }
+    }
+    let url = format!("http://{}/v1/fleet", rig.instances[2].admin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fleet: serde_json::Value = match reqwest::get(&url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let failed_by = &fleet["deployments"][router.as_str()]["failed"]["instance"];
+        if failed_by == ids[0].as_str() && rig.router(0).await.0.as_deref() == Some(sha.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group-deploy-kill: the canary was not rolled back and failed: {fleet}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in [2, again] {
+        let (version, previous) = rig.router(n).await;
+        assert_eq!(version.as_deref(), Some(sha.as_str()), "cdrs-{n} runs v2");
+        assert_ne!(
+            previous.as_deref(),
+            Some(fault_sha.as_str()),
+            "cdrs-{n} never ran the canary"
+        );
+    }
+    rig.phase("the canary failed on its instance, rolled back, run by no other");
     rig.finish(Duration::from_secs(180)).await;
 }
 

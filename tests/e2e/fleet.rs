@@ -463,6 +463,22 @@ async fn a_deployment_reaches_every_instance_and_survives_a_restart() {
         acc.duplicates,
         acc.per_target
     );
+    // The components no deployment names any more (the Python router,
+    // the fault router) have tombstones on the compacted topic; v2's not.
+    let control = config(&tansu.brokers, &servers, "reader");
+    let (reader, ends) = cdrs::control::reader(&control, CONTROL).unwrap();
+    let mut gone = std::collections::HashSet::new();
+    cdrs::control::catch_up(&reader, &ends, Duration::from_secs(30), |r| {
+        if let cdrs::control::ControlRecord::Tombstone(key) = r {
+            gone.insert(key);
+        }
+    })
+    .await
+    .unwrap();
+    for sha in [&v3, &fault_sha] {
+        assert!(gone.contains(&format!("artifact/{sha}/0")), "{sha} retired");
+    }
+    assert!(!gone.iter().any(|k| k.contains(&want)), "v2 kept: {gone:?}");
     a.stop().await.unwrap();
     b2.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

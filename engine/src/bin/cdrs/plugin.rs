@@ -271,6 +271,7 @@ fn deploy(
                 .await
                 .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
         }
+        retire(&producer, &topic, &fleet, &d).await?;
         anyhow::Ok((d, records))
     })?;
     drop(records);
@@ -316,7 +317,7 @@ fn promote(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
         all.at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        write_deployment(&config, &topic, &all).await?;
+        write_deployment(&config, &topic, &all, &fleet).await?;
         anyhow::Ok(all)
     })?;
     println!(
@@ -326,11 +327,13 @@ fn promote(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes deployment record `d` (its artifact is on the topic already).
+/// Writes deployment record `d` (its artifact is on the topic already) to
+/// a topic that held `before`.
 async fn write_deployment(
     config: &cdrs::config::Config,
     topic: &str,
     d: &cdrs::control::Deployment,
+    before: &cdrs::control::FleetView,
 ) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer =
@@ -344,6 +347,26 @@ async fn write_deployment(
         )
         .await
         .map_err(|(e, _)| anyhow::anyhow!("failed to write {key:?} to {topic:?}: {e}"))?;
+    retire(&producer, topic, before, d).await
+}
+
+/// Tombstones for the chunks deployment `d` leaves unreferenced
+/// ([`cdrs::control::retired_chunks`]), written after `d` itself.
+async fn retire(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    before: &cdrs::control::FleetView,
+    d: &cdrs::control::Deployment,
+) -> anyhow::Result<()> {
+    for key in cdrs::control::retired_chunks(before, d) {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<String, [u8]>::to(topic).key(&key),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("failed to write a tombstone for {key:?}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -369,7 +392,7 @@ fn rollback(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
             .map_or(0, |d| d.as_millis() as i64);
         back.by = deployer();
         back.previous = Some(ran.as_previous());
-        write_deployment(&config, &topic, &back).await?;
+        write_deployment(&config, &topic, &back, &fleet).await?;
         anyhow::Ok(back)
     })?;
     println!(
