@@ -399,6 +399,23 @@ impl Rig {
     /// As [`Rig::start_instance`], named `id` in the fleet
     /// (`control.instance_id`; default `<hostname>-<pid>`).
     async fn start_instance_as(&mut self, id: Option<&str>) -> usize {
+        let n = self.spawn_instance(id);
+        self.wait_ready(n).await;
+        n
+    }
+
+    /// Starts `cdrs run` processes named `ids` at once (one rebalance
+    /// rather than one per process) and waits until all joined the group.
+    async fn start_instances_as(&mut self, ids: &[&str]) -> Vec<usize> {
+        let started: Vec<usize> = ids.iter().map(|id| self.spawn_instance(Some(id))).collect();
+        for &n in &started {
+            self.wait_ready(n).await;
+        }
+        started
+    }
+
+    /// Starts one more `cdrs run` (named `id`); returns its index.
+    fn spawn_instance(&mut self, id: Option<&str>) -> usize {
         let n = self.instances.len();
         let port = free_port();
         let mut config = self.config.clone();
@@ -420,7 +437,12 @@ impl Rig {
             admin,
             peak_rss_kib: 0,
         });
-        let url = format!("http://{admin}/readyz");
+        n
+    }
+
+    /// Waits until instance `n` answers `/readyz` (it joined its group).
+    async fn wait_ready(&self, n: usize) {
+        let url = format!("http://{}/readyz", self.instances[n].admin);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ok = reqwest::get(&url)
@@ -433,7 +455,6 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.phase(&format!("cdrs-{n} ready"));
-        n
     }
 
     /// Prints when a step of the case was reached (the case's timeline).
@@ -692,9 +713,7 @@ async fn chaos_3_three_processes_a_fleet_deployment_one_killed_and_started_again
             .unwrap()
     };
     let ids = [named(true, 0), named(false, 0), named(false, 1)];
-    for id in &ids {
-        rig.start_instance_as(Some(id)).await;
-    }
+    rig.start_instances_as(&[&ids[0], &ids[1], &ids[2]]).await;
     rig.wait_delivered(0.2).await;
     // `cdrs plugin deploy` of another router while records flow: every
     // instance runs it (read from the control topic, compiled, swapped
