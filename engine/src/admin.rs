@@ -4,7 +4,7 @@
 //! | method | path | access |
 //! |---|---|---|
 //! | GET | `/healthz` | open: 200 while the process runs |
-//! | GET | `/readyz` | open: 200 once the consumer joined its group, else 503 |
+//! | GET | `/readyz` | open: 200 once the consumer joined its group and a target is up, else 503 with the reason |
 //! | GET | `/metrics` | read: Prometheus text format |
 //! | GET | `/v1/targets` | read: the current target snapshot (JSON) |
 //! | PUT | `/v1/targets/{id}/capacity` | report: a [`CapacityReport`] |
@@ -29,7 +29,7 @@
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
 use crate::capacity::report::MAX_REPORT_BYTES;
-use crate::capacity::{CapacityReport, Feed, Registry, ReportError};
+use crate::capacity::{CapacityReport, Feed, Health, Registry, ReportError};
 use crate::config::AdminConfig;
 use crate::metrics::Metrics;
 use crate::plugin::slot::{PluginManager, ReloadError};
@@ -368,16 +368,26 @@ async fn require_report(
     next.run(req).await
 }
 
+/// `GET /readyz`: 200 when the consumer joined its group (partitions are
+/// assigned, or the group gave this process none), the plugins are loaded
+/// (they are, once the admin server runs) and at least one target is not
+/// down; else 503 naming what is missing. `/healthz` is liveness only.
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    let not_ready = |why: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: consumer has not joined its group yet\n",
+            format!("not ready: {why}\n"),
         )
             .into_response()
+    };
+    if !s.ready.load(Ordering::Relaxed) {
+        return not_ready("consumer has not joined its group yet");
     }
+    let snapshot = s.registry.snapshot();
+    if !snapshot.targets.iter().any(|t| t.health != Health::Down) {
+        return not_ready("no target is up (see GET /v1/targets for why)");
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -804,6 +814,14 @@ mod tests {
         state.ready.store(true, Ordering::Relaxed);
         let (s, _) = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK);
+        // Its only target ejected: not ready, and the answer says why.
+        state
+            .registry
+            .eject("a", std::time::Duration::from_secs(60), "test");
+        state.registry.refresh();
+        let (s, body) = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no target is up"), "{body}");
     }
 
     fn with_access(access: Access, uploads: usize) -> axum::Router {

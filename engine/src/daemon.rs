@@ -186,8 +186,13 @@ impl Daemon {
             })
         };
         let consumer = Arc::new(
-            source::consumer(&config.kafka, &config.pipeline, ready.clone())
-                .context("failed to create the consumer")?,
+            source::consumer(
+                &config.kafka,
+                &config.pipeline,
+                ready.clone(),
+                metrics.clone(),
+            )
+            .context("failed to create the consumer")?,
         );
         tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.topics, "consuming");
         let task = tokio::spawn(source::run(

@@ -42,6 +42,11 @@ pub const AUTO_COMMIT_INTERVAL_MS: &str = "200";
 /// would let each partition take 64 MiB.
 pub const PREFETCH_KBYTES: &str = "16384";
 
+/// `statistics.interval.ms` of the group consumer: how often librdkafka
+/// reports per-partition lag (`cdrs_partition_lag_records`), ms.
+/// `[kafka.options]` may change it; `0` turns the lag gauge off.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// The group consumer's settings: CDRS's own, then `[kafka.options]`.
 pub fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -54,7 +59,8 @@ pub fn consumer_config(cfg: &KafkaConfig, pipeline: &PipelineConfig) -> ClientCo
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("queued.min.messages", pipeline.prefetch_records.to_string())
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (k, v) in &cfg.options {
         c.set(k, v);
     }

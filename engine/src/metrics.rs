@@ -78,6 +78,11 @@ pub struct Metrics {
     pub partition_prefetched: IntGaugeVec,
     /// `cdrs_partition_inflight_records{topic, partition}`: records read but not finished.
     pub partition_inflight: IntGaugeVec,
+    /// `cdrs_partition_lag_records{topic, partition}`: records between the
+    /// partition's committed offset and its high watermark (librdkafka's
+    /// `consumer_lag` statistic, every `statistics.interval.ms`, default
+    /// 5000), for the partitions this process is assigned.
+    pub partition_lag: IntGaugeVec,
     /// `cdrs_tls_cert_expiry_timestamp_seconds{cert}`: when a certificate
     /// CDRS presents stops being valid, Unix seconds. cert: `admin` |
     /// `delivery` (`[delivery.tls]`) | `target/<id>` (`[targets.tls]`).
@@ -249,6 +254,11 @@ impl Metrics {
             partition_inflight: gauge(
                 "cdrs_partition_inflight_records",
                 "Records read from the partition and not yet finished",
+                &["topic", "partition"],
+            ),
+            partition_lag: gauge(
+                "cdrs_partition_lag_records",
+                "Records between the committed offset and the high watermark of an assigned partition",
                 &["topic", "partition"],
             ),
             registry,

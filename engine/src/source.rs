@@ -185,9 +185,27 @@ pub struct SourceContext {
     /// Wakes the source loop to start workers for new partitions.
     new_partitions: Arc<Notify>,
     revoke_drain: Duration,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's statistics (`statistics.interval.ms`): the lag of
+    /// each assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let map = self.assigned.lock().expect("assignment lock");
+        for (topic, t) in &statistics.topics {
+            for (&p, part) in &t.partitions {
+                let key: (Arc<str>, i32) = (Arc::from(topic.as_str()), p);
+                if part.consumer_lag >= 0 && map.contains_key(&key) {
+                    self.metrics
+                        .partition_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -220,6 +238,12 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked; draining");
+                for e in tpl.elements() {
+                    let _ = self
+                        .metrics
+                        .partition_lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                }
                 let gone: Vec<Assigned> = {
                     let mut map = self.assigned.lock().expect("assignment lock");
                     tpl.elements()
@@ -313,6 +337,7 @@ pub fn consumer(
     cfg: &KafkaConfig,
     pipeline: &PipelineConfig,
     joined: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Source> {
     let c = crate::kafka::consumer_config(cfg, pipeline);
     let context = SourceContext {
@@ -320,6 +345,7 @@ pub fn consumer(
         assigned: Assignment::default(),
         new_partitions: Arc::new(Notify::new()),
         revoke_drain: Duration::from_millis(pipeline.revoke_drain_ms),
+        metrics,
     };
     let consumer: Source = c.create_with_context(context)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();

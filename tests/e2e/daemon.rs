@@ -46,6 +46,7 @@ dead_letter_topic = "{dlq}"
 [kafka.options]
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "6000"
+"statistics.interval.ms" = "500"
 "sasl.password" = "file:sasl-password.txt"
 
 [admin]
@@ -165,6 +166,31 @@ config = {{ sticky = true }}
         ledger.count(Fate::Filtered) as u64,
         "{metrics}"
     );
+    // Each partition's lag (librdkafka's statistics) reaches 0 once all
+    // is delivered and committed.
+    let lag_zero = |m: &str| {
+        (0..partitions).all(|p| {
+            let series =
+                format!("cdrs_partition_lag_records{{partition=\"{p}\",topic=\"{topic}\"}} 0");
+            m.lines().any(|l| l == series)
+        })
+    };
+    let mut metrics = metrics;
+    for _ in 0..100 {
+        if lag_zero(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(lag_zero(&metrics), "partition lag: {metrics}");
     let targets: serde_json::Value = http
         .get(format!("{base}/v1/targets"))
         .send()
