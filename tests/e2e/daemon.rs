@@ -153,14 +153,16 @@ config = {{ sticky = true }}
         account(&ledger, &refs),
         log_text()
     );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_text = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let metrics = metrics_text().await;
     assert_eq!(
         records_total(&metrics, "filter", "dropped"),
         ledger.count(Fate::Filtered) as u64,
@@ -181,14 +183,7 @@ config = {{ sticky = true }}
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = metrics_text().await;
     }
     assert!(lag_zero(&metrics), "partition lag: {metrics}");
     let targets: serde_json::Value = http
