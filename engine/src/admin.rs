@@ -11,6 +11,7 @@
 //! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
 //! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
+//! | GET | `/v1/events` | read: server-sent events of what changed (`Last-Event-ID` resumes; see [`crate::events`]) |
 //! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
 //! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
 //!
@@ -38,6 +39,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
@@ -94,6 +96,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/plugins", get(plugins))
         .route("/v1/config", get(show_config))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -207,6 +210,8 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Event streams never end by themselves.
+    metrics.events.close();
     if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -409,6 +414,47 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
         Some(m) => Json(m.status()).into_response(),
         None => Json(Vec::<()>::new()).into_response(),
     }
+}
+
+/// Longest silence on `/v1/events` before a keep-alive comment: proxies and
+/// load balancers close idle connections after 30–60 s (nginx's
+/// `proxy_read_timeout` default is 60 s).
+pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /v1/events`: the events after the request's `Last-Event-ID` (if
+/// any) from the bounded history, then live ones, each as
+/// `id: N` + `data: {json}`. The stream ends when the process stops or this
+/// client falls too far behind; a client then reconnects with
+/// `Last-Event-ID` and misses nothing the history still holds.
+async fn events(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    use futures::StreamExt;
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let sub = s.metrics.events.subscribe(last);
+    let live = futures::stream::unfold((sub.live, sub.closed), |(mut rx, closed)| async move {
+        if closed {
+            return None;
+        }
+        match rx.recv().await {
+            Ok(Some(e)) => Some((e, (rx, false))),
+            // Stopping, or fallen behind: the client resumes by id.
+            Ok(None) | Err(_) => None,
+        }
+    });
+    let stream = futures::stream::iter(sub.backlog).chain(live).map(|e| {
+        let data = serde_json::to_string(&*e).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(sse::Event::default().id(e.id.to_string()).data(data))
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        "no-cache".parse().expect("valid header"),
+    );
+    // nginx buffers responses unless told not to.
+    h.insert("x-accel-buffering", "no".parse().expect("valid header"));
+    response
 }
 
 /// Largest accepted plugin upload, bytes (64 MiB: Python and JavaScript
@@ -680,6 +726,75 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The `data:` lines of an SSE body until `n` arrived.
+    async fn sse_data(body: Body, n: usize) -> Vec<serde_json::Value> {
+        let mut frames = body.into_data_stream();
+        let mut text = String::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), frames.next())
+                .await
+                .expect("an event within 5 s")
+                .expect("stream open")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                for line in block.lines() {
+                    if let Some(d) = line.strip_prefix("data: ") {
+                        out.push(serde_json::from_str(d).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_stream_live_and_resume_after_the_last_event_id() {
+        let (app, state) = app(None);
+        // The registry announced its configured target.
+        let first = state.metrics.events.recent(1);
+        assert_eq!(first[0].kind, "target.joined");
+        state
+            .registry
+            .eject("a", Duration::from_secs(60), "refused: test");
+        state.registry.refresh();
+        let resp = app
+            .clone()
+            .oneshot(req("GET", "/v1/events", &[("last-event-id", "1")]))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let body = resp.into_body();
+        let live = tokio::spawn(sse_data(body, 2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state.metrics.events.publish(
+            "config.reloaded",
+            serde_json::json!({"changed": ["targets"]}),
+        );
+        let got = live.await.unwrap();
+        assert_eq!(got[0]["type"], "target.health", "{got:?}");
+        assert_eq!(
+            (&got[0]["target"], &got[0]["to"]),
+            (&"a".into(), &"down".into())
+        );
+        assert!(got[0]["reason"].as_str().unwrap().contains("refused: test"));
+        assert_eq!(
+            (got[0]["id"].as_u64(), got[1]["id"].as_u64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(got[1]["type"], "config.reloaded");
+        // A resume from id 2 gets exactly id 3.
+        let resp = app
+            .oneshot(req("GET", "/v1/events", &[("last-event-id", "2")]))
+            .await
+            .unwrap();
+        let again = sse_data(resp.into_body(), 1).await;
+        assert_eq!(again[0]["id"], 3);
     }
 
     #[test]

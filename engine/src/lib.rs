@@ -16,7 +16,7 @@
 //! [`capacity`] (target registry and snapshots), [`kafka`] (librdkafka
 //! settings), [`offsets`], [`tls`] (TLS files, HTTP clients, the admin
 //! acceptor), and the leaves [`config`], [`record`],
-//! [`metrics`], [`redact`], [`logging`], [`panic`]. [`testkit`] serves
+//! [`metrics`], [`events`], [`redact`], [`logging`], [`panic`]. [`testkit`] serves
 //! `cdrs demo`, `cdrs bench` and the end-to-end tests.
 
 pub mod admin;
@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dispatch;
+pub mod events;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;

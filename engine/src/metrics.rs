@@ -1,7 +1,10 @@
 //! Prometheus metrics, one registry per running pipeline, exposed by `GET /metrics`.
 //!
 //! Names follow the Prometheus naming guide (base units, `_total` counters).
+//! The pipeline's event stream ([`Events`]) travels with the metrics: every
+//! stage that counts something can also say what changed.
 
+use crate::events::Events;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -90,6 +93,8 @@ pub struct Metrics {
     /// `cdrs_tls_rotations_total{cert, result}`: rotated TLS files taken
     /// (`ok`) or refused (`refused`: the previous ones stay in use).
     pub tls_rotations: IntCounterVec,
+    /// What changed, for `GET /v1/events` and the dashboard.
+    pub events: Events,
 }
 
 impl Metrics {
@@ -262,6 +267,7 @@ impl Metrics {
                 &["topic", "partition"],
             ),
             registry,
+            events: Events::default(),
         }
     }
 

@@ -245,10 +245,19 @@ impl ConfigReloader {
             .lock()
             .expect("config reload lock");
         let report = self.try_reload();
+        let events = self.plugins.events();
         if report.ok {
             tracing::info!(changed = ?report.changed, "config reloaded");
+            events.publish(
+                "config.reloaded",
+                serde_json::json!({"changed": report.changed}),
+            );
         } else {
             tracing::error!(errors = ?report.errors, "config reload rejected; nothing changed");
+            events.publish(
+                "config.refused",
+                serde_json::json!({"errors": report.errors}),
+            );
         }
         *self.last.lock().expect("report lock") = Some(report.clone());
         report

@@ -212,6 +212,10 @@ impl ConsumerContext for SourceContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                self.metrics.events.publish(
+                    "partition.assigned",
+                    serde_json::json!({"partitions": partitions(tpl)}),
+                );
                 // Before the assign starts their fetch (rust-rdkafka assigns
                 // after this callback).
                 let mut map = self.assigned.lock().expect("assignment lock");
@@ -238,6 +242,10 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked; draining");
+                self.metrics.events.publish(
+                    "partition.revoked",
+                    serde_json::json!({"partitions": partitions(tpl)}),
+                );
                 for e in tpl.elements() {
                     let _ = self
                         .metrics
@@ -324,6 +332,14 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .map(|e| format!("{}[{}]", e.topic(), e.partition()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `[{"topic", "partition"}, ...]` for an event.
+fn partitions(tpl: &TopicPartitionList) -> serde_json::Value {
+    tpl.elements()
+        .iter()
+        .map(|e| serde_json::json!({"topic": e.topic(), "partition": e.partition()}))
+        .collect()
 }
 
 /// The consumer type CDRS uses.

@@ -47,6 +47,7 @@ pub use report::{CapacityReport, ReportError};
 
 use crate::config::{CapacityConfig, EndpointPattern, TargetConfig, DEFAULT_WEIGHT};
 use crate::metrics::Metrics;
+use crate::redact;
 use arc_swap::ArcSwap;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -55,6 +56,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use phi::PhiDetector;
 use serde::Serialize;
+use serde_json::json;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -885,9 +887,29 @@ impl Registry {
                     .get(i)
                     .filter(|o| o.id == new.id)
                     .or_else(|| current.targets.iter().find(|o| o.id == new.id));
-                if let Some(old) = old.filter(|o| o.health != new.health) {
-                    tracing::info!(target_id = %new.id, from = ?old.health, to = ?new.health,
-                        reason = new.reason.as_deref().unwrap_or(""), "target health changed");
+                match old {
+                    None => self.metrics.events.publish(
+                        "target.joined",
+                        json!({"target": &*new.id, "url": redact::url(&new.url),
+                               "dynamic": new.dynamic, "health": new.health}),
+                    ),
+                    Some(old) if old.health != new.health => {
+                        tracing::info!(target_id = %new.id, from = ?old.health, to = ?new.health,
+                            reason = new.reason.as_deref().unwrap_or(""), "target health changed");
+                        self.metrics.events.publish(
+                            "target.health",
+                            json!({"target": &*new.id, "from": old.health, "to": new.health,
+                                   "reason": new.reason}),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+            for old in &current.targets {
+                if !views.iter().any(|v| v.id == old.id) {
+                    self.metrics
+                        .events
+                        .publish("target.left", json!({"target": &*old.id}));
                 }
             }
             self.snapshot.store(Arc::new(Snapshot {

@@ -142,19 +142,21 @@ impl Breakers {
         all.get(target).map_or(State::Closed, |b| b.state)
     }
 
-    /// A request to `target` succeeded.
-    pub fn success(&self, cfg: &BreakerConfig, target: &str, now: Instant) {
+    /// A request to `target` succeeded. Returns true if this closed the
+    /// breaker (the half-open probe went through).
+    pub fn success(&self, cfg: &BreakerConfig, target: &str, now: Instant) -> bool {
         let mut all = self.inner.lock().expect("breakers lock");
         let b = all
             .entry(target.to_string())
             .or_insert_with(|| Breaker::new(now));
         if matches!(b.state, State::HalfOpen { .. }) {
             b.close(now);
-            return;
+            return true;
         }
         b.roll_window(cfg, now);
         b.consecutive = 0;
         b.ok += 1;
+        false
     }
 
     /// A request to `target` failed in a way a retry could fix, or was

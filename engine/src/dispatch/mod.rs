@@ -42,6 +42,7 @@ use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
 use futures::future::BoxFuture;
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -739,7 +740,7 @@ impl Dispatcher {
             let e = match result {
                 Ok(()) => {
                     self.registry.end_delivery(&id, n, latency, None, false);
-                    self.breakers.success(&cfg.breaker, &id, now);
+                    self.count_success(cfg, &id, now);
                     gauge.set(self.breakers.state(&id).gauge());
                     self.delivered(&id, jobs, refused).await;
                     match pending.pop() {
@@ -837,6 +838,16 @@ impl Dispatcher {
         }
     }
 
+    /// Tells `id`'s circuit breaker a request went through.
+    fn count_success(&self, cfg: &DeliveryConfig, id: &str, now: Instant) {
+        if self.breakers.success(&cfg.breaker, id, now) {
+            tracing::info!(target_id = %id, "circuit breaker closed");
+            self.metrics
+                .events
+                .publish("breaker.closed", json!({"target": id}));
+        }
+    }
+
     /// Counts a failed request in `id`'s circuit breaker, ejecting the
     /// target when the breaker opens. A redirect is not retried, but a
     /// target that redirects every batch is as useless as a failing one,
@@ -850,7 +861,7 @@ impl Dispatcher {
         now: Instant,
     ) {
         if !(e.retryable() || e.is_redirect()) {
-            self.breakers.success(&cfg.breaker, id, now);
+            self.count_success(cfg, id, now);
             return;
         }
         let targets: HashSet<&str> = snapshot.targets.iter().map(|t| &*t.id).collect();
@@ -858,6 +869,11 @@ impl Dispatcher {
             tracing::warn!(target_id = %id, reason = %ej.reason, last_error = %e,
                 ejection = ?ej.duration, "circuit breaker open: target ejected");
             self.metrics.ejections.with_label_values(&[id]).inc();
+            self.metrics.events.publish(
+                "breaker.opened",
+                json!({"target": id, "reason": ej.reason, "last_error": e.to_string(),
+                       "ejection_ms": ej.duration.as_millis() as u64}),
+            );
             // The last failure stays in the reason: an operator needs the
             // cause (a TLS handshake, a status), not only the count.
             self.registry.eject(

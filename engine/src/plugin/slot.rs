@@ -19,9 +19,11 @@ use super::filter::FilterPlugin;
 use super::router::RouterPlugin;
 use super::{Compiled, PluginError, PluginMeta, Runtime};
 use crate::config::{Config, PluginConfig, PluginRuntimeConfig};
+use crate::events::Events;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,10 +68,11 @@ pub struct Slot<P> {
     watching: AtomicBool,
     policy: RollbackPolicy,
     state: Mutex<SlotState<P>>,
+    events: Events,
 }
 
 impl<P: Swappable> Slot<P> {
-    pub fn new(plugin: P, source: &str, policy: RollbackPolicy) -> Slot<P> {
+    pub fn new(plugin: P, source: &str, policy: RollbackPolicy, events: Events) -> Slot<P> {
         Slot {
             current: ArcSwap::from_pointee(plugin),
             watching: AtomicBool::new(false),
@@ -81,6 +84,7 @@ impl<P: Swappable> Slot<P> {
                 last_error: None,
                 last_event: None,
             }),
+            events,
         }
     }
 
@@ -108,6 +112,11 @@ impl<P: Swappable> Slot<P> {
             old.meta().short(),
             new.meta().short()
         ));
+        self.events.publish(
+            "plugin.swapped",
+            json!({"plugin": &*new.meta().name, "from": old.meta().hash, "to": new.meta().hash,
+                   "source": source}),
+        );
         let released = st.previous.replace(old);
         st.swapped_at = Instant::now();
         st.source = source.into();
@@ -135,6 +144,11 @@ impl<P: Swappable> Slot<P> {
             bad.meta().short(),
             &version[..12]
         ));
+        self.events.publish(
+            "plugin.rolled_back",
+            json!({"plugin": &*bad.meta().name, "from": bad.meta().hash, "to": version,
+                   "reason": why}),
+        );
         st.previous = Some(bad);
         st.swapped_at = Instant::now();
         st.source = "rollback".into();
@@ -304,11 +318,15 @@ impl PluginManager {
         let mut filters = Vec::new();
         for f in &config.filters {
             match FilterPlugin::load(&runtime, f, metrics.clone()) {
-                Ok(p) => filters.push((f.clone(), Arc::new(Slot::new(p, "config", policy)))),
+                Ok(p) => filters.push((
+                    f.clone(),
+                    Arc::new(Slot::new(p, "config", policy, metrics.events.clone())),
+                )),
                 Err(e) => errors.push(e),
             }
         }
         let router = RouterPlugin::load(&runtime, &config.router, metrics.clone());
+        let events = metrics.events.clone();
         match router {
             Ok(r) if errors.is_empty() => Ok(PluginManager {
                 runtime,
@@ -317,7 +335,7 @@ impl PluginManager {
                 chain: ArcSwap::from_pointee(filters.iter().map(|(_, s)| s.clone()).collect()),
                 filters: Mutex::new(filters),
                 router_config: Mutex::new(config.router.clone()),
-                router: Arc::new(Slot::new(r, "config", policy)),
+                router: Arc::new(Slot::new(r, "config", policy, events)),
                 loading: Mutex::new(()),
                 loading_config: Mutex::new(()),
             }),
@@ -439,6 +457,11 @@ impl PluginManager {
         self.install(&target, bytes, how)
     }
 
+    /// The pipeline's event stream (swaps, refusals, rollbacks go there).
+    pub fn events(&self) -> &Events {
+        &self.metrics.events
+    }
+
     /// Swaps the previous version of `name` back in.
     pub fn rollback(&self, name: &str) -> Result<String, ReloadError> {
         let r = match self.find(name)? {
@@ -457,6 +480,10 @@ impl PluginManager {
             let name = &target.config().name;
             self.metrics.plugin_errors.with_label_values(&[name, e.kind()]).inc();
             tracing::error!(plugin = %name, error = %e, "new plugin version rejected; the running one stays");
+            self.metrics.events.publish(
+                "plugin.refused",
+                json!({"plugin": name, "kind": e.kind(), "error": e.to_string()}),
+            );
             target.failed(&e);
             ReloadError::Plugin(e)
         })
@@ -559,7 +586,12 @@ impl PluginManager {
                 }
                 (None, Some(p)) => {
                     changes.push(format!("filters.{}: added", c.name));
-                    Arc::new(Slot::new(p, "config", self.policy))
+                    Arc::new(Slot::new(
+                        p,
+                        "config",
+                        self.policy,
+                        self.metrics.events.clone(),
+                    ))
                 }
                 (None, None) => unreachable!("a filter is either kept or loaded"),
             };
