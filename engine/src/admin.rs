@@ -11,6 +11,7 @@
 //! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
 //! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
+//! | GET | `/v1/partitions` | read: assigned partitions: committed offset, high watermark, lag (records, seconds), in flight, held back |
 //! | GET | `/v1/events` | read: server-sent events of what changed (`Last-Event-ID` resumes; see [`crate::events`]) |
 //! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
 //! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
@@ -86,6 +87,8 @@ pub struct AdminState {
     pub reloader: Option<Arc<ConfigReloader>>,
     /// The fleet's control topic, unless `control.enabled = false`.
     pub control: Option<Arc<crate::control::Control>>,
+    /// The partitions assigned to this process.
+    pub partitions: crate::source::Partitions,
 }
 
 /// The admin routes, with their access layers.
@@ -97,6 +100,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/config", get(show_config))
         .route("/v1/fleet", get(fleet))
         .route("/v1/events", get(events))
+        .route("/v1/partitions", get(partitions))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -409,6 +413,10 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
     Json(snapshot).into_response()
 }
 
+async fn partitions(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.partitions.status()).into_response()
+}
+
 async fn plugins(State(s): State<Arc<AdminState>>) -> Response {
     match &s.plugins {
         Some(m) => Json(m.status()).into_response(),
@@ -715,6 +723,7 @@ mod tests {
             plugins: None,
             reloader: None,
             control: None,
+            partitions: Default::default(),
         });
         (router(state.clone()), state)
     }
@@ -950,6 +959,7 @@ mod tests {
             plugins: None,
             reloader: None,
             control: None,
+            partitions: Default::default(),
         });
         router(state)
     }

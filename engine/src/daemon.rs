@@ -116,6 +116,7 @@ impl Daemon {
         ));
 
         let ready = Arc::new(AtomicBool::new(false));
+        let partitions = source::Partitions::new(config.pipeline.prefetch_records);
         if config.admin.token.is_none() {
             tracing::warn!(listen = %config.admin.listen,
                 "admin.token is not set: mutating admin endpoints are open to local clients");
@@ -131,6 +132,7 @@ impl Daemon {
             plugins: Some(plugins.clone()),
             reloader: Some(reloader.clone()),
             control: control.as_ref().map(|(c, _)| c.clone()),
+            partitions: partitions.clone(),
         });
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await
@@ -191,6 +193,7 @@ impl Daemon {
                 &config.pipeline,
                 ready.clone(),
                 metrics.clone(),
+                &partitions,
             )
             .context("failed to create the consumer")?,
         );

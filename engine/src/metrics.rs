@@ -6,8 +6,8 @@
 
 use crate::events::Events;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All CDRS metrics.
@@ -25,10 +25,14 @@ pub struct Metrics {
     pub delivered_records: IntCounterVec,
     /// `cdrs_delivery_duration_seconds{target}`: delivery request latency.
     pub delivery_seconds: HistogramVec,
-    /// `cdrs_plugin_call_duration_seconds{plugin, kind}`: one batch call.
+    /// `cdrs_plugin_call_duration_seconds{plugin, version, kind}`: one batch
+    /// call; version: the first 12 hex digits of the component's sha256,
+    /// kind: filter | router.
     pub plugin_call_seconds: HistogramVec,
-    /// `cdrs_plugin_errors_total{plugin, kind}`: trap | deadline | memory |
-    /// contract | output | compile | link | init.
+    /// `cdrs_plugin_errors_total{plugin, version, kind}`: kind trap |
+    /// deadline | memory | contract | output | compile | link | init;
+    /// version as above (of the version refused, for compile | link |
+    /// init; `unread` when its file could not be read).
     pub plugin_errors: IntCounterVec,
     /// `cdrs_capacity_reports_total{result, reason}`: result accepted |
     /// rejected; reason (rejected only) invalid | invalid_id | oversized | out_of_range |
@@ -86,6 +90,12 @@ pub struct Metrics {
     /// `consumer_lag` statistic, every `statistics.interval.ms`, default
     /// 5000), for the partitions this process is assigned.
     pub partition_lag: IntGaugeVec,
+    /// `cdrs_partition_lag_seconds{topic, partition}`: age of the oldest
+    /// record of the partition this process has not finished, from its
+    /// Kafka timestamp (when records wait unread, of the last one read: an
+    /// upper bound); 0 when the lag in records is 0. Updated with
+    /// `cdrs_partition_lag_records`.
+    pub partition_lag_seconds: GaugeVec,
     /// `cdrs_tls_cert_expiry_timestamp_seconds{cert}`: when a certificate
     /// CDRS presents stops being valid, Unix seconds. cert: `admin` |
     /// `delivery` (`[delivery.tls]`) | `target/<id>` (`[targets.tls]`).
@@ -150,13 +160,13 @@ impl Metrics {
             plugin_call_seconds: histogram(
                 "cdrs_plugin_call_duration_seconds",
                 "Plugin batch call duration",
-                &["plugin", "kind"],
+                &["plugin", "version", "kind"],
                 0.000_001,
             ),
             plugin_errors: counter(
                 "cdrs_plugin_errors_total",
                 "Plugin failures by kind",
-                &["plugin", "kind"],
+                &["plugin", "version", "kind"],
             ),
             capacity_reports: counter(
                 "cdrs_capacity_reports_total",
@@ -266,6 +276,20 @@ impl Metrics {
                 "Records between the committed offset and the high watermark of an assigned partition",
                 &["topic", "partition"],
             ),
+            partition_lag_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "cdrs_partition_lag_seconds",
+                        "Age of the oldest record of an assigned partition not yet finished",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             registry,
             events: Events::default(),
         }
@@ -278,6 +302,26 @@ impl Metrics {
                 .with_label_values(&[stage, outcome])
                 .inc_by(n as u64);
         }
+    }
+
+    /// `cdrs_plugin_errors_total{plugin, kind}` summed over the versions.
+    pub fn plugin_errors_of(&self, plugin: &str, kind: &str) -> u64 {
+        use prometheus::core::Collector;
+        let families = self.plugin_errors.collect();
+        families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                label("plugin").as_deref() == Some(plugin) && label("kind").as_deref() == Some(kind)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     /// Current value of `cdrs_records_total{stage, outcome}`.

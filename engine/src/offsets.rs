@@ -29,9 +29,10 @@ use tokio::sync::Semaphore;
 /// profile).
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    /// `(offset, copies still unfinished)` in offset order; finished
-    /// entries (0 copies) stay until they reach the front.
-    entries: VecDeque<(i64, u32)>,
+    /// `(offset, copies still unfinished, record timestamp ms or 0)` in
+    /// offset order; finished entries (0 copies) stay until they reach the
+    /// front.
+    entries: VecDeque<(i64, u32, i64)>,
     /// Entries with unfinished copies.
     unfinished: usize,
     /// One past the highest offset ever tracked; the watermark when nothing is
@@ -39,25 +40,38 @@ pub struct OffsetTracker {
     next: Option<i64>,
     /// The last watermark handed out by [`OffsetTracker::advanced`].
     stored: Option<i64>,
+    /// Timestamp of the last record tracked, ms (0: none or unknown).
+    last_ts: i64,
 }
 
 impl OffsetTracker {
     /// Starts tracking `offset` with `copies` unfinished copies (0: already
     /// finished, e.g. dropped by a filter). Offsets must be tracked in
     /// increasing order.
-    pub fn track(&mut self, offset: i64, copies: u32) {
+    ///
+    /// `timestamp_ms`: the record's Kafka timestamp (0 if it has none), for
+    /// [`OffsetTracker::oldest_timestamp_ms`].
+    pub fn track(&mut self, offset: i64, copies: u32, timestamp_ms: i64) {
         debug_assert!(self.next.is_none_or(|n| offset >= n), "offsets in order");
         if copies > 0 {
-            self.entries.push_back((offset, copies));
+            self.entries.push_back((offset, copies, timestamp_ms));
             self.unfinished += 1;
         }
         self.next = Some(offset + 1);
+        self.last_ts = timestamp_ms;
+    }
+
+    /// Kafka timestamp of the oldest unfinished record, or, when none is
+    /// pending, of the last record tracked (ms; `None` if unknown).
+    pub fn oldest_timestamp_ms(&self) -> Option<i64> {
+        let ts = self.entries.front().map_or(self.last_ts, |e| e.2);
+        (ts > 0).then_some(ts)
     }
 
     fn find(&mut self, offset: i64) -> Option<&mut u32> {
         let i = self
             .entries
-            .binary_search_by_key(&offset, |&(o, _)| o)
+            .binary_search_by_key(&offset, |&(o, _, _)| o)
             .ok()?;
         Some(&mut self.entries[i].1).filter(|c| **c > 0)
     }
@@ -80,7 +94,7 @@ impl OffsetTracker {
             return false;
         }
         self.unfinished -= 1;
-        while self.entries.front().is_some_and(|&(_, c)| c == 0) {
+        while self.entries.front().is_some_and(|&(_, c, _)| c == 0) {
             self.entries.pop_front();
         }
         true
@@ -89,7 +103,7 @@ impl OffsetTracker {
     /// The next offset to commit: the lowest unfinished one, or one past the
     /// highest tracked when none is pending. `None` before any record.
     pub fn watermark(&self) -> Option<i64> {
-        self.entries.front().map(|&(o, _)| o).or(self.next)
+        self.entries.front().map(|&(o, _, _)| o).or(self.next)
     }
 
     /// The watermark if it moved since the last call (what to store now).
@@ -164,9 +178,10 @@ impl<D: Clone + PartialEq> Partition<D> {
     }
 
     /// Waits for room for `n` more records in the in-flight window, then
-    /// tracks their offsets (ascending) as unfinished. False (nothing
-    /// tracked) if the partition was revoked meanwhile.
-    pub async fn admit(&self, offsets: &[i64]) -> bool {
+    /// tracks their `(offset, timestamp ms or 0)` (ascending offsets) as
+    /// unfinished. False (nothing tracked) if the partition was revoked
+    /// meanwhile.
+    pub async fn admit(&self, offsets: &[(i64, i64)]) -> bool {
         let n = offsets.len() as u32;
         let permits = self
             .window
@@ -178,8 +193,8 @@ impl<D: Clone + PartialEq> Partition<D> {
         }
         permits.forget();
         let mut st = self.state.lock().expect("partition lock");
-        for &o in offsets {
-            st.tracker.track(o, 1);
+        for &(o, ts) in offsets {
+            st.tracker.track(o, 1, ts);
         }
         self.inflight.add(n.into());
         true
@@ -188,6 +203,23 @@ impl<D: Clone + PartialEq> Partition<D> {
     /// A record finished before routing (dropped or dead-lettered by a filter).
     pub(crate) fn finish_unrouted(&self, offset: i64) {
         self.finish(offset, None);
+    }
+
+    /// Kafka timestamp of the oldest record read and not finished, else
+    /// of the last one read (ms; `None` if unknown): what
+    /// `cdrs_partition_lag_seconds` measures from.
+    pub fn oldest_timestamp_ms(&self) -> Option<i64> {
+        self.state
+            .lock()
+            .expect("partition lock")
+            .tracker
+            .oldest_timestamp_ms()
+    }
+
+    /// Whether the in-flight window is full: the worker waits before it
+    /// reads on (`pipeline.max_inflight_records`).
+    pub fn window_full(&self) -> bool {
+        self.window.available_permits() == 0
     }
 
     /// Records read and not yet finished.
@@ -271,11 +303,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_oldest_timestamp_is_the_oldest_unfinished_record_else_the_last_read() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.oldest_timestamp_ms(), None);
+        t.track(0, 1, 1_000);
+        t.track(1, 1, 2_000);
+        t.track(2, 0, 0); // dropped by a filter, no timestamp
+        t.track(3, 1, 4_000);
+        assert_eq!(t.oldest_timestamp_ms(), Some(1_000));
+        t.finish(1);
+        assert_eq!(t.oldest_timestamp_ms(), Some(1_000), "0 is still out");
+        t.finish(0);
+        assert_eq!(t.oldest_timestamp_ms(), Some(4_000));
+        t.finish(3);
+        assert_eq!(t.oldest_timestamp_ms(), Some(4_000), "the last read");
+    }
+
+    #[test]
     fn watermark_waits_for_the_lowest_unfinished_offset() {
         let mut t = OffsetTracker::default();
         assert_eq!(t.watermark(), None);
         for o in 10..15 {
-            t.track(o, 1);
+            t.track(o, 1, 0);
         }
         assert_eq!(t.watermark(), Some(10));
         // 11..=13 finish first: the watermark stays at 10.
@@ -293,8 +342,8 @@ mod tests {
     #[test]
     fn copies_and_finished_records() {
         let mut t = OffsetTracker::default();
-        t.track(0, 2);
-        t.track(1, 0); // dropped by a filter
+        t.track(0, 2, 0);
+        t.track(1, 0, 0); // dropped by a filter
         assert_eq!(t.watermark(), Some(0));
         assert!(!t.finish(0));
         t.add_copies(0, 1);
@@ -311,7 +360,7 @@ mod tests {
     fn finished_offsets_in_the_middle_are_not_found_again() {
         let mut t = OffsetTracker::default();
         for o in [3, 5, 8, 9] {
-            t.track(o, 1);
+            t.track(o, 1, 0);
         }
         assert!(t.finish(8));
         assert!(!t.finish(8), "already finished");
@@ -329,7 +378,7 @@ mod tests {
     fn advanced_reports_each_watermark_once() {
         let mut t = OffsetTracker::default();
         assert_eq!(t.advanced(), None);
-        t.track(5, 1);
+        t.track(5, 1, 0);
         assert_eq!(t.advanced(), Some(5));
         assert_eq!(t.advanced(), None);
         t.finish(5);

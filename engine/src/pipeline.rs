@@ -59,7 +59,10 @@ impl Pipeline {
         part: &Arc<Partition>,
         batch: Vec<Record>,
     ) -> Result<(), Abandoned> {
-        let offsets: Vec<i64> = batch.iter().map(|r| r.offset).collect();
+        let offsets: Vec<(i64, i64)> = batch
+            .iter()
+            .map(|r| (r.offset, r.timestamp_ms.unwrap_or(0)))
+            .collect();
         let mut stop = self.dispatch.stop_signal();
         tokio::select! {
             admitted = part.admit(&offsets) => if !admitted {

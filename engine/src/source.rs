@@ -45,6 +45,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -167,14 +168,90 @@ impl Drop for PartitionQueue {
     }
 }
 
-/// One assigned partition: its queue, and once the source loop has started
-/// its worker, its tracker.
+/// One assigned partition: its queue, once the source loop has started
+/// its worker, its tracker, and librdkafka's last statistics of it.
 struct Assigned {
     queue: Arc<PartitionQueue>,
     part: Option<Arc<Partition>>,
+    offsets: Option<OffsetStats>,
+}
+
+/// A partition's offsets from librdkafka's statistics.
+#[derive(Debug, Clone, Copy)]
+struct OffsetStats {
+    committed: i64,
+    high_watermark: i64,
+    lag_records: i64,
+    lag_seconds: f64,
 }
 
 type Assignment = Arc<Mutex<HashMap<(Arc<str>, i32), Assigned>>>;
+
+/// The partitions assigned to this process, as `GET /v1/partitions` and the
+/// dashboard show them. Cheap to clone; made before the consumer
+/// ([`consumer`]) so the admin API can hold it.
+#[derive(Clone, Default)]
+pub struct Partitions {
+    assigned: Assignment,
+    /// `pipeline.prefetch_records`.
+    prefetch_limit: usize,
+}
+
+/// One assigned partition's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Offsets, lag and lag seconds from librdkafka's statistics (every
+    /// `statistics.interval.ms`); none until the first.
+    pub committed_offset: Option<i64>,
+    pub high_watermark: Option<i64>,
+    pub lag_records: Option<i64>,
+    pub lag_seconds: Option<f64>,
+    /// Read and not finished.
+    pub inflight_records: usize,
+    /// Fetched and not yet read by the partition's worker.
+    pub prefetched_records: usize,
+    /// Reading waits: the in-flight window or the prefetch is full.
+    pub held_back: bool,
+}
+
+impl Partitions {
+    /// `prefetch_limit`: `pipeline.prefetch_records`.
+    pub fn new(prefetch_limit: usize) -> Partitions {
+        Partitions {
+            assigned: Assignment::default(),
+            prefetch_limit,
+        }
+    }
+
+    /// Every assigned partition, by topic and partition.
+    pub fn status(&self) -> Vec<PartitionStatus> {
+        let map = self.assigned.lock().expect("assignment lock");
+        let mut out: Vec<PartitionStatus> = map
+            .iter()
+            .map(|((topic, p), a)| {
+                let prefetched = a.queue.len();
+                let inflight = a.part.as_ref().map_or(0, |x| x.pending());
+                let window_full = a.part.as_ref().is_some_and(|x| x.window_full());
+                PartitionStatus {
+                    topic: topic.to_string(),
+                    partition: *p,
+                    committed_offset: a.offsets.map(|o| o.committed),
+                    high_watermark: a.offsets.map(|o| o.high_watermark),
+                    lag_records: a.offsets.map(|o| o.lag_records),
+                    lag_seconds: a.offsets.map(|o| o.lag_seconds),
+                    inflight_records: inflight,
+                    prefetched_records: prefetched,
+                    held_back: window_full
+                        || (self.prefetch_limit > 0 && prefetched >= self.prefetch_limit),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+}
 
 /// Consumer context: splits assigned partitions' queues, drains revoked
 /// partitions, logs rebalances and commit failures, tracks readiness.
@@ -192,16 +269,35 @@ impl ClientContext for SourceContext {
     /// librdkafka's statistics (`statistics.interval.ms`): the lag of
     /// each assigned partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let map = self.assigned.lock().expect("assignment lock");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut map = self.assigned.lock().expect("assignment lock");
         for (topic, t) in &statistics.topics {
             for (&p, part) in &t.partitions {
                 let key: (Arc<str>, i32) = (Arc::from(topic.as_str()), p);
-                if part.consumer_lag >= 0 && map.contains_key(&key) {
-                    self.metrics
-                        .partition_lag
-                        .with_label_values(&[topic.as_str(), &p.to_string()])
-                        .set(part.consumer_lag);
-                }
+                let Some(a) = map.get_mut(&key).filter(|_| part.consumer_lag >= 0) else {
+                    continue;
+                };
+                let lag_seconds = match a.part.as_ref().and_then(|x| x.oldest_timestamp_ms()) {
+                    Some(ts) if part.consumer_lag > 0 => (now_ms - ts).max(0) as f64 / 1000.0,
+                    _ => 0.0,
+                };
+                a.offsets = Some(OffsetStats {
+                    committed: part.committed_offset,
+                    high_watermark: part.hi_offset,
+                    lag_records: part.consumer_lag,
+                    lag_seconds,
+                });
+                let labels = [topic.as_str(), &p.to_string()];
+                self.metrics
+                    .partition_lag
+                    .with_label_values(&labels)
+                    .set(part.consumer_lag);
+                self.metrics
+                    .partition_lag_seconds
+                    .with_label_values(&labels)
+                    .set(lag_seconds);
             }
         }
     }
@@ -229,7 +325,14 @@ impl ConsumerContext for SourceContext {
                     match PartitionQueue::split(c, e.topic(), e.partition()) {
                         Some(q) => {
                             let queue = Arc::new(q);
-                            map.insert(key, Assigned { queue, part: None });
+                            map.insert(
+                                key,
+                                Assigned {
+                                    queue,
+                                    part: None,
+                                    offsets: None,
+                                },
+                            );
                         }
                         None => tracing::error!(
                             topic = e.topic(),
@@ -247,10 +350,12 @@ impl ConsumerContext for SourceContext {
                     serde_json::json!({"partitions": partitions(tpl)}),
                 );
                 for e in tpl.elements() {
+                    let labels = [e.topic(), &e.partition().to_string()];
+                    let _ = self.metrics.partition_lag.remove_label_values(&labels);
                     let _ = self
                         .metrics
-                        .partition_lag
-                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                        .partition_lag_seconds
+                        .remove_label_values(&labels);
                 }
                 let gone: Vec<Assigned> = {
                     let mut map = self.assigned.lock().expect("assignment lock");
@@ -354,11 +459,12 @@ pub fn consumer(
     pipeline: &PipelineConfig,
     joined: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    partitions: &Partitions,
 ) -> anyhow::Result<Source> {
     let c = crate::kafka::consumer_config(cfg, pipeline);
     let context = SourceContext {
         joined,
-        assigned: Assignment::default(),
+        assigned: partitions.assigned.clone(),
         new_partitions: Arc::new(Notify::new()),
         revoke_drain: Duration::from_millis(pipeline.revoke_drain_ms),
         metrics,

@@ -172,9 +172,11 @@ config = {{ sticky = true }}
     // is delivered and committed.
     let lag_zero = |m: &str| {
         (0..partitions).all(|p| {
-            let series =
-                format!("cdrs_partition_lag_records{{partition=\"{p}\",topic=\"{topic}\"}} 0");
-            m.lines().any(|l| l == series)
+            let labels = format!("{{partition=\"{p}\",topic=\"{topic}\"}} 0");
+            m.lines()
+                .any(|l| l == format!("cdrs_partition_lag_records{labels}"))
+                && m.lines()
+                    .any(|l| l == format!("cdrs_partition_lag_seconds{labels}"))
         })
     };
     let mut metrics = metrics;
@@ -186,6 +188,27 @@ config = {{ sticky = true }}
         metrics = metrics_text().await;
     }
     assert!(lag_zero(&metrics), "partition lag: {metrics}");
+    // The same from /v1/partitions: every partition committed up to its
+    // high watermark.
+    let parts: serde_json::Value = http
+        .get(format!("{base}/v1/partitions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parts = parts.as_array().unwrap();
+    assert_eq!(parts.len(), partitions as usize, "{parts:?}");
+    for p in parts {
+        assert_eq!(p["lag_records"], 0, "{p}");
+        assert_eq!(p["committed_offset"], p["high_watermark"], "{p}");
+        assert_eq!(
+            (&p["inflight_records"], &p["held_back"]),
+            (&0.into(), &false.into()),
+            "{p}"
+        );
+    }
     let targets: serde_json::Value = http
         .get(format!("{base}/v1/targets"))
         .send()

@@ -92,12 +92,7 @@ async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
         .collect();
     let ledger = produce_events(&brokers, topic, events).await.unwrap();
     s.wait_accounted(&ledger, Duration::from_secs(120)).await;
-    let traps = s
-        .daemon
-        .metrics
-        .plugin_errors
-        .with_label_values(&["faults", "trap"])
-        .get();
+    let traps = s.daemon.metrics.plugin_errors_of("faults", "trap");
     let (_, dead, _, _) = s.finish(&ledger).await;
     assert_eq!(dead.len(), 20);
     for (id, reason) in &dead {

@@ -173,12 +173,7 @@ fn sandbox_limits_isolate_each_misbehaving_record() {
         reason(9)
     );
     assert!(reason(10).len() <= 1024 && reason(10).ends_with("..."));
-    let errors = |kind: &str| {
-        metrics
-            .plugin_errors
-            .with_label_values(&["faults", kind])
-            .get()
-    };
+    let errors = |kind: &str| metrics.plugin_errors_of("faults", kind);
     assert!(errors("deadline") >= 1 && errors("memory") >= 1 && errors("trap") >= 3);
     assert_eq!(errors("output"), 1);
 
@@ -344,11 +339,6 @@ fn router_failures_fall_back_to_the_host_policy() {
         Route::Targets([0, 1].into_iter().collect()),
     ];
     assert_eq!(routes, want);
-    let errors = |kind: &str| {
-        metrics
-            .plugin_errors
-            .with_label_values(&["faulty", kind])
-            .get()
-    };
+    let errors = |kind: &str| metrics.plugin_errors_of("faulty", kind);
     assert!(errors("trap") >= 1 && errors("deadline") >= 1);
 }

@@ -322,7 +322,7 @@ fn swap_stall_figures() {
         faults: 1000,
         window: Duration::from_secs(1),
     };
-    let slot = Arc::new(Slot::new(load(0), "config", policy));
+    let slot = Arc::new(Slot::new(load(0), "config", policy, metrics.events.clone()));
     let records = batch(256);
     let refs: Vec<&cdrs::record::Record> = records.iter().collect();
     let call = |slot: &Slot<FilterPlugin>| {

@@ -115,7 +115,8 @@ impl Rig {
         to: impl Fn(i64) -> Destination,
     ) -> Vec<(Destination, Job)> {
         let offsets: Vec<i64> = (0..n).collect();
-        assert!(self.part.admit(&offsets).await);
+        let tracked: Vec<(i64, i64)> = offsets.iter().map(|&o| (o, 0)).collect();
+        assert!(self.part.admit(&tracked).await);
         let router = Arc::new(PlacedBy {
             name: "test".into(),
             version: "0".into(),

@@ -116,9 +116,11 @@ impl FilterPlugin {
             pre,
             config_json,
             pool: Pool::new(Vec::new()),
-            call_seconds: metrics
-                .plugin_call_seconds
-                .with_label_values(&[name, "filter"]),
+            call_seconds: metrics.plugin_call_seconds.with_label_values(&[
+                name,
+                &compiled.hash[..12],
+                "filter",
+            ]),
             metrics,
         };
         let instances = (0..runtime.limits.instances)
@@ -199,7 +201,7 @@ impl FilterPlugin {
                 self.meta.observe_fault(&err);
                 self.metrics
                     .plugin_errors
-                    .with_label_values(&[&*self.meta.name, err.kind()])
+                    .with_label_values(&[&*self.meta.name, self.meta.short(), err.kind()])
                     .inc();
                 tracing::warn!(plugin = %self.meta.name, records = chunk.len(), error = %err, "filter call failed");
                 Err(err)
@@ -227,7 +229,7 @@ impl FilterPlugin {
                 }
                 self.metrics
                     .plugin_errors
-                    .with_label_values(&[&*self.meta.name, "output"])
+                    .with_label_values(&[&*self.meta.name, self.meta.short(), "output"])
                     .inc();
                 tracing::warn!(plugin = %self.meta.name, bytes, max, "filter output too large");
                 Verdict::DeadLetter(format!(

@@ -144,9 +144,11 @@ impl RouterPlugin {
             pre,
             config_json,
             pool: Pool::new(Vec::new()),
-            call_seconds: metrics
-                .plugin_call_seconds
-                .with_label_values(&[name, "router"]),
+            call_seconds: metrics.plugin_call_seconds.with_label_values(&[
+                name,
+                &compiled.hash[..12],
+                "router",
+            ]),
             metrics,
         };
         let mut instances = Vec::new();
@@ -259,7 +261,7 @@ impl RouterPlugin {
                 self.meta.observe_fault(&err);
                 self.metrics
                     .plugin_errors
-                    .with_label_values(&[&*self.meta.name, err.kind()])
+                    .with_label_values(&[&*self.meta.name, self.meta.short(), err.kind()])
                     .inc();
                 tracing::warn!(plugin = %self.meta.name, records = chunk.len(), error = %err, "router call failed");
                 Err(err)

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -405,7 +406,7 @@ impl PluginManager {
             path: path.display().to_string(),
             msg: e.to_string(),
         });
-        let bytes = self.note_failure(&target, bytes)?;
+        let bytes = self.note_failure(&target, "unread", bytes)?;
         let origin = path.display().to_string();
         self.install(&target, &bytes, Install::new(&origin, "file"))
     }
@@ -471,18 +472,24 @@ impl PluginManager {
         r.map_err(ReloadError::Rollback)
     }
 
+    /// Counts, logs and announces a version `version` (12 hex digits of
+    /// its sha256) that could not be loaded.
     fn note_failure<T>(
         &self,
         target: &Target,
+        version: &str,
         r: Result<T, PluginError>,
     ) -> Result<T, ReloadError> {
         r.map_err(|e| {
             let name = &target.config().name;
-            self.metrics.plugin_errors.with_label_values(&[name, e.kind()]).inc();
+            self.metrics
+                .plugin_errors
+                .with_label_values(&[name, version, e.kind()])
+                .inc();
             tracing::error!(plugin = %name, error = %e, "new plugin version rejected; the running one stays");
             self.metrics.events.publish(
                 "plugin.refused",
-                json!({"plugin": name, "kind": e.kind(), "error": e.to_string()}),
+                json!({"plugin": name, "version": version, "kind": e.kind(), "error": e.to_string()}),
             );
             target.failed(&e);
             ReloadError::Plugin(e)
@@ -508,11 +515,13 @@ impl PluginManager {
             Target::Router(..) => "router",
         };
         let pin = sha256.or(config.sha256.as_deref());
+        let attempted = hex::encode(Sha256::digest(bytes));
+        let attempted = &attempted[..12];
         // Cached only once `from_compiled` below accepted it (linked, init ok).
         let compiled: Result<Compiled, PluginError> =
             self.runtime
                 .compile_bytes(name, bytes, origin, pin, Some(world));
-        let compiled = self.note_failure(target, compiled)?;
+        let compiled = self.note_failure(target, attempted, compiled)?;
         let running = target.running();
         if compiled.hash == running && !force {
             tracing::debug!(plugin = name, "plugin file unchanged");
@@ -525,6 +534,7 @@ impl PluginManager {
             Target::Filter(_, slot) => {
                 let p = self.note_failure(
                     target,
+                    attempted,
                     FilterPlugin::from_compiled(rt, name, compiled, json, m),
                 )?;
                 slot.swap(p, source);
@@ -532,6 +542,7 @@ impl PluginManager {
             Target::Router(_, slot) => {
                 let p = self.note_failure(
                     target,
+                    attempted,
                     RouterPlugin::from_compiled(rt, name, compiled, json, m),
                 )?;
                 slot.swap(p, source);

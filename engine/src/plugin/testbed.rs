@@ -377,12 +377,7 @@ pub fn run(
         move || -> u64 {
             ["trap", "deadline", "memory", "contract", "output"]
                 .iter()
-                .map(|kind| {
-                    metrics
-                        .plugin_errors
-                        .with_label_values(&[name.as_str(), kind])
-                        .get()
-                })
+                .map(|kind| metrics.plugin_errors_of(name.as_str(), kind))
                 .sum()
         }
     };
