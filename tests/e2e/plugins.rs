@@ -225,6 +225,31 @@ fn filters_stamp_kept_records_when_asked() {
     }
 }
 
+/// What a plugin logs through `host.log` is kept, the last lines per
+/// plugin, for `GET /v1/plugins` and the dashboard.
+#[test]
+fn plugin_log_lines_are_kept_for_operators() {
+    let rt = Runtime::new(&PluginRuntimeConfig::default()).unwrap();
+    let p = plugin("noisy", plugin_dir().join("fault_filter.wasm"), "");
+    let f = FilterPlugin::load(&rt, &p, Arc::new(Metrics::new())).unwrap();
+    let records: Vec<_> = (0..30).map(|o| record(o, "log")).collect();
+    let refs: Vec<_> = records.iter().collect();
+    let v = f.filter("t", 0, &refs);
+    assert!(v.iter().all(|v| matches!(v, Verdict::Keep)), "{v:?}");
+    let lines = rt.logs.recent("noisy");
+    assert_eq!(lines.len(), cdrs::plugin::LOG_LINES_KEPT);
+    assert_eq!(
+        lines[0].message, "fault-filter: log at offset 10",
+        "oldest kept"
+    );
+    assert_eq!(
+        lines.last().unwrap().message,
+        "fault-filter: log at offset 29"
+    );
+    assert!(lines.iter().all(|l| l.level == "warn" && l.at_ms > 0));
+    assert!(rt.logs.recent("quiet").is_empty());
+}
+
 /// A restart (new runtime) loads a known plugin from the compiled cache
 /// without compiling; a corrupt entry is detected and rebuilt. Entries are
 /// written by `persist`, which the loaders call once a plugin is accepted.

@@ -35,7 +35,7 @@ pub mod testbed;
 use crate::config::PluginRuntimeConfig;
 use bindings::host;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -159,9 +159,47 @@ impl wasmtime_wasi::HostMonotonicClock for MillisecondMonotonicClock {
     }
 }
 
+/// Lines a plugin logged through the contract's `host.log` kept for
+/// `GET /v1/plugins` and the dashboard, per plugin name.
+pub const LOG_LINES_KEPT: usize = 20;
+
+/// Longest logged line kept, bytes (cut on a character boundary).
+pub const LOG_LINE_MAX_BYTES: usize = 512;
+
+/// One line a plugin logged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// trace | debug | info | warn | error.
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// The last [`LOG_LINES_KEPT`] lines of each plugin (by name, across its
+/// versions).
+#[derive(Default)]
+pub struct PluginLogs(Mutex<HashMap<Arc<str>, Arc<Mutex<VecDeque<LogLine>>>>>);
+
+impl PluginLogs {
+    fn of(&self, plugin: &Arc<str>) -> Arc<Mutex<VecDeque<LogLine>>> {
+        let mut all = self.0.lock().expect("plugin logs lock");
+        all.entry(plugin.clone()).or_default().clone()
+    }
+
+    /// The kept lines of `plugin`, oldest first.
+    pub fn recent(&self, plugin: &str) -> Vec<LogLine> {
+        let all = self.0.lock().expect("plugin logs lock");
+        all.get(plugin).map_or_else(Vec::new, |l| {
+            l.lock().expect("plugin log lock").iter().cloned().collect()
+        })
+    }
+}
+
 /// Per-store data: the empty WASI context and the memory limiter.
 pub struct State {
     plugin: Arc<str>,
+    log: Arc<Mutex<VecDeque<LogLine>>>,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
@@ -178,7 +216,33 @@ impl WasiView for State {
 
 impl host::Host for State {
     fn log(&mut self, level: host::Level, msg: String) {
+        let at_ms = self.now_ms();
         let plugin = &*self.plugin;
+        let mut message = msg.as_str();
+        if message.len() > LOG_LINE_MAX_BYTES {
+            let mut end = LOG_LINE_MAX_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message = &message[..end];
+        }
+        {
+            let mut log = self.log.lock().expect("plugin log lock");
+            if log.len() == LOG_LINES_KEPT {
+                log.pop_front();
+            }
+            log.push_back(LogLine {
+                at_ms,
+                level: match level {
+                    host::Level::Trace => "trace",
+                    host::Level::Debug => "debug",
+                    host::Level::Info => "info",
+                    host::Level::Warn => "warn",
+                    host::Level::Error => "error",
+                },
+                message: message.to_string(),
+            });
+        }
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{msg}"),
             host::Level::Debug => tracing::debug!(plugin, "{msg}"),
@@ -428,6 +492,8 @@ pub struct Runtime {
     in_flight: Mutex<HashMap<String, SharedCompile>>,
     /// Components this runtime compiled (not loaded from the cache).
     pub(crate) compiles: AtomicU64,
+    /// What plugins logged lately.
+    pub logs: PluginLogs,
 }
 
 impl Drop for Runtime {
@@ -519,6 +585,7 @@ impl Runtime {
             cache: OnceLock::new(),
             in_flight: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
+            logs: PluginLogs::default(),
         }))
     }
 
@@ -801,6 +868,7 @@ impl Runtime {
     fn store(&self, name: &Arc<str>) -> Store<State> {
         let state = State {
             plugin: name.clone(),
+            log: self.logs.of(name),
             wasi: {
                 let mut b = WasiCtx::builder();
                 b.wall_clock(MillisecondWallClock)

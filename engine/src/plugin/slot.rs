@@ -210,6 +210,7 @@ impl<P: Swappable> Slot<P> {
             previous_version: st.previous.as_ref().map(|p| p.meta().hash.clone()),
             last_error: st.last_error.clone(),
             last_event: st.last_event.clone(),
+            recent_logs: Vec::new(),
         }
     }
 }
@@ -239,6 +240,9 @@ pub struct PluginStatus {
     /// The last rejected new version's error, if any since the last swap.
     pub last_error: Option<String>,
     pub last_event: Option<String>,
+    /// The last lines it logged through `host.log`, oldest first (at most
+    /// [`super::LOG_LINES_KEPT`]).
+    pub recent_logs: Vec<super::LogLine>,
 }
 
 /// Why a reload request did nothing or failed.
@@ -374,6 +378,9 @@ impl PluginManager {
     pub fn status(&self) -> Vec<PluginStatus> {
         let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
         out.push(self.router.status("router"));
+        for p in &mut out {
+            p.recent_logs = self.runtime.logs.recent(&p.name);
+        }
         out
     }
 

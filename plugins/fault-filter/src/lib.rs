@@ -11,6 +11,8 @@
 //! * `long-reason` → dead-letters with a 100 KiB reason (the host cuts it);
 //! * `env` → dead-letters with what it could see of the environment, files,
 //!   network and clock, so a test can check that nothing was granted;
+//! * `log` → logs `fault-filter: log at offset N` at WARN through the
+//!   host and keeps the record;
 //! * anything else → keep.
 //!
 //! Config (JSON, unknown keys ignored): `{"verdicts": "short"}` makes it
@@ -18,6 +20,7 @@
 //! `{"stamp_header": "x"}` adds header `x: fault-filter` to kept records.
 
 use cdrs_plugin_sdk::filter::{stamp, Batch, Filter, Verdict};
+use cdrs_plugin_sdk::log;
 
 pub struct FaultFilter {
     short: bool,
@@ -87,6 +90,10 @@ impl Filter for FaultFilter {
                     }
                     "long-reason" => Verdict::DeadLetter("why ".repeat(25_600)),
                     "env" => Verdict::DeadLetter(probe_environment()),
+                    "log" => {
+                        log::warn(&format!("fault-filter: log at offset {}", m.offset()));
+                        Verdict::Keep
+                    }
                     t if t.contains("\"poison\":true") => {
                         panic!("fault-filter: poison at offset {}", m.offset())
                     }
