@@ -25,16 +25,35 @@ need_wasm_target() {
 # Build dependencies of the host crates: librdkafka links the system
 # OpenSSL (SSL and SASL_SSL listeners), found with pkg-config. Debian/Ubuntu.
 need_build_deps() {
+  need_debs libssl-dev pkg-config
+}
+
+# Debian/Ubuntu packages, installed when missing.
+need_debs() {
   local missing=()
-  for pkg in libssl-dev pkg-config; do
+  for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return
-  echo "== installing build dependencies: ${missing[*]}" >&2
+  echo "== installing: ${missing[*]}" >&2
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+# The dashboard test: Debian's Chromium, and puppeteer-core (pinned by
+# tests/ui/package-lock.json) to drive it, into .tools/ui.
+need_browser() {
+  need_debs chromium
+  local dir="$TOOLS/ui"
+  if [ ! -d "$dir/node_modules/puppeteer-core" ] || ! cmp -s tests/ui/package-lock.json "$dir/package-lock.json"; then
+    echo "== installing puppeteer-core into .tools/ui" >&2
+    mkdir -p "$dir"
+    cp tests/ui/package.json tests/ui/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+  export CDRS_CHROMIUM=/usr/bin/chromium CDRS_UI_NODE_MODULES="$dir/node_modules"
 }
 
 build_plugins() {
@@ -99,6 +118,7 @@ test_env() {
   phase "example plugins built (Python, JavaScript, C)"
   CDRS_TANSU=$(need_tansu)
   export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
+  need_browser
 }
 
 # Seconds since the command started, to stderr: where a run's time goes.

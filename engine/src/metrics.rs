@@ -105,6 +105,78 @@ pub struct Metrics {
     pub tls_rotations: IntCounterVec,
     /// What changed, for `GET /v1/events` and the dashboard.
     pub events: Events,
+    /// Dead letters by stage and reason, for the dashboard.
+    pub dead_letter_reasons: DeadLetterReasons,
+}
+
+/// Dead letters counted by stage and reason, for `GET /v1/stats`: reasons
+/// are free text from plugins and delivery errors, so they are not a
+/// Prometheus label. Each reason is cut to [`REASON_CHARS`] characters with
+/// runs of digits written `N` (an offset or a count per record would make
+/// every reason new); past [`REASONS_KEPT`] distinct reasons, new ones
+/// count as `other`.
+#[derive(Default)]
+pub struct DeadLetterReasons(std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>);
+
+/// Characters of a dead-letter reason kept by [`DeadLetterReasons`].
+pub const REASON_CHARS: usize = 80;
+
+/// Distinct (stage, reason) pairs kept by [`DeadLetterReasons`].
+pub const REASONS_KEPT: usize = 64;
+
+impl DeadLetterReasons {
+    /// Counts one dead letter.
+    pub fn count(&self, stage: &str, reason: &str) {
+        let mut class = String::with_capacity(reason.len().min(REASON_CHARS));
+        let mut digits = false;
+        for c in reason.chars().take(REASON_CHARS) {
+            if c.is_ascii_digit() {
+                if !digits {
+                    class.push('N');
+                }
+                digits = true;
+            } else {
+                class.push(c);
+                digits = false;
+            }
+        }
+        let mut all = self.0.lock().expect("dead-letter reasons lock");
+        let key = (stage.to_string(), class);
+        if !all.contains_key(&key) && all.len() >= REASONS_KEPT {
+            *all.entry((stage.to_string(), "other".into())).or_default() += 1;
+            return;
+        }
+        *all.entry(key).or_default() += 1;
+    }
+
+    /// `[(stage, reason, count)]`, counts since the start.
+    pub fn totals(&self) -> Vec<(String, String, u64)> {
+        let all = self.0.lock().expect("dead-letter reasons lock");
+        all.iter()
+            .map(|((s, r), n)| (s.clone(), r.clone(), *n))
+            .collect()
+    }
+}
+
+/// One target's delivery counters, for `GET /v1/stats` (counts since the
+/// start; a reader takes differences between two reads).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TargetStats {
+    pub delivered_records: u64,
+    pub deliveries_ok: u64,
+    pub deliveries_error: u64,
+    pub retried_records: u64,
+    pub rerouted_records: u64,
+    pub ejections: u64,
+    /// Records in CDRS's queue for the target now.
+    pub queue_records: i64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: i64,
+    /// `cdrs_delivery_duration_seconds` buckets: `[upper bound s,
+    /// cumulative count]`.
+    pub latency_buckets: Vec<(f64, u64)>,
+    /// Deliveries timed (the histogram's count).
+    pub latency_count: u64,
 }
 
 impl Metrics {
@@ -292,6 +364,7 @@ impl Metrics {
             },
             registry,
             events: Events::default(),
+            dead_letter_reasons: DeadLetterReasons::default(),
         }
     }
 
@@ -302,6 +375,55 @@ impl Metrics {
                 .with_label_values(&[stage, outcome])
                 .inc_by(n as u64);
         }
+    }
+
+    /// Every target's delivery counters, by target id.
+    pub fn target_stats(&self) -> std::collections::BTreeMap<String, TargetStats> {
+        use prometheus::core::Collector;
+        let mut out: std::collections::BTreeMap<String, TargetStats> = Default::default();
+        let label = |m: &prometheus::proto::Metric, n: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == n)
+                .map(|l| l.value().to_string())
+        };
+        let mut each =
+            |c: &dyn Collector, f: &mut dyn FnMut(&mut TargetStats, &prometheus::proto::Metric)| {
+                for family in c.collect() {
+                    for m in family.get_metric() {
+                        if let Some(id) = label(m, "target") {
+                            f(out.entry(id).or_default(), m);
+                        }
+                    }
+                }
+            };
+        let counter = |m: &prometheus::proto::Metric| m.get_counter().get_value() as u64;
+        let gauge = |m: &prometheus::proto::Metric| m.get_gauge().get_value() as i64;
+        each(&self.delivered_records, &mut |t, m| {
+            t.delivered_records = counter(m)
+        });
+        each(
+            &self.deliveries,
+            &mut |t, m| match label(m, "result").as_deref() {
+                Some("ok") => t.deliveries_ok = counter(m),
+                _ => t.deliveries_error += counter(m),
+            },
+        );
+        each(&self.retries, &mut |t, m| t.retried_records = counter(m));
+        each(&self.rerouted, &mut |t, m| t.rerouted_records += counter(m));
+        each(&self.ejections, &mut |t, m| t.ejections = counter(m));
+        each(&self.target_queue, &mut |t, m| t.queue_records = gauge(m));
+        each(&self.breaker_state, &mut |t, m| t.breaker_state = gauge(m));
+        each(&self.delivery_seconds, &mut |t, m| {
+            t.latency_buckets = m
+                .get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect();
+            t.latency_count = m.get_histogram().get_sample_count();
+        });
+        out
     }
 
     /// `cdrs_plugin_errors_total{plugin, kind}` summed over the versions.

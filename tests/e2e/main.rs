@@ -12,6 +12,7 @@ mod chaos;
 mod common;
 mod conformance;
 mod daemon;
+mod dashboard;
 mod delivery;
 mod failures;
 mod fleet;

@@ -948,6 +948,9 @@ impl Dispatcher {
                         .dead_letters
                         .with_label_values(&[why.stage])
                         .inc();
+                    self.metrics
+                        .dead_letter_reasons
+                        .count(why.stage, why.reason);
                     return Ok(());
                 }
                 Err(e) => {

@@ -179,10 +179,13 @@ pub struct LogLine {
 /// The last [`LOG_LINES_KEPT`] lines of each plugin (by name, across its
 /// versions).
 #[derive(Default)]
-pub struct PluginLogs(Mutex<HashMap<Arc<str>, Arc<Mutex<VecDeque<LogLine>>>>>);
+pub struct PluginLogs(Mutex<HashMap<Arc<str>, LogRing>>);
+
+/// One plugin's kept lines, shared by its instances' stores.
+type LogRing = Arc<Mutex<VecDeque<LogLine>>>;
 
 impl PluginLogs {
-    fn of(&self, plugin: &Arc<str>) -> Arc<Mutex<VecDeque<LogLine>>> {
+    fn of(&self, plugin: &Arc<str>) -> LogRing {
         let mut all = self.0.lock().expect("plugin logs lock");
         all.entry(plugin.clone()).or_default().clone()
     }
@@ -199,7 +202,7 @@ impl PluginLogs {
 /// Per-store data: the empty WASI context and the memory limiter.
 pub struct State {
     plugin: Arc<str>,
-    log: Arc<Mutex<VecDeque<LogLine>>>,
+    log: LogRing,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,

@@ -12,6 +12,8 @@
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
 //! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
 //! | GET | `/v1/partitions` | read: assigned partitions: committed offset, high watermark, lag (records, seconds), in flight, held back |
+//! | GET | `/v1/stats` | read: counters since the start per target (deliveries, latency buckets, breaker) and dead letters by stage and reason; readers take differences |
+//! | GET | `/ui` | host check only: the dashboard page (its data comes from the read endpoints) |
 //! | GET | `/v1/events` | read: server-sent events of what changed (`Last-Event-ID` resumes; see [`crate::events`]) |
 //! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
 //! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
@@ -29,6 +31,8 @@
 //!   a target without a report token takes the admin token (if any).
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
+
+mod ui;
 
 use crate::capacity::report::MAX_REPORT_BYTES;
 use crate::capacity::{CapacityReport, Feed, Health, Registry, ReportError};
@@ -101,6 +105,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/fleet", get(fleet))
         .route("/v1/events", get(events))
         .route("/v1/partitions", get(partitions))
+        .route("/v1/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -116,9 +121,16 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             state.clone(),
             require_report,
         ));
+    let ui = axum::Router::new()
+        .route("/ui", get(|| ui::asset("index.html")))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| ui::asset_owned(file)),
+        );
     let guarded = read
         .merge(write)
         .merge(report)
+        .merge(ui)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_host));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -411,6 +423,25 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
     let mut snapshot = serde_json::to_value(&*s.registry.snapshot()).unwrap_or_default();
     redact_url_passwords(&mut snapshot);
     Json(snapshot).into_response()
+}
+
+async fn stats(State(s): State<Arc<AdminState>>) -> Response {
+    let dead_letters: Vec<serde_json::Value> = s
+        .metrics
+        .dead_letter_reasons
+        .totals()
+        .into_iter()
+        .map(|(stage, reason, count)| serde_json::json!({"stage": stage, "reason": reason, "count": count}))
+        .collect();
+    Json(serde_json::json!({
+        "time_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        "records_in": s.metrics.get("source", "in"),
+        "targets": s.metrics.target_stats(),
+        "dead_letters": dead_letters,
+    }))
+    .into_response()
 }
 
 async fn partitions(State(s): State<Arc<AdminState>>) -> Response {
