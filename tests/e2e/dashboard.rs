@@ -23,6 +23,34 @@ async fn line(
         .expect("the dashboard driver is still running")
 }
 
+/// Reads SSE `data:` objects from `resp` until one satisfies `until`.
+async fn events_until(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            for data in block.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                let e: serde_json::Value = serde_json::from_str(data).unwrap();
+                let done = until(&e);
+                out.push(e);
+                if done {
+                    return out;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_killed_server_down_live() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -66,6 +94,13 @@ async fn the_dashboard_shows_a_killed_server_down_live() {
     let ready = line(&mut out, Duration::from_secs(90)).await;
     assert_eq!(ready, "READY", "the page shows three healthy targets");
 
+    // An event stream client, following from now on.
+    let events_url = format!("http://{}/v1/events", s.daemon.admin_addr);
+    let http = reqwest::Client::new();
+    let mut stream = http.get(&events_url).send().await.unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut buf = String::new();
+
     let victim = &s.servers[2];
     victim.kill();
     stdin
@@ -80,6 +115,58 @@ async fn the_dashboard_shows_a_killed_server_down_live() {
     let (ms, reason) = rest.split_once(' ').unwrap();
     assert!(ms.parse::<u64>().unwrap() <= 5_000, "{down}");
     assert!(!reason.trim().is_empty(), "{down}");
+    let is_kill =
+        |e: &serde_json::Value| e["type"] == "target.health" && e["target"] == victim.id.as_str();
+    let seen = events_until(&mut stream, &mut buf, is_kill).await;
+    let kill = seen.last().unwrap();
+    assert_eq!(
+        (&kill["from"], &kill["to"]),
+        (&"healthy".into(), &"down".into()),
+        "{kill}"
+    );
+    assert!(!kill["reason"].as_str().unwrap().is_empty(), "{kill}");
+    // A reconnect with Last-Event-ID gets exactly the events after it: the
+    // same as the whole history (from id 0) holds after that id.
+    let kill_id = kill["id"].as_u64().unwrap();
+    let after: Vec<serde_json::Value> = {
+        let mut all = http
+            .get(&events_url)
+            .header("last-event-id", "0")
+            .send()
+            .await
+            .unwrap();
+        let mut b = String::new();
+        let newest = s.daemon.metrics.events.recent(1)[0].id;
+        events_until(&mut all, &mut b, |e| e["id"] == newest)
+            .await
+            .into_iter()
+            .filter(|e| e["id"].as_u64().unwrap() > kill_id)
+            .collect()
+    };
+    s.daemon
+        .metrics
+        .events
+        .publish("test.marker", serde_json::json!({}));
+    let mut resumed = http
+        .get(&events_url)
+        .header("last-event-id", kill_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut b = String::new();
+    let got = events_until(&mut resumed, &mut b, |e| e["type"] == "test.marker").await;
+    let ids = |v: &[serde_json::Value]| {
+        v.iter()
+            .map(|e| e["id"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&got[..got.len() - 1]), ids(&after), "{got:?}");
+    assert_eq!(
+        got.last().unwrap()["id"].as_u64().unwrap(),
+        s.daemon.metrics.events.recent(1)[0].id
+    );
+    drop((stream, resumed));
+
     let done = line(&mut out, Duration::from_secs(60)).await;
     assert_eq!(done, "DONE", "readable on a dark background and a phone");
     assert!(driver.wait().await.unwrap().success());
