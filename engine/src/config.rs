@@ -241,6 +241,20 @@ pub struct LogConfig {
     /// `"info"`. `RUST_LOG` wins at startup; a reload applies this.
     #[serde(default = "d_log_level")]
     pub level: String,
+    /// `"text"` (default: a line per event, for a person at a terminal) or
+    /// `"json"` (one JSON object per line, for a log collector). Restart
+    /// only.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 fn d_log_level() -> String {
@@ -251,6 +265,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: d_log_level(),
+            format: LogFormat::Text,
         }
     }
 }

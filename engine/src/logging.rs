@@ -1,6 +1,12 @@
 //! Logging: `tracing` to stderr with a filter that a config reload can
 //! change (`[log] level`). `RUST_LOG`, when set, wins at startup.
+//!
+//! `[log] format = "json"` writes one JSON object per line (tracing-subscriber's
+//! JSON formatter): `timestamp` (RFC 3339), `level`, `target`, `message`
+//! and the event's fields at the top level, and `span` with the fields of
+//! the span the event happened in, if any.
 
+use crate::config::LogFormat;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -9,22 +15,32 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 static HANDLE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// Installs the global subscriber with `level` (an `EnvFilter` directive such
-/// as `info` or `cdrs=debug,rdkafka=warn`) unless `RUST_LOG` is set.
-pub fn init(level: &str) {
+/// as `info` or `cdrs=debug,rdkafka=warn`) unless `RUST_LOG` is set, writing
+/// `format` to stderr.
+pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => registry
+            .with(
                 // Colour codes only for a person at a terminal, not in a
                 // file, a pipe or a log collector.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .try_init();
+                fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init(),
+    };
     if installed.is_ok() {
         let _ = HANDLE.set(handle);
     }

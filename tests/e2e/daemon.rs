@@ -53,6 +53,9 @@ dead_letter_topic = "{dlq}"
 listen = "127.0.0.1:{admin_port}"
 token = "${{CDRS_E2E_ADMIN_TOKEN}}"
 
+[log]
+format = "json"
+
 [[filters]]
 name = "drop-heartbeats"
 path = "{filter}"
@@ -240,6 +243,37 @@ config = {{ sticky = true }}
         "GET /v1/config shows a secret: {shown}"
     );
 
+    // A plugin swap, a config reload and a server killed: the JSON log
+    // below must hold each, every line an object.
+    let other_router = std::fs::read(plugins.join("example_router.wasm")).unwrap();
+    let swapped = http
+        .put(format!("{base}/v1/plugins/p2c"))
+        .bearer_auth(TOKEN)
+        .body(other_router)
+        .send()
+        .await
+        .unwrap();
+    assert!(swapped.status().is_success(), "{:?}", swapped.text().await);
+    let reloaded = http
+        .post(format!("{base}/v1/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        reloaded.status().is_success(),
+        "{:?}",
+        reloaded.text().await
+    );
+    servers[2].kill();
+    assert!(
+        wait_for(Duration::from_secs(15), || log_text()
+            .contains("target health changed"))
+        .await,
+        "killed server seen down; log:\n{}",
+        log_text()
+    );
+
     // SIGTERM: drain, commit, exit 0.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -284,6 +318,30 @@ config = {{ sticky = true }}
         !log_text().contains('\u{1b}'),
         "no colour codes in a log file"
     );
+    // `[log] format = "json"`: every line one object with a level, a target
+    // and a message; the swap, the reload and the kill among them.
+    let text = log_text();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(
+            l["level"].is_string() && l["target"].is_string() && l["message"].is_string(),
+            "{l}"
+        );
+    }
+    for message in ["plugin swapped", "config reloaded", "target health changed"] {
+        assert!(
+            lines.iter().any(|l| l["message"] == message),
+            "no {message:?} line in the JSON log"
+        );
+    }
+    let swap = lines
+        .iter()
+        .find(|l| l["message"] == "plugin swapped")
+        .unwrap();
+    assert_eq!(swap["plugin"], "p2c", "fields at the top level: {swap}");
 
     let a = account(&ledger, &refs);
     assert_eq!((a.lost, a.unexpected), (0, 0), "{a:?}");

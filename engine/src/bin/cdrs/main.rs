@@ -137,7 +137,7 @@ enum Command {
 }
 
 pub(crate) fn init_logs(default: &str) {
-    cdrs::logging::init(default);
+    cdrs::logging::init(default, cdrs::config::LogFormat::Text);
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,6 @@
 //! `cdrs run` and `cdrs check`.
 
-use crate::{init_logs, runtime};
+use crate::runtime;
 use anyhow::Context;
 use cdrs::config::Config;
 use cdrs::daemon::Daemon;
@@ -46,7 +46,7 @@ pub(crate) fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             lines.join("\n")
         );
     }
-    init_logs(&config.log.level);
+    cdrs::logging::init(&config.log.level, config.log.format);
     exit_on_panic();
     runtime()?.block_on(async {
         let daemon = Daemon::start(config, Some(path)).await?;
