@@ -720,6 +720,7 @@ fn configuration_doc_matches_the_config_structs() {
             "targets[].report_token" => changed.targets[0].report_token = secret,
             "admin.tls.key_pass" => changed.admin.tls.as_mut().unwrap().key_pass = secret,
             "delivery.tls.key_pass" => changed.delivery.tls.key_pass = secret,
+            "log.format" => changed.log.format = crate::config::LogFormat::Json,
             "targets[].tls.key_pass" => changed.targets[0].tls.as_mut().unwrap().key_pass = secret,
             key => {
                 let mut v = full_json.clone();
