@@ -170,6 +170,49 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Default `telemetry.sample_ratio`.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+
+/// `[telemetry]`: traces of records that carry a `traceparent`
+/// (`crate::telemetry`). Restart-only.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint traces are sent to (JSON bodies): a collector's
+    /// address (`http://collector:4318`, `/v1/traces` is added) or the full
+    /// traces URL. Unset (the default): no traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the records whose `traceparent` says sampled that CDRS
+    /// traces, 0.0..=1.0, by trace id (OpenTelemetry's `TraceIdRatioBased`).
+    /// Default 1.0.
+    #[serde(default = "d_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the spans. Default `"cdrs"`.
+    #[serde(default = "d_service_name")]
+    pub service_name: String,
+}
+
+fn d_sample_ratio() -> f64 {
+    DEFAULT_SAMPLE_RATIO
+}
+
+fn d_service_name() -> String {
+    "cdrs".into()
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            sample_ratio: DEFAULT_SAMPLE_RATIO,
+            service_name: d_service_name(),
+        }
+    }
 }
 
 /// Default `control.status_interval_ms`.
@@ -1403,6 +1446,7 @@ impl Config {
         self.validate_targets(&mut bad);
         self.validate_capacity(&mut bad);
         self.validate_log(&mut bad);
+        self.validate_telemetry(&mut bad);
         self.validate_delivery(&mut bad);
         self.validate_durations(&mut bad);
         out
@@ -1917,6 +1961,35 @@ impl Config {
                     "{:?} is not a filter directive ({e}); e.g. \"info\" or \"cdrs=debug,warn\"",
                     self.log.level
                 ),
+            );
+        }
+    }
+
+    /// `[telemetry]`: the endpoint, the ratio, the service name.
+    fn validate_telemetry(&self, bad: &mut impl FnMut(String, String)) {
+        let t = &self.telemetry;
+        if let Some(e) = &t.otlp_endpoint {
+            match url::Url::parse(e) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => bad(
+                    "telemetry.otlp_endpoint".into(),
+                    format!(
+                        "{:?} is not an http:// or https:// URL; e.g. \"http://127.0.0.1:4318\"",
+                        crate::redact::url(e)
+                    ),
+                ),
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            bad(
+                "telemetry.sample_ratio".into(),
+                format!("{} is out of range; 0.0..=1.0", t.sample_ratio),
+            );
+        }
+        if t.service_name.trim().is_empty() {
+            bad(
+                "telemetry.service_name".into(),
+                "must not be empty; e.g. \"cdrs\"".into(),
             );
         }
     }

@@ -38,6 +38,7 @@ pub struct Daemon {
     task: JoinHandle<anyhow::Result<()>>,
     admin: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Daemon {
@@ -100,11 +101,16 @@ impl Daemon {
             config.kafka.options.clone(),
         ));
         warm_up_target_producer(&dispatch, &config);
-        let pipeline = Arc::new(Pipeline::new(
-            plugins.clone(),
-            dispatch.clone(),
-            metrics.clone(),
-        ));
+        let telemetry = crate::telemetry::Telemetry::new(&config.telemetry, &config.kafka.group_id)
+            .context("failed to set up [telemetry]")?;
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            tracing::info!(endpoint = %crate::redact::url(endpoint),
+                sample_ratio = config.telemetry.sample_ratio, "tracing records with a traceparent");
+        }
+        let pipeline = Arc::new(
+            Pipeline::new(plugins.clone(), dispatch.clone(), metrics.clone())
+                .with_telemetry(telemetry.clone()),
+        );
         let reloader = Arc::new(ConfigReloader::new(
             config_path,
             config.clone(),
@@ -218,6 +224,7 @@ impl Daemon {
                 background.push(watcher);
                 background
             },
+            telemetry,
         })
     }
 
@@ -271,6 +278,10 @@ impl Daemon {
         let _ = self.admin.await;
         for b in self.background {
             let _ = b.await;
+        }
+        if let Some(t) = self.telemetry {
+            // Blocks up to its export timeout: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
         result
     }

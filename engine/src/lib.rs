@@ -15,7 +15,7 @@
 //! [`plugin`] (wasmtime runtime, WIT conversions, hot-swap slots),
 //! [`capacity`] (target registry and snapshots), [`kafka`] (librdkafka
 //! settings), [`offsets`], [`tls`] (TLS files, HTTP clients, the admin
-//! acceptor), and the leaves [`config`], [`record`],
+//! acceptor), [`telemetry`] (OpenTelemetry traces of records), and the leaves [`config`], [`record`],
 //! [`metrics`], [`events`], [`redact`], [`logging`], [`panic`]. [`testkit`] serves
 //! `cdrs demo`, `cdrs bench` and the end-to-end tests.
 
@@ -39,5 +39,6 @@ pub mod reload;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod testkit;
 pub mod tls;

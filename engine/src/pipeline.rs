@@ -20,6 +20,8 @@ use crate::plugin::slot::PluginManager;
 use crate::record::Record;
 use crate::route::Routing;
 use crate::sink::kafka::DeadLetter;
+use crate::telemetry::{RecordTrace, Telemetry};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Everything a partition worker needs; shared by all of them.
@@ -31,6 +33,8 @@ pub struct Pipeline {
     pub routing: Arc<Routing>,
     /// Target queues, lanes, retries, circuit breakers, dead letters.
     pub dispatch: Arc<Dispatcher>,
+    /// Traces of records with a `traceparent`, when `[telemetry]` is on.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Pipeline {
@@ -45,7 +49,14 @@ impl Pipeline {
             metrics,
             routing,
             dispatch,
+            telemetry: None,
         }
+    }
+
+    /// The same pipeline, tracing records with `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Pipeline {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Runs one batch (records of one partition, offset order) through the
@@ -59,6 +70,7 @@ impl Pipeline {
         part: &Arc<Partition>,
         batch: Vec<Record>,
     ) -> Result<(), Abandoned> {
+        let mut batch = batch;
         let offsets: Vec<(i64, i64)> = batch
             .iter()
             .map(|r| (r.offset, r.timestamp_ms.unwrap_or(0)))
@@ -72,6 +84,18 @@ impl Pipeline {
         }
         let (topic, partition) = (&*part.topic, part.partition);
         self.metrics.count("source", "in", batch.len());
+        // Records with a sampled `traceparent`: their `process` spans end
+        // when this batch is routed, their `deliver` spans go with the jobs.
+        let mut process_spans = Vec::new();
+        let mut traces: HashMap<i64, Arc<RecordTrace>> = HashMap::new();
+        if let Some(t) = &self.telemetry {
+            for r in &mut batch {
+                if let Some((span, trace)) = t.start(r) {
+                    process_spans.push(span);
+                    traces.insert(r.offset, trace);
+                }
+            }
+        }
         let mut live = batch;
 
         // Filter chain.
@@ -153,10 +177,12 @@ impl Pipeline {
             .into_iter()
             .map(|r| {
                 let key = dispatch::key_hash(r.key.as_deref());
-                Job::new(Arc::new(r), part.clone(), key, router.clone())
+                let trace = traces.remove(&r.offset);
+                Job::new(Arc::new(r), part.clone(), key, router.clone()).with_trace(trace)
             })
             .collect();
         self.routing.place(jobs).await;
+        drop(process_spans);
         if self.dispatch.stopped() {
             return Err(Abandoned);
         }

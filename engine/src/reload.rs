@@ -142,6 +142,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     check("capacity.topic", old.capacity.topic != new.capacity.topic);
     check("control", old.control != new.control);
     check("log.format", old.log.format != new.log.format);
+    check("telemetry", old.telemetry != new.telemetry);
     // A target's queue and lane tasks are built on its first record and
     // kept: these three would reach only targets not used yet.
     let (d, e) = (&old.delivery, &new.delivery);

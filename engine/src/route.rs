@@ -183,7 +183,8 @@ impl Routing {
                 j.part.add_copies(j.record.offset, targets.len() as u32 - 1);
             }
             for &t in &targets[1..] {
-                let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
+                let copy = Job::new(j.record.clone(), j.part.clone(), None, j.router.clone())
+                    .with_trace(j.trace.clone());
                 queued.push((Destination::Target(view.targets[t].id.clone()), copy));
             }
             queued.push((Destination::Target(view.targets[targets[0]].id.clone()), j));
@@ -272,7 +273,8 @@ impl Routing {
                     .iter()
                     .map(|_| {
                         let mut copy =
-                            Job::new(j.record.clone(), j.part.clone(), None, j.router.clone());
+                            Job::new(j.record.clone(), j.part.clone(), None, j.router.clone())
+                                .with_trace(j.trace.clone());
                         copy.attempts = j.attempts;
                         copy.excluded = j.excluded.clone();
                         copy

@@ -21,3 +21,4 @@ mod plugins;
 mod reload;
 mod swap;
 mod tls;
+mod tracing;

@@ -648,6 +648,8 @@ fn configuration_doc_matches_the_config_structs() {
         [control]
         topic = "cdrs-control"
         instance_id = "cdrs-1"
+        [telemetry]
+        otlp_endpoint = "http://127.0.0.1:4318"
     "#;
     let full = Config::parse(full, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
     let full_json = serde_json::to_value(&full).unwrap();
@@ -869,4 +871,21 @@ fn the_control_topic_is_a_topic_of_its_own() {
         e.contains("control.status_interval_ms: 5 is out of range"),
         "{e}"
     );
+}
+
+#[test]
+fn telemetry_keys_are_checked_by_name() {
+    let text = problems(
+        "[telemetry]\notlp_endpoint = \"ftp://collector\"\nsample_ratio = 1.5\nservice_name = \" \"",
+        "kafka://out",
+    );
+    for want in [
+        "telemetry.otlp_endpoint: \"ftp://collector\" is not an http:// or https:// URL",
+        "telemetry.sample_ratio: 1.5 is out of range; 0.0..=1.0",
+        "telemetry.service_name: must not be empty",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    let ok = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.01";
+    assert_eq!(problems(ok, "kafka://out"), "");
 }

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, HttpSink};
 use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
+use crate::telemetry::RecordTrace;
 use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
@@ -174,6 +175,8 @@ pub struct Job {
     holds_slot: bool,
     /// The router that placed it.
     pub(crate) router: Arc<PlacedBy>,
+    /// Its `deliver` span, when traced ([`crate::telemetry`]).
+    pub(crate) trace: Option<Arc<RecordTrace>>,
 }
 
 impl Job {
@@ -194,7 +197,14 @@ impl Job {
             last_error: String::new(),
             holds_slot: false,
             router,
+            trace: None,
         }
+    }
+
+    /// The same job with the record's trace (its copies share it).
+    pub fn with_trace(mut self, trace: Option<Arc<RecordTrace>>) -> Job {
+        self.trace = trace;
+        self
     }
 
     fn holding_slot(mut self) -> Job {
@@ -593,6 +603,7 @@ impl Dispatcher {
         target: &str,
         url: &str,
         records: &[&Record],
+        traceparent: Option<&str>,
     ) -> Result<(), DeliveryError> {
         if url.starts_with("kafka://") {
             let producer = self
@@ -605,7 +616,11 @@ impl Dispatcher {
                 .send(url, records, Duration::from_millis(cfg.timeout_ms))
                 .await
         } else {
-            self.delivery.load().http.post(target, url, records).await
+            self.delivery
+                .load()
+                .http
+                .post_traced(target, url, records, traceparent)
+                .await
         }
     }
 
@@ -722,7 +737,10 @@ impl Dispatcher {
             let n = refs.len() as u32;
             self.registry.begin_delivery(&id, n);
             let started = Instant::now();
-            let result = self.send(cfg, &id, &url, &refs).await;
+            let traceparent = jobs
+                .iter()
+                .find_map(|j| j.trace.as_ref().map(|t| t.traceparent.as_str()));
+            let result = self.send(cfg, &id, &url, &refs, traceparent).await;
             let latency = started.elapsed();
             self.metrics
                 .delivery_seconds
@@ -830,6 +848,9 @@ impl Dispatcher {
             .with_label_values(&[id])
             .inc_by(jobs.len() as u64);
         self.metrics.count("delivery", "delivered", jobs.len());
+        for t in jobs.iter().filter_map(|j| j.trace.as_ref()) {
+            t.delivered(id);
+        }
         finish_jobs(jobs);
         for (j, why) in dead {
             tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
@@ -916,6 +937,9 @@ impl Dispatcher {
             .await
             .is_ok()
         {
+            if let Some(t) = &j.trace {
+                t.dead_lettered(stage, reason);
+            }
             j.finish();
         }
     }

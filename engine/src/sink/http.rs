@@ -273,11 +273,30 @@ impl HttpSink {
         url: &str,
         records: &[&Record],
     ) -> Result<(), DeliveryError> {
+        self.post_traced(target, url, records, None).await
+    }
+
+    /// [`HttpSink::post`] with a W3C `traceparent` request header (the
+    /// first traced record's, see [`crate::telemetry`]).
+    ///
+    /// # Errors
+    /// As [`HttpSink::post`].
+    pub async fn post_traced(
+        &self,
+        target: &str,
+        url: &str,
+        records: &[&Record],
+        traceparent: Option<&str>,
+    ) -> Result<(), DeliveryError> {
         let body = WireBatch {
             records: records.iter().map(|r| WireRecord::from_record(r)).collect(),
         };
         let clients = self.clients.load_full();
-        let sent = clients.client(target).post(url).json(&body).send().await;
+        let mut request = clients.client(target).post(url).json(&body);
+        if let Some(tp) = traceparent {
+            request = request.header(crate::telemetry::TRACEPARENT, tp);
+        }
+        let sent = request.send().await;
         let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {

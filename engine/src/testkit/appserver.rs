@@ -95,6 +95,8 @@ struct Shared {
     tls_failures: AtomicU64,
     /// `POST /records` requests that came over HTTP/2.
     http2_requests: AtomicU64,
+    /// The `traceparent` header of each request that had one.
+    traceparents: Mutex<Vec<String>>,
 }
 
 /// HTTPS for an [`AppServer`]: its certificate and key (PEM files), and
@@ -119,8 +121,18 @@ pub struct AppServer {
 async fn receive(
     State(s): State<Arc<Shared>>,
     version: axum::http::Version,
+    request_headers: axum::http::HeaderMap,
     Json(batch): Json<WireBatch>,
 ) -> Response {
+    if let Some(tp) = request_headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        s.traceparents
+            .lock()
+            .expect("traceparents lock")
+            .push(tp.to_string());
+    }
     if version == axum::http::Version::HTTP_2 {
         s.http2_requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -289,6 +301,7 @@ impl AppServer {
             client_certs: Mutex::new(Vec::new()),
             tls_failures: AtomicU64::new(0),
             http2_requests: AtomicU64::new(0),
+            traceparents: Mutex::new(Vec::new()),
         });
         // Bound here (std) so the port is known before start returns, even
         // when called from inside another Tokio runtime.
@@ -439,6 +452,15 @@ impl AppServer {
     /// URL of the health endpoint (`GET`: 200, or 503 while failing).
     pub fn health_url(&self) -> String {
         format!("{}://{}/health", self.scheme, self.addr)
+    }
+
+    /// The `traceparent` header of each request that carried one.
+    pub fn request_traceparents(&self) -> Vec<String> {
+        self.shared
+            .traceparents
+            .lock()
+            .expect("traceparents lock")
+            .clone()
     }
 
     /// Everything received so far, in arrival order.

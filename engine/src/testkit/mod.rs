@@ -322,5 +322,6 @@ pub fn demo_config(
         delivery: DeliveryConfig::default(),
         log: Default::default(),
         control: Default::default(),
+        telemetry: Default::default(),
     }
 }

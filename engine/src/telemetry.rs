@@ -1,0 +1,237 @@
+//! Traces: OpenTelemetry spans for records that carry a W3C `traceparent`
+//! header (W3C Trace Context, Level 1), exported over OTLP/HTTP with JSON
+//! bodies (`[telemetry] otlp_endpoint`; off by default).
+//!
+//! A record is traced when its `traceparent` says *sampled* and its trace id
+//! falls in `telemetry.sample_ratio` (OpenTelemetry's `TraceIdRatioBased`
+//! rule, so every service of a trace decides alike). It then gets, in the
+//! producer's trace:
+//! - a `process {topic}` span (kind consumer, parent and link: the
+//!   producer's span) from intake to the router's decision;
+//! - a `deliver` span (kind producer, child of `process`) from the decision
+//!   until the last copy of the record is delivered, dead-lettered or
+//!   dropped, with the target it went to;
+//! - its `traceparent` header rewritten to name the `deliver` span, so the
+//!   app server (record headers in the HTTP body; the Kafka record of a
+//!   `kafka://` target) continues the same trace below CDRS. An HTTP
+//!   request also carries the `traceparent` of its first traced record.
+//!
+//! Attributes follow the OpenTelemetry semantic conventions for messaging,
+//! version 1.30.0 (`messaging.system`, `messaging.operation.type`,
+//! `messaging.destination.name`, `messaging.destination.partition.id`,
+//! `messaging.kafka.offset`, `messaging.kafka.message.key`,
+//! `messaging.consumer.group.name`). Records without a `traceparent`, or
+//! not sampled, cost one header scan.
+
+use crate::config::TelemetryConfig;
+use crate::record::Record;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::Resource;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The header of W3C Trace Context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// How long one OTLP export may take before it is given up.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tracer of a running CDRS.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    group: String,
+}
+
+/// A traced record's `deliver` span, shared by its copies (fan-out); it
+/// ends when the last copy is dropped.
+pub struct RecordTrace {
+    /// The `traceparent` naming the `deliver` span.
+    pub traceparent: String,
+    span: Mutex<Span>,
+}
+
+impl RecordTrace {
+    /// A copy was delivered to `target`.
+    pub fn delivered(&self, target: &str) {
+        let mut span = self.span.lock().expect("span lock");
+        span.add_event(
+            "delivered",
+            vec![KeyValue::new("cdrs.target.id", target.to_string())],
+        );
+        span.set_status(Status::Ok);
+    }
+
+    /// The record was dead-lettered (`stage`, `reason`).
+    pub fn dead_lettered(&self, stage: &str, reason: &str) {
+        let mut span = self.span.lock().expect("span lock");
+        span.set_attribute(KeyValue::new("cdrs.dead_letter.stage", stage.to_string()));
+        span.set_status(Status::error(reason.to_string()));
+    }
+}
+
+/// Reads a record's headers for the propagator.
+struct Headers<'a>(&'a [(String, Option<Vec<u8>>)]);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+/// The OTLP/HTTP traces URL for `endpoint`: as given, or with `/v1/traces`
+/// when it names only a collector's address (no path).
+pub fn traces_url(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(u) if u.path().is_empty() || u.path() == "/" => {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        }
+        _ => endpoint.to_string(),
+    }
+}
+
+impl Telemetry {
+    /// The tracer of `[telemetry]`, or `None` when no endpoint is set.
+    /// `group`: the consumer group (a span attribute).
+    ///
+    /// # Errors
+    /// The exporter cannot be built (an endpoint that is not a URL).
+    pub fn new(cfg: &TelemetryConfig, group: &str) -> anyhow::Result<Option<Arc<Telemetry>>> {
+        let Some(endpoint) = &cfg.otlp_endpoint else {
+            return Ok(None);
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpJson)
+            .with_endpoint(traces_url(endpoint))
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::TraceIdRatioBased(cfg.sample_ratio))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(cfg.service_name.clone())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("cdrs");
+        Ok(Some(Arc::new(Telemetry {
+            provider,
+            tracer,
+            group: group.to_string(),
+        })))
+    }
+
+    /// Starts the spans of `r` if it carries a sampled `traceparent` that
+    /// the ratio keeps, and rewrites its header to name the `deliver` span.
+    /// Returns the `process` span (it ends when dropped) and the record's
+    /// trace.
+    pub fn start(&self, r: &mut Record) -> Option<(Span, Arc<RecordTrace>)> {
+        if !r
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(TRACEPARENT))
+        {
+            return None;
+        }
+        let parent = TraceContextPropagator::new().extract(&Headers(&r.headers));
+        let remote = parent.span().span_context().clone();
+        if !remote.is_valid() || !remote.is_sampled() {
+            return None;
+        }
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.destination.name", r.topic.to_string()),
+            KeyValue::new(
+                "messaging.destination.partition.id",
+                r.partition.to_string(),
+            ),
+            KeyValue::new("messaging.kafka.offset", r.offset),
+            KeyValue::new("messaging.consumer.group.name", self.group.clone()),
+        ];
+        if let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
+            attributes.push(KeyValue::new(
+                "messaging.kafka.message.key",
+                key.to_string(),
+            ));
+        }
+        let process = self
+            .tracer
+            .span_builder(format!("process {}", r.topic))
+            .with_kind(SpanKind::Consumer)
+            .with_links(vec![Link::with_context(remote)])
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        if !process.span_context().is_sampled() {
+            return None;
+        }
+        let cx = parent.with_remote_span_context(process.span_context().clone());
+        let deliver = self
+            .tracer
+            .span_builder("deliver")
+            .with_kind(SpanKind::Producer)
+            .with_attributes(vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.type", "send"),
+            ])
+            .start_with_context(&self.tracer, &cx);
+        let sc = deliver.span_context();
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        r.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(TRACEPARENT));
+        r.headers.push((
+            TRACEPARENT.to_string(),
+            Some(traceparent.clone().into_bytes()),
+        ));
+        Some((
+            process,
+            Arc::new(RecordTrace {
+                traceparent,
+                span: Mutex::new(deliver),
+            }),
+        ))
+    }
+
+    /// Exports what is still buffered (at most [`EXPORT_TIMEOUT`]); on stop.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(EXPORT_TIMEOUT) {
+            tracing::warn!(error = %e, "traces not all exported at stop");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collector_address_gets_the_traces_path() {
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("https://c/otlp/v1/traces"),
+            "https://c/otlp/v1/traces"
+        );
+    }
+}
