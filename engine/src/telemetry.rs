@@ -32,7 +32,9 @@ use opentelemetry::trace::{
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, Span,
+};
 use opentelemetry_sdk::Resource;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +49,9 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The provider's sampler, asked first: a record the ratio leaves out
+    /// costs no span, attribute or name.
+    sampler: Sampler,
     group: String,
 }
 
@@ -59,6 +64,16 @@ pub struct RecordTrace {
 }
 
 impl RecordTrace {
+    /// The trace id, 32 hex digits (for log lines about this record).
+    pub fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
+
+    /// The `deliver` span's id, 16 hex digits.
+    pub fn span_id(&self) -> &str {
+        self.traceparent.get(36..52).unwrap_or_default()
+    }
+
     /// A copy was delivered to `target`.
     pub fn delivered(&self, target: &str) {
         let mut span = self.span.lock().expect("span lock");
@@ -132,6 +147,7 @@ impl Telemetry {
         Ok(Some(Arc::new(Telemetry {
             provider,
             tracer,
+            sampler: Sampler::TraceIdRatioBased(cfg.sample_ratio),
             group: group.to_string(),
         })))
     }
@@ -151,6 +167,13 @@ impl Telemetry {
         let parent = TraceContextPropagator::new().extract(&Headers(&r.headers));
         let remote = parent.span().span_context().clone();
         if !remote.is_valid() || !remote.is_sampled() {
+            return None;
+        }
+        let decision = self
+            .sampler
+            .should_sample(None, remote.trace_id(), "", &SpanKind::Consumer, &[], &[])
+            .decision;
+        if decision != SamplingDecision::RecordAndSample {
             return None;
         }
         let mut attributes = vec![
@@ -224,6 +247,45 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sampled_traceparent_continues_its_trace_and_others_pass_as_they_are() {
+        let cfg = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:9".into()),
+            ..TelemetryConfig::default()
+        };
+        let t = Telemetry::new(&cfg, "g").unwrap().unwrap();
+        let mut r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: vec![(
+                "TraceParent".into(),
+                Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+            )],
+        };
+        let (_process, trace) = t.start(&mut r).expect("sampled");
+        assert_eq!(trace.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(trace.span_id(), "b7ad6b7169203331");
+        assert_eq!(r.headers.len(), 1, "replaced, not added: {:?}", r.headers);
+        assert_eq!(
+            r.headers[0].1.as_deref(),
+            Some(trace.traceparent.as_bytes())
+        );
+        for unsampled in [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "not a traceparent",
+        ] {
+            r.headers = vec![("traceparent".into(), Some(unsampled.as_bytes().to_vec()))];
+            assert!(t.start(&mut r).is_none(), "{unsampled}");
+            assert_eq!(r.headers[0].1.as_deref(), Some(unsampled.as_bytes()));
+        }
+        t.shutdown();
+    }
 
     #[test]
     fn a_collector_address_gets_the_traces_path() {

@@ -193,14 +193,14 @@ config = {{ sticky = true }}
     assert!(lag_zero(&metrics), "partition lag: {metrics}");
     // The same from /v1/partitions: every partition committed up to its
     // high watermark.
-    let parts: serde_json::Value = http
-        .get(format!("{base}/v1/partitions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get_json = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move {
+            let answer = request.send().await.unwrap();
+            answer.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let parts = get_json("/v1/partitions").await;
     let parts = parts.as_array().unwrap();
     assert_eq!(parts.len(), partitions as usize, "{parts:?}");
     for p in parts {
@@ -212,14 +212,7 @@ config = {{ sticky = true }}
             "{p}"
         );
     }
-    let targets: serde_json::Value = http
-        .get(format!("{base}/v1/targets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let targets = get_json("/v1/targets").await;
     let healthy = targets["targets"]
         .as_array()
         .unwrap()

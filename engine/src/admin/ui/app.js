@@ -46,6 +46,15 @@ function cell(text, cls) {
   return el("td", text, cls);
 }
 
+// A table's one row when it has nothing to show.
+function emptyRow(text, columns) {
+  const tr = el("tr");
+  const td = cell(text, "muted");
+  td.colSpan = columns;
+  tr.append(td);
+  return tr;
+}
+
 function num(n) {
   return n === null || n === undefined ? "–" : Number(n).toLocaleString("en");
 }
@@ -163,13 +172,7 @@ function renderPartitions(parts) {
     tr.append(reading);
     return tr;
   });
-  if (!rows.length) {
-    const tr = el("tr");
-    const td = cell("no partitions assigned to this instance", "muted");
-    td.colSpan = 9;
-    tr.append(td);
-    rows.push(tr);
-  }
+  if (!rows.length) rows.push(emptyRow("no partitions assigned to this instance", 9));
   $("#partitions tbody").replaceChildren(...rows);
 }
 
@@ -228,13 +231,7 @@ function renderDeadLetters(stats) {
       tr.append(cell(d.stage), cell(d.reason, "wrap"), cell(num(d.recent), "n"), cell(num(d.count), "n"));
       return tr;
     });
-  if (!rows.length) {
-    const tr = el("tr");
-    const td = cell("none", "muted");
-    td.colSpan = 4;
-    tr.append(td);
-    rows.push(tr);
-  }
+  if (!rows.length) rows.push(emptyRow("none", 4));
   $("#dead-letters tbody").replaceChildren(...rows);
 }
 

@@ -80,6 +80,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         );
     }
     daemon.wait_ready(Duration::from_secs(60)).await?;
+    eprintln!(
+        "dashboard while the demo runs: http://{}/ui (token demo-token)",
+        daemon.admin_addr
+    );
 
     let started = Instant::now();
     let ledger = produce(&brokers, topic, opts.records, 500).await?;

@@ -21,6 +21,68 @@ pub(super) struct EndToEnd {
     pub(super) passthrough_p99_ms: f64,
     pub(super) broker_p50_ms: f64,
     pub(super) broker_p99_ms: f64,
+    /// CDRS with the JSON filter on records that all carry a sampled
+    /// `traceparent`: tracing off, and on at [`TRACED_SAMPLE_RATIO`]
+    /// (exported to a receiver that discards).
+    pub(super) json_traced_off: f64,
+    pub(super) json_traced_on: f64,
+}
+
+/// `telemetry.sample_ratio` of the tracing-cost paths.
+pub(super) const TRACED_SAMPLE_RATIO: f64 = 0.01;
+
+/// Produces `events` to `topic`, each with a sampled `traceparent` of a
+/// trace of its own.
+async fn produce_traced(
+    brokers: &str,
+    topic: &str,
+    events: &[(String, String, Fate)],
+) -> anyhow::Result<()> {
+    let p = cdrs::testkit::producer(brokers)?;
+    for chunk in events.chunks(2000) {
+        let sends = chunk.iter().map(|(key, value, _)| {
+            let tp = format!(
+                "00-{:016x}{:016x}-{:016x}-01",
+                fastrand::u64(..),
+                fastrand::u64(..),
+                fastrand::u64(1..)
+            );
+            let p = &p;
+            async move {
+                let headers =
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: cdrs::telemetry::TRACEPARENT,
+                        value: Some(&tp),
+                    });
+                let rec = rdkafka::producer::FutureRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .headers(headers);
+                p.send(rec, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1 that answers 200 and keeps nothing:
+/// the export's cost stays in CDRS, not in a collector.
+async fn discarding_otlp_receiver() -> anyhow::Result<std::net::SocketAddr> {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|_: axum::body::Bytes| async { "{}" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
 }
 
 /// Partitions of every bench topic.
@@ -282,7 +344,12 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
     let link = cluster.link();
     let events: Vec<_> = (0..n).map(record).collect();
     let kept = events.iter().filter(|e| e.2 == Fate::Delivered).count();
+    // The same records, each with a sampled traceparent.
+    let traced_input = name("in-traced");
+    cluster.create_topic(&traced_input, PARTITIONS).await?;
+    produce_traced(&link.brokers, &traced_input, &events).await?;
     produce_events(&link.brokers, &input, events).await?;
+    let otlp = discarding_otlp_receiver().await?;
     let limit = Duration::from_secs(300);
 
     let trivial_filter = PluginConfig {
@@ -295,16 +362,17 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
     // neighbour hits all of them alike, each round starting at another
     // path (a broker may slow down as it fills); each figure is the median.
     // Paths: 0 bare passthrough, 1 CDRS trivial, 2 CDRS JSON, 3 like-for-like
-    // passthrough.
+    // passthrough, 4 CDRS JSON on traced records with tracing off, 5 the
+    // same with tracing on at 1%.
     let rounds = match (latency_only, opts.quick) {
         (true, _) => 0,
         (false, true) => 1,
         (false, false) => 3,
     };
-    let mut runs: [Vec<Watched>; 4] = Default::default();
+    let mut runs: [Vec<Watched>; 6] = Default::default();
     for round in 0..rounds {
-        for k in 0..4 {
-            let path = (round + k) % 4;
+        for k in 0..6 {
+            let path = (round + k) % 6;
             let out = name(&format!("path{path}-{round}-out"));
             cluster.create_topic(&out, PARTITIONS).await?;
             let w = match path {
@@ -318,7 +386,12 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
                         _ => (demo_filter(&opts.plugin_dir), kept),
                     };
                     let tag = format!("path{path}-{round}-{run}");
-                    let cfg = config(&link, (&tag, &dlq), &input, &out, filter, opts);
+                    let from = if path >= 4 { &traced_input } else { &input };
+                    let mut cfg = config(&link, (&tag, &dlq), from, &out, filter, opts);
+                    if path == 5 {
+                        cfg.telemetry.otlp_endpoint = Some(format!("http://{otlp}"));
+                        cfg.telemetry.sample_ratio = TRACED_SAMPLE_RATIO;
+                    }
                     let daemon = Daemon::start(cfg, None).await?;
                     let (l, o) = (link.clone(), out.clone());
                     let w =
@@ -343,7 +416,8 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
         )
     };
     let cores = |f: fn(&Watched) -> f64| -> Vec<f64> {
-        runs.iter()
+        runs[..4]
+            .iter()
             .map(|ws| median(ws.iter().map(f).collect()))
             .collect()
     };
@@ -406,6 +480,8 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
         passthrough_p99_ms: pass_latency.1,
         broker_p50_ms: broker_latency.0,
         broker_p99_ms: broker_latency.1,
+        json_traced_off: rate(&runs[4]),
+        json_traced_on: rate(&runs[5]),
     })
 }
 

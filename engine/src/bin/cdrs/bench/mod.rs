@@ -157,6 +157,12 @@ pub struct BenchReport {
     pub rss_idle_bytes: u64,
     pub rss_load_bytes: u64,
     pub e2e_json_records_per_s: f64,
+    /// CDRS, JSON filter, every record with a sampled `traceparent`:
+    /// tracing off, and on at 1% (`telemetry.sample_ratio = 0.01`), records/s,
+    /// and the share of records/s tracing costs.
+    pub e2e_json_traced_off_records_per_s: f64,
+    pub e2e_json_traced_1pct_records_per_s: f64,
+    pub tracing_cost_1pct: f64,
     /// HTTP delivery (demo filter and router, three counting servers):
     /// CDRS's records/s against the like-for-like rdkafka → HTTP loop's.
     pub http_records_per_s: f64,
@@ -273,6 +279,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         rss_idle_bytes,
         rss_load_bytes: rss_bytes("VmHWM"),
         e2e_json_records_per_s: e2e.json,
+        e2e_json_traced_off_records_per_s: e2e.json_traced_off,
+        e2e_json_traced_1pct_records_per_s: e2e.json_traced_on,
+        tracing_cost_1pct: if e2e.json_traced_off > 0.0 {
+            1.0 - e2e.json_traced_on / e2e.json_traced_off
+        } else {
+            0.0
+        },
         http_records_per_s: h.cdrs_records_per_s,
         http_loop_records_per_s: h.loop_records_per_s,
         http_ratio_like_for_like: ratio(h.cdrs_records_per_s, h.loop_records_per_s),
@@ -359,6 +372,13 @@ pub fn table(r: &BenchReport) -> String {
         }
         s += "like-for-like: what CDRS's Kafka sink writes (idempotent producer, \
               cdrs-idempotency-key header)\n";
+        s += &format!(
+            "tracing: CDRS, JSON filter, every record with a sampled traceparent: \
+             off {:.0} records/s, on at 1% {:.0} records/s ({:+.1}%)\n",
+            r.e2e_json_traced_off_records_per_s,
+            r.e2e_json_traced_1pct_records_per_s,
+            -100.0 * r.tracing_cost_1pct
+        );
     }
     if r.p50_latency_ms > 0.0 {
         if r.passthrough_records_per_s == 0.0 {
