@@ -837,6 +837,35 @@ mod tests {
         assert_eq!(again[0]["id"], 3);
     }
 
+    #[tokio::test]
+    async fn the_dashboard_is_served_with_a_strict_csp_and_only_its_own_files() {
+        let (app, _) = app(Some("t0ken-for-writes"));
+        for (path, status, kind) in [
+            ("/ui", StatusCode::OK, "text/html"),
+            ("/ui/app.js", StatusCode::OK, "text/javascript"),
+            ("/ui/style.css", StatusCode::OK, "text/css"),
+            ("/ui/secret.txt", StatusCode::NOT_FOUND, "text/plain"),
+        ] {
+            let resp = app.clone().oneshot(req("GET", path, &[])).await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+            let h = resp.headers();
+            assert!(
+                h["content-type"].to_str().unwrap().starts_with(kind),
+                "{path}: {h:?}"
+            );
+            if status == StatusCode::OK {
+                let csp = h["content-security-policy"].to_str().unwrap();
+                assert!(
+                    csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'")
+                );
+                assert_eq!(h["x-content-type-options"], "nosniff");
+            }
+        }
+        // The page is open (it holds no data); what it reads is not.
+        let (status, _) = send(&app, req("GET", "/v1/stats", &[])).await;
+        assert_eq!(status, StatusCode::OK, "no read token set: reads are open");
+    }
+
     #[test]
     fn redact_hides_url_passwords_and_secret_options() {
         let config = serde_json::json!({
