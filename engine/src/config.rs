@@ -291,14 +291,8 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// `log.format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+/// `log.format`; defined with the logging it selects.
+pub use crate::logging::LogFormat;
 
 fn d_log_level() -> String {
     "info".into()

@@ -6,11 +6,22 @@
 //! and the event's fields at the top level, and `span` with the fields of
 //! the span the event happened in, if any.
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// `[log] format`: how lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// A line per event, coloured only at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 static HANDLE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 

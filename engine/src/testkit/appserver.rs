@@ -97,6 +97,9 @@ struct Shared {
     http2_requests: AtomicU64,
     /// The `traceparent` header of each request that had one.
     traceparents: Mutex<Vec<String>>,
+    /// Set by [`AppServer::kill`] under the log lock: a handler still
+    /// running on a worker thread after the kill logs nothing more.
+    killed: AtomicBool,
 }
 
 /// HTTPS for an [`AppServer`]: its certificate and key (PEM files), and
@@ -183,6 +186,10 @@ async fn receive(
         }
     }
     let mut log = s.log.lock().expect("log lock");
+    if s.killed.load(Ordering::Relaxed) {
+        // Killed while this request was handled: it was never received.
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     for r in &batch.records {
         log.push(Received {
             id: r.id.clone(),
@@ -302,6 +309,7 @@ impl AppServer {
             tls_failures: AtomicU64::new(0),
             http2_requests: AtomicU64::new(0),
             traceparents: Mutex::new(Vec::new()),
+            killed: AtomicBool::new(false),
         });
         // Bound here (std) so the port is known before start returns, even
         // when called from inside another Tokio runtime.
@@ -476,6 +484,13 @@ impl AppServer {
     /// Stops the server abruptly, like a crash: the port closes, open
     /// connections drop, reports stop. Its log stays readable.
     pub fn kill(&self) {
+        // `shutdown_background` does not wait for a handler a worker thread
+        // is running: without this, one could still log its batch after
+        // `kill` returned.
+        {
+            let _log = self.shared.log.lock().expect("log lock");
+            self.shared.killed.store(true, Ordering::Relaxed);
+        }
         if let Some(rt) = self.runtime.lock().expect("runtime lock").take() {
             rt.shutdown_background();
         }
