@@ -93,6 +93,22 @@ async fn capacity_topic_feeds_every_instance_and_admits_allowed_servers() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // blotter-9 may have joined before the rogue report was sent or read:
+    // send it until both instances refused it.
+    while !both(&|d| rejected(d, "endpoint_not_allowed") > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the rogue report was never refused"
+        );
+        producer
+            .send(
+                FutureRecord::to("capacity").key("rogue-1").payload(&rogue),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for d in [&a.daemon, &b.daemon] {
         let v = view(d, "blotter-9").unwrap();
         assert!(
