@@ -73,6 +73,15 @@ async fn capacity_topic_feeds_every_instance_and_admits_allowed_servers() {
         r#"{{"server_id":"rogue-1","endpoint":"http://localhost:{}/records","capacity":500}}"#,
         outsider.addr.port()
     );
+    let send_rogue = || async {
+        producer
+            .send(
+                FutureRecord::to("capacity").key("rogue-1").payload(&rogue),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    };
     let both = |f: &dyn Fn(&Daemon) -> bool| f(&a.daemon) && f(&b.daemon);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !both(&|d| {
@@ -84,13 +93,7 @@ async fn capacity_topic_feeds_every_instance_and_admits_allowed_servers() {
             "blotter-9 never joined: {:?}",
             a.daemon.registry.snapshot()
         );
-        producer
-            .send(
-                FutureRecord::to("capacity").key("rogue-1").payload(&rogue),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        send_rogue().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // blotter-9 may have joined before the rogue report was sent or read:
@@ -100,13 +103,7 @@ async fn capacity_topic_feeds_every_instance_and_admits_allowed_servers() {
             Instant::now() < deadline,
             "the rogue report was never refused"
         );
-        producer
-            .send(
-                FutureRecord::to("capacity").key("rogue-1").payload(&rogue),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        send_rogue().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for d in [&a.daemon, &b.daemon] {
