@@ -110,12 +110,11 @@ need_tansu() {
   echo "$bin"
 }
 
-# Plugins built, Tansu installed, both exported for the test binaries.
+# Rust plugins built, Tansu installed, both exported for the test binaries;
+# Chromium for the dashboard test.
 test_env() {
   build_plugins
   phase "plugins built"
-  build_examples
-  phase "example plugins built (Python, JavaScript, C)"
   CDRS_TANSU=$(need_tansu)
   export CDRS_TANSU CDRS_PLUGIN_DIR="$PLUGIN_DIR"
   need_browser
@@ -137,12 +136,49 @@ case "$cmd" in
     ;;
   test)
     test_env
-    # Host crates (engine unit tests, end-to-end tests), then the plugins'
-    # native unit tests (policy logic, no Wasm).
-    cargo test --workspace --no-run -q "$@" 2>&1 | grep -v '^  Executable' >&2 || true
+    # Host crates (engine unit tests, end-to-end tests) and the plugins'
+    # native unit tests (policy logic, no Wasm). The C tooling is tested in
+    # the release build its examples already made (its wasm-tools crates
+    # would otherwise build a second time). Every command names the same
+    # packages, so each sees the same features and nothing builds twice.
+    pkgs=(--workspace --exclude cdrs-plugin-tools)
+    # The other languages' example plugins build beside the Rust test build
+    # (their toolchain installs mostly wait on downloads).
+    examples_log=$(mktemp)
+    build_examples >"$examples_log" 2>&1 &
+    examples=$!
+    cargo test "${pkgs[@]}" --no-run -q "$@" 2>&1 | grep -v '^  Executable' >&2 || true
     phase "Rust tests built"
-    cargo test --workspace --no-fail-fast "$@"
+    if ! wait "$examples"; then
+      cat "$examples_log" >&2
+      echo "== the example plugins did not build (above)" >&2
+      exit 1
+    fi
+    grep '^== ' "$examples_log" >&2 || true
+    rm -f "$examples_log"
+    phase "example plugins built (Python, JavaScript, C)"
+    # The end-to-end binary in front, three tests at a time (most of them
+    # wait on brokers, group joins and timers; the chaos cases take turns
+    # among themselves); the rest beside it, its output shown afterwards.
+    rest_log=$(mktemp)
+    (
+      rc=0
+      cargo test "${pkgs[@]}" --no-fail-fast --lib --test cli "$@" || rc=1
+      cargo test "${pkgs[@]}" --no-fail-fast --doc "$@" || rc=1
+      cargo test -q --release -p cdrs-plugin-tools "$@" || rc=1
+      exit $rc
+    ) >"$rest_log" 2>&1 &
+    rest=$!
+    e2e_rc=0
+    RUST_TEST_THREADS=3 cargo test "${pkgs[@]}" --no-fail-fast --test e2e "$@" || e2e_rc=1
+    rest_rc=0
+    wait "$rest" || rest_rc=1
+    cat "$rest_log"; rm -f "$rest_log"
     phase "Rust tests done"
+    if [ $e2e_rc -ne 0 ] || [ $rest_rc -ne 0 ]; then
+      echo "== Rust tests failed (end to end: $e2e_rc, the rest: $rest_rc)" >&2
+      exit 1
+    fi
     # The guest SDKs' own tests: policy logic natively, layout readers.
     echo "== SDK tests: python, js, c" >&2
     PYTHONDONTWRITEBYTECODE=1 "$TOOLS/venv/bin/python" -m unittest discover -s sdk/python/tests
@@ -160,6 +196,7 @@ case "$cmd" in
     ;;
   chaos)
     test_env
+    build_examples
     cargo build -q -p cdrs >&2
     echo "| case | produced | filtered | delivered | duplicates | duplicates ÷ rate, s | dead-lettered | lost | out of key order | max RSS MiB | s |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
