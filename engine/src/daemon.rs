@@ -139,6 +139,13 @@ impl Daemon {
             reloader: Some(reloader.clone()),
             control: control.as_ref().map(|(c, _)| c.clone()),
             partitions: partitions.clone(),
+            routing: Some(pipeline.routing.clone()),
+            topics: config
+                .kafka
+                .topics
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
         });
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await

@@ -281,6 +281,14 @@ impl<D: Clone + PartialEq> Partition<D> {
         }
     }
 
+    /// Where the in-flight copies of the key with hash `key` are bound
+    /// ([`crate::dispatch::key_hash`]); `None` if none is in flight. Records
+    /// of that key read now follow them there.
+    pub fn bound_to(&self, key: u64) -> Option<D> {
+        let st = self.state.lock().expect("partition lock");
+        st.keys.get(&key).map(|k| k.target.clone())
+    }
+
     /// Adds `extra` unfinished copies of `offset` (fan-out).
     pub(crate) fn add_copies(&self, offset: i64, extra: u32) {
         if extra > 0 {

@@ -21,6 +21,7 @@ use crate::plugin::router::{Route, RouterPlugin, Targets};
 use crate::plugin::slot::Slot;
 use crate::record::Record;
 use futures::future::BoxFuture;
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,6 +100,48 @@ pub fn fallback(snapshot: &Snapshot, extra: &[u32]) -> Option<usize> {
     None
 }
 
+/// A record to look up ([`Routing::lookup`]): what a router can see of a
+/// record that is not there yet.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub topic: Arc<str>,
+    /// The record's partition; `-1` when the caller does not know it.
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Where the key's records in flight are bound, if any are: records of
+    /// the key read now follow them there.
+    pub bound: Option<Destination>,
+}
+
+/// Where a record with a given key would be delivered now, and why
+/// (`GET`/`POST /v1/route`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lookup {
+    /// The key, as given (UTF-8, lossy).
+    pub key: String,
+    pub topic: String,
+    /// As given, or where the key's records are in flight; `-1` if neither.
+    pub partition: i32,
+    /// The target ids a record of this key would be queued on now; empty
+    /// when none can take it (it waits or is dead-lettered by
+    /// `delivery.when_no_target`) or the router drops or dead-letters it.
+    pub targets: Vec<String>,
+    /// Why: `router` (the router chose), `host` (the host's fallback
+    /// chose: the router answered `default` or only targets that are
+    /// down), `in-flight` (records of the key are in flight to that target,
+    /// so this one follows them; `router_targets` is the router's own
+    /// choice), `parked` (records of the key wait for a target), `drop`,
+    /// `dead-letter` (with `reason`), `no-target`.
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router_targets: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The version of the capacity snapshot the router decided on.
+    pub snapshot_version: u64,
+}
+
 /// The router step of the pipeline: calls the router plugin, applies
 /// [`decide`], and hands the records to the dispatcher.
 pub struct Routing {
@@ -122,6 +165,105 @@ impl Routing {
             metrics,
             versions: AtomicU64::new(1 << 62),
         })
+    }
+
+    /// Where records like `probes` would be delivered now: the live router
+    /// is called on them exactly as on records read from Kafka (one call
+    /// per topic and partition, against the current capacity snapshot),
+    /// then the decision table. Nothing is queued and no count of the
+    /// host's (in-flight, placed, routed) changes; the calls show in the
+    /// router's call metrics. Records have the probe's key and headers, no
+    /// value, offset `-1` and the current time as timestamp. Blocking: the
+    /// router runs on the calling thread.
+    pub fn lookup(&self, probes: &[Probe]) -> Vec<Lookup> {
+        let view = self.dispatch.registry.snapshot();
+        let router = self.router.current();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let records: Vec<Record> = probes
+            .iter()
+            .map(|p| Record {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: -1,
+                timestamp_ms: Some(now),
+                key: Some(p.key.clone()),
+                value: None,
+                headers: p.headers.clone(),
+            })
+            .collect();
+        let mut groups: BTreeMap<(Arc<str>, i32), Vec<usize>> = BTreeMap::new();
+        for (i, p) in probes.iter().enumerate() {
+            groups
+                .entry((p.topic.clone(), p.partition))
+                .or_default()
+                .push(i);
+        }
+        let mut routes: Vec<Option<Route>> = vec![None; probes.len()];
+        for ((topic, partition), at) in groups {
+            let refs: Vec<&Record> = at.iter().map(|&i| &records[i]).collect();
+            let answers = router.route(&view, &topic, partition, &refs);
+            for (i, route) in at.into_iter().zip(answers) {
+                routes[i] = Some(route);
+            }
+        }
+        self.router.check_health();
+        let ids = |ts: &[usize]| -> Vec<String> {
+            ts.iter().map(|&t| view.targets[t].id.to_string()).collect()
+        };
+        let extra = vec![0u32; view.targets.len()];
+        let waits = self.dispatch.delivery.load().cfg.when_no_target == WhenNoTarget::Wait;
+        probes
+            .iter()
+            .zip(routes)
+            .map(|(p, route)| {
+                let placement = decide(&view, &extra, route.unwrap_or(Route::Default), &[]);
+                let (mut targets, mut decision, mut reason) = match placement {
+                    Placement::Targets { targets, .. } if targets.is_empty() => {
+                        (Vec::new(), "no-target", None)
+                    }
+                    Placement::Targets { targets, defaulted } => (
+                        ids(&targets),
+                        if defaulted { "host" } else { "router" },
+                        None,
+                    ),
+                    Placement::Drop => (Vec::new(), "drop", None),
+                    Placement::DeadLetter(why) => (Vec::new(), "dead-letter", Some(why)),
+                };
+                let mut router_targets = None;
+                // As in `place`: a single-target record whose key has
+                // copies in flight joins them (fan-out copies do not).
+                let follows = match decision {
+                    "router" | "host" => targets.len() == 1,
+                    "no-target" => waits,
+                    _ => false,
+                };
+                if follows {
+                    if let Some(bound) = &p.bound {
+                        let (to, why) = match bound {
+                            Destination::Target(id) => (vec![id.to_string()], "in-flight"),
+                            Destination::Parking => (Vec::new(), "parked"),
+                        };
+                        if to != targets {
+                            router_targets = Some(std::mem::replace(&mut targets, to));
+                            decision = why;
+                            reason = None;
+                        }
+                    }
+                }
+                Lookup {
+                    key: String::from_utf8_lossy(&p.key).into_owned(),
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    targets,
+                    decision,
+                    router_targets,
+                    reason,
+                    snapshot_version: view.version,
+                }
+            })
+            .collect()
     }
 
     /// Finishes a record the router dropped or dead-lettered; the targets

@@ -32,7 +32,7 @@
 //!   `pipeline.shutdown_grace_ms`, stop the dispatcher, commit, leave.
 
 use crate::config::{KafkaConfig, PipelineConfig};
-use crate::dispatch::Partition;
+use crate::dispatch::{Destination, Partition};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::record::Record;
@@ -223,6 +223,15 @@ impl Partitions {
             assigned: Assignment::default(),
             prefetch_limit,
         }
+    }
+
+    /// The partition of `topic` where records of the key with hash `key`
+    /// are in flight, and where they are bound to; `None` if none is.
+    pub fn key_binding(&self, topic: &str, key: u64) -> Option<(i32, Destination)> {
+        let map = self.assigned.lock().expect("assignment lock");
+        map.iter()
+            .filter(|((t, _), _)| &**t == topic)
+            .find_map(|((_, p), a)| Some((*p, a.part.as_ref()?.bound_to(key)?)))
     }
 
     /// Every assigned partition, by topic and partition.

@@ -17,6 +17,7 @@ mod delivery;
 mod failures;
 mod fleet;
 mod flow;
+mod gateway;
 mod plugins;
 mod reload;
 mod swap;

@@ -14,6 +14,7 @@
 //! | GET | `/v1/partitions` | read: assigned partitions: committed offset, high watermark, lag (records, seconds), in flight, held back |
 //! | GET | `/v1/stats` | read: counters since the start per target (deliveries, latency buckets, breaker) and dead letters by stage and reason; readers take differences |
 //! | GET | `/ui` | host check only: the dashboard page (its data comes from the read endpoints) |
+//! | GET | `/v1/route?key=K` | read: where a record with that key would be delivered now, and why ([`crate::route::Lookup`]); `POST` asks for many keys at once |
 //! | GET | `/v1/events` | read: server-sent events of what changed (`Last-Event-ID` resumes; see [`crate::events`]) |
 //! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
 //! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
@@ -32,6 +33,7 @@
 //!
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
+mod lookup;
 mod ui;
 
 use crate::capacity::report::MAX_REPORT_BYTES;
@@ -93,6 +95,12 @@ pub struct AdminState {
     pub control: Option<Arc<crate::control::Control>>,
     /// The partitions assigned to this process.
     pub partitions: crate::source::Partitions,
+    /// The router step, for route lookups; None only in tests of the
+    /// other endpoints.
+    pub routing: Option<Arc<crate::route::Routing>>,
+    /// `kafka.topics`: the topics a lookup may name (the first is the
+    /// default).
+    pub topics: Vec<Arc<str>>,
 }
 
 /// The admin routes, with their access layers.
@@ -106,6 +114,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/events", get(events))
         .route("/v1/partitions", get(partitions))
         .route("/v1/stats", get(stats))
+        .route("/v1/route", get(lookup::get_route).post(lookup::post_route))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -755,6 +764,8 @@ mod tests {
             reloader: None,
             control: None,
             partitions: Default::default(),
+            routing: None,
+            topics: Vec::new(),
         });
         (router(state.clone()), state)
     }
@@ -1020,6 +1031,8 @@ mod tests {
             reloader: None,
             control: None,
             partitions: Default::default(),
+            routing: None,
+            topics: Vec::new(),
         });
         router(state)
     }
@@ -1345,5 +1358,50 @@ mod tests {
             .await
             .expect("the server stops")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn route_lookups_name_what_is_wrong_with_a_request() {
+        let (app, _) = app(None);
+        let get = |q: &str| {
+            Request::get(format!("/v1/route{q}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        for (q, want) in [
+            ("", "key: is required"),
+            ("?topic=trades", "key: is required"),
+            ("?key=a&colour=red", "colour: unknown parameter"),
+            ("?key=a&header.=x", "header.: unknown parameter"),
+            ("?key=a&partition=first", "is not a partition number"),
+        ] {
+            let (s, body) = send(&app, get(q)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {body}");
+            assert!(body.contains(want), "{q}: {body}");
+        }
+        let post = |body: String| {
+            Request::post("/v1/route")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let (s, body) = send(&app, post(r#"{"records": [{"kee": "a"}]}"#.into())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.contains("records[0]") && body.contains("kee"),
+            "{body}"
+        );
+        let (s, body) = send(&app, post(r#"{"records": [{"key": 7}]}"#.into())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("records[0].key"), "{body}");
+        let many = serde_json::json!({
+            "records": (0..=lookup::MAX_LOOKUPS).map(|i| serde_json::json!({"key": i.to_string()})).collect::<Vec<_>>()
+        });
+        let (s, body) = send(&app, post(many.to_string())).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(body.contains("at most 10000"), "{body}");
+        // A well-formed lookup without a pipeline behind it.
+        let (s, body) = send(&app, get("?key=a")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     }
 }
