@@ -590,4 +590,125 @@ mod tests {
             "{counts:?}"
         );
     }
+
+    /// `Routing::lookup` on the real sticky P2C router: each key gets the
+    /// router's answer, the same every time; a key with records in flight
+    /// is named where they are bound (`in-flight`, the router's own choice
+    /// kept apart) or as waiting (`parked`); once a target is down only its
+    /// keys move, and none is looked up there.
+    #[test]
+    fn lookups_follow_the_router_and_in_flight_bindings() {
+        use crate::capacity::{CapacityReport, Feed, Registry};
+        use crate::config::{CapacityConfig, DeliveryConfig, PluginRuntimeConfig, TargetConfig};
+        use crate::dispatch::Delivery;
+        use crate::plugin::slot::RollbackPolicy;
+        use crate::plugin::Runtime;
+        use crate::sink::kafka::DeadLetterSink;
+        use std::time::Duration;
+
+        let metrics = Arc::new(Metrics::new());
+        let ids = ["a", "b", "c"];
+        let configs: Vec<TargetConfig> = ids
+            .iter()
+            .map(|id| TargetConfig {
+                id: id.to_string(),
+                url: format!("http://127.0.0.1:1/{id}"),
+                capacity: 100,
+                weight: 100,
+                zone: None,
+                labels: Default::default(),
+                health_url: None,
+                report_token: None,
+                tls: None,
+            })
+            .collect();
+        let registry = Arc::new(Registry::new(
+            CapacityConfig::default(),
+            &configs,
+            metrics.clone(),
+        ));
+        for id in ids {
+            registry
+                .report(id, CapacityReport::new(100), Feed::Http)
+                .unwrap();
+        }
+        let brokers = crate::testkit::kafka::leaked_mock(&[("dlq", 1)])
+            .expect("mock cluster")
+            .bootstrap_servers();
+        let dispatch = Arc::new(Dispatcher::new(
+            registry.clone(),
+            Delivery::standalone(&DeliveryConfig::default()).expect("delivery"),
+            DeadLetterSink::new(&brokers, "dlq", &BTreeMap::new()).expect("dead-letter producer"),
+            metrics.clone(),
+            brokers,
+            BTreeMap::new(),
+        ));
+        let dir = std::env::var_os("CDRS_PLUGIN_DIR").map_or_else(
+            || {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/wasm32-wasip2/plugin")
+            },
+            std::path::PathBuf::from,
+        );
+        let runtime = Runtime::new(&PluginRuntimeConfig {
+            instances: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let router = RouterPlugin::load(
+            &runtime,
+            &crate::testkit::demo_router(&dir, true),
+            metrics.clone(),
+        )
+        .expect("p2c_router.wasm (scripts/dev.sh plugins)");
+        let policy = RollbackPolicy {
+            faults: 100,
+            window: Duration::from_secs(10),
+        };
+        let slot = Arc::new(Slot::new(router, "config", policy, Default::default()));
+        let routing = Routing::new(slot, dispatch, metrics.clone());
+        let probe = |key: &str, bound: Option<Destination>| Probe {
+            topic: "trades".into(),
+            partition: -1,
+            key: key.as_bytes().to_vec(),
+            headers: Vec::new(),
+            bound,
+        };
+        let keys: Vec<String> = (0..60).map(|i| format!("client-{i}")).collect();
+        let ask = || routing.lookup(&keys.iter().map(|k| probe(k, None)).collect::<Vec<_>>());
+        let first = ask();
+        assert_eq!(first, ask(), "the same answers twice");
+        for l in &first {
+            assert_eq!((l.decision, l.targets.len()), ("router", 1), "{l:?}");
+        }
+        let on = |t: &str| first.iter().filter(|l| l.targets[0] == t).count();
+        assert!(ids.iter().all(|t| on(t) > 0), "{first:?}");
+
+        // Bound elsewhere than the router would choose: follows the binding.
+        let k = &first[0];
+        let other = ids.iter().find(|t| **t != k.targets[0]).unwrap();
+        let bound = routing.lookup(&[probe(&k.key, Some(Destination::Target((*other).into())))]);
+        assert_eq!(bound[0].decision, "in-flight");
+        assert_eq!(bound[0].targets, [other.to_string()]);
+        assert_eq!(bound[0].router_targets.as_deref(), Some(&k.targets[..]));
+        // Bound where the router chooses anyway: the router's answer.
+        let same = routing.lookup(&[probe(
+            &k.key,
+            Some(Destination::Target(k.targets[0].as_str().into())),
+        )]);
+        assert_eq!(same[0], *k);
+        let parked = routing.lookup(&[probe(&k.key, Some(Destination::Parking))]);
+        assert_eq!((parked[0].decision, parked[0].targets.len()), ("parked", 0));
+
+        // "c" down: only its keys move, none to "c".
+        registry.eject("c", Duration::from_secs(60), "test");
+        let after = ask();
+        for (was, now) in first.iter().zip(&after) {
+            assert_ne!(now.targets, ["c"], "{now:?}");
+            if was.targets != ["c"] {
+                assert_eq!(was.targets, now.targets, "{} moved", was.key);
+            }
+        }
+        assert!(after[0].snapshot_version > first[0].snapshot_version);
+    }
 }
