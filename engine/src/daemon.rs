@@ -111,6 +111,8 @@ impl Daemon {
             Pipeline::new(plugins.clone(), dispatch.clone(), metrics.clone())
                 .with_telemetry(telemetry.clone()),
         );
+        // Keys gateways looked up: their moves when targets change.
+        pipeline.routing.clone().publish_moves();
         let reloader = Arc::new(ConfigReloader::new(
             config_path,
             config.clone(),

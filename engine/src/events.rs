@@ -39,7 +39,7 @@ pub struct Event {
     /// `target.joined` | `target.left` | `target.health` | `breaker.opened`
     /// | `breaker.closed` | `plugin.swapped` | `plugin.refused` |
     /// `plugin.rolled_back` | `partition.assigned` | `partition.revoked` |
-    /// `config.reloaded` | `config.refused` | `events.gap`.
+    /// `config.reloaded` | `config.refused` | `route.moved` | `events.gap`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The type's own fields (`target`, `from`, `to`, `reason`, ...).

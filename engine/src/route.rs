@@ -151,6 +151,37 @@ pub struct Routing {
     /// Versions of the derived snapshots given to the router on re-route
     /// (from 2^62, apart from the registry's).
     versions: AtomicU64,
+    /// Keys gateways looked up, checked again when the targets change.
+    watched: std::sync::Mutex<HashMap<WatchedKey, Watched>>,
+}
+
+/// A remembered key: its topic and the key's bytes.
+type WatchedKey = (Arc<str>, Vec<u8>);
+
+/// Most keys remembered from lookups (`route.moved` events).
+pub const WATCHED_KEYS_MAX: usize = 100_000;
+
+/// How long a looked-up key is remembered after its last lookup.
+pub const WATCHED_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Most moves in one `route.moved` event.
+pub const MOVES_PER_EVENT: usize = 200;
+
+/// A looked-up key: the probe (headers and partition as asked) and the
+/// targets the last answer named.
+struct Watched {
+    probe: Probe,
+    targets: Vec<String>,
+    asked: std::time::Instant,
+}
+
+/// One key whose answer changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Move {
+    pub key: String,
+    pub topic: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
 }
 
 impl Routing {
@@ -164,6 +195,7 @@ impl Routing {
             dispatch,
             metrics,
             versions: AtomicU64::new(1 << 62),
+            watched: Default::default(),
         })
     }
 
@@ -264,6 +296,126 @@ impl Routing {
                 }
             })
             .collect()
+    }
+
+    /// Remembers looked-up keys and their first answers, so a change of
+    /// targets can tell which moved ([`Routing::recheck`]): a key's
+    /// remembered targets change only when a move is announced. Keys are kept
+    /// [`WATCHED_KEY_TTL`] after their last lookup, at most
+    /// [`WATCHED_KEYS_MAX`] (beyond it, new keys are not remembered).
+    pub fn remember(&self, probes: &[Probe], answers: &[Lookup]) {
+        let now = std::time::Instant::now();
+        let mut watched = self.watched.lock().expect("watched keys lock");
+        if watched.len() + probes.len() > WATCHED_KEYS_MAX {
+            watched.retain(|_, w| now.duration_since(w.asked) < WATCHED_KEY_TTL);
+        }
+        for (p, a) in probes.iter().zip(answers) {
+            let id = (p.topic.clone(), p.key.clone());
+            if let Some(w) = watched.get_mut(&id) {
+                // Its targets stay the last ones announced: a gateway that
+                // asked before a change still needs the `route.moved`.
+                w.asked = now;
+                continue;
+            }
+            if watched.len() >= WATCHED_KEYS_MAX {
+                continue;
+            }
+            let probe = Probe {
+                bound: None,
+                ..p.clone()
+            };
+            watched.insert(
+                id,
+                Watched {
+                    probe,
+                    targets: a.targets.clone(),
+                    asked: now,
+                },
+            );
+        }
+    }
+
+    /// Looks every remembered key up again (as the router maps it, leaving
+    /// in-flight bindings aside) and returns those whose targets changed,
+    /// remembering the new answer. Forgets keys not looked up for
+    /// [`WATCHED_KEY_TTL`]. Blocking, like [`Routing::lookup`].
+    pub fn recheck(&self) -> Vec<Move> {
+        let now = std::time::Instant::now();
+        let probes: Vec<Probe> = {
+            let mut watched = self.watched.lock().expect("watched keys lock");
+            watched.retain(|_, w| now.duration_since(w.asked) < WATCHED_KEY_TTL);
+            watched.values().map(|w| w.probe.clone()).collect()
+        };
+        if probes.is_empty() {
+            return Vec::new();
+        }
+        let answers = self.lookup(&probes);
+        let mut watched = self.watched.lock().expect("watched keys lock");
+        let mut moves = Vec::new();
+        for (p, a) in probes.into_iter().zip(answers) {
+            let Some(w) = watched.get_mut(&(p.topic.clone(), p.key.clone())) else {
+                continue;
+            };
+            if w.targets != a.targets {
+                moves.push(Move {
+                    key: a.key,
+                    topic: a.topic,
+                    from: std::mem::replace(&mut w.targets, a.targets.clone()),
+                    to: a.targets,
+                });
+            }
+        }
+        moves
+    }
+
+    /// Follows the event bus: after each `target.joined`, `target.left` or
+    /// `target.health` event (and any that follow within 50 ms), checks
+    /// the remembered keys again and publishes their moves as
+    /// `route.moved` events, at most [`MOVES_PER_EVENT`] each. Ends when
+    /// the bus closes.
+    pub fn publish_moves(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let events = self.metrics.events.clone();
+        let mut sub = events.subscribe(None);
+        tokio::spawn(async move {
+            if sub.closed {
+                return;
+            }
+            loop {
+                let cause = match sub.live.recv().await {
+                    Ok(Some(e)) if e.kind.starts_with("target.") => Some(e.id),
+                    Ok(Some(_)) => continue,
+                    // Fell behind: a target may have changed meanwhile.
+                    Err(RecvError::Lagged(_)) => None,
+                    Ok(None) | Err(RecvError::Closed) => return,
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let mut causes: Vec<u64> = cause.into_iter().collect();
+                while let Ok(e) = sub.live.try_recv() {
+                    match e {
+                        Some(e) if e.kind.starts_with("target.") => causes.push(e.id),
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+                let me = self.clone();
+                let Ok(moves) = tokio::task::spawn_blocking(move || me.recheck()).await else {
+                    continue;
+                };
+                let parts = moves.len().div_ceil(MOVES_PER_EVENT);
+                for (i, chunk) in moves.chunks(MOVES_PER_EVENT).enumerate() {
+                    events.publish(
+                        "route.moved",
+                        serde_json::json!({
+                            "moves": chunk,
+                            "part": i + 1,
+                            "parts": parts,
+                            "after_events": causes,
+                        }),
+                    );
+                }
+            }
+        })
     }
 
     /// Finishes a record the router dropped or dead-lettered; the targets
@@ -700,8 +852,31 @@ mod tests {
         let parked = routing.lookup(&[probe(&k.key, Some(Destination::Parking))]);
         assert_eq!((parked[0].decision, parked[0].targets.len()), ("parked", 0));
 
+        let probes: Vec<Probe> = keys.iter().map(|k| probe(k, None)).collect();
+        routing.remember(&probes, &first);
+        assert!(routing.recheck().is_empty(), "nothing changed yet");
+
         // "c" down: only its keys move, none to "c".
         registry.eject("c", Duration::from_secs(60), "test");
+        // A lookup after the change does not hide the move from gateways
+        // that asked before it.
+        routing.remember(&probes, &ask());
+        let moves = routing.recheck();
+        let on_c: Vec<&String> = first
+            .iter()
+            .filter(|l| l.targets == ["c"])
+            .map(|l| &l.key)
+            .collect();
+        assert_eq!(
+            moves.iter().map(|m| &m.key).collect::<Vec<_>>().len(),
+            on_c.len()
+        );
+        for m in &moves {
+            assert!(on_c.contains(&&m.key), "{m:?}");
+            assert_eq!(m.from, ["c"]);
+            assert_ne!(m.to, ["c"]);
+        }
+        assert!(routing.recheck().is_empty(), "each move announced once");
         let after = ask();
         for (was, now) in first.iter().zip(&after) {
             assert_ne!(now.targets, ["c"], "{now:?}");

@@ -5,7 +5,8 @@ use crate::common::start;
 use cdrs::capacity::Health;
 use cdrs::testkit::{produce_events, Fate, Ledger};
 use cdrs_e2e::{mock_cluster, wait_for};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 500;
@@ -63,6 +64,38 @@ async fn look_up(admin: std::net::SocketAddr) -> BTreeMap<String, (String, Strin
             )
         })
         .collect()
+}
+
+/// Collects the `route.moved` events of `/v1/events` from now on.
+fn follow_moves(
+    admin: std::net::SocketAddr,
+) -> (
+    Arc<Mutex<Vec<serde_json::Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut resp = reqwest::get(format!("http://{admin}/v1/events"))
+            .await
+            .expect("GET /v1/events");
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find('\n') {
+                let line: String = buf.drain(..=end).collect();
+                let Some(data) = line.trim_end().strip_prefix("data:") else {
+                    continue;
+                };
+                let v: serde_json::Value =
+                    serde_json::from_str(data.trim_start()).expect("event JSON");
+                if v["type"] == "route.moved" {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        }
+    });
+    (got, reader)
 }
 
 /// Which server each key's records of `ledger` reached (each reached one).
@@ -138,8 +171,11 @@ async fn route_lookups_name_where_each_key_goes_before_and_after_a_kill() {
         assert_eq!(&before[k].0, server, "{k}: looked up {:?}", before[k]);
     }
 
+    let (moved_events, reader) = follow_moves(admin);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = 2;
     let victim_id = s.servers[victim].id.clone();
+    let killed = Instant::now();
     s.servers[victim].kill();
     let down = wait_for(Duration::from_secs(10), || {
         s.daemon.registry.snapshot().targets[victim].health == Health::Down
@@ -170,6 +206,42 @@ async fn route_lookups_name_where_each_key_goes_before_and_after_a_kill() {
         "route lookup: {} of {KEYS} keys moved off {victim_id}",
         moved.len()
     );
+    // The keys looked up before were remembered: each move is announced.
+    let count = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .map(|e| e["moves"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    let announced = wait_for(Duration::from_secs(10), || {
+        count(&moved_events.lock().unwrap()) >= moved.len()
+    })
+    .await;
+    let events = moved_events.lock().unwrap().clone();
+    assert!(
+        announced,
+        "route.moved for {} of {} keys: {events:?}",
+        count(&events),
+        moved.len()
+    );
+    eprintln!(
+        "route.moved: {} keys in {} events within {:?} of the kill",
+        count(&events),
+        events.len(),
+        killed.elapsed()
+    );
+    let mut seen = BTreeSet::new();
+    for e in &events {
+        for m in e["moves"].as_array().unwrap() {
+            let k = m["key"].as_str().unwrap().to_string();
+            assert_eq!(m["from"][0].as_str(), Some(victim_id.as_str()), "{m}");
+            assert_eq!(m["to"][0].as_str(), Some(after[&k].0.as_str()), "{m}");
+            assert!(seen.insert(k), "{m} announced twice");
+        }
+    }
+    assert_eq!(seen.len(), moved.len());
+    assert!(moved.iter().all(|k| seen.contains(*k)));
+    reader.abort();
 
     let second = produce_events(&brokers, topic, wave(KEYS * 10, 10))
         .await

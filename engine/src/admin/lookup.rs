@@ -203,12 +203,16 @@ async fn answer(
             bound: binding.map(|(_, d)| d),
         });
     }
-    tokio::task::spawn_blocking(move || routing.lookup(&probes))
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("route lookup failed: {e}"),
-            )
-        })
+    tokio::task::spawn_blocking(move || {
+        let answers = routing.lookup(&probes);
+        routing.remember(&probes, &answers);
+        answers
+    })
+    .await
+    .map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("route lookup failed: {e}"),
+        )
+    })
 }
