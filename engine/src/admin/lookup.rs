@@ -1,6 +1,6 @@
 //! `GET /v1/route` and `POST /v1/route`: where a record with a given key
 //! would be delivered now, for gateways that put a client's connection
-//! where its data goes ([`Routing::lookup`]).
+//! where its data goes ([`crate::route::Routing::lookup`]).
 
 use super::{error, AdminState};
 use crate::dispatch::key_hash;
