@@ -757,6 +757,25 @@ fn d_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
+impl TargetConfig {
+    /// A target with the defaults of a `[[targets]]` entry that gives only
+    /// `id`, `url` and `capacity` (weight 100, no zone, labels, health
+    /// URL, report token or TLS). Not validated: see [`Config::validate`].
+    pub fn new(id: impl Into<String>, url: impl Into<String>, capacity: u32) -> TargetConfig {
+        TargetConfig {
+            id: id.into(),
+            url: url.into(),
+            capacity,
+            weight: DEFAULT_WEIGHT,
+            zone: None,
+            labels: BTreeMap::new(),
+            health_url: None,
+            report_token: None,
+            tls: None,
+        }
+    }
+}
+
 /// `[capacity]`: the live view of targets.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

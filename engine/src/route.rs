@@ -762,17 +762,7 @@ mod tests {
         let ids = ["a", "b", "c"];
         let configs: Vec<TargetConfig> = ids
             .iter()
-            .map(|id| TargetConfig {
-                id: id.to_string(),
-                url: format!("http://127.0.0.1:1/{id}"),
-                capacity: 100,
-                weight: 100,
-                zone: None,
-                labels: Default::default(),
-                health_url: None,
-                report_token: None,
-                tls: None,
-            })
+            .map(|id| TargetConfig::new(*id, format!("http://127.0.0.1:1/{id}"), 100))
             .collect();
         let registry = Arc::new(Registry::new(
             CapacityConfig::default(),

@@ -326,17 +326,7 @@ fn router_failures_fall_back_to_the_host_policy() {
         metrics.clone(),
     )
     .unwrap();
-    let t = |id: &str| TargetConfig {
-        id: id.into(),
-        url: format!("http://127.0.0.1:1/{id}"),
-        capacity: 1,
-        weight: 100,
-        zone: None,
-        labels: Default::default(),
-        health_url: None,
-        report_token: None,
-        tls: None,
-    };
+    let t = |id: &str| TargetConfig::new(id, format!("http://127.0.0.1:1/{id}"), 1);
     let registry = Registry::new(
         CapacityConfig::default(),
         &[t("a"), t("b")],

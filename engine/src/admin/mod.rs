@@ -735,17 +735,7 @@ mod tests {
 
     fn app(token: Option<&str>) -> (axum::Router, Arc<AdminState>) {
         let metrics = Arc::new(Metrics::new());
-        let t = TargetConfig {
-            id: "a".into(),
-            url: "http://svc:s3cret@127.0.0.1:1/".into(),
-            capacity: 5,
-            weight: 100,
-            zone: None,
-            labels: Default::default(),
-            health_url: None,
-            report_token: None,
-            tls: None,
-        };
+        let t = TargetConfig::new("a", "http://svc:s3cret@127.0.0.1:1/", 5);
         let registry = Arc::new(Registry::new(
             CapacityConfig::default(),
             &[t],

@@ -958,17 +958,7 @@ mod tests {
     use super::*;
 
     fn target(id: &str, cap: u32) -> TargetConfig {
-        TargetConfig {
-            id: id.into(),
-            url: format!("http://127.0.0.1:1/{id}"),
-            capacity: cap,
-            weight: 100,
-            zone: None,
-            labels: Default::default(),
-            health_url: None,
-            report_token: None,
-            tls: None,
-        }
+        TargetConfig::new(id, format!("http://127.0.0.1:1/{id}"), cap)
     }
 
     fn registry_with(cfg: CapacityConfig) -> Registry {
