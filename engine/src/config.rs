@@ -727,7 +727,10 @@ impl PluginConfig {
 pub struct TargetConfig {
     /// Unique id, e.g. `"blotter-1"`: `[A-Za-z0-9._-]`, 1..=64 chars.
     pub id: String,
-    /// URL records are POSTed to, `http://host:port/path`.
+    /// Where records go: `http(s)://host:port/path` (POSTed, see
+    /// [`crate::sink::http`]), `kafka://TOPIC` (produced) or `sse://NAME`
+    /// (the server-sent-event stream `GET /v1/streams/NAME` of the admin API,
+    /// see [`crate::sink::sse`]).
     pub url: String,
     /// Records it can hold in flight until it reports its own (1..=10,000,000).
     pub capacity: u32,
@@ -1018,6 +1021,125 @@ pub struct DeliveryConfig {
     /// dynamic targets. Default: the system's roots, no client certificate.
     #[serde(default, skip_serializing_if = "is_default_tls")]
     pub tls: TlsConfig,
+    /// `[delivery.sse]`: replay buffers and subscribers of `sse://` targets.
+    #[serde(default)]
+    pub sse: SseConfig,
+}
+
+/// `[delivery.sse]`: the streams of `sse://NAME` targets (see
+/// [`crate::sink::sse`]). Each stream keeps a replay buffer bounded by
+/// records, bytes and age, from which subscribers read and resume with
+/// `Last-Event-ID` (WHATWG HTML, "Server-sent events").
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    /// Events kept per stream for subscribers that resume
+    /// (1..=10,000,000). Default 10000.
+    #[serde(default = "d_sse_replay_records")]
+    pub replay_max_records: usize,
+    /// Bytes of event data kept per stream (1 MiB..=16 GiB). Default
+    /// 67108864 (64 MiB).
+    #[serde(default = "d_sse_replay_bytes")]
+    pub replay_max_bytes: u64,
+    /// Oldest event kept, ms (1000..=1 day). Default 300000 (5 min).
+    #[serde(default = "d_sse_replay_age")]
+    pub replay_max_age_ms: u64,
+    /// Events a subscriber may fall behind the newest before it is cut
+    /// off (told why with an `event: cutoff`, then the response ends);
+    /// 1..=`replay_max_records`. Default 5000.
+    #[serde(default = "d_sse_max_lag")]
+    pub max_subscriber_lag_records: u64,
+    /// Subscribers per stream at most (1..=100,000); more are refused with
+    /// 503. Default 1000.
+    #[serde(default = "d_sse_max_subscribers")]
+    pub max_subscribers: usize,
+    /// Reconnection delay sent to subscribers as `retry:`, ms
+    /// (100..=600000). Default 2000.
+    #[serde(default = "d_sse_retry")]
+    pub retry_ms: u64,
+    /// Longest silence before a keep-alive comment, ms (1000..=60000).
+    /// Default 15000 (proxies close idle connections after 30–60 s).
+    #[serde(default = "d_sse_keep_alive")]
+    pub keep_alive_ms: u64,
+}
+
+fn d_sse_replay_records() -> usize {
+    10_000
+}
+fn d_sse_replay_bytes() -> u64 {
+    64 << 20
+}
+fn d_sse_replay_age() -> u64 {
+    300_000
+}
+fn d_sse_max_lag() -> u64 {
+    5_000
+}
+fn d_sse_max_subscribers() -> usize {
+    1_000
+}
+fn d_sse_retry() -> u64 {
+    2_000
+}
+fn d_sse_keep_alive() -> u64 {
+    15_000
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            replay_max_records: d_sse_replay_records(),
+            replay_max_bytes: d_sse_replay_bytes(),
+            replay_max_age_ms: d_sse_replay_age(),
+            max_subscriber_lag_records: d_sse_max_lag(),
+            max_subscribers: d_sse_max_subscribers(),
+            retry_ms: d_sse_retry(),
+            keep_alive_ms: d_sse_keep_alive(),
+        }
+    }
+}
+
+impl SseConfig {
+    /// Problems of `[delivery.sse]`: (key, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&v) {
+                out.push((
+                    format!("delivery.sse.{key}"),
+                    format!("{v} is out of range {lo}..={hi}"),
+                ));
+            }
+        };
+        range(
+            "replay_max_records",
+            self.replay_max_records as u64,
+            1,
+            10_000_000,
+        );
+        range("replay_max_bytes", self.replay_max_bytes, 1 << 20, 16 << 30);
+        range(
+            "replay_max_age_ms",
+            self.replay_max_age_ms,
+            1_000,
+            MAX_DURATION_MS,
+        );
+        range(
+            "max_subscriber_lag_records",
+            self.max_subscriber_lag_records,
+            1,
+            self.replay_max_records as u64,
+        );
+        range("max_subscribers", self.max_subscribers as u64, 1, 100_000);
+        range("retry_ms", self.retry_ms, 100, 600_000);
+        range("keep_alive_ms", self.keep_alive_ms, 1_000, 60_000);
+        out
+    }
+}
+
+/// The stream name of an `sse://NAME` target URL.
+pub fn target_stream(url: &str) -> Option<&str> {
+    url.strip_prefix("sse://").map(|t| t.trim_end_matches('/'))
 }
 
 fn is_default_tls(t: &TlsConfig) -> bool {
@@ -1167,6 +1289,7 @@ impl Default for DeliveryConfig {
             key_order: KeyOrder::Strict,
             breaker: BreakerConfig::default(),
             tls: TlsConfig::default(),
+            sse: SseConfig::default(),
         }
     }
 }
@@ -1661,6 +1784,7 @@ impl Config {
             );
         }
         let mut ids = HashSet::new();
+        let mut streams = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if !valid_id(&t.id) {
                 bad(
@@ -1732,10 +1856,30 @@ impl Config {
                         ),
                     ),
                 },
+                Ok(u) if u.scheme() == "sse" => match target_stream(&t.url) {
+                    Some(name) if valid_id(name) => {
+                        if !streams.insert(name.to_string()) {
+                            bad(
+                                format!("targets[{i}].url"),
+                                format!(
+                                    "{shown:?}: stream {name:?} is served by another target \
+                                     already; give each sse:// target its own name"
+                                ),
+                            );
+                        }
+                    }
+                    _ => bad(
+                        format!("targets[{i}].url"),
+                        format!(
+                            "{shown:?} does not name a valid stream ([A-Za-z0-9._-], \
+                             1..=64 chars); e.g. \"sse://blotter\""
+                        ),
+                    ),
+                },
                 Ok(u) => bad(
                     format!("targets[{i}].url"),
                     format!(
-                        "{:?} has scheme {:?}; valid: http(s)://host:port/path (HTTP sink) or kafka://topic (Kafka sink)",
+                        "{:?} has scheme {:?}; valid: http(s)://host:port/path (HTTP sink), kafka://topic (Kafka sink) or sse://name (SSE stream)",
                         shown,
                         u.scheme()
                     ),
@@ -1795,12 +1939,28 @@ impl Config {
                     );
                 }
             }
+            if t.health_url.is_some() && t.url.starts_with("sse://") {
+                bad(
+                    format!("targets[{i}].health_url"),
+                    "does not apply to an sse:// target: it is up while a subscriber is \
+                     connected to its stream"
+                        .into(),
+                );
+            }
             if let Some(tls) = &t.tls {
                 if t.url.starts_with("kafka://") {
                     bad(
                         format!("targets[{i}].tls"),
                         "applies to http(s):// targets; a kafka:// target uses [kafka.options] \
                          (ssl.*, sasl.*)"
+                            .into(),
+                    );
+                }
+                if t.url.starts_with("sse://") {
+                    bad(
+                        format!("targets[{i}].tls"),
+                        "applies to http(s):// targets; an sse:// stream is served over the \
+                         admin API, with [admin.tls]"
                             .into(),
                     );
                 }
@@ -2041,6 +2201,9 @@ impl Config {
                     self.delivery.queue_capacity
                 ),
             );
+        }
+        for (key, message) in self.delivery.sse.problems() {
+            bad(key, message);
         }
         let b = &self.delivery.breaker;
         if b.consecutive_failures == 0 {

@@ -142,6 +142,7 @@ impl Daemon {
             control: control.as_ref().map(|(c, _)| c.clone()),
             partitions: partitions.clone(),
             routing: Some(pipeline.routing.clone()),
+            dispatch: Some(pipeline.dispatch.clone()),
             topics: config
                 .kafka
                 .topics
@@ -162,6 +163,14 @@ impl Daemon {
                 admin::serve(listener, app, &cfg, admin_tls, metrics, stop).await
             })
         };
+        {
+            // Streams never end by themselves: end them with the admin API.
+            let (streams, mut stop) = (dispatch.streams.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                streams.close();
+            });
+        }
         tracing::info!(%admin_addr, tls = config.admin.tls.is_some(), "admin API listening");
         let refresher = tokio::spawn(registry.clone().run_refresher(shutdown_rx.clone()));
         let checks = tokio::spawn(capacity::health::run(

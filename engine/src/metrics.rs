@@ -79,6 +79,28 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `cdrs_target_queue_records{target}`: records queued for the target.
     pub target_queue: IntGaugeVec,
+    /// `cdrs_sse_subscribers{stream}`: subscribers connected to an
+    /// `sse://` stream.
+    pub sse_subscribers: IntGaugeVec,
+    /// `cdrs_sse_events_total{stream}`: events appended to the stream
+    /// (records delivered to it; a record already in the buffer is not
+    /// appended again).
+    pub sse_events: IntCounterVec,
+    /// `cdrs_sse_replay_buffer_records{stream}` and `…_bytes{stream}`.
+    pub sse_buffer_records: IntGaugeVec,
+    pub sse_buffer_bytes: IntGaugeVec,
+    /// `cdrs_sse_subscriber_lag_records{stream}`: the largest lag of a
+    /// connected subscriber, events, at the last append.
+    pub sse_lag: IntGaugeVec,
+    /// `cdrs_sse_cutoffs_total{stream, reason}`: subscribers cut off;
+    /// reason lag (`delivery.sse.max_subscriber_lag_records`) | evicted
+    /// (its next event left the replay buffer) | removed (the target left
+    /// the config).
+    pub sse_cutoffs: IntCounterVec,
+    /// `cdrs_sse_resumes_total{stream, result}`: subscriptions with a
+    /// `Last-Event-ID`; result replayed | lost (the id was not in the
+    /// replay buffer).
+    pub sse_resumes: IntCounterVec,
     /// `cdrs_partition_prefetched_records{topic, partition}`: records
     /// librdkafka fetched for the partition that its worker has not read
     /// yet (sampled every 100 ms); at most about `pipeline.prefetch_records`.
@@ -332,6 +354,41 @@ impl Metrics {
                 "cdrs_target_queue_records",
                 "Records queued for delivery to the target",
                 &["target"],
+            ),
+            sse_subscribers: gauge(
+                "cdrs_sse_subscribers",
+                "Subscribers connected to an sse:// stream",
+                &["stream"],
+            ),
+            sse_events: counter(
+                "cdrs_sse_events_total",
+                "Events appended to an sse:// stream",
+                &["stream"],
+            ),
+            sse_buffer_records: gauge(
+                "cdrs_sse_replay_buffer_records",
+                "Events held in the stream's replay buffer",
+                &["stream"],
+            ),
+            sse_buffer_bytes: gauge(
+                "cdrs_sse_replay_buffer_bytes",
+                "Bytes of event data held in the stream's replay buffer",
+                &["stream"],
+            ),
+            sse_lag: gauge(
+                "cdrs_sse_subscriber_lag_records",
+                "Largest lag of a connected subscriber, events",
+                &["stream"],
+            ),
+            sse_cutoffs: counter(
+                "cdrs_sse_cutoffs_total",
+                "Subscribers cut off: lag, evicted or removed",
+                &["stream", "reason"],
+            ),
+            sse_resumes: counter(
+                "cdrs_sse_resumes_total",
+                "Subscriptions resuming from a Last-Event-ID: replayed or lost",
+                &["stream", "result"],
             ),
             partition_prefetched: gauge(
                 "cdrs_partition_prefetched_records",

@@ -318,6 +318,12 @@ impl ConfigReloader {
         }
         if old.targets != new.targets {
             self.registry.set_targets(&new.targets);
+            let streams: Vec<&str> = new
+                .targets
+                .iter()
+                .filter_map(|t| crate::config::target_stream(&t.url))
+                .collect();
+            self.dispatch.streams.retain(&streams);
             let ids: Vec<&str> = new.targets.iter().map(|t| t.id.as_str()).collect();
             changed.push(format!("targets: now {ids:?}"));
         }

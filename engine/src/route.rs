@@ -622,6 +622,7 @@ mod tests {
             phi: None,
             dynamic: false,
             slow_start_percent: None,
+            subscribers: None,
         }
     }
 

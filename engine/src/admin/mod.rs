@@ -16,6 +16,7 @@
 //! | GET | `/ui` | host check only: the dashboard page (its data comes from the read endpoints) |
 //! | GET | `/v1/route?key=K` | read: where a record with that key would be delivered now, and why ([`crate::route::Lookup`]); `POST` asks for many keys at once |
 //! | GET | `/v1/events` | read: server-sent events of what changed (`Last-Event-ID` resumes; see [`crate::events`]) |
+//! | GET | `/v1/streams/{name}` | read: the server-sent events of an `sse://NAME` target (`Last-Event-ID` or `?lastEventId=` resumes; see [`crate::sink::sse`]); `GET /v1/streams` lists the streams, subscribers and their lag |
 //! | GET | `/v1/config` | read: the active config (secrets redacted) and the last reload's outcome |
 //! | POST | `/v1/reload` | write: re-read the config file and apply the difference |
 //!
@@ -34,6 +35,7 @@
 //! Errors are JSON `{"error": "..."}` naming the field and what is valid.
 
 mod lookup;
+mod streams;
 mod ui;
 
 use crate::capacity::report::MAX_REPORT_BYTES;
@@ -101,6 +103,9 @@ pub struct AdminState {
     /// `kafka.topics`: the topics a lookup may name (the first is the
     /// default).
     pub topics: Vec<Arc<str>>,
+    /// The dispatcher, for the streams of `sse://` targets; None only in
+    /// tests of the other endpoints.
+    pub dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
 }
 
 /// The admin routes, with their access layers.
@@ -115,6 +120,8 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/partitions", get(partitions))
         .route("/v1/stats", get(stats))
         .route("/v1/route", get(lookup::get_route).post(lookup::post_route))
+        .route("/v1/streams", get(streams::list))
+        .route("/v1/streams/{name}", get(streams::subscribe))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
@@ -756,6 +763,7 @@ mod tests {
             partitions: Default::default(),
             routing: None,
             topics: Vec::new(),
+            dispatch: None,
         });
         (router(state.clone()), state)
     }
@@ -1023,6 +1031,7 @@ mod tests {
             partitions: Default::default(),
             routing: None,
             topics: Vec::new(),
+            dispatch: None,
         });
         router(state)
     }

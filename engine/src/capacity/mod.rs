@@ -115,6 +115,10 @@ pub struct TargetView {
     pub dynamic: bool,
     /// Percent of its weight while slow start ramps, else none.
     pub slow_start_percent: Option<u32>,
+    /// Subscribers connected to the stream of an `sse://` target; none for
+    /// other targets. With none connected the target is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<u32>,
 }
 
 impl TargetView {
@@ -125,6 +129,8 @@ impl TargetView {
         a.report_age_ms = other.report_age_ms;
         a.phi = other.phi;
         a.feed = other.feed;
+        // One subscriber or ten: the same for routing (none is `health`).
+        a.subscribers = other.subscribers;
         a == *other
     }
 }
@@ -344,6 +350,8 @@ pub struct Registry {
     last_refresh_ms: AtomicU64,
     /// Last log line per rejection reason (logged at most every 10 s each).
     rejections_logged: Mutex<HashMap<&'static str, Instant>>,
+    /// Subscribers connected per `sse://` stream name.
+    stream_subscribers: Mutex<HashMap<String, u32>>,
 }
 
 /// EWMA smoothing factor for latency and error rate (weight of the newest
@@ -388,6 +396,7 @@ impl Registry {
             targets_lock: Mutex::new(()),
             last_refresh_ms: AtomicU64::new(0),
             rejections_logged: Mutex::new(HashMap::new()),
+            stream_subscribers: Mutex::new(HashMap::new()),
         };
         reg.refresh();
         reg
@@ -637,6 +646,19 @@ impl Registry {
         Ok((live, true))
     }
 
+    /// `n` subscribers are now connected to the `sse://NAME` stream `name`:
+    /// its target is up while `n > 0` (see [`crate::sink::sse`]).
+    pub fn set_stream_subscribers(&self, name: &str, n: u32) {
+        let before = self
+            .stream_subscribers
+            .lock()
+            .expect("stream subscribers lock")
+            .insert(name.to_string(), n);
+        if before != Some(n) {
+            self.refresh();
+        }
+    }
+
     /// Records an active health check result for target `id`.
     pub fn health_result(&self, id: &str, result: Result<(), String>) {
         let Some(t) = self.live(id) else { return };
@@ -739,7 +761,21 @@ impl Registry {
         let own = t.inflight.load(Ordering::Relaxed);
         let down_until = t.down_until_ms.load(Ordering::Relaxed);
         let expiry = cfg.report_expiry_ms;
-        let (health, reason) = if now < down_until {
+        let stream = crate::config::target_stream(&t.url);
+        let subscribers = stream.map(|name| {
+            self.stream_subscribers
+                .lock()
+                .expect("stream subscribers lock")
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+        });
+        let (health, reason) = if let (Some(0), Some(name)) = (subscribers, stream) {
+            (
+                Health::Down,
+                Some(format!("no subscriber connected to stream {name:?}")),
+            )
+        } else if now < down_until {
             let why = st.last_failure.clone().unwrap_or_default();
             (Health::Down, Some(format!("delivery failed: {why}")))
         } else if st.check.down {
@@ -818,6 +854,7 @@ impl Registry {
             phi,
             dynamic: t.dynamic,
             slow_start_percent: slow,
+            subscribers,
         }
     }
 

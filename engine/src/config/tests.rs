@@ -16,7 +16,10 @@ fn three_mistakes_give_three_named_errors() {
     let text = e.to_string();
     assert!(text.contains("\"blotter-1\" is declared twice"), "{text}");
     assert!(
-        text.contains("valid: http(s)://host:port/path (HTTP sink) or kafka://topic (Kafka sink)"),
+        text.contains(
+            "valid: http(s)://host:port/path (HTTP sink), kafka://topic (Kafka sink) \
+             or sse://name (SSE stream)"
+        ),
         "{text}"
     );
     // The plugin path may or may not exist in this checkout; nothing else.
@@ -888,4 +891,39 @@ fn telemetry_keys_are_checked_by_name() {
     }
     let ok = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.01";
     assert_eq!(problems(ok, "kafka://out"), "");
+}
+
+#[test]
+fn sse_targets_and_their_limits_are_checked_by_name() {
+    assert_eq!(problems("", "sse://blotter"), "");
+    let text = problems("", "sse://no/slash");
+    assert!(
+        text.contains("targets[0].url: \"sse://no/slash\" does not name a valid stream"),
+        "{text}"
+    );
+    let twice = "[[targets]]\nid = \"b\"\nurl = \"sse://blotter\"\ncapacity = 1";
+    let text = problems(twice, "sse://blotter");
+    assert!(
+        text.contains(
+            "targets[1].url: \"sse://blotter\": stream \"blotter\" is served by another target"
+        ),
+        "{text}"
+    );
+    let text = problems("health_url = \"http://127.0.0.1:1/h\"", "sse://blotter");
+    assert!(
+        text.contains("targets[0].health_url: does not apply to an sse:// target"),
+        "{text}"
+    );
+    let text = problems(
+        "[delivery.sse]\nreplay_max_records = 100\nmax_subscriber_lag_records = 101\nretry_ms = 5",
+        "sse://blotter",
+    );
+    assert!(
+        text.contains("delivery.sse.max_subscriber_lag_records: 101 is out of range 1..=100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delivery.sse.retry_ms: 5 is out of range 100..=600000"),
+        "{text}"
+    );
 }

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sink::http::{DeliveryError, HttpSink};
 use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
+use crate::sink::sse::Streams;
 use crate::telemetry::RecordTrace;
 use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
@@ -349,6 +350,9 @@ pub struct Dispatcher {
     brokers: String,
     kafka_options: BTreeMap<String, String>,
     target_producer: OnceLock<Result<TargetProducer, String>>,
+    /// The streams of `sse://` targets; subscribers read them through the
+    /// admin API.
+    pub streams: Arc<Streams>,
 }
 
 impl Dispatcher {
@@ -362,7 +366,15 @@ impl Dispatcher {
         kafka_options: BTreeMap<String, String>,
     ) -> Dispatcher {
         let (stop_tx, stop) = watch::channel(false);
+        let streams = {
+            let registry = registry.clone();
+            Arc::new(Streams::new(
+                metrics.clone(),
+                Box::new(move |name, n| registry.set_stream_subscribers(name, n)),
+            ))
+        };
         Dispatcher {
+            streams,
             queues: Mutex::default(),
             breakers: Breakers::default(),
             stop_tx,
@@ -615,6 +627,8 @@ impl Dispatcher {
             producer
                 .send(url, records, Duration::from_millis(cfg.timeout_ms))
                 .await
+        } else if url.starts_with("sse://") {
+            self.streams.deliver(url, records, &cfg.sse)
         } else {
             self.delivery
                 .load()

@@ -248,6 +248,7 @@ pub fn read_targets(path: &Path) -> Result<Vec<TargetView>, FixtureError> {
             phi: None,
             dynamic: false,
             slow_start_percent: None,
+            subscribers: None,
         })
         .collect())
 }

@@ -158,6 +158,10 @@ pub enum DeliveryError {
         url: String,
         records: Vec<(usize, String)>,
     },
+    /// An `sse://` target's stream has no subscriber connected; nothing
+    /// was delivered (see [`crate::sink::sse`]).
+    #[error("no subscriber connected to stream {stream:?}")]
+    NoSubscriber { stream: String },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
@@ -178,7 +182,7 @@ impl DeliveryError {
             DeliveryError::Request { .. }
             | DeliveryError::Tls { .. }
             | DeliveryError::Timeout { .. } => true,
-            DeliveryError::Rejected { .. } => false,
+            DeliveryError::Rejected { .. } | DeliveryError::NoSubscriber { .. } => false,
             DeliveryError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
         }
     }
@@ -220,6 +224,7 @@ impl DeliveryError {
             DeliveryError::Timeout { .. } => "timeout".into(),
             DeliveryError::Tls { .. } => "tls".into(),
             DeliveryError::Rejected { .. } => "rejected".into(),
+            DeliveryError::NoSubscriber { .. } => "no_subscriber".into(),
             DeliveryError::Status { status, .. } => status.to_string(),
         }
     }
