@@ -20,6 +20,7 @@ mod flow;
 mod gateway;
 mod plugins;
 mod reload;
+mod streams;
 mod swap;
 mod tls;
 mod tracing;
