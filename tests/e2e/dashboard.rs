@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A line from the driver, at most `within` from now.
-async fn line(
+pub(crate) async fn line(
     out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     within: Duration,
 ) -> String {
@@ -51,8 +51,25 @@ async fn events_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_killed_server_down_live() {
+/// Where a test's screenshots go: `target/dashboard/NAME/` (NAME may be empty).
+pub(crate) fn shots_dir(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shots = root.join("target/dashboard").join(name);
+    std::fs::create_dir_all(&shots).unwrap();
+    shots
+}
+
+/// The dashboard driver (`tests/ui/dashboard.cjs`) on `url`, expecting
+/// `targets` healthy rows: the process, its output lines and its input.
+pub(crate) fn open_dashboard(
+    url: &str,
+    targets: usize,
+    shots: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    tokio::process::ChildStdin,
+) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Installed by scripts/dev.sh test (`need_browser`).
     let chromium = std::env::var("CDRS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -63,9 +80,25 @@ async fn the_dashboard_shows_a_killed_server_down_live() {
             && std::path::Path::new(&modules).join("puppeteer-core").exists(),
         "Chromium ({chromium}) and puppeteer-core ({modules}) are needed: scripts/dev.sh test installs them"
     );
-    let shots = root.join("target/dashboard");
-    std::fs::create_dir_all(&shots).unwrap();
 
+    let mut driver = tokio::process::Command::new("node")
+        .arg(root.join("tests/ui/dashboard.cjs"))
+        .args([url, &targets.to_string(), shots.to_str().unwrap()])
+        .env("CDRS_CHROMIUM", chromium)
+        .env("NODE_PATH", modules)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs tests/ui/dashboard.cjs");
+    let out = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let stdin = driver.stdin.take().unwrap();
+    (driver, out, stdin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_killed_server_down_live() {
+    let shots = shots_dir("");
     let tansu = Tansu::start();
     let (topic, dlq) = ("dashboard", "dashboard-dlq");
     create_topics(&tansu.brokers, &[(topic, 3), (dlq, 1)]).await;
@@ -79,18 +112,7 @@ async fn the_dashboard_shows_a_killed_server_down_live() {
     s.wait_accounted(&ledger, Duration::from_secs(120)).await;
 
     let url = format!("http://{}/ui", s.daemon.admin_addr);
-    let mut driver = tokio::process::Command::new("node")
-        .arg(root.join("tests/ui/dashboard.cjs"))
-        .args([&url, "3", shots.to_str().unwrap()])
-        .env("CDRS_CHROMIUM", chromium)
-        .env("NODE_PATH", modules)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs tests/ui/dashboard.cjs");
-    let mut out = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let mut stdin = driver.stdin.take().unwrap();
+    let (mut driver, mut out, mut stdin) = open_dashboard(&url, 3, &shots);
     let ready = line(&mut out, Duration::from_secs(90)).await;
     assert_eq!(ready, "READY", "the page shows three healthy targets");
 

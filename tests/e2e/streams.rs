@@ -363,10 +363,45 @@ async fn sse_subscribers_get_every_record_and_resume_after_their_last_event_id()
         ledger.fates.len(),
         got_a.len() + latencies.len()
     );
+    // /v1/targets shows the stream's subscribers and their lag.
+    let targets = cdrs.get_json("/v1/targets").await;
+    let t = &targets["targets"][0];
+    assert_eq!(t["subscribers"], 1, "{t}");
+    assert_eq!(
+        t["stream"]["subscribers"].as_array().unwrap().len(),
+        1,
+        "{t}"
+    );
+
+    // The dashboard shows the stream with its subscriber, then — live —
+    // the target down once the last subscriber leaves, with the reason.
+    let shots = crate::dashboard::shots_dir("streams");
+    let url = format!("http://{admin}/ui");
+    let (mut driver, mut out, mut stdin) = crate::dashboard::open_dashboard(&url, 1, &shots);
+    let ready = crate::dashboard::line(&mut out, Duration::from_secs(90)).await;
+    assert_eq!(ready, "READY", "the page shows the stream's target healthy");
+    drop(a);
+    use tokio::io::AsyncWriteExt;
+    stdin.write_all(b"KILLED quotes\n").await.unwrap();
+    let down = crate::dashboard::line(&mut out, Duration::from_secs(30)).await;
+    eprintln!("dashboard: {down}");
+    assert!(
+        down.starts_with("DOWN ") && down.contains("no subscriber connected to stream"),
+        "{down}"
+    );
+    let done = crate::dashboard::line(&mut out, Duration::from_secs(60)).await;
+    assert_eq!(done, "DONE");
+    assert!(driver.wait().await.unwrap().success());
+    assert!(
+        std::fs::metadata(shots.join("dashboard-healthy.png")).is_ok_and(|m| m.len() > 10_000),
+        "screenshot of the stream's row"
+    );
+
+    // A subscriber's stream ends with the process.
+    let mut c = subscribe(admin, None).await;
     cdrs.stop();
-    // The stream ends with the process.
     let end = tokio::time::timeout(Duration::from_secs(10), async {
-        while a.next().await.is_some() {}
+        while c.next().await.is_some() {}
     })
     .await;
     assert!(end.is_ok(), "the stream ends when cdrs stops");

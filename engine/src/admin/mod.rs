@@ -6,7 +6,7 @@
 //! | GET | `/healthz` | open: 200 while the process runs |
 //! | GET | `/readyz` | open: 200 once the consumer joined its group and a target is up, else 503 with the reason |
 //! | GET | `/metrics` | read: Prometheus text format |
-//! | GET | `/v1/targets` | read: the current target snapshot (JSON) |
+//! | GET | `/v1/targets` | read: the current target snapshot (JSON); an `sse://` target also has `subscribers` and its `stream` ([`crate::sink::sse::StreamStatus`]) |
 //! | PUT | `/v1/targets/{id}/capacity` | report: a [`CapacityReport`] |
 //! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
@@ -438,6 +438,9 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
 async fn targets(State(s): State<Arc<AdminState>>) -> Response {
     let mut snapshot = serde_json::to_value(&*s.registry.snapshot()).unwrap_or_default();
     redact_url_passwords(&mut snapshot);
+    if let Some(d) = &s.dispatch {
+        streams::add_to_targets(&mut snapshot, &d.streams.status());
+    }
     Json(snapshot).into_response()
 }
 

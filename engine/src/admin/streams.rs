@@ -11,7 +11,7 @@
 //! last record it got. Keep-alive comments every `delivery.sse.keep_alive_ms`.
 
 use super::{error, AdminState};
-use crate::sink::sse::Item;
+use crate::sink::sse::{Item, StreamStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{self, KeepAlive, Sse};
@@ -37,6 +37,20 @@ pub(super) async fn list(State(s): State<Arc<AdminState>>) -> Response {
     match &s.dispatch {
         Some(d) => Json(d.streams.status()).into_response(),
         None => Json(Vec::<()>::new()).into_response(),
+    }
+}
+
+/// Adds to each `sse://` target of a `GET /v1/targets` answer its stream's
+/// state as `stream` (subscribers with their lag, the replay buffer).
+pub(super) fn add_to_targets(doc: &mut serde_json::Value, streams: &[StreamStatus]) {
+    let Some(targets) = doc.pointer_mut("/targets").and_then(|t| t.as_array_mut()) else {
+        return;
+    };
+    for t in targets {
+        let name = t["url"].as_str().and_then(crate::config::target_stream);
+        if let Some(status) = name.and_then(|n| streams.iter().find(|s| s.name == n)) {
+            t["stream"] = serde_json::to_value(status).unwrap_or_default();
+        }
     }
 }
 

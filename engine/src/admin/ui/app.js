@@ -127,7 +127,16 @@ function renderTargets(snapshot, stats) {
     const tr = el("tr");
     tr.dataset.target = t.id;
     tr.dataset.health = t.health;
-    tr.append(cell(t.id + (t.dynamic ? " (joined)" : "")));
+    const name = cell(t.id + (t.dynamic ? " (joined)" : ""));
+    if (t.subscribers !== undefined) {
+      // An sse:// stream: its subscribers and how far behind the slowest is.
+      const lags = t.stream ? t.stream.subscribers.map((s) => s.lag_records) : [];
+      const n = t.subscribers;
+      let text = "stream · " + num(n) + (n === 1 ? " subscriber" : " subscribers");
+      if (lags.length) text += " · lag ≤ " + num(Math.max(...lags));
+      name.append(el("span", text, "stream"));
+    }
+    tr.append(name);
     const health = el("td");
     health.append(el("span", t.health, "badge " + t.health));
     if (t.reason) health.append(el("span", t.reason, "reason"));
