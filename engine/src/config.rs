@@ -450,6 +450,16 @@ pub struct AdminConfig {
     /// get 429, 1..=16. Default 2.
     #[serde(default = "d_admin_uploads")]
     pub max_concurrent_uploads: usize,
+    /// How long a key looked up on `/v1/route` is remembered after its last
+    /// lookup, for `route.moved` events, ms (1000..=86400000). Default
+    /// 600000 (10 min).
+    #[serde(default = "d_route_watch_ms")]
+    pub route_watch_ms: u64,
+    /// Keys remembered at most for `route.moved` events (0..=10,000,000;
+    /// 0: none, no `route.moved`); beyond it new keys are not remembered.
+    /// Default 100000.
+    #[serde(default = "d_route_watch_max_keys")]
+    pub route_watch_max_keys: usize,
     /// `[admin.tls]`: serve the admin API over HTTPS. Restart-only (its
     /// files rotate live). Default unset: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -462,6 +472,16 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default `admin.max_concurrent_uploads`.
 pub const DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS: usize = 2;
+/// Default `admin.route_watch_ms`.
+pub const DEFAULT_ROUTE_WATCH_MS: u64 = 600_000;
+/// Default `admin.route_watch_max_keys`.
+pub const DEFAULT_ROUTE_WATCH_MAX_KEYS: usize = 100_000;
+fn d_route_watch_ms() -> u64 {
+    DEFAULT_ROUTE_WATCH_MS
+}
+fn d_route_watch_max_keys() -> usize {
+    DEFAULT_ROUTE_WATCH_MAX_KEYS
+}
 
 fn default_admin_listen() -> String {
     DEFAULT_ADMIN_LISTEN.into()
@@ -486,6 +506,8 @@ impl Default for AdminConfig {
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             header_read_timeout_ms: DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS,
             max_concurrent_uploads: DEFAULT_ADMIN_MAX_CONCURRENT_UPLOADS,
+            route_watch_ms: DEFAULT_ROUTE_WATCH_MS,
+            route_watch_max_keys: DEFAULT_ROUTE_WATCH_MAX_KEYS,
             tls: None,
         }
     }
@@ -2430,6 +2452,16 @@ impl Config {
                 "admin.max_concurrent_uploads",
                 a.max_concurrent_uploads as u64,
                 1..=16,
+            ),
+            (
+                "admin.route_watch_ms",
+                a.route_watch_ms,
+                1_000..=MAX_DURATION_MS,
+            ),
+            (
+                "admin.route_watch_max_keys",
+                a.route_watch_max_keys as u64,
+                0..=10_000_000,
             ),
         ] {
             if !range.contains(&v) {

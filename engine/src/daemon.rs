@@ -112,6 +112,10 @@ impl Daemon {
                 .with_telemetry(telemetry.clone()),
         );
         // Keys gateways looked up: their moves when targets change.
+        pipeline.routing.set_watch(
+            config.admin.route_watch_ms,
+            config.admin.route_watch_max_keys,
+        );
         pipeline.routing.clone().publish_moves();
         let reloader = Arc::new(ConfigReloader::new(
             config_path,

@@ -153,16 +153,13 @@ pub struct Routing {
     versions: AtomicU64,
     /// Keys gateways looked up, checked again when the targets change.
     watched: std::sync::Mutex<HashMap<WatchedKey, Watched>>,
+    /// `admin.route_watch_ms` and `admin.route_watch_max_keys`.
+    watch_ms: AtomicU64,
+    watch_max_keys: std::sync::atomic::AtomicUsize,
 }
 
 /// A remembered key: its topic and the key's bytes.
 type WatchedKey = (Arc<str>, Vec<u8>);
-
-/// Most keys remembered from lookups (`route.moved` events).
-pub const WATCHED_KEYS_MAX: usize = 100_000;
-
-/// How long a looked-up key is remembered after its last lookup.
-pub const WATCHED_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Most moves in one `route.moved` event.
 pub const MOVES_PER_EVENT: usize = 200;
@@ -196,7 +193,22 @@ impl Routing {
             metrics,
             versions: AtomicU64::new(1 << 62),
             watched: Default::default(),
+            watch_ms: AtomicU64::new(crate::config::DEFAULT_ROUTE_WATCH_MS),
+            watch_max_keys: crate::config::DEFAULT_ROUTE_WATCH_MAX_KEYS.into(),
         })
+    }
+
+    /// Remember looked-up keys for `ms` after their last lookup, at most
+    /// `max_keys` of them (`admin.route_watch_ms`,
+    /// `admin.route_watch_max_keys`).
+    pub fn set_watch(&self, ms: u64, max_keys: usize) {
+        self.watch_ms.store(ms, Ordering::Relaxed);
+        self.watch_max_keys.store(max_keys, Ordering::Relaxed);
+    }
+
+    /// How long a key is remembered after its last lookup.
+    fn watch_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.watch_ms.load(Ordering::Relaxed))
     }
 
     /// Where records like `probes` would be delivered now: the live router
@@ -301,13 +313,17 @@ impl Routing {
     /// Remembers looked-up keys and their first answers, so a change of
     /// targets can tell which moved ([`Routing::recheck`]): a key's
     /// remembered targets change only when a move is announced. Keys are kept
-    /// [`WATCHED_KEY_TTL`] after their last lookup, at most
-    /// [`WATCHED_KEYS_MAX`] (beyond it, new keys are not remembered).
+    /// `admin.route_watch_ms` after their last lookup, at most
+    /// `admin.route_watch_max_keys` (beyond it, new keys are not remembered).
     pub fn remember(&self, probes: &[Probe], answers: &[Lookup]) {
         let now = std::time::Instant::now();
+        let (ttl, max) = (
+            self.watch_ttl(),
+            self.watch_max_keys.load(Ordering::Relaxed),
+        );
         let mut watched = self.watched.lock().expect("watched keys lock");
-        if watched.len() + probes.len() > WATCHED_KEYS_MAX {
-            watched.retain(|_, w| now.duration_since(w.asked) < WATCHED_KEY_TTL);
+        if watched.len() + probes.len() > max {
+            watched.retain(|_, w| now.duration_since(w.asked) < ttl);
         }
         for (p, a) in probes.iter().zip(answers) {
             let id = (p.topic.clone(), p.key.clone());
@@ -317,7 +333,7 @@ impl Routing {
                 w.asked = now;
                 continue;
             }
-            if watched.len() >= WATCHED_KEYS_MAX {
+            if watched.len() >= max {
                 continue;
             }
             let probe = Probe {
@@ -338,12 +354,13 @@ impl Routing {
     /// Looks every remembered key up again (as the router maps it, leaving
     /// in-flight bindings aside) and returns those whose targets changed,
     /// remembering the new answer. Forgets keys not looked up for
-    /// [`WATCHED_KEY_TTL`]. Blocking, like [`Routing::lookup`].
+    /// `admin.route_watch_ms`. Blocking, like [`Routing::lookup`].
     pub fn recheck(&self) -> Vec<Move> {
         let now = std::time::Instant::now();
+        let ttl = self.watch_ttl();
         let probes: Vec<Probe> = {
             let mut watched = self.watched.lock().expect("watched keys lock");
-            watched.retain(|_, w| now.duration_since(w.asked) < WATCHED_KEY_TTL);
+            watched.retain(|_, w| now.duration_since(w.asked) < ttl);
             watched.values().map(|w| w.probe.clone()).collect()
         };
         if probes.is_empty() {
@@ -876,5 +893,21 @@ mod tests {
             }
         }
         assert!(after[0].snapshot_version > first[0].snapshot_version);
+
+        // `admin.route_watch_ms`: keys not looked up for that long are
+        // forgotten; `admin.route_watch_max_keys`: at most that many kept.
+        routing.set_watch(1, 10);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(routing.recheck().is_empty());
+        routing.set_watch(600_000, 10);
+        routing.remember(&probes, &after);
+        registry.eject("b", Duration::from_secs(60), "test");
+        let moves = routing.recheck();
+        let first_ten_on_b = after[..10].iter().filter(|l| l.targets == ["b"]).count();
+        assert_eq!(moves.len(), first_ten_on_b, "{moves:?}");
+        assert!(
+            moves.iter().all(|m| keys[..10].contains(&m.key)),
+            "{moves:?}"
+        );
     }
 }
