@@ -13,9 +13,12 @@ fn record(partition: i32, offset: i64) -> Record {
     }
 }
 
+/// `(stream, subscribers)` as the hook heard them.
+type Heard = Arc<StdMutex<Vec<(String, u32)>>>;
+
 /// Streams whose subscriber counts are written down in `seen`.
-fn streams() -> (Streams, Arc<StdMutex<Vec<(String, u32)>>>) {
-    let seen: Arc<StdMutex<Vec<(String, u32)>>> = Arc::default();
+fn streams() -> (Streams, Heard) {
+    let seen: Heard = Arc::default();
     let log = seen.clone();
     let streams = Streams::new(
         Arc::new(Metrics::new()),
