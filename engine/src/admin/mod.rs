@@ -1120,7 +1120,14 @@ mod tests {
             hosts: None,
         };
         let app = with_access(access, 2);
-        for path in ["/metrics", "/v1/targets", "/v1/plugins", "/v1/config"] {
+        for path in [
+            "/metrics",
+            "/v1/targets",
+            "/v1/plugins",
+            "/v1/config",
+            "/v1/streams",
+            "/v1/streams/quotes",
+        ] {
             let (s, _) = send(&app, req("GET", path, &[])).await;
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{path} without a token");
             for t in ["read-token", "admin-token"] {
@@ -1405,5 +1412,115 @@ mod tests {
         // A well-formed lookup without a pipeline behind it.
         let (s, body) = send(&app, get("?key=a")).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    /// `GET /v1/streams/{name}`: the stream of a configured `sse://` target
+    /// only (404 names those that are), its first line `retry:`, then the
+    /// records delivered to it; the limit of subscribers answers 503; the
+    /// target shows its subscribers in `/v1/targets`.
+    #[tokio::test]
+    async fn streams_are_served_for_sse_targets_only() {
+        use crate::config::{DeliveryConfig, SseConfig};
+        use crate::dispatch::{Delivery, Dispatcher};
+        use crate::record::Record;
+        let metrics = Arc::new(Metrics::new());
+        let t = TargetConfig::new("q", "sse://quotes", 5);
+        let registry = Arc::new(Registry::new(
+            CapacityConfig::default(),
+            &[t],
+            metrics.clone(),
+        ));
+        let brokers = crate::testkit::kafka::leaked_mock(&[("dlq", 1)])
+            .expect("mock cluster")
+            .bootstrap_servers();
+        let cfg = DeliveryConfig {
+            sse: SseConfig {
+                max_subscribers: 1,
+                ..SseConfig::default()
+            },
+            ..DeliveryConfig::default()
+        };
+        let dispatch = Arc::new(Dispatcher::new(
+            registry.clone(),
+            Delivery::standalone(&cfg).unwrap(),
+            crate::sink::kafka::DeadLetterSink::new(&brokers, "dlq", &Default::default()).unwrap(),
+            metrics.clone(),
+            brokers,
+            Default::default(),
+        ));
+        let (_, base) = app(None);
+        let state = Arc::new(AdminState {
+            registry: registry.clone(),
+            metrics,
+            ready: base.ready.clone(),
+            access: Access::default(),
+            uploads: base.uploads.clone(),
+            plugins: None,
+            reloader: None,
+            control: None,
+            partitions: Default::default(),
+            routing: None,
+            topics: Vec::new(),
+            dispatch: Some(dispatch.clone()),
+        });
+        let app = router(state);
+        let (s, body) = send(&app, req("GET", "/v1/streams/other", &[])).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            e["error"],
+            "no sse:// target serves stream \"other\"; configured: quotes"
+        );
+        let (s, body) = send(&app, req("GET", "/v1/streams/quotes?from=1", &[])).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("the only parameter is lastEventId"), "{body}");
+        assert_eq!(registry.snapshot().targets[0].health, Health::Down);
+
+        let resp = app
+            .clone()
+            .oneshot(req("GET", "/v1/streams/quotes", &[]))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        assert_eq!(registry.snapshot().targets[0].health, Health::Healthy);
+        let (s, body) = send(&app, req("GET", "/v1/streams/quotes", &[])).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("delivery.sse.max_subscribers"), "{body}");
+        let (_, targets) = send(&app, req("GET", "/v1/targets", &[])).await;
+        let targets: serde_json::Value = serde_json::from_str(&targets).unwrap();
+        assert_eq!(targets["targets"][0]["subscribers"], 1, "{targets}");
+        assert_eq!(
+            targets["targets"][0]["stream"]["name"], "quotes",
+            "{targets}"
+        );
+
+        let r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: Some(b"k".to_vec()),
+            value: Some(b"{}".to_vec()),
+            headers: vec![],
+        };
+        dispatch
+            .streams
+            .deliver("sse://quotes", &[&r], &cfg.sse)
+            .unwrap();
+        let mut frames = resp.into_body().into_data_stream();
+        let mut text = String::new();
+        while !text.contains("\n\nid: t/0/7\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), frames.next())
+                .await
+                .expect("an event within 5 s")
+                .expect("stream open")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(text.starts_with("retry: 2000\n\n"), "{text}");
+        assert!(text.contains("data: {\"id\":\"t/0/7\""), "{text}");
+        drop(frames);
+        assert_eq!(registry.snapshot().targets[0].health, Health::Down);
     }
 }
