@@ -4,7 +4,7 @@
 use crate::common::start;
 use cdrs::capacity::Health;
 use cdrs::testkit::{produce_events, Fate, Ledger};
-use cdrs_e2e::{mock_cluster, wait_for};
+use cdrs_e2e::{create_topics, wait_for, Tansu};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,8 +125,10 @@ fn reached(s: &crate::common::Scenario, ledger: &Ledger) -> BTreeMap<String, Str
 /// records of every key go where the new lookup says. None lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_lookups_name_where_each_key_goes_before_and_after_a_kill() {
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers.clone();
     let (topic, dlq) = ("trades", "trades-dlq");
-    let brokers = mock_cluster(&[(topic, 4), (dlq, 1)]);
+    create_topics(&brokers, &[(topic, 4), (dlq, 1)]).await;
     let s = start(&brokers, topic, dlq, "cdrs-e2e-route", |c| {
         c.capacity.report_expiry_ms = 1_000;
         c.capacity.failure_cooldown_ms = 60_000;
