@@ -502,8 +502,17 @@ async fn events(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respons
         let data = serde_json::to_string(&*e).unwrap_or_default();
         Ok::<_, std::convert::Infallible>(sse::Event::default().id(e.id.to_string()).data(data))
     });
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+    sse_response(stream, EVENTS_KEEP_ALIVE)
+}
+
+/// A `text/event-stream` answer of `events`, with a keep-alive comment
+/// after `keep_alive` of silence, not cached, not buffered by proxies.
+fn sse_response<S>(events: S, keep_alive: Duration) -> Response
+where
+    S: futures::Stream<Item = Result<sse::Event, std::convert::Infallible>> + Send + 'static,
+{
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response();
     let h = response.headers_mut();
     h.insert(
@@ -751,24 +760,36 @@ mod tests {
             &[t],
             metrics.clone(),
         ));
-        let state = Arc::new(AdminState {
+        let access = Access {
+            token: token.map(str::to_string),
+            ..Access::default()
+        };
+        let state = state(registry, metrics, access, 2, None);
+        (router(state.clone()), state)
+    }
+
+    /// Handler state without plugins, reloader, control topic or router.
+    fn state(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        access: Access,
+        uploads: usize,
+        dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
+    ) -> Arc<AdminState> {
+        Arc::new(AdminState {
             registry,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            access: Access {
-                token: token.map(str::to_string),
-                ..Access::default()
-            },
-            uploads: Arc::new(Semaphore::new(2)),
+            access,
+            uploads: Arc::new(Semaphore::new(uploads)),
             plugins: None,
             reloader: None,
             control: None,
             partitions: Default::default(),
             routing: None,
             topics: Vec::new(),
-            dispatch: None,
-        });
-        (router(state.clone()), state)
+            dispatch,
+        })
     }
 
     async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
@@ -1021,22 +1042,14 @@ mod tests {
     }
 
     fn with_access(access: Access, uploads: usize) -> axum::Router {
-        let (_, state) = app(None);
-        let state = Arc::new(AdminState {
-            registry: state.registry.clone(),
-            metrics: state.metrics.clone(),
-            ready: state.ready.clone(),
+        let (_, base) = app(None);
+        router(state(
+            base.registry.clone(),
+            base.metrics.clone(),
             access,
-            uploads: Arc::new(Semaphore::new(uploads)),
-            plugins: None,
-            reloader: None,
-            control: None,
-            partitions: Default::default(),
-            routing: None,
-            topics: Vec::new(),
-            dispatch: None,
-        });
-        router(state)
+            uploads,
+            None,
+        ))
     }
 
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
@@ -1448,22 +1461,13 @@ mod tests {
             brokers,
             Default::default(),
         ));
-        let (_, base) = app(None);
-        let state = Arc::new(AdminState {
-            registry: registry.clone(),
+        let app = router(state(
+            registry.clone(),
             metrics,
-            ready: base.ready.clone(),
-            access: Access::default(),
-            uploads: base.uploads.clone(),
-            plugins: None,
-            reloader: None,
-            control: None,
-            partitions: Default::default(),
-            routing: None,
-            topics: Vec::new(),
-            dispatch: Some(dispatch.clone()),
-        });
-        let app = router(state);
+            Access::default(),
+            2,
+            Some(dispatch.clone()),
+        ));
         let (s, body) = send(&app, req("GET", "/v1/streams/other", &[])).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         let e: serde_json::Value = serde_json::from_str(&body).unwrap();

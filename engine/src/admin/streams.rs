@@ -14,7 +14,7 @@ use super::{error, AdminState};
 use crate::sink::sse::{Item, StreamStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::sse;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -134,15 +134,5 @@ pub(super) async fn subscribe(
         Some((Ok::<_, std::convert::Infallible>(event), sub))
     });
     use futures::StreamExt;
-    let mut response = Sse::new(first.chain(items))
-        .keep_alive(KeepAlive::new().interval(Duration::from_millis(cfg.keep_alive_ms)))
-        .into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CACHE_CONTROL,
-        "no-cache".parse().expect("valid header"),
-    );
-    // nginx buffers responses unless told not to.
-    h.insert("x-accel-buffering", "no".parse().expect("valid header"));
-    response
+    super::sse_response(first.chain(items), Duration::from_millis(cfg.keep_alive_ms))
 }
