@@ -352,12 +352,7 @@ pub(super) async fn end_to_end(opts: &BenchOptions) -> anyhow::Result<EndToEnd> 
     let otlp = discarding_otlp_receiver().await?;
     let limit = Duration::from_secs(300);
 
-    let trivial_filter = PluginConfig {
-        name: "pass".into(),
-        path: opts.plugin_dir.join("field_filter.wasm"),
-        config: toml::Table::new(),
-        sha256: None,
-    };
+    let trivial_filter = super::trivial_filter(&opts.plugin_dir);
     // Three rounds (one with --quick), the paths interleaved so a noisy
     // neighbour hits all of them alike, each round starting at another
     // path (a broker may slow down as it fills); each figure is the median.

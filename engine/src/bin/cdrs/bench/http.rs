@@ -44,9 +44,13 @@ pub struct HttpFigures {
     /// the rounds): CDRS, the like-for-like loop.
     pub cdrs_records_per_s: f64,
     pub loop_records_per_s: f64,
+    /// CDRS with a filter that keeps every record without reading it (the
+    /// demo's router): the path without the JSON filter's work.
+    pub cdrs_trivial_records_per_s: f64,
     /// CPU of the bench's process (CDRS or the loop; not the broker, not
     /// the servers) per record, µs.
     pub cdrs_cpu_us_per_record: f64,
+    pub cdrs_trivial_cpu_us_per_record: f64,
     pub loop_cpu_us_per_record: f64,
     /// CPU of the broker's and of the servers' processes per record, µs
     /// (0 for an embedded broker, whose CPU counts in the bench's process).
@@ -504,12 +508,13 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     let limit = Duration::from_secs(300);
     let delivery = DeliveryConfig::default();
     let rounds = if opts.quick { 1 } else { 3 };
-    let mut runs: [Vec<Run>; 2] = Default::default();
-    let mut batches: [Vec<f64>; 2] = Default::default();
+    let mut runs: [Vec<Run>; 3] = Default::default();
+    let mut batches: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
-        for k in 0..2 {
-            // 0: the loop, 1: CDRS; each round starts with the other.
-            let path = (round + k) % 2;
+        for k in 0..3 {
+            // 0: the loop, 1: CDRS, 2: CDRS with the trivial filter; each
+            // round starts with another.
+            let path = (round + k) % 3;
             let group = name(&format!("path{path}-{round}"));
             let (base, requests) = servers.counts().await?;
             let w = if path == 0 {
@@ -518,7 +523,10 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
                 l.stop().await?;
                 w
             } else {
-                let cfg = http_config(&link, &group, (&input, &dlq), &urls, opts);
+                let mut cfg = http_config(&link, &group, (&input, &dlq), &urls, opts);
+                if path == 2 {
+                    cfg.filters = vec![super::trivial_filter(&opts.plugin_dir)];
+                }
                 let daemon = Daemon::start(cfg, None).await?;
                 let w = watch_servers(&link, &servers, (base, n), limit).await?;
                 daemon.stop().await?;
@@ -546,8 +554,10 @@ pub(super) async fn http(opts: &BenchOptions) -> anyhow::Result<HttpFigures> {
     let mut f = HttpFigures {
         loop_records_per_s: rate(&runs[0]),
         cdrs_records_per_s: rate(&runs[1]),
+        cdrs_trivial_records_per_s: rate(&runs[2]),
         loop_cpu_us_per_record: cpu_us(&runs[0], 0),
         cdrs_cpu_us_per_record: cpu_us(&runs[1], 0),
+        cdrs_trivial_cpu_us_per_record: cpu_us(&runs[2], 0),
         broker_cpu_us_per_record: cpu_us(&runs[1], 1),
         servers_cpu_us_per_record: cpu_us(&runs[1], 2),
         loop_records_per_request: median(batches[0].clone()),

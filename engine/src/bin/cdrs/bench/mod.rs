@@ -168,8 +168,13 @@ pub struct BenchReport {
     pub http_records_per_s: f64,
     pub http_loop_records_per_s: f64,
     pub http_ratio_like_for_like: f64,
+    /// The same with a filter that keeps every record unread: what the
+    /// path costs without the JSON filter's work.
+    pub http_trivial_records_per_s: f64,
+    pub http_ratio_trivial_like_for_like: f64,
     /// CPU of CDRS / of the loop per record, µs (broker and servers apart).
     pub http_cpu_us_per_record: f64,
+    pub http_trivial_cpu_us_per_record: f64,
     pub http_loop_cpu_us_per_record: f64,
     /// Produce → arrival at the server at half the loop's rate, ms: CDRS,
     /// the loop, and CDRS minus the loop.
@@ -289,7 +294,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         http_records_per_s: h.cdrs_records_per_s,
         http_loop_records_per_s: h.loop_records_per_s,
         http_ratio_like_for_like: ratio(h.cdrs_records_per_s, h.loop_records_per_s),
+        http_trivial_records_per_s: h.cdrs_trivial_records_per_s,
+        http_ratio_trivial_like_for_like: ratio(h.cdrs_trivial_records_per_s, h.loop_records_per_s),
         http_cpu_us_per_record: h.cdrs_cpu_us_per_record,
+        http_trivial_cpu_us_per_record: h.cdrs_trivial_cpu_us_per_record,
         http_loop_cpu_us_per_record: h.loop_cpu_us_per_record,
         http_p50_ms: h.half_load.cdrs_p50_ms,
         http_p99_ms: h.half_load.cdrs_p99_ms,
@@ -403,6 +411,7 @@ pub fn table(r: &BenchReport) -> String {
              | path | records/s | vs loop | CPU µs/record | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n\
              | rdkafka → HTTP loop, like-for-like | {:.0} | 1.00 | {:.2} | {:.1} | {:.1} |\n\
              | CDRS, demo filter and router | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |\n\
+             | CDRS, trivial filter, demo router | {:.0} | {:.2} | {:.2} | | |\n\
              | broker alone (produce → consumer; latency only) | | | | {:.1} | {:.1} |\n\
              latency: produce → arrival at the server at {:.0} records/s (half the {:.0} records/s \
              the loop sustains while the records are produced beside it); \
@@ -420,6 +429,9 @@ pub fn table(r: &BenchReport) -> String {
             h.cdrs_cpu_us_per_record,
             h.half_load.cdrs_p50_ms,
             h.half_load.cdrs_p99_ms,
+            h.cdrs_trivial_records_per_s,
+            r.http_ratio_trivial_like_for_like,
+            h.cdrs_trivial_cpu_us_per_record,
             h.half_load.broker_p50_ms,
             h.half_load.broker_p99_ms,
             h.half_load.rate,
@@ -616,4 +628,15 @@ pub(crate) fn command(out: Option<PathBuf>, opts: BenchOptions) -> anyhow::Resul
         println!("\nwrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The field filter with no configuration: keeps every record without
+/// reading its value (the trivial policy of the end-to-end parts).
+fn trivial_filter(plugin_dir: &Path) -> PluginConfig {
+    PluginConfig {
+        name: "pass".into(),
+        path: plugin_dir.join("field_filter.wasm"),
+        config: toml::Table::new(),
+        sha256: None,
+    }
 }
