@@ -69,10 +69,18 @@ impl OffsetTracker {
     }
 
     fn find(&mut self, offset: i64) -> Option<&mut u32> {
-        let i = self
-            .entries
-            .binary_search_by_key(&offset, |&(o, _, _)| o)
-            .ok()?;
+        // Offsets are mostly dense (no record dropped before tracking), so
+        // the entry usually sits at `offset - first`: one look instead of a
+        // binary search (which was ~4% of the HTTP path's CPU in `perf`).
+        let first = self.entries.front()?.0;
+        let guess = usize::try_from(offset - first).ok()?;
+        let i = match self.entries.get(guess) {
+            Some(&(o, _, _)) if o == offset => guess,
+            _ => self
+                .entries
+                .binary_search_by_key(&offset, |&(o, _, _)| o)
+                .ok()?,
+        };
         Some(&mut self.entries[i].1).filter(|c| **c > 0)
     }
 
@@ -391,5 +399,40 @@ mod tests {
         assert_eq!(t.advanced(), None);
         t.finish(5);
         assert_eq!(t.advanced(), Some(6));
+    }
+
+    /// Against a plain model: offsets with gaps (records dropped before
+    /// tracking) and some with two copies, finished in a shuffled order;
+    /// the watermark is always the lowest offset with copies left.
+    #[test]
+    fn sparse_offsets_finished_in_any_order_match_a_model() {
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut t = OffsetTracker::default();
+            let mut left: std::collections::BTreeMap<i64, u32> = Default::default();
+            let mut copies_list = Vec::new();
+            for offset in 100..400 {
+                let copies = [0, 1, 1, 1, 2][rng.usize(..5)];
+                t.track(offset, copies, 0);
+                if copies > 0 {
+                    left.insert(offset, copies);
+                    copies_list.extend(std::iter::repeat_n(offset, copies as usize));
+                }
+            }
+            rng.shuffle(&mut copies_list);
+            for offset in copies_list {
+                let c = left.get_mut(&offset).unwrap();
+                *c -= 1;
+                let last = *c == 0;
+                if last {
+                    left.remove(&offset);
+                }
+                assert_eq!(t.finish(offset), last, "seed {seed}, offset {offset}");
+                assert!(!t.finish(1_000), "unknown offset");
+                let want = left.keys().next().copied().unwrap_or(400);
+                assert_eq!(t.watermark(), Some(want), "seed {seed}");
+            }
+            assert_eq!(t.pending(), 0);
+        }
     }
 }
