@@ -1,9 +1,10 @@
-//! The `cdrs` command: `run`, `check`, `plugin`, `demo`, `bench`.
+//! The `cdrs` command: `run`, `check`, `plugin`, `demo`, `bench`, `simulate`.
 
 mod bench;
 mod demo;
 mod plugin;
 mod run;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use plugin::PluginCommand;
@@ -104,6 +105,44 @@ enum Command {
         )]
         plugin_dir: PathBuf,
     },
+    /// Routing quality in virtual time: runs a scenario (servers, arrivals,
+    /// CDRS instances, stale reports, slowdowns, crashes) once per router
+    /// plugin, through the real plugin runtime, and per built-in baseline
+    /// (random, round robin, weighted round robin, least in-flight); prints
+    /// sojourn p50/p99/p99.9, utilisation, re-routes and key moves side by
+    /// side; --out writes JSON. Deterministic for a seed.
+    Simulate {
+        /// A scenario file (TOML) or a built-in name: heterogeneous,
+        /// herding, slowdown, sticky (repeatable).
+        #[arg(long)]
+        scenario: Vec<String>,
+        /// A router plugin, NAME=PLUGIN.wasm (repeatable). Default: the
+        /// demo's P2C router, load-aware (p2c) and sticky (p2c-sticky).
+        #[arg(long, value_parser = simulate::router_arg)]
+        router: Vec<simulate::RouterArg>,
+        /// The `init` config of router NAME, NAME=JSON (repeatable).
+        #[arg(long = "router-config", value_name = "NAME=JSON")]
+        router_config: Vec<String>,
+        /// Run the four goal scenarios and write the goal figures.
+        #[arg(long)]
+        goals: bool,
+        /// Replace the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Replace the scenario's simulated time, ms (the warm-up becomes a tenth).
+        #[arg(long = "duration-ms")]
+        duration_ms: Option<u64>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Folder with p2c_router.wasm (for the default routers).
+        #[arg(
+            long,
+            env = "CDRS_PLUGIN_DIR",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        plugin_dir: PathBuf,
+    },
     /// Counting app servers for `cdrs bench` (its HTTP part starts them in
     /// their own process): prints their ports, serves until stdin closes.
     #[command(hide = true)]
@@ -194,6 +233,36 @@ fn main() -> ExitCode {
                 };
                 bench::command(out, opts)
             })
+        }
+        Command::Simulate {
+            scenario,
+            router,
+            router_config,
+            goals,
+            seed,
+            duration_ms,
+            out,
+            plugin_dir,
+        } => {
+            init_logs("warn");
+            let mut routers = if router.is_empty() {
+                simulate::default_routers(&plugin_dir)
+            } else {
+                router
+            };
+            router_config
+                .iter()
+                .try_for_each(|c| simulate::apply_router_config(&mut routers, c))
+                .and_then(|()| {
+                    simulate::command(simulate::SimulateOptions {
+                        scenarios: scenario,
+                        routers,
+                        out,
+                        seed,
+                        duration_ms,
+                        goals,
+                    })
+                })
         }
         Command::BenchServer { servers } => {
             init_logs("warn");
