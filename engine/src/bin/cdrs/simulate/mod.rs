@@ -66,7 +66,7 @@ pub struct Report {
     /// reports 1 s old.
     pub herding_p99_best_over_least_inflight: f64,
     /// slowdown: the best plugin's p99 while one server is 10× slower over
-    /// its p99 outside that time.
+    /// its p99 before (the steady state).
     pub slowdown_p99_over_steady: f64,
     /// sticky: the busiest server's rate over the mean, and the share of
     /// keys that moved, of the plugin that moved the fewest keys.
@@ -264,7 +264,7 @@ fn table(r: &ScenarioReport) -> String {
     s += "| policy | p50 ms | p99 ms | p99.9 ms |";
     let events = r.outcomes.iter().any(|o| o.p99_during_events_ms > 0.0);
     if events {
-        s += " p99 during events | p99 outside |";
+        s += " p99 during events | p99 before |";
     }
     for id in &servers {
         s += &format!(" util {id} |");
@@ -283,7 +283,7 @@ fn table(r: &ScenarioReport) -> String {
         if events {
             s += &format!(
                 " {:.1} | {:.1} |",
-                o.p99_during_events_ms, o.p99_outside_events_ms
+                o.p99_during_events_ms, o.p99_before_events_ms
             );
         }
         for (_, u) in &o.utilisation {
@@ -339,7 +339,7 @@ fn goals(report: &mut Report, routers: &[RouterArg]) {
     }
     if let Some(s) = find("slowdown") {
         if let Some(b) = best(s) {
-            r.slowdown_p99_over_steady = b.p99_during_events_ms / b.p99_outside_events_ms;
+            r.slowdown_p99_over_steady = b.p99_during_events_ms / b.p99_before_events_ms;
         }
     }
     if let Some(s) = find("sticky") {

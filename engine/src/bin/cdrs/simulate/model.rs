@@ -178,9 +178,10 @@ pub struct Outcome {
     pub p999_ms: f64,
     pub mean_ms: f64,
     /// p99 of the records that arrived while a scheduled event was on, and
-    /// of the others (both after the warm-up); 0 without events.
+    /// of those that arrived before the first one (the steady state; both
+    /// after the warm-up); 0 without events.
     pub p99_during_events_ms: f64,
-    pub p99_outside_events_ms: f64,
+    pub p99_before_events_ms: f64,
     pub arrived: u64,
     pub completed: u64,
     /// Still unfinished when the drain time ran out (overload).
@@ -328,7 +329,8 @@ pub fn run(
     let mut arrivals = Arrivals::new(scenario);
     let mut fallback_rng = fastrand::Rng::with_seed(seed.wrapping_add(7));
     let mut recs: Vec<Rec> = Vec::new();
-    let mut sojourn: Vec<(u64, bool)> = Vec::new();
+    // (sojourn, arrived during an event, arrived before the first event)
+    let mut sojourn: Vec<(u64, bool, bool)> = Vec::new();
     let windows: Vec<(u64, u64)> = scenario
         .events
         .iter()
@@ -421,7 +423,8 @@ pub fn run(
                     let during = windows
                         .iter()
                         .any(|&(a, b)| r.arrived >= a && r.arrived < b);
-                    sojourn.push((now - r.arrived, during));
+                    let before = windows.iter().all(|&(a, _)| r.arrived < a);
+                    sojourn.push((now - r.arrived, during, before));
                 }
                 if now >= warmup && now < end {
                     s.served += 1;
@@ -639,8 +642,7 @@ pub fn run(
     out.p999_ms = ms(all, 0.999);
     if !windows.is_empty() {
         out.p99_during_events_ms = ms(sojourn.iter().filter(|s| s.1).map(|s| s.0).collect(), 0.99);
-        out.p99_outside_events_ms =
-            ms(sojourn.iter().filter(|s| !s.1).map(|s| s.0).collect(), 0.99);
+        out.p99_before_events_ms = ms(sojourn.iter().filter(|s| s.2).map(|s| s.0).collect(), 0.99);
     }
     Ok(out)
 }
