@@ -117,7 +117,8 @@ enum Command {
         #[arg(long)]
         scenario: Vec<String>,
         /// A router plugin, NAME=PLUGIN.wasm (repeatable). Default: the
-        /// demo's P2C router, load-aware (p2c) and sticky (p2c-sticky).
+        /// demo's P2C router, load-aware (p2c) and sticky (p2c-sticky), and
+        /// the latency-aware ewma-router (ewma).
         #[arg(long, value_parser = simulate::router_arg)]
         router: Vec<simulate::RouterArg>,
         /// The `init` config of router NAME, NAME=JSON (repeatable).
@@ -135,7 +136,7 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Folder with p2c_router.wasm (for the default routers).
+        /// Folder with p2c_router.wasm and ewma_router.wasm (for the default routers).
         #[arg(
             long,
             env = "CDRS_PLUGIN_DIR",

@@ -115,7 +115,8 @@ pub fn apply_router_config(routers: &mut [RouterArg], arg: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// The default routers: the demo's P2C, load-aware and sticky.
+/// The default routers: the demo's P2C, load-aware and sticky, and the
+/// latency-aware `ewma-router`.
 pub fn default_routers(plugin_dir: &Path) -> Vec<RouterArg> {
     let p2c = plugin_dir.join("p2c_router.wasm");
     let mut sticky = toml::Table::new();
@@ -130,6 +131,11 @@ pub fn default_routers(plugin_dir: &Path) -> Vec<RouterArg> {
             name: "p2c-sticky".into(),
             path: p2c,
             config: sticky,
+        },
+        RouterArg {
+            name: "ewma".into(),
+            path: plugin_dir.join("ewma_router.wasm"),
+            config: toml::Table::new(),
         },
     ]
 }

@@ -16,7 +16,9 @@
 //! does for an unreachable target, and routes the records again; so do the
 //! records queued or in service at a server when it crashes. The host's
 //! fallback (power of two choices on own in-flight ÷ capacity) places
-//! records the policy leaves to it.
+//! records the policy leaves to it. Each instance keeps an EWMA of every
+//! server's delivery latency (send to end of service) for the snapshot's
+//! `latency_ewma_us`, as the host does.
 
 use super::scenario::{ArrivalKind, Distribution, Scenario};
 use cdrs::capacity::{Health, Snapshot, TargetView};
@@ -233,9 +235,16 @@ enum Ev {
 
 struct Rec {
     arrived: u64,
+    /// When it was last sent to a server.
+    sent: u64,
     key: u32,
     inst: usize,
 }
+
+/// Weight of the newest sample in the host's delivery-latency EWMA
+/// (`capacity::EWMA_ALPHA`, one sample per delivery; here a delivery is
+/// one record).
+const LATENCY_ALPHA: f64 = 0.2;
 
 struct Server {
     concurrency: u32,
@@ -270,6 +279,9 @@ struct Inst {
     marked_down: Vec<Option<u64>>,
     view: Arc<Snapshot>,
     waiting: Vec<usize>,
+    /// EWMA of the delivery latency per server, µs (0: none yet), as the
+    /// host's registry keeps it.
+    latency_us: Vec<f64>,
 }
 
 /// Runs `scenario` with one policy per instance from `make` (called with
@@ -318,6 +330,7 @@ pub fn run(
             marked_down: vec![None; n],
             view: Arc::new(Snapshot::default()),
             waiting: Vec::new(),
+            latency_us: vec![0.0; n],
         });
     }
     let mut heap: BinaryHeap<Reverse<(u64, u64, Ev)>> = BinaryHeap::new();
@@ -383,6 +396,7 @@ pub fn run(
                 let inst = key as usize % insts.len();
                 recs.push(Rec {
                     arrived: now,
+                    sent: now,
                     key,
                     inst,
                 });
@@ -418,7 +432,15 @@ pub fn run(
                 account_busy(s, now, (warmup, end));
                 s.in_service.retain(|&r| r != rec);
                 let r = &recs[rec];
-                insts[r.inst].own[server] -= 1;
+                let i = &mut insts[r.inst];
+                i.own[server] -= 1;
+                let sample = (now - r.sent) as f64 / 1_000.0;
+                let l = &mut i.latency_us[server];
+                *l = if *l == 0.0 {
+                    sample
+                } else {
+                    *l + LATENCY_ALPHA * (sample - *l)
+                };
                 if r.arrived >= warmup && r.arrived < end {
                     let during = windows
                         .iter()
@@ -577,6 +599,7 @@ pub fn run(
                         }
                     }
                     i.own[t] += 1;
+                    recs[rec].sent = now;
                     let s = &mut servers[t];
                     if (s.in_service.len() as u32) < s.concurrency {
                         account_busy(s, now, (warmup, end));
@@ -719,7 +742,7 @@ fn refresh(i: &mut Inst, servers: &[Server], scenario: &Scenario, now: u64) {
                 cpu_permille: 0,
                 mem_permille: 0,
                 latency_p99_ms: 0,
-                latency_ewma_us: 0,
+                latency_ewma_us: i.latency_us[j].round() as u32,
                 error_rate_permille: 0,
                 health: if down { Health::Down } else { Health::Healthy },
                 reason: None,
@@ -734,8 +757,19 @@ fn refresh(i: &mut Inst, servers: &[Server], scenario: &Scenario, now: u64) {
         .collect();
     let same = i.view.targets.len() == targets.len()
         && i.view.targets.iter().zip(&targets).all(|(a, b)| {
-            (a.capacity, a.inflight, a.own_inflight, a.health)
-                == (b.capacity, b.inflight, b.own_inflight, b.health)
+            (
+                a.capacity,
+                a.inflight,
+                a.own_inflight,
+                a.health,
+                a.latency_ewma_us,
+            ) == (
+                b.capacity,
+                b.inflight,
+                b.own_inflight,
+                b.health,
+                b.latency_ewma_us,
+            )
         });
     let version = if same {
         i.view.version
