@@ -370,6 +370,7 @@ fn simulate_is_deterministic_accounts_for_every_record_and_names_bad_scenarios()
         [
             "p2c",
             "p2c-sticky",
+            "p2c-bounded",
             "ewma",
             "random",
             "round-robin",

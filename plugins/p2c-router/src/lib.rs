@@ -25,8 +25,15 @@
 //! Degraded targets (draining) get no records while a healthy one exists.
 //! With no eligible target the decision is `default` and the host decides.
 //!
-//! Config (JSON): `{"sticky": false, "sticky_header": null, "seed": 1}`.
-//! `sticky_header` names a header to hash instead of the key.
+//!   With `sticky_max_load = c` (at least 1, e.g. 1.25) the loads are
+//!   bounded: a key goes to the first target in its rendezvous order whose
+//!   recent load per unit of weight stays within c × the mean, so a hot
+//!   key's overflow spreads instead of pinning one server (Mirrokni et al.,
+//!   "Consistent Hashing with Bounded Loads", SODA 2018).
+//!
+//! Config (JSON): `{"sticky": false, "sticky_header": null, "seed": 1,
+//! "sticky_max_load": null}`. `sticky_header` names a header to hash
+//! instead of the key.
 
 use cdrs_plugin_sdk::router::{Batch, Decision, Health, Record, Router, RouterOptions, Target};
 use rand_distr::weighted::WeightedAliasIndex;
@@ -45,6 +52,11 @@ struct P2cConfig {
     sticky_header: Option<String>,
     #[serde(default = "default_seed")]
     seed: u64,
+    /// Sticky with bounded loads: a key goes to the first target in its
+    /// rendezvous order whose recent load per unit of weight stays at most
+    /// this many times the mean (>= 1; e.g. 1.25). Unset: no bound.
+    #[serde(default)]
+    sticky_max_load: Option<f64>,
 }
 
 fn default_seed() -> u64 {
@@ -66,6 +78,8 @@ struct Slot {
 pub struct P2cRouter {
     sticky: bool,
     sticky_header: Option<String>,
+    /// `sticky_max_load`.
+    max_load: Option<f64>,
     /// Xoshiro256++ (Blackman & Vigna, "Scrambled linear pseudorandom
     /// number generators", ACM TOMS 2021): 64-bit operations only. fastrand's
     /// wyrand multiplies in 128 bits, a `__multi3` call per draw on wasm32.
@@ -91,6 +105,11 @@ impl P2cRouter {
         };
         let c: P2cConfig =
             serde_json::from_str(config).map_err(|e| format!("invalid p2c-router config: {e}"))?;
+        if let Some(f) = c.sticky_max_load.filter(|f| !(*f >= 1.0 && f.is_finite())) {
+            return Err(format!(
+                "invalid p2c-router config: sticky_max_load {f} must be at least 1 (e.g. 1.25)"
+            ));
+        }
         let options = RouterOptions {
             headers: c.sticky_header.iter().cloned().collect(),
             needs_value: false,
@@ -99,6 +118,7 @@ impl P2cRouter {
             P2cRouter {
                 sticky: c.sticky,
                 sticky_header: c.sticky_header,
+                max_load: c.sticky_max_load,
                 rng: Xoshiro256PlusPlus::seed_from_u64(c.seed),
                 slots: Vec::new(),
                 assigned: Vec::new(),
@@ -198,19 +218,50 @@ impl P2cRouter {
         except.map_or(0, |e| (e + 1) % self.eligible.len())
     }
 
+    /// The key's weighted rendezvous score at slot `i`.
+    fn score(&self, key: &[u8], i: u32) -> f64 {
+        let slot = &self.slots[i as usize];
+        let h = xxh3_64_with_seed(key, slot.id_hash);
+        // Map to (0, 1): top 53 bits, offset by half a step so never 0 or 1.
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        -slot.weight / u.ln()
+    }
+
     fn rendezvous(&self, key: &[u8]) -> u32 {
-        let mut best = (f64::NEG_INFINITY, self.eligible[0]);
-        for &i in &self.eligible {
-            let slot = &self.slots[i as usize];
-            let h = xxh3_64_with_seed(key, slot.id_hash);
-            // Map to (0, 1): top 53 bits, offset by half a step so never 0 or 1.
-            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let score = -slot.weight / u.ln();
-            if score > best.0 {
-                best = (score, i);
+        let Some(factor) = self.max_load else {
+            let mut best = (f64::NEG_INFINITY, self.eligible[0]);
+            for &i in &self.eligible {
+                let score = self.score(key, i);
+                if score > best.0 {
+                    best = (score, i);
+                }
             }
-        }
-        best.1
+            return best.1;
+        };
+        // Bounded loads (Mirrokni, Thorup & Zadimoghaddam, "Consistent
+        // Hashing with Bounded Loads", SODA 2018), over the rendezvous
+        // order: the first target whose load with this record stays within
+        // `factor` × the mean; a key keeps its target while that target is
+        // not overloaded, and only its overflow moves.
+        let mut order: Vec<(f64, u32)> = self
+            .eligible
+            .iter()
+            .map(|&i| (self.score(key, i), i))
+            .collect();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (assigned, weight) = self.eligible.iter().fold((0.0, 0.0), |(a, w), &i| {
+            (
+                a + self.assigned[i as usize],
+                w + self.slots[i as usize].weight,
+            )
+        });
+        let cap = factor * (assigned + 1.0) / weight;
+        order
+            .iter()
+            .find(|(_, i)| {
+                (self.assigned[*i as usize] + 1.0) / self.slots[*i as usize].weight <= cap
+            })
+            .map_or(order[0].1, |(_, i)| *i)
     }
 
     fn sticky_key<'a>(&self, r: &Record<'a>) -> Option<&'a [u8]> {
@@ -423,5 +474,79 @@ mod tests {
     #[test]
     fn rejects_unknown_config_keys() {
         assert!(P2cRouter::parse(r#"{"stiky":true}"#).is_err());
+        let e = P2cRouter::parse(r#"{"sticky":true,"sticky_max_load":0.5}"#)
+            .err()
+            .unwrap();
+        assert!(e.contains("sticky_max_load 0.5 must be at least 1"), "{e}");
+    }
+
+    /// One hot key among cold ones: unbounded, its target takes all its
+    /// records; bounded at 1.25, no target gets more than 1.25× its share
+    /// (plus one record), and cold keys mostly stay where rendezvous puts
+    /// them.
+    #[test]
+    fn bounded_loads_spread_a_hot_key_and_keep_cold_keys_put() {
+        let hot_batch = |n: usize| {
+            let keys: Vec<String> = (0..n)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        "hot".into()
+                    } else {
+                        format!("cold-{i}")
+                    }
+                })
+                .collect();
+            let records: Vec<_> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (i as i64, Some(k.as_bytes()), None, &[][..]))
+                .collect();
+            Batch::of("t", 0, &records)
+        };
+        let targets = |r: &mut P2cRouter| {
+            r.update_targets(
+                1,
+                (0..4)
+                    .map(|i| target(&format!("t{i}"), 10, Health::Healthy))
+                    .collect(),
+            )
+        };
+        let count = |r: &mut P2cRouter| {
+            let mut c = [0usize; 4];
+            for _ in 0..20 {
+                for d in r.route(hot_batch(200)) {
+                    if let Decision::Route(i) = d {
+                        c[i as usize] += 1;
+                    }
+                }
+            }
+            c
+        };
+        let (mut plain, _) = P2cRouter::parse(r#"{"sticky":true}"#).unwrap();
+        targets(&mut plain);
+        let c = count(&mut plain);
+        assert!(
+            *c.iter().max().unwrap() > 2_000,
+            "the hot key pins one target: {c:?}"
+        );
+        let (mut bounded, _) =
+            P2cRouter::parse(r#"{"sticky":true,"sticky_max_load":1.25}"#).unwrap();
+        targets(&mut bounded);
+        let c = count(&mut bounded);
+        let mean = c.iter().sum::<usize>() as f64 / 4.0;
+        assert!(*c.iter().max().unwrap() as f64 <= 1.3 * mean, "{c:?}");
+        // A cold key seen once per batch: mostly on its rendezvous target.
+        let (mut r2, _) = P2cRouter::parse(r#"{"sticky":true}"#).unwrap();
+        targets(&mut r2);
+        let free = r2.route(hot_batch(200));
+        let held = bounded.route(hot_batch(200));
+        let same = free
+            .iter()
+            .zip(&held)
+            .skip(1)
+            .step_by(2)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(same >= 70, "{same} of 100 cold keys kept their target");
     }
 }

@@ -117,8 +117,9 @@ enum Command {
         #[arg(long)]
         scenario: Vec<String>,
         /// A router plugin, NAME=PLUGIN.wasm (repeatable). Default: the
-        /// demo's P2C router, load-aware (p2c) and sticky (p2c-sticky), and
-        /// the latency-aware ewma-router (ewma).
+        /// demo's P2C router, load-aware (p2c), sticky (p2c-sticky) and sticky
+        /// with bounded loads (p2c-bounded), and the latency-aware
+        /// ewma-router (ewma).
         #[arg(long, value_parser = simulate::router_arg)]
         router: Vec<simulate::RouterArg>,
         /// The `init` config of router NAME, NAME=JSON (repeatable).
