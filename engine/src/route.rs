@@ -77,6 +77,16 @@ pub fn decide(view: &Snapshot, extra: &[u32], route: Route, excluded: &[Arc<str>
 /// Load Balancing", 2001). Degraded targets only when no healthy one
 /// exists. `None` if all are down.
 pub fn fallback(snapshot: &Snapshot, extra: &[u32]) -> Option<usize> {
+    fallback_with(snapshot, extra, |n| fastrand::usize(..n))
+}
+
+/// [`fallback`] drawing its two candidates with `below(n)` (a number in
+/// `0..n`): a seeded generator makes it repeatable (`cdrs simulate`).
+pub fn fallback_with(
+    snapshot: &Snapshot,
+    extra: &[u32],
+    mut below: impl FnMut(usize) -> usize,
+) -> Option<usize> {
     let load = |i: usize| {
         let t = &snapshot.targets[i];
         (f64::from(t.own_inflight) + f64::from(extra[i]) + 1.0)
@@ -90,8 +100,8 @@ pub fn fallback(snapshot: &Snapshot, extra: &[u32]) -> Option<usize> {
             0 => continue,
             1 => return Some(up[0]),
             n => {
-                let a = fastrand::usize(..n);
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let a = below(n);
+                let b = (a + 1 + below(n - 1)) % n;
                 let (a, b) = (up[a], up[b]);
                 return Some(if load(a) <= load(b) { a } else { b });
             }

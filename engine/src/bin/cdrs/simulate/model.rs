@@ -779,23 +779,16 @@ fn refresh(i: &mut Inst, servers: &[Server], scenario: &Scenario, now: u64) {
     i.view = Arc::new(Snapshot { version, targets });
 }
 
-/// The host's fallback, seeded: two healthy targets at random, the lower
-/// `(own in-flight + 1) / capacity` wins ([`cdrs::route::fallback`]).
+/// The host's fallback ([`cdrs::route::fallback_with`]), seeded; the
+/// records placed since the snapshot count as its `extra`.
 fn fallback(view: &Snapshot, own: &[u32], rng: &mut fastrand::Rng) -> Option<usize> {
-    let up: Vec<usize> = (0..view.targets.len())
-        .filter(|&i| view.targets[i].health != Health::Down)
+    let extra: Vec<u32> = view
+        .targets
+        .iter()
+        .zip(own)
+        .map(|(t, &o)| o.saturating_sub(t.own_inflight))
         .collect();
-    let load = |i: usize| (f64::from(own[i]) + 1.0) / f64::from(view.targets[i].capacity.max(1));
-    match up.len() {
-        0 => None,
-        1 => Some(up[0]),
-        n => {
-            let a = rng.usize(..n);
-            let b = (a + 1 + rng.usize(..n - 1)) % n;
-            let (a, b) = (up[a], up[b]);
-            Some(if load(a) <= load(b) { a } else { b })
-        }
-    }
+    cdrs::route::fallback_with(view, &extra, |n| rng.usize(..n))
 }
 
 /// Arrival times and keys, from the scenario's seed.
