@@ -62,9 +62,9 @@ build_plugins() {
   # fault-filter and fault-router misbehave on purpose; the tests use them
   # against the sandbox.
   cargo build -q --profile plugin --target wasm32-wasip2 \
-    -p field-filter -p p2c-router -p ewma-router -p fault-filter -p fault-router \
+    -p field-filter -p p2c-router -p ewma-router -p prequal-router -p fault-filter -p fault-router \
     -p example-router -p example-filter >&2
-  for p in field_filter p2c_router ewma_router fault_filter fault_router example_router example_filter; do
+  for p in field_filter p2c_router ewma_router prequal_router fault_filter fault_router example_router example_filter; do
     ls "$PLUGIN_DIR/$p.wasm" >/dev/null
   done
 }

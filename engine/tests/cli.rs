@@ -372,6 +372,7 @@ fn simulate_is_deterministic_accounts_for_every_record_and_names_bad_scenarios()
             "p2c-sticky",
             "p2c-bounded",
             "ewma",
+            "prequal",
             "random",
             "round-robin",
             "weighted-round-robin",
@@ -395,6 +396,7 @@ fn simulate_is_deterministic_accounts_for_every_record_and_names_bad_scenarios()
     assert!(p99("random") > 5.0 * p99("weighted-round-robin"), "{a}");
     assert!(p99("p2c") < 2.0 * p99("weighted-round-robin"), "{a}");
     assert!(p99("ewma") < 2.0 * p99("weighted-round-robin"), "{a}");
+    assert!(p99("prequal") < 2.0 * p99("weighted-round-robin"), "{a}");
 
     let g = run("goals.json", &["--goals"]);
     for key in [

@@ -117,7 +117,8 @@ pub fn apply_router_config(routers: &mut [RouterArg], arg: &str) -> anyhow::Resu
 }
 
 /// The default routers: the demo's P2C, load-aware, sticky and sticky with
-/// bounded loads (1.25), and the latency-aware `ewma-router`.
+/// bounded loads (1.25), and the latency-aware `ewma-router` and
+/// `prequal-router`.
 pub fn default_routers(plugin_dir: &Path) -> Vec<RouterArg> {
     let p2c = plugin_dir.join("p2c_router.wasm");
     let mut sticky = toml::Table::new();
@@ -143,6 +144,11 @@ pub fn default_routers(plugin_dir: &Path) -> Vec<RouterArg> {
         RouterArg {
             name: "ewma".into(),
             path: plugin_dir.join("ewma_router.wasm"),
+            config: toml::Table::new(),
+        },
+        RouterArg {
+            name: "prequal".into(),
+            path: plugin_dir.join("prequal_router.wasm"),
             config: toml::Table::new(),
         },
     ]
