@@ -31,9 +31,17 @@
 //!   key's overflow spreads instead of pinning one server (Mirrokni et al.,
 //!   "Consistent Hashing with Bounded Loads", SODA 2018).
 //!
+//! * **Zone-aware** (`local_zone = "eu-west-1a"`): only the targets whose
+//!   `zone` is the local one are eligible while at least `zone_min_healthy`
+//!   (default 0.5) of that zone's capacity × weight is healthy; below that,
+//!   or with no healthy target there, every zone is (after Envoy's
+//!   zone-aware routing and its panic threshold). Composes with both modes
+//!   above: load-aware and sticky choices run over the eligible targets, so
+//!   sticky keys stay in the zone and move across only while it is short.
+//!
 //! Config (JSON): `{"sticky": false, "sticky_header": null, "seed": 1,
-//! "sticky_max_load": null}`. `sticky_header` names a header to hash
-//! instead of the key.
+//! "sticky_max_load": null, "local_zone": null, "zone_min_healthy": 0.5}`.
+//! `sticky_header` names a header to hash instead of the key.
 
 use cdrs_plugin_sdk::router::{Batch, Decision, Health, Record, Router, RouterOptions, Target};
 use rand_distr::weighted::WeightedAliasIndex;
@@ -57,6 +65,17 @@ struct P2cConfig {
     /// this many times the mean (>= 1; e.g. 1.25). Unset: no bound.
     #[serde(default)]
     sticky_max_load: Option<f64>,
+    /// Prefer targets whose `zone` is this one. Unset: no zone preference.
+    #[serde(default)]
+    local_zone: Option<String>,
+    /// Share of the local zone's capacity × weight that must be healthy
+    /// for it to take all records, 0..=1. Default 0.5.
+    #[serde(default = "default_zone_min_healthy")]
+    zone_min_healthy: f64,
+}
+
+fn default_zone_min_healthy() -> f64 {
+    0.5
 }
 
 fn default_seed() -> u64 {
@@ -72,6 +91,8 @@ struct Slot {
     weight: f64,
     id_hash: u64,
     health: Health,
+    /// In `local_zone`.
+    local: bool,
 }
 
 /// The router state of one instance.
@@ -80,6 +101,8 @@ pub struct P2cRouter {
     sticky_header: Option<String>,
     /// `sticky_max_load`.
     max_load: Option<f64>,
+    local_zone: Option<String>,
+    zone_min_healthy: f64,
     /// Xoshiro256++ (Blackman & Vigna, "Scrambled linear pseudorandom
     /// number generators", ACM TOMS 2021): 64-bit operations only. fastrand's
     /// wyrand multiplies in 128 bits, a `__multi3` call per draw on wasm32.
@@ -110,6 +133,12 @@ impl P2cRouter {
                 "invalid p2c-router config: sticky_max_load {f} must be at least 1 (e.g. 1.25)"
             ));
         }
+        if !(0.0..=1.0).contains(&c.zone_min_healthy) {
+            return Err(format!(
+                "invalid p2c-router config: zone_min_healthy {} must be within 0..=1",
+                c.zone_min_healthy
+            ));
+        }
         let options = RouterOptions {
             headers: c.sticky_header.iter().cloned().collect(),
             needs_value: false,
@@ -119,6 +148,8 @@ impl P2cRouter {
                 sticky: c.sticky,
                 sticky_header: c.sticky_header,
                 max_load: c.sticky_max_load,
+                local_zone: c.local_zone,
+                zone_min_healthy: c.zone_min_healthy,
                 rng: Xoshiro256PlusPlus::seed_from_u64(c.seed),
                 slots: Vec::new(),
                 assigned: Vec::new(),
@@ -146,6 +177,7 @@ impl P2cRouter {
                 weight: (f64::from(t.capacity) * f64::from(t.weight)).max(1.0),
                 id_hash: xxh3_64(t.id.as_bytes()),
                 health: t.health,
+                local: self.local_zone.is_some() && t.zone == self.local_zone,
             })
             .collect();
         if !same {
@@ -160,6 +192,7 @@ impl P2cRouter {
         if self.eligible.is_empty() {
             self.eligible = by(Health::Degraded);
         }
+        self.prefer_local_zone();
         // Weights are at least 1 and finite, so this fails only for an
         // empty list (or one too large for f64 sums, then: uniform draws).
         self.alias = WeightedAliasIndex::new(
@@ -170,6 +203,24 @@ impl P2cRouter {
         )
         .or_else(|_| WeightedAliasIndex::new(vec![1.0; self.eligible.len()]))
         .ok();
+    }
+
+    /// Narrows `eligible` to the local zone while enough of it is healthy.
+    fn prefer_local_zone(&mut self) {
+        if self.local_zone.is_none() {
+            return;
+        }
+        let weight = |healthy_only: bool| -> f64 {
+            self.slots
+                .iter()
+                .filter(|s| s.local && (!healthy_only || s.health == Health::Healthy))
+                .map(|s| s.weight)
+                .sum()
+        };
+        let (healthy, total) = (weight(true), weight(false));
+        if healthy > 0.0 && healthy >= self.zone_min_healthy * total {
+            self.eligible.retain(|&i| self.slots[i as usize].local);
+        }
     }
 
     fn load(&self, i: u32) -> f64 {
@@ -548,5 +599,57 @@ mod tests {
             .filter(|(a, b)| a == b)
             .count();
         assert!(same >= 70, "{same} of 100 cold keys kept their target");
+    }
+
+    fn zoned(id: &str, zone: &str, health: Health) -> Target {
+        Target {
+            zone: Some(zone.into()),
+            ..target(id, 10, health)
+        }
+    }
+
+    fn counts(r: &mut P2cRouter, targets: Vec<Target>, keyed: bool) -> Vec<usize> {
+        let mut count = vec![0; targets.len()];
+        r.update_targets(1, targets);
+        for d in r.route(batch(1000, keyed)) {
+            match d {
+                Decision::Route(i) => count[i as usize] += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        count
+    }
+
+    /// The local zone takes every record while at least half its capacity
+    /// is healthy; below that (or with none healthy) every zone does.
+    #[test]
+    fn the_local_zone_is_preferred_until_it_is_short() {
+        for sticky in [false, true] {
+            let config = format!(r#"{{"local_zone": "a", "sticky": {sticky}}}"#);
+            let (mut r, _) = P2cRouter::parse(&config).unwrap();
+            let fleet = |a2: Health, a3: Health| {
+                vec![
+                    zoned("a1", "a", Health::Healthy),
+                    zoned("a2", "a", a2),
+                    zoned("a3", "a", a3),
+                    zoned("b1", "b", Health::Healthy),
+                    target("unzoned", 10, Health::Healthy),
+                ]
+            };
+            let c = counts(&mut r, fleet(Health::Healthy, Health::Healthy), sticky);
+            assert!(c[..3].iter().all(|&n| n > 200), "{sticky}: {c:?}");
+            assert_eq!(c[3] + c[4], 0, "{sticky}: {c:?}");
+            // Two thirds down: one third healthy is below 0.5: spill over.
+            let c = counts(&mut r, fleet(Health::Down, Health::Down), sticky);
+            assert_eq!(c[1] + c[2], 0, "{sticky}: {c:?}");
+            assert!(c[3] > 200 && c[4] > 200, "{sticky}: {c:?}");
+            // One of three down: two thirds healthy: stay in the zone.
+            let c = counts(&mut r, fleet(Health::Down, Health::Healthy), sticky);
+            assert_eq!((c[1], c[3], c[4]), (0, 0, 0), "{sticky}: {c:?}");
+        }
+        let e = P2cRouter::parse(r#"{"zone_min_healthy": 2}"#)
+            .err()
+            .unwrap();
+        assert!(e.contains("zone_min_healthy 2 must be within 0..=1"), "{e}");
     }
 }
