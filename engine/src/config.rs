@@ -734,12 +734,68 @@ pub struct PluginConfig {
     /// Expected sha256 (hex) of the file; another file is refused. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `[router.shadow]`: a candidate router run beside this one, its
+    /// decisions compared and never used (see [`crate::shadow`]). Only
+    /// under `[router]`. Default unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowConfig>>,
 }
 
 impl PluginConfig {
     /// The plugin's `config` table as the JSON string given to `init`.
     pub fn config_json(&self) -> String {
         serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The same plugin without its `[router.shadow]`: what decides whether
+    /// the live router must be loaded again.
+    pub fn without_shadow(&self) -> PluginConfig {
+        PluginConfig {
+            shadow: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// Default `router.shadow.sample_percent`: a tenth of the batches.
+pub const DEFAULT_SHADOW_SAMPLE_PERCENT: f64 = 10.0;
+
+/// `[router.shadow]`: a candidate router that sees a sampled share of the
+/// live router's batches, with the same target snapshots, off the delivery
+/// path. Live: a reload loads, replaces or removes it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Name in logs and metrics; not the live router's.
+    pub name: String,
+    /// Path of the `.wasm` router component, relative to the config file.
+    pub path: PathBuf,
+    /// Passed to its `init` as JSON. Default `{}`.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Expected sha256 (hex) of the file. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Share of the live router's batches the shadow also sees, percent
+    /// (0 < p <= 100). Default 10.
+    #[serde(default = "d_shadow_sample")]
+    pub sample_percent: f64,
+}
+
+fn d_shadow_sample() -> f64 {
+    DEFAULT_SHADOW_SAMPLE_PERCENT
+}
+
+impl ShadowConfig {
+    /// The shadow as a plugin config (to load it, or to promote it).
+    pub fn plugin(&self) -> PluginConfig {
+        PluginConfig {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            config: self.config.clone(),
+            sha256: self.sha256.clone(),
+            shadow: None,
+        }
     }
 }
 
@@ -1500,6 +1556,11 @@ impl Config {
                 p.path = base.join(&p.path);
             }
         }
+        if let Some(shadow) = &mut config.router.shadow {
+            if shadow.path.is_relative() {
+                shadow.path = base.join(&shadow.path);
+            }
+        }
         config.resolve_tls_paths(base);
         problems.extend(config.validate());
         if problems.is_empty() {
@@ -1762,12 +1823,33 @@ impl Config {
             );
         }
         let mut names = HashSet::new();
+        let shadow = self.router.shadow.as_ref().map(|s| s.plugin());
+        for (i, f) in self.filters.iter().enumerate() {
+            if f.shadow.is_some() {
+                bad(
+                    format!("filters[{i}].shadow"),
+                    "only [router] may have a shadow".into(),
+                );
+            }
+        }
+        if let Some(s) = &self.router.shadow {
+            if !(s.sample_percent > 0.0 && s.sample_percent <= 100.0) {
+                bad(
+                    "router.shadow.sample_percent".into(),
+                    format!(
+                        "{} is out of range: more than 0, at most 100",
+                        s.sample_percent
+                    ),
+                );
+            }
+        }
         let plugins = self
             .filters
             .iter()
             .enumerate()
             .map(|(i, p)| (format!("filters[{i}]"), p))
-            .chain(std::iter::once(("router".to_string(), &self.router)));
+            .chain(std::iter::once(("router".to_string(), &self.router)))
+            .chain(shadow.iter().map(|s| ("router.shadow".to_string(), s)));
         for (key, p) in plugins {
             if !valid_id(&p.name) {
                 bad(

@@ -34,6 +34,16 @@ pub struct Metrics {
     /// version as above (of the version refused, for compile | link |
     /// init; `unread` when its file could not be read).
     pub plugin_errors: IntCounterVec,
+    /// `cdrs_shadow_records_total{shadow, result}`: records the shadow
+    /// router decided; result agreed | differed (with the live router).
+    pub shadow_records: IntCounterVec,
+    /// `cdrs_shadow_decisions_total{shadow, target}`: where the shadow would
+    /// have sent them: a target id, or `(default)`, `(drop)`,
+    /// `(dead-letter)`.
+    pub shadow_decisions: IntCounterVec,
+    /// `cdrs_shadow_batches_total{shadow, result}`: sampled batches;
+    /// result compared | skipped (the shadow was behind).
+    pub shadow_batches: IntCounterVec,
     /// `cdrs_capacity_reports_total{result, reason}`: result accepted |
     /// rejected; reason (rejected only) invalid | invalid_id | oversized | out_of_range |
     /// future_timestamp | missing_server_id | id_mismatch | unknown_target |
@@ -261,6 +271,21 @@ impl Metrics {
                 "cdrs_plugin_errors_total",
                 "Plugin failures by kind",
                 &["plugin", "version", "kind"],
+            ),
+            shadow_records: counter(
+                "cdrs_shadow_records_total",
+                "Records the shadow router decided, by agreement with the live router",
+                &["shadow", "result"],
+            ),
+            shadow_decisions: counter(
+                "cdrs_shadow_decisions_total",
+                "Where the shadow router would have sent records",
+                &["shadow", "target"],
+            ),
+            shadow_batches: counter(
+                "cdrs_shadow_batches_total",
+                "Batches sampled for the shadow router, compared or skipped",
+                &["shadow", "result"],
             ),
             capacity_reports: counter(
                 "cdrs_capacity_reports_total",

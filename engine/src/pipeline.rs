@@ -44,6 +44,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Pipeline {
         let routing = Routing::new(plugins.router.clone(), dispatch.clone(), metrics.clone());
+        routing.set_shadow(plugins.shadow.clone());
         Pipeline {
             plugins,
             metrics,

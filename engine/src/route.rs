@@ -166,6 +166,8 @@ pub struct Routing {
     /// `admin.route_watch_ms` and `admin.route_watch_max_keys`.
     watch_ms: AtomicU64,
     watch_max_keys: std::sync::atomic::AtomicUsize,
+    /// `[router.shadow]`: offered a sample of the fresh batches.
+    shadow: std::sync::OnceLock<Arc<crate::plugin::shadow::Shadow>>,
 }
 
 /// A remembered key: its topic and the key's bytes.
@@ -205,7 +207,14 @@ impl Routing {
             watched: Default::default(),
             watch_ms: AtomicU64::new(crate::config::DEFAULT_ROUTE_WATCH_MS),
             watch_max_keys: crate::config::DEFAULT_ROUTE_WATCH_MAX_KEYS.into(),
+            shadow: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Offers fresh batches to `shadow` from now on (once; later calls are
+    /// ignored).
+    pub fn set_shadow(&self, shadow: Arc<crate::plugin::shadow::Shadow>) {
+        let _ = self.shadow.set(shadow);
     }
 
     /// Remember looked-up keys for `ms` after their last lookup, at most
@@ -477,6 +486,13 @@ impl Routing {
         let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
         let routes = tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
         self.router.check_health();
+        if let Some(shadow) = self.shadow.get() {
+            shadow.offer(
+                &view,
+                || jobs.iter().map(|j| j.record.clone()).collect(),
+                &routes,
+            );
+        }
         let mut extra = vec![0u32; view.targets.len()];
         let (mut routed, mut defaulted) = (0, 0);
         let mut unplaced = Vec::new();
@@ -622,11 +638,11 @@ impl Reroute for Routing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::capacity::TargetView;
 
-    fn target(id: &str, capacity: u32, own_inflight: u32, health: Health) -> TargetView {
+    pub(crate) fn target(id: &str, capacity: u32, own_inflight: u32, health: Health) -> TargetView {
         TargetView {
             id: id.into(),
             url: format!("http://127.0.0.1:1/{id}").into(),

@@ -70,6 +70,22 @@ pub(crate) fn open_dashboard(
     tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     tokio::process::ChildStdin,
 ) {
+    ui_driver(
+        "dashboard.cjs",
+        &[url, &targets.to_string(), shots.to_str().unwrap()],
+    )
+}
+
+/// A headless-Chromium script of `tests/ui/` run with `args`: the process,
+/// its output lines and its input.
+pub(crate) fn ui_driver(
+    script: &str,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    tokio::process::ChildStdin,
+) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Installed by scripts/dev.sh test (`need_browser`).
     let chromium = std::env::var("CDRS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -82,8 +98,8 @@ pub(crate) fn open_dashboard(
     );
 
     let mut driver = tokio::process::Command::new("node")
-        .arg(root.join("tests/ui/dashboard.cjs"))
-        .args([url, &targets.to_string(), shots.to_str().unwrap()])
+        .arg(root.join("tests/ui").join(script))
+        .args(args)
         .env("CDRS_CHROMIUM", chromium)
         .env("NODE_PATH", modules)
         .stdin(Stdio::piped())

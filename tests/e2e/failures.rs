@@ -69,6 +69,7 @@ async fn trapping_plugin_dead_letters_exactly_the_bad_records() {
             path: plugin_dir().join("fault_filter.wasm"),
             config: toml::Table::new(),
             sha256: None,
+            shadow: None,
         });
     })
     .await;

@@ -20,6 +20,7 @@ mod flow;
 mod gateway;
 mod plugins;
 mod reload;
+mod shadow;
 mod streams;
 mod swap;
 mod tls;

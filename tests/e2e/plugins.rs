@@ -17,6 +17,7 @@ fn plugin(name: &str, path: PathBuf, config: &str) -> PluginConfig {
         path,
         config: toml::from_str(config).unwrap(),
         sha256: None,
+        shadow: None,
     }
 }
 

@@ -56,6 +56,7 @@ async fn config_edits_apply_live_and_bad_ones_change_nothing() {
         path: plugin_dir().join("field_filter.wasm"),
         config: stamp,
         sha256: None,
+        shadow: None,
     });
     let r = edit(&s.daemon, &path, &config).await;
     assert!(r.ok, "{r:?}");

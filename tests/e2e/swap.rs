@@ -23,6 +23,7 @@ fn stamp_slot(path: &Path) -> PluginConfig {
         path: path.to_path_buf(),
         config,
         sha256: None,
+        shadow: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
 //! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
+//! | POST | `/v1/plugins/{name}/promote-shadow` | write: the shadow router (`[router.shadow]`) becomes router `name` through the normal swap |
 //! | GET | `/v1/partitions` | read: assigned partitions: committed offset, high watermark, lag (records, seconds), in flight, held back |
 //! | GET | `/v1/stats` | read: counters since the start per target (deliveries, latency buckets, breaker) and dead letters by stage and reason; readers take differences |
 //! | GET | `/ui` | host check only: the dashboard page (its data comes from the read endpoints) |
@@ -126,6 +127,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
     let write = axum::Router::new()
         .route("/v1/plugins/{name}", put(upload_plugin))
         .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/v1/plugins/{name}/promote-shadow", post(promote_shadow))
         .route("/v1/reload", post(reload_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_write));
     let report = axum::Router::new()
@@ -623,6 +625,12 @@ async fn upload_plugin(
 
 async fn rollback_plugin(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
     plugin_op(&s, name, |m, n| m.rollback(n)).await
+}
+
+/// `POST /v1/plugins/{name}/promote-shadow`: the shadow router becomes
+/// router `name` (see [`PluginManager::promote_shadow`]).
+async fn promote_shadow(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    plugin_op(&s, name, |m, n| m.promote_shadow(n)).await
 }
 
 async fn push_capacity(

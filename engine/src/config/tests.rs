@@ -460,10 +460,11 @@ const UNSERIALIZED_KEYS: [&str; 6] = [
 ];
 
 /// Free-form tables: one key each; what is inside them is not a config key.
-const FREE_FORM_KEYS: [&str; 4] = [
+const FREE_FORM_KEYS: [&str; 5] = [
     "kafka.options",
     "filters[].config",
     "router.config",
+    "router.shadow.config",
     "targets[].labels",
 ];
 
@@ -621,6 +622,11 @@ fn configuration_doc_matches_the_config_structs() {
         path = "not-wasm.txt"
         sha256 = "00"
         config = { sticky = true }
+        [router.shadow]
+        name = "candidate"
+        path = "not-wasm.txt"
+        sha256 = "00"
+        config = { q_rif = 0.8 }
         [[targets]]
         id = "a"
         url = "http://127.0.0.1:1/records"
@@ -694,10 +700,12 @@ fn configuration_doc_matches_the_config_structs() {
         );
     }
 
-    // Defaults: a minimal config with one filter, as serialized.
+    // Defaults: a minimal config with one filter and a shadow router, as
+    // serialized.
     let minimal = minimal(
         "http://127.0.0.1:1/",
-        "[[filters]]\nname = \"f\"\npath = \"not-wasm.txt\"",
+        "[[filters]]\nname = \"f\"\npath = \"not-wasm.txt\"\n\
+         [router.shadow]\nname = \"s\"\npath = \"not-wasm.txt\"",
     );
     let defaults =
         Config::parse(&minimal, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
@@ -926,4 +934,38 @@ fn sse_targets_and_their_limits_are_checked_by_name() {
         text.contains("delivery.sse.retry_ms: 5 is out of range 100..=600000"),
         "{text}"
     );
+}
+
+#[test]
+fn a_shadow_router_is_checked_like_a_plugin() {
+    let ok = minimal(
+        "kafka://out",
+        "[router.shadow]\nname = \"candidate\"\npath = \"not-wasm.txt\"",
+    );
+    let c = Config::parse(&ok, &fixture(""), "inline").unwrap_or_else(|e| panic!("{e}"));
+    let shadow = c.router.shadow.as_deref().unwrap();
+    assert_eq!(shadow.sample_percent, DEFAULT_SHADOW_SAMPLE_PERCENT);
+    assert!(
+        shadow.path.is_absolute(),
+        "resolved against the config file"
+    );
+    assert_eq!(c.router.without_shadow().shadow, None);
+
+    let bad = minimal(
+        "kafka://out",
+        "[router.shadow]\nname = \"r\"\npath = \"nope.wasm\"\nsample_percent = 0\n\
+         [[filters]]\nname = \"f\"\npath = \"not-wasm.txt\"\n\
+         [filters.shadow]\nname = \"g\"\npath = \"not-wasm.txt\"",
+    );
+    let text = Config::parse(&bad, &fixture(""), "inline")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "router.shadow.sample_percent: 0 is out of range: more than 0, at most 100",
+        "filters[0].shadow: only [router] may have a shadow",
+        "router.shadow.name: \"r\" is used by another plugin",
+        "router.shadow.path: plugin file",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
 }

@@ -29,6 +29,7 @@ pub mod filter;
 pub mod router;
 pub mod scaffold;
 pub mod scan;
+pub mod shadow;
 pub mod slot;
 pub mod testbed;
 
@@ -989,7 +990,7 @@ impl<I> Pool<I> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::PluginConfig;
     use crate::metrics::Metrics;

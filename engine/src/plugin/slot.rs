@@ -17,6 +17,7 @@
 
 use super::filter::FilterPlugin;
 use super::router::RouterPlugin;
+use super::shadow::Shadow;
 use super::{Compiled, PluginError, PluginMeta, Runtime};
 use crate::config::{Config, PluginConfig, PluginRuntimeConfig};
 use crate::events::Events;
@@ -211,6 +212,7 @@ impl<P: Swappable> Slot<P> {
             last_error: st.last_error.clone(),
             last_event: st.last_event.clone(),
             recent_logs: Vec::new(),
+            shadow: None,
         }
     }
 }
@@ -243,6 +245,9 @@ pub struct PluginStatus {
     /// The last lines it logged through `host.log`, oldest first (at most
     /// [`super::LOG_LINES_KEPT`]).
     pub recent_logs: Vec<super::LogLine>,
+    /// The comparison with the live router (`kind` "shadow" only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::shadow::ShadowStatus>,
 }
 
 /// Why a reload request did nothing or failed.
@@ -278,6 +283,8 @@ pub struct PluginManager {
     chain: ArcSwap<Vec<Arc<Slot<FilterPlugin>>>>,
     router_config: Mutex<PluginConfig>,
     pub router: Arc<Slot<RouterPlugin>>,
+    /// `[router.shadow]`, compared with the router, never used.
+    pub shadow: Arc<Shadow>,
     /// Serialises loads so two reloads of one plugin never race.
     loading: Mutex<()>,
     /// Serialises config reloads.
@@ -331,9 +338,17 @@ impl PluginManager {
             }
         }
         let router = RouterPlugin::load(&runtime, &config.router, metrics.clone());
+        let shadow = Shadow::new(metrics.clone());
+        if let Some(cfg) = &config.router.shadow {
+            match Shadow::load(&runtime, cfg, metrics.clone()) {
+                Ok(r) => shadow.set(Some(r)),
+                Err(e) => errors.push(e),
+            }
+        }
         let events = metrics.events.clone();
         match router {
             Ok(r) if errors.is_empty() => Ok(PluginManager {
+                shadow,
                 runtime,
                 metrics,
                 policy,
@@ -378,6 +393,7 @@ impl PluginManager {
     pub fn status(&self) -> Vec<PluginStatus> {
         let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
         out.push(self.router.status("router"));
+        out.extend(self.shadow.status());
         for p in &mut out {
             p.recent_logs = self.runtime.logs.recent(&p.name);
         }
@@ -468,6 +484,52 @@ impl PluginManager {
     /// The pipeline's event stream (swaps, refusals, rollbacks go there).
     pub fn events(&self) -> &Events {
         &self.metrics.events
+    }
+
+    /// Makes the running shadow router the live router `name`: its file
+    /// (which must still hold the version that ran in the shadow) and its
+    /// `init` config go through the normal swap, and the shadow stops.
+    /// Blocking (compiles). Returns the new live version.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: `name` is not the router, no shadow runs, or its
+    /// file cannot be read, changed since, or does not load (the live
+    /// router keeps serving, the shadow keeps running).
+    pub fn promote_shadow(&self, name: &str) -> Result<String, ReloadError> {
+        let target = self.find(name)?;
+        if !matches!(target, Target::Router(..)) {
+            return Err(ReloadError::Refused(format!(
+                "plugin {name:?} is a filter; only the router has a shadow"
+            )));
+        }
+        let Some(running) = self.shadow.running() else {
+            return Err(ReloadError::Refused(
+                "no shadow router is running ([router.shadow] is unset)".into(),
+            ));
+        };
+        let path = running.cfg.path.clone();
+        let bytes = std::fs::read(&path).map_err(|e| PluginError::Read {
+            name: running.cfg.name.clone(),
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        });
+        let bytes = self.note_failure(&target, "unread", bytes)?;
+        let origin = path.display().to_string();
+        let init = running.cfg.plugin().config_json();
+        let source = format!("shadow {}", running.cfg.name);
+        let how = Install {
+            sha256: Some(&running.plugin.meta.hash),
+            init: Some(&init),
+            force: true,
+            ..Install::new(&origin, &source)
+        };
+        let version = self.install(&target, &bytes, how)?;
+        self.shadow.set(None);
+        self.metrics.events.publish(
+            "plugin.promoted",
+            json!({"plugin": name, "shadow": running.cfg.name, "version": version}),
+        );
+        Ok(version)
     }
 
     /// Swaps the previous version of `name` back in.
@@ -579,7 +641,21 @@ impl PluginManager {
             }
         }
         let old_router = self.router_config.lock().expect("router lock").clone();
-        let router = if old_router != config.router {
+        let shadow = if old_router.shadow != config.router.shadow {
+            match config.router.shadow.as_deref() {
+                Some(cfg) => match Shadow::load(&self.runtime, cfg, self.metrics.clone()) {
+                    Ok(r) => Some(Some(r)),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+        let router = if old_router.without_shadow() != config.router.without_shadow() {
             match RouterPlugin::load(&self.runtime, &config.router, self.metrics.clone()) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -634,8 +710,15 @@ impl PluginManager {
                 config.router.name
             ));
             self.router.swap(r, "config");
-            *self.router_config.lock().expect("router lock") = config.router.clone();
         }
+        if let Some(s) = shadow {
+            changes.push(match &s {
+                Some(r) => format!("router.shadow: {} loaded", r.cfg.name),
+                None => "router.shadow: removed".to_string(),
+            });
+            self.shadow.set(s);
+        }
+        *self.router_config.lock().expect("router lock") = config.router.clone();
         Ok(changes)
     }
 }

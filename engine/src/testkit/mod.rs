@@ -268,6 +268,7 @@ pub fn demo_filter(plugin_dir: &Path) -> PluginConfig {
         path: plugin_dir.join("field_filter.wasm"),
         config,
         sha256: None,
+        shadow: None,
     }
 }
 
@@ -280,6 +281,7 @@ pub fn demo_router(plugin_dir: &Path, sticky: bool) -> PluginConfig {
         path: plugin_dir.join("p2c_router.wasm"),
         config,
         sha256: None,
+        shadow: None,
     }
 }
 

@@ -185,6 +185,20 @@ function renderPartitions(parts) {
   $("#partitions tbody").replaceChildren(...rows);
 }
 
+// The shadow router's comparison: agreement, then where it would send
+// records against the live router, busiest first.
+function shadowSummary(sh) {
+  const pct = (x) => (100 * x).toFixed(1) + "%";
+  const out = [el("span", "shadow: agrees on " + pct(sh.agreement) + " of " + num(sh.records)
+    + " records (" + sh.sample_percent + "% of batches, " + num(sh.skipped_batches) + " skipped)", "shadow")];
+  const rows = Object.entries(sh.targets).sort((a, b) => b[1].shadow_share - a[1].shadow_share);
+  for (const [id, t] of rows.slice(0, 8)) {
+    const load = t.predicted_load == null ? "" : " · load ×" + t.predicted_load.toFixed(2);
+    out.push(el("span", id + ": " + pct(t.shadow_share) + " (live " + pct(t.live_share) + ")" + load, "reason"));
+  }
+  return out;
+}
+
 function renderPlugins(plugins) {
   const rows = plugins.map((p) => {
     const tr = el("tr");
@@ -201,6 +215,7 @@ function renderPlugins(plugins) {
     tr.append(cell(p.call_p50_us + " / " + p.call_p99_us + " µs", "n"));
     const last = cell(p.last_event || "–", "wrap");
     if (p.last_error) last.append(el("span", "refused: " + p.last_error, "reason down"));
+    if (p.shadow) last.replaceChildren(...shadowSummary(p.shadow));
     tr.append(last);
     const logs = el("td", null, "wrap");
     if (p.recent_logs && p.recent_logs.length) {
@@ -215,6 +230,15 @@ function renderPlugins(plugins) {
     }
     tr.append(logs);
     const act = el("td");
+    const router = plugins.find((q) => q.kind === "router");
+    if (token && p.kind === "shadow" && router) {
+      const btn = el("button", "promote");
+      btn.type = "button";
+      btn.title = "POST /v1/plugins/" + router.name + "/promote-shadow: " + p.name + " becomes the live router";
+      btn.addEventListener("click", () => act_on("/v1/plugins/" + encodeURIComponent(router.name) + "/promote-shadow",
+        "make " + p.name + " the live router"));
+      act.append(btn);
+    }
     if (token && p.previous_version) {
       const btn = el("button", "roll back");
       btn.type = "button";

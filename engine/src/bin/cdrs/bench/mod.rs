@@ -638,5 +638,6 @@ fn trivial_filter(plugin_dir: &Path) -> PluginConfig {
         path: plugin_dir.join("field_filter.wasm"),
         config: toml::Table::new(),
         sha256: None,
+        shadow: None,
     }
 }

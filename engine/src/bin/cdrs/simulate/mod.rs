@@ -230,6 +230,7 @@ fn run_scenario(
             path: r.path.clone(),
             config: r.config.clone(),
             sha256: None,
+            shadow: None,
         };
         let o = model::run(s, &r.name, |_| {
             let plugin = RouterPlugin::load(runtime, &cfg, metrics.clone()).with_context(|| {

@@ -1,0 +1,170 @@
+//! The shadow router (`[router.shadow]`) on a real broker: it decides a
+//! sampled share of the live router's batches and its decisions are
+//! compared, never used; its traps cost no record; promoting it makes it
+//! the live router through the normal swap.
+
+use crate::common::{assert_capacity_split, start, trades};
+use cdrs::config::ShadowConfig;
+use cdrs::testkit::{account, produce_events, Fate, Ledger};
+use cdrs_e2e::{create_topics, plugin_dir, Tansu};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+async fn plugins(admin: SocketAddr) -> Vec<Value> {
+    cdrs::tls::plain_client()
+        .get(format!("http://{admin}/v1/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn shadow_entry(admin: SocketAddr) -> Option<Value> {
+    plugins(admin)
+        .await
+        .into_iter()
+        .find(|p| p["kind"] == "shadow")
+}
+
+fn merge(into: &mut Ledger, more: Ledger) {
+    into.fates.extend(more.fates);
+    into.keys.extend(more.keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_router_is_compared_never_used_and_can_be_promoted() {
+    let tansu = Tansu::start();
+    create_topics(&tansu.brokers, &[("trades", 4), ("trades-dlq", 1)]).await;
+    let dir = plugin_dir();
+    // The candidate sends everything to the first target, and traps on
+    // records keyed "panic": a bad policy the live traffic must not feel.
+    let shadow = ShadowConfig {
+        name: "candidate".into(),
+        path: dir.join("fault_router.wasm"),
+        config: toml::Table::new(),
+        sha256: None,
+        sample_percent: 100.0,
+    };
+    let s = start(
+        &tansu.brokers,
+        "trades",
+        "trades-dlq",
+        "cdrs-e2e-shadow",
+        |c| c.router.shadow = Some(Box::new(shadow)),
+    )
+    .await;
+    let admin = s.daemon.admin_addr;
+
+    // 1. Live traffic: the live router's split stands; the shadow's
+    //    disagreement is measured.
+    let mut ledger = produce_events(&s.brokers, "trades", trades(0, 20_000))
+        .await
+        .unwrap();
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    // The live router's split, whatever the shadow would have done.
+    assert_capacity_split(&account(&ledger, &s.refs()));
+    let entry = shadow_entry(admin).await.expect("the shadow is listed");
+    assert_eq!(entry["name"], "candidate", "{entry}");
+    let cmp = &entry["shadow"];
+    let records = cmp["records"].as_u64().unwrap();
+    assert!(records > 0, "{entry}");
+    // Compared and skipped batches add up to what was sampled (all).
+    assert!(cmp["batches"].as_u64().unwrap() > 0, "{entry}");
+    let agreement = cmp["agreement"].as_f64().unwrap();
+    let first = &cmp["targets"]["blotter-1"];
+    // All to blotter-1 against a live share of about 1/7.
+    assert!(first["shadow_share"].as_f64().unwrap() > 0.99, "{entry}");
+    let live_share = first["live_share"].as_f64().unwrap();
+    assert!((live_share - 1.0 / 7.0).abs() < 0.07, "{entry}");
+    assert!((agreement - live_share).abs() < 1e-6, "{entry}");
+    assert!(first["predicted_load"].as_f64().unwrap() > 5.0, "{entry}");
+    eprintln!(
+        "shadow: {records} records compared, {} batches skipped, agreement {agreement:.3}",
+        cmp["skipped_batches"]
+    );
+    // The dashboard's plugin table shows the comparison.
+    let shots = crate::dashboard::shots_dir("shadow");
+    let url = format!("http://{admin}/ui");
+    let (mut driver, mut out, _stdin) =
+        crate::dashboard::ui_driver("shadow.cjs", &[&url, "candidate", shots.to_str().unwrap()]);
+    let shown = crate::dashboard::line(&mut out, Duration::from_secs(60)).await;
+    eprintln!("dashboard: {shown}");
+    assert!(
+        shown.starts_with("SHADOW shadow: agrees on") && shown.contains("blotter-1: 100.0%"),
+        "{shown}"
+    );
+    assert!(driver.wait().await.unwrap().success());
+
+    // 2. Records the shadow traps on: delivered all the same.
+    let panics: Vec<(String, String, Fate)> = (0..50)
+        .map(|i| {
+            (
+                "panic".to_string(),
+                format!(r#"{{"type":"trade","seq":{}}}"#, 100_000 + i),
+                Fate::Delivered,
+            )
+        })
+        .collect();
+    merge(
+        &mut ledger,
+        produce_events(&s.brokers, "trades", panics).await.unwrap(),
+    );
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    // The first batch offered to an idle shadow is always compared.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = shadow_entry(admin).await.expect("the shadow is listed");
+        if e["traps"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no trap counted: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = s.daemon.metrics.render();
+    for series in [
+        r#"cdrs_shadow_records_total{result="differed",shadow="candidate"}"#,
+        r#"cdrs_shadow_decisions_total{shadow="candidate",target="blotter-1"}"#,
+        r#"cdrs_plugin_errors_total{kind="trap",plugin="candidate""#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
+
+    // 3. Promote it: the live router becomes the candidate, through the
+    //    normal swap, and the shadow stops.
+    let r = cdrs::tls::plain_client()
+        .post(format!("http://{admin}/v1/plugins/p2c/promote-shadow"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(code, 200, "{body}");
+    assert!(shadow_entry(admin).await.is_none());
+    let router = plugins(admin)
+        .await
+        .into_iter()
+        .find(|p| p["kind"] == "router")
+        .unwrap();
+    assert_eq!(router["source"], "shadow candidate", "{router}");
+    let again = cdrs::tls::plain_client()
+        .post(format!("http://{admin}/v1/plugins/p2c/promote-shadow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 422);
+    let after = produce_events(&s.brokers, "trades", trades(200_000, 2_000))
+        .await
+        .unwrap();
+    let after_ids: Vec<String> = after.fates.keys().cloned().collect();
+    merge(&mut ledger, after);
+    s.wait_accounted(&ledger, Duration::from_secs(60)).await;
+    let on_first: std::collections::HashSet<String> =
+        s.servers[0].received().into_iter().map(|r| r.id).collect();
+    let moved = after_ids.iter().filter(|id| on_first.contains(*id)).count();
+    assert_eq!(moved, after_ids.len(), "the promoted router decides");
+
+    let (a, _, _, _) = s.finish(&ledger).await;
+    assert_eq!(a.lost, 0, "{a:?}");
+}
