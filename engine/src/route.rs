@@ -168,6 +168,8 @@ pub struct Routing {
     watch_max_keys: std::sync::atomic::AtomicUsize,
     /// `[router.shadow]`: offered a sample of the fresh batches.
     shadow: std::sync::OnceLock<Arc<crate::plugin::shadow::Shadow>>,
+    /// `GET /v1/plugins/{router}/capture`: the next fresh batches as routed.
+    pub capture: crate::plugin::capture::Capture,
 }
 
 /// A remembered key: its topic and the key's bytes.
@@ -208,6 +210,7 @@ impl Routing {
             watch_ms: AtomicU64::new(crate::config::DEFAULT_ROUTE_WATCH_MS),
             watch_max_keys: crate::config::DEFAULT_ROUTE_WATCH_MAX_KEYS.into(),
             shadow: std::sync::OnceLock::new(),
+            capture: Default::default(),
         })
     }
 
@@ -486,6 +489,10 @@ impl Routing {
         let refs: Vec<&Record> = jobs.iter().map(|j| &*j.record).collect();
         let routes = tokio::task::block_in_place(|| router.route(&view, &topic, partition, &refs));
         self.router.check_health();
+        if self.capture.armed() {
+            self.capture
+                .offer(&router, &view, (&topic, partition), &refs, &routes);
+        }
         if let Some(shadow) = self.shadow.get() {
             shadow.offer(
                 &view,

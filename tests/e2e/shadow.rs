@@ -168,3 +168,156 @@ async fn a_shadow_router_is_compared_never_used_and_can_be_promoted() {
     let (a, _, _, _) = s.finish(&ledger).await;
     assert_eq!(a.lost, 0, "{a:?}");
 }
+
+/// `GET /v1/plugins/{router}/capture` records the live router's next
+/// batches while records flow; `cdrs plugin test --replay` runs a router on
+/// them (the live one decides exactly as captured), and `cdrs simulate
+/// --trace` takes their arrivals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_replays_in_plugin_test_and_simulate() {
+    let tansu = Tansu::start();
+    create_topics(&tansu.brokers, &[("trades", 4), ("trades-dlq", 1)]).await;
+    let s = start(
+        &tansu.brokers,
+        "trades",
+        "trades-dlq",
+        "cdrs-e2e-capture",
+        |_| {},
+    )
+    .await;
+    let admin = s.daemon.admin_addr;
+    let http = cdrs::tls::plain_client();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://{admin}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Bad requests are refused with the reason.
+    for (path, code, says) in [
+        (
+            "/v1/plugins/p2c/capture?records=0",
+            400,
+            "records 0 is out of range",
+        ),
+        ("/v1/plugins/p2c/capture?nope=1", 400, "unknown field"),
+        ("/v1/plugins/drop-heartbeats/capture", 404, "is a filter"),
+        ("/v1/plugins/nope/capture", 404, "no plugin named"),
+    ] {
+        let (c, body) = get(path.to_string()).await;
+        assert_eq!((c, body.contains(says)), (code, true), "{path}: {body}");
+    }
+    let capture = tokio::spawn(get("/v1/plugins/p2c/capture?records=3000".to_string()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (busy, body) = get("/v1/plugins/p2c/capture?records=1&timeout_ms=100".to_string()).await;
+    assert_eq!(busy, 409, "{body}");
+    let ledger = produce_events(&s.brokers, "trades", trades(0, 6_000))
+        .await
+        .unwrap();
+    let (code, body) = capture.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let batches: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records: usize = batches
+        .iter()
+        .map(|b| b["records"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(records, 3_000, "exactly the records asked for");
+    for b in &batches {
+        assert_eq!(b["router"], "p2c");
+        assert_eq!(b["targets"].as_array().unwrap().len(), 3, "{b}");
+        let (rs, ds) = (
+            b["records"].as_array().unwrap(),
+            b["decisions"].as_array().unwrap(),
+        );
+        assert_eq!(rs.len(), ds.len());
+        for (r, d) in rs.iter().zip(ds) {
+            assert!(r["key"].as_str().unwrap().starts_with("client-"), "{r}");
+            assert!(r["timestamp_ms"].as_i64().is_some(), "{r}");
+            assert!(
+                r.get("value").is_none(),
+                "no value unless the router asks: {r}"
+            );
+            assert_eq!(
+                (&d["offset"], &d["decision"]),
+                (&r["offset"], &"route".into())
+            );
+        }
+    }
+    s.wait_accounted(&ledger, Duration::from_secs(120)).await;
+    let (a, _, _, _) = s.finish(&ledger).await;
+    assert_eq!(a.lost, 0, "{a:?}");
+
+    let dir = std::env::temp_dir().join(format!("cdrs-e2e-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("capture.jsonl");
+    std::fs::write(&file, &body).unwrap();
+    let plugins = plugin_dir();
+    // The live router, replayed on what it was given, decides the same.
+    let replay = |router: &str, config: &str| {
+        std::process::Command::new(cdrs_e2e::cdrs_bin())
+            .args(["plugin", "test"])
+            .arg(plugins.join(router))
+            .arg("--replay")
+            .arg(&file)
+            .args(["--config", config])
+            .output()
+            .unwrap()
+    };
+    let same = replay("p2c_router.wasm", r#"{"sticky": true}"#);
+    let err = String::from_utf8_lossy(&same.stderr);
+    assert!(same.status.success(), "{err}");
+    assert!(err.contains("3000 record(s)"), "{err}");
+    assert!(
+        err.contains("the same decision as the captured router for 100.0%"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&same.stdout).lines().count(), 3_000);
+    // Another policy: its shares beside the captured ones.
+    let other = replay("fault_router.wasm", "{}");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(other.status.success(), "{err}");
+    assert!(
+        err.contains("| blotter-1 |") && err.contains("| 100.0% |"),
+        "{err}"
+    );
+    eprintln!("{err}");
+
+    // The trace drives the simulator's arrivals.
+    let out = dir.join("sim.json");
+    let sim = std::process::Command::new(cdrs_e2e::cdrs_bin())
+        .args([
+            "simulate",
+            "--scenario",
+            "heterogeneous",
+            "--duration-ms",
+            "5000",
+        ])
+        .arg("--trace")
+        .arg(&file)
+        .arg("--router")
+        .arg(format!("p2c={}", plugins.join("p2c_router.wasm").display()))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&sim.stdout);
+    assert!(
+        sim.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    assert!(stdout.contains("3000 records, 300 keys"), "{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let p2c = &report["scenarios"][0]["outcomes"][0];
+    assert_eq!(p2c["policy"], "p2c");
+    assert!(p2c["arrived"].as_u64().unwrap() > 0, "{p2c}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,7 @@
 //! | GET | `/v1/plugins` | read: each plugin's version (sha256), source, calls, faults, previous version, last error |
 //! | PUT | `/v1/plugins/{name}` | write: body a `.wasm` component; compiled, `init`-ed, then swapped in |
 //! | POST | `/v1/plugins/{name}/rollback` | write: swap the previous version back in |
+//! | GET | `/v1/plugins/{name}/capture?records=N` | write: the router's next N records as routed (JSON lines, a batch each), for `plugin test --replay` and `simulate --trace` |
 //! | POST | `/v1/plugins/{name}/promote-shadow` | write: the shadow router (`[router.shadow]`) becomes router `name` through the normal swap |
 //! | GET | `/v1/partitions` | read: assigned partitions: committed offset, high watermark, lag (records, seconds), in flight, held back |
 //! | GET | `/v1/stats` | read: counters since the start per target (deliveries, latency buckets, breaker) and dead letters by stage and reason; readers take differences |
@@ -128,6 +129,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/v1/plugins/{name}", put(upload_plugin))
         .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
         .route("/v1/plugins/{name}/promote-shadow", post(promote_shadow))
+        .route("/v1/plugins/{name}/capture", get(capture_router))
         .route("/v1/reload", post(reload_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_write));
     let report = axum::Router::new()
@@ -625,6 +627,79 @@ async fn upload_plugin(
 
 async fn rollback_plugin(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
     plugin_op(&s, name, |m, n| m.rollback(n)).await
+}
+
+/// Default records of a capture.
+pub const DEFAULT_CAPTURE_RECORDS: usize = 1_000;
+
+/// Default and largest wait of a capture, ms.
+pub const DEFAULT_CAPTURE_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_CAPTURE_TIMEOUT_MS: u64 = 300_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureQuery {
+    records: Option<usize>,
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/plugins/{name}/capture?records=N&timeout_ms=T`: waits for the
+/// router's next `N` records (default 1,000, at most 100,000) or `T` ms
+/// (default 30,000, at most 300,000), then answers them as JSON lines, one
+/// routed batch each ([`crate::plugin::testbed::capture_line`]).
+async fn capture_router(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    use crate::plugin::capture::MAX_CAPTURE_RECORDS;
+    let q: CaptureQuery = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad query string: {e}; valid: records (1..={MAX_CAPTURE_RECORDS}), timeout_ms (1..={MAX_CAPTURE_TIMEOUT_MS})"),
+            )
+        }
+    };
+    let records = q.records.unwrap_or(DEFAULT_CAPTURE_RECORDS);
+    if !(1..=MAX_CAPTURE_RECORDS).contains(&records) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("records {records} is out of range 1..={MAX_CAPTURE_RECORDS}"),
+        );
+    }
+    let timeout_ms = q.timeout_ms.unwrap_or(DEFAULT_CAPTURE_TIMEOUT_MS);
+    if !(1..=MAX_CAPTURE_TIMEOUT_MS).contains(&timeout_ms) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("timeout_ms {timeout_ms} is out of range 1..={MAX_CAPTURE_TIMEOUT_MS}"),
+        );
+    }
+    let (Some(plugins), Some(routing)) = (&s.plugins, &s.routing) else {
+        return error(StatusCode::NOT_FOUND, "no pipeline runs here");
+    };
+    let router = plugins.router.current().meta.name.to_string();
+    if name != router {
+        let what = if plugins.has(&name) {
+            format!("{name:?} is a filter; a capture records what the router {router:?} is given")
+        } else {
+            format!("no plugin named {name:?}; the router is {router:?}")
+        };
+        return error(StatusCode::NOT_FOUND, what);
+    }
+    let done = match routing.capture.start(records) {
+        Ok(rx) => rx,
+        Err(e) => return error(StatusCode::CONFLICT, e.to_string()),
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
+    let lines = routing.capture.finish();
+    let mut body = String::new();
+    for l in &lines {
+        body.push_str(&l.to_string());
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 /// `POST /v1/plugins/{name}/promote-shadow`: the shadow router becomes

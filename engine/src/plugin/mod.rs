@@ -23,6 +23,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod capture;
 pub mod contract;
 pub mod convert;
 pub mod filter;

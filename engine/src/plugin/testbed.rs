@@ -28,7 +28,7 @@ use crate::capacity::{Health, Snapshot, TargetView};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -158,7 +158,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, FixtureError> {
         .collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct TargetFixture {
     id: String,
@@ -186,7 +186,7 @@ struct TargetFixture {
     report_age_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum HealthFixture {
     Healthy,
@@ -220,8 +220,11 @@ pub fn read_targets(path: &Path) -> Result<Vec<TargetView>, FixtureError> {
              health = healthy|degraded|down, …)"
         ))
     })?;
-    Ok(raw
-        .into_iter()
+    Ok(targets_from(raw))
+}
+
+fn targets_from(raw: Vec<TargetFixture>) -> Vec<TargetView> {
+    raw.into_iter()
         .map(|t| TargetView {
             id: t.id.into(),
             url: "".into(),
@@ -250,7 +253,7 @@ pub fn read_targets(path: &Path) -> Result<Vec<TargetView>, FixtureError> {
             slow_start_percent: None,
             subscribers: None,
         })
-        .collect())
+        .collect()
 }
 
 /// The result of running a plugin on fixtures.
@@ -515,6 +518,250 @@ pub fn diff(expect: &[Value], got: &[Value]) -> Vec<String> {
     out
 }
 
+/// A target in the fixture format (the inverse of [`read_targets`]).
+pub fn target_json(t: &TargetView) -> Value {
+    let fixture = TargetFixture {
+        id: t.id.to_string(),
+        zone: t.zone.clone(),
+        labels: t.labels.iter().cloned().collect(),
+        weight: t.weight,
+        capacity: t.capacity,
+        inflight: t.inflight,
+        queue_depth: t.queue_depth,
+        cpu_permille: t.cpu_permille,
+        latency_ewma_us: t.latency_ewma_us,
+        error_rate_permille: t.error_rate_permille,
+        health: match t.health {
+            Health::Healthy => HealthFixture::Healthy,
+            Health::Degraded => HealthFixture::Degraded,
+            Health::Down => HealthFixture::Down,
+        },
+        report_age_ms: t.report_age_ms,
+    };
+    serde_json::to_value(fixture).unwrap_or(Value::Null)
+}
+
+/// A record in the fixture format (the inverse of [`read_records`]), with
+/// only the headers named in `headers` and the value only if `value`.
+pub fn record_json(r: &Record, headers: &[String], value: bool) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("offset".into(), r.offset.into());
+    if let Some(t) = r.timestamp_ms {
+        o.insert("timestamp_ms".into(), t.into());
+    }
+    show_bytes(&mut o, "key", r.key.as_deref());
+    if value {
+        show_bytes(&mut o, "value", r.value.as_deref());
+    }
+    let hs: Vec<Value> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| headers.contains(k))
+        .map(|(k, v)| {
+            let v = v
+                .as_deref()
+                .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()));
+            json!([k, v])
+        })
+        .collect();
+    if !hs.is_empty() {
+        o.insert("headers".into(), hs.into());
+    }
+    Value::Object(o)
+}
+
+/// One captured router batch (`GET /v1/plugins/{router}/capture`, one JSON
+/// line each): `topic`, `partition`, `router` and `version` (the live
+/// router's name and sha256), `targets` (the snapshot it was given, in the
+/// targets fixture format), `records` (the records fixture format, with
+/// the headers the router asked for and the value only if it asked for
+/// it) and `decisions` (the live router's, one output line per record).
+pub fn capture_line(
+    router: (&str, &str),
+    topic: &str,
+    partition: i32,
+    snapshot: &Snapshot,
+    records: &[&Record],
+    routes: &[Route],
+    options: (&[String], bool),
+) -> Value {
+    json!({
+        "topic": topic,
+        "partition": partition,
+        "router": router.0,
+        "version": router.1,
+        "targets": snapshot.targets.iter().map(target_json).collect::<Vec<_>>(),
+        "records": records.iter().map(|r| record_json(r, options.0, options.1)).collect::<Vec<_>>(),
+        "decisions": records.iter().zip(routes).map(|(r, d)| route_line(r.offset, d, snapshot)).collect::<Vec<_>>(),
+    })
+}
+
+/// A batch read back from a capture file.
+#[derive(Debug, Clone)]
+pub struct CapturedBatch {
+    pub topic: String,
+    pub partition: i32,
+    pub targets: Vec<TargetView>,
+    pub records: Vec<Record>,
+    /// The live router's decisions, one output line per record.
+    pub decisions: Vec<Value>,
+}
+
+/// Reads a capture file (JSON lines, one batch each, see [`capture_line`]).
+///
+/// # Errors
+/// [`FixtureError`]: the file cannot be read, or a line is not a batch:
+/// its line number and the field named.
+pub fn read_capture(path: &Path) -> Result<Vec<CapturedBatch>, FixtureError> {
+    let file = path.display().to_string();
+    read_json_lines(path)?
+        .into_iter()
+        .map(|(line, v)| {
+            let err = |msg: String| FixtureError {
+                file: file.clone(),
+                line,
+                msg,
+            };
+            let field = |name: &str| {
+                v.get(name).ok_or_else(|| {
+                    err(format!(
+                        "missing `{name}` (a captured batch has topic, partition, targets, records, decisions)"
+                    ))
+                })
+            };
+            let topic = field("topic")?.as_str().unwrap_or_default().to_string();
+            let partition = field("partition")?.as_i64().unwrap_or(0) as i32;
+            let raw: Vec<TargetFixture> = serde_json::from_value(field("targets")?.clone())
+                .map_err(|e| err(format!("`targets`: {e}")))?;
+            let records = field("records")?
+                .as_array()
+                .ok_or_else(|| err("`records` must be an array".into()))?
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    record_from(i, r).map(|mut r| {
+                        r.topic = topic.as_str().into();
+                        r.partition = partition;
+                        r
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| err(format!("`records`: {m}")))?;
+            let decisions = field("decisions")?
+                .as_array()
+                .cloned()
+                .ok_or_else(|| err("`decisions` must be an array".into()))?;
+            if decisions.len() != records.len() {
+                return Err(err(format!(
+                    "{} decisions for {} records",
+                    decisions.len(),
+                    records.len()
+                )));
+            }
+            Ok(CapturedBatch {
+                topic,
+                partition,
+                targets: targets_from(raw),
+                records,
+                decisions,
+            })
+        })
+        .collect()
+}
+
+/// Replaying a capture with another router: its lines and how they compare.
+#[derive(Debug)]
+pub struct Replay {
+    /// One output line per record, in capture order (or the single
+    /// `{"init":"error"}` line).
+    pub lines: Vec<Value>,
+    pub records: usize,
+    /// Records on which the replayed router decided as the captured one
+    /// (the same decision and targets).
+    pub agreed: usize,
+    /// Per target id (and `(default)`, `(drop)`, `(dead-letter)`):
+    /// (captured, replayed) record counts.
+    pub shares: std::collections::BTreeMap<String, (usize, usize)>,
+    /// Failed plugin calls.
+    pub errors: u64,
+}
+
+/// Runs the router at `wasm` (with `config` for `init`) on each captured
+/// batch, against that batch's own snapshot, and compares its decisions
+/// with the captured ones.
+///
+/// # Errors
+/// The plugin cannot be read, compiled or linked, or is not a router (an
+/// `init` that fails is a result: the `{"init":"error"}` line).
+pub fn replay(
+    runtime: &Arc<Runtime>,
+    wasm: &Path,
+    batches: &[CapturedBatch],
+    config: &str,
+) -> Result<Replay, PluginError> {
+    let name = wasm
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let compiled = runtime.compile(&name, wasm, None, Some("router"))?;
+    let metrics = Arc::new(Metrics::new());
+    let mut out = Replay {
+        lines: Vec::new(),
+        records: 0,
+        agreed: 0,
+        shares: Default::default(),
+        errors: 0,
+    };
+    let plugin =
+        match RouterPlugin::from_compiled(runtime, &name, compiled, config.into(), metrics.clone())
+        {
+            Ok(p) => p,
+            Err(PluginError::Init { msg, .. }) => {
+                out.lines.push(json!({"init": "error", "message": msg}));
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
+    let mut snapshot = Arc::new(Snapshot::default());
+    for b in batches {
+        if snapshot.targets != b.targets {
+            snapshot = Arc::new(Snapshot {
+                version: snapshot.version + 1,
+                targets: b.targets.clone(),
+            });
+        }
+        let refs: Vec<&Record> = b.records.iter().collect();
+        let routes = plugin.route(&snapshot, &b.topic, b.partition, &refs);
+        for ((r, route), captured) in b.records.iter().zip(&routes).zip(&b.decisions) {
+            let line = route_line(r.offset, route, &snapshot);
+            let bucket = |l: &Value| -> Vec<String> {
+                match l.get("targets").and_then(Value::as_array) {
+                    Some(ts) => ts
+                        .iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect(),
+                    None => vec![format!("({})", l["decision"].as_str().unwrap_or("?"))],
+                }
+            };
+            for t in bucket(captured) {
+                out.shares.entry(t).or_default().0 += 1;
+            }
+            for t in bucket(&line) {
+                out.shares.entry(t).or_default().1 += 1;
+            }
+            if line == *captured {
+                out.agreed += 1;
+            }
+            out.records += 1;
+            out.lines.push(line);
+        }
+    }
+    out.errors = ["trap", "deadline", "memory", "contract"]
+        .iter()
+        .map(|kind| metrics.plugin_errors_of(name.as_str(), kind))
+        .sum();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +881,78 @@ mod tests {
             &[json!({"init": "error", "message": "bad seed"})]
         )
         .is_empty());
+    }
+
+    /// A captured batch reads back as it was written; a line that is not a
+    /// batch is refused with its line number and the field.
+    #[test]
+    fn captures_read_back_and_bad_lines_are_named() {
+        let targets = read_targets(&write(
+            "cap-targets.json",
+            r#"[{"id": "a", "capacity": 10, "zone": "z"}, {"id": "b", "health": "down"}]"#,
+        ))
+        .unwrap();
+        let snapshot = Snapshot {
+            version: 3,
+            targets,
+        };
+        let records = [
+            Record {
+                topic: "trades".into(),
+                partition: 2,
+                offset: 40,
+                timestamp_ms: Some(1_000),
+                key: Some(b"client-1".to_vec()),
+                value: Some(b"secret".to_vec()),
+                headers: vec![
+                    ("x-client".into(), Some(b"c1".to_vec())),
+                    ("other".into(), None),
+                ],
+            },
+            Record {
+                topic: "trades".into(),
+                partition: 2,
+                offset: 41,
+                timestamp_ms: Some(1_002),
+                key: Some(vec![0, 255]),
+                value: None,
+                headers: Vec::new(),
+            },
+        ];
+        let refs: Vec<&Record> = records.iter().collect();
+        let routes = [Route::Targets(smallvec::smallvec![0]), Route::Default];
+        let line = capture_line(
+            ("p2c", "abc"),
+            "trades",
+            2,
+            &snapshot,
+            &refs,
+            &routes,
+            (&["x-client".to_string()], false),
+        );
+        assert!(line["records"][0].get("value").is_none(), "{line}");
+        assert_eq!(line["records"][1]["key_base64"], "AP8=");
+        let path = write("cap.jsonl", &format!("{line}\n"));
+        let back = read_capture(&path).unwrap();
+        let b = &back[0];
+        assert_eq!((b.topic.as_str(), b.partition), ("trades", 2));
+        assert_eq!(b.targets, snapshot.targets);
+        assert_eq!(
+            b.records[0].headers,
+            vec![("x-client".to_string(), Some(b"c1".to_vec()))]
+        );
+        assert_eq!(b.records[1].key.as_deref(), Some(&[0u8, 255][..]));
+        assert_eq!(b.decisions[0]["targets"], json!(["a"]));
+        assert_eq!(b.decisions[1]["decision"], "default");
+
+        let mut short = line.clone();
+        short["decisions"] = json!([]);
+        let e = read_capture(&write("cap-bad.jsonl", &format!("{line}\n{short}\n"))).unwrap_err();
+        assert!(
+            e.to_string().ends_with("line 2: 0 decisions for 2 records"),
+            "{e}"
+        );
+        let e = read_capture(&write("cap-bad2.jsonl", r#"{"topic": "t"}"#)).unwrap_err();
+        assert!(e.to_string().contains("line 1: missing `partition`"), "{e}");
     }
 }

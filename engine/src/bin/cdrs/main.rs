@@ -119,7 +119,7 @@ enum Command {
         /// A router plugin, NAME=PLUGIN.wasm (repeatable). Default: the
         /// demo's P2C router, load-aware (p2c), sticky (p2c-sticky) and sticky
         /// with bounded loads (p2c-bounded), and the latency-aware
-        /// ewma-router (ewma).
+        /// ewma-router (ewma) and prequal-router (prequal).
         #[arg(long, value_parser = simulate::router_arg)]
         router: Vec<simulate::RouterArg>,
         /// The `init` config of router NAME, NAME=JSON (repeatable).
@@ -137,7 +137,11 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Folder with p2c_router.wasm and ewma_router.wasm (for the default routers).
+        /// A router capture (`GET /v1/plugins/{router}/capture`): its
+        /// records' times and keys replace the scenario's arrivals.
+        #[arg(long, conflicts_with = "goals")]
+        trace: Option<PathBuf>,
+        /// Folder with the default routers' plugins (p2c_router.wasm, ewma_router.wasm, prequal_router.wasm).
         #[arg(
             long,
             env = "CDRS_PLUGIN_DIR",
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
             seed,
             duration_ms,
             out,
+            trace,
             plugin_dir,
         } => {
             init_logs("warn");
@@ -263,6 +268,7 @@ fn main() -> ExitCode {
                         seed,
                         duration_ms,
                         goals,
+                        trace,
                     })
                 })
         }

@@ -39,8 +39,13 @@ pub(crate) enum PluginCommand {
         /// The plugin component (.wasm).
         file: PathBuf,
         /// Records, JSON lines (see `sdk/example-policy.md`).
-        #[arg(long)]
-        records: PathBuf,
+        #[arg(long, required_unless_present = "replay")]
+        records: Option<PathBuf>,
+        /// A router's captured live batches (`GET
+        /// /v1/plugins/{router}/capture`): each batch replayed against its
+        /// own snapshot, the decisions compared with the captured ones.
+        #[arg(long, conflicts_with_all = ["records", "targets", "expect", "key_order"])]
+        replay: Option<PathBuf>,
         /// Target snapshot, a JSON array (routers; default: no targets).
         #[arg(long)]
         targets: Option<PathBuf>,
@@ -132,15 +137,22 @@ pub(crate) fn command(command: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Check { file } => check(&file),
         PluginCommand::Test {
             file,
+            replay: Some(capture),
+            config,
+            ..
+        } => replay(&file, &capture, config),
+        PluginCommand::Test {
+            file,
             records,
             targets,
             config,
             expect,
             batch,
             key_order,
+            replay: None,
         } => test(
             &file,
-            &records,
+            records.as_deref().expect("clap: --records or --replay"),
             targets.as_deref(),
             config,
             expect.as_deref(),
@@ -571,6 +583,62 @@ fn check(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `cdrs plugin test --replay`: runs the router `file` on captured live
+/// batches and compares its decisions with the captured ones: the lines
+/// on stdout, the agreement and the shares per target on stderr.
+fn replay(file: &Path, capture: &Path, config: Option<String>) -> anyhow::Result<ExitCode> {
+    let batches = testbed::read_capture(capture)?;
+    let config = plugin_config_arg(config)?;
+    let runtime = Runtime::new(&PluginRuntimeConfig {
+        instances: 1,
+        ..Default::default()
+    })
+    .context("failed to start the Wasm runtime")?;
+    runtime.set_guest_stderr(true);
+    let r = testbed::replay(&runtime, file, &batches, &config)?;
+    for line in &r.lines {
+        println!("{line}");
+    }
+    if let [l] = r.lines.as_slice() {
+        if let Some(msg) = l.get("init").and(l.get("message")).and_then(|m| m.as_str()) {
+            eprintln!("error: the plugin's init refused the config: {msg}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let pct = |n: usize| 100.0 * n as f64 / r.records.max(1) as f64;
+    eprintln!(
+        "replayed {} record(s) in {} batch(es) of {}: the same decision as the captured router for {:.1}%",
+        r.records,
+        batches.len(),
+        capture.display(),
+        pct(r.agreed)
+    );
+    eprintln!("| target | captured | {} |", file.display());
+    eprintln!("|---|---|---|");
+    for (id, (captured, replayed)) in &r.shares {
+        eprintln!("| {id} | {:.1}% | {:.1}% |", pct(*captured), pct(*replayed));
+    }
+    if r.errors > 0 {
+        eprintln!(
+            "error: {} plugin call(s) failed (see the log above); the daemon would place \
+             those records by its default policy",
+            r.errors
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--config` of `plugin test`: inline JSON, or a JSON file (default `{}`).
+fn plugin_config_arg(config: Option<String>) -> anyhow::Result<String> {
+    Ok(match config {
+        None => "{}".to_string(),
+        Some(c) if c.trim_start().starts_with('{') => c,
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read the config file \"{path}\""))?,
+    })
+}
+
 /// `cdrs plugin test`: runs `file` on fixture records through the daemon's
 /// own runtime; with `expect`, exits 1 on any difference.
 fn test(
@@ -586,12 +654,7 @@ fn test(
         Some(t) => testbed::read_targets(t)?,
         None => Vec::new(),
     };
-    let config = match config {
-        None => "{}".to_string(),
-        Some(c) if c.trim_start().starts_with('{') => c,
-        Some(path) => std::fs::read_to_string(&path)
-            .with_context(|| format!("failed to read the config file \"{path}\""))?,
-    };
+    let config = plugin_config_arg(config)?;
     let expect = expect.map(testbed::read_expect).transpose()?;
     let runtime = Runtime::new(&PluginRuntimeConfig {
         instances: 1,

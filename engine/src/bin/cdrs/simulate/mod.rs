@@ -39,6 +39,8 @@ pub struct SimulateOptions {
     /// Overrides the scenario's duration (ms), e.g. for a quick look.
     pub duration_ms: Option<u64>,
     pub goals: bool,
+    /// `--trace`: a router capture whose arrivals replace the scenarios'.
+    pub trace: Option<PathBuf>,
 }
 
 /// One scenario's run: the scenario as run and each policy's outcome.
@@ -180,9 +182,31 @@ pub fn command(opts: SimulateOptions) -> anyhow::Result<ExitCode> {
         cache_dir: Some(cache.clone()),
         ..PluginRuntimeConfig::default()
     })?;
+    let trace = match &opts.trace {
+        Some(path) => {
+            let batches = cdrs::plugin::testbed::read_capture(path)?;
+            let t = scenario::Trace::from_capture(&batches)
+                .with_context(|| format!("--trace {}", path.display()))?;
+            println!(
+                "trace {}: {} records, {} keys, {:.0} records/s over {:.1} s (replayed from the start when the scenario runs longer)",
+                path.display(),
+                t.times_ns.len(),
+                t.distinct_keys(),
+                t.rate_per_s(),
+                t.span_ns as f64 / 1e9
+            );
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
     let mut report = Report::default();
     for name in &names {
         let mut s = Scenario::load(name)?;
+        if let Some(t) = &trace {
+            s.arrivals.rate_per_s = t.rate_per_s();
+            s.arrivals.keys = t.distinct_keys().max(1);
+            s.arrivals.trace = Some(t.clone());
+        }
         if let Some(seed) = opts.seed {
             s.seed = seed;
         }

@@ -803,6 +803,9 @@ struct Arrivals {
     /// Cumulative key popularity (Zipf), or empty for uniform keys.
     cdf: Vec<f64>,
     keys: usize,
+    /// `--trace`: the captured arrivals, the next one's index, and the key
+    /// of the arrival `next` returned last.
+    trace: Option<(std::sync::Arc<super::scenario::Trace>, usize, u32)>,
 }
 
 impl Arrivals {
@@ -840,11 +843,20 @@ impl Arrivals {
             t: 0.0,
             cdf,
             keys: a.keys,
+            trace: a.trace.clone().map(|t| (t, 0, 0)),
         }
     }
 
     /// The next arrival time, ns.
     fn next(&mut self) -> Option<u64> {
+        if let Some((trace, i, key)) = &mut self.trace {
+            let n = trace.times_ns.len();
+            let lap = (*i / n) as u64;
+            *key = trace.keys[*i % n];
+            let at = lap * trace.span_ns + trace.times_ns[*i % n];
+            *i += 1;
+            return Some(at);
+        }
         self.t += -self.gap_ns * (1.0 - self.rng.f64()).ln();
         let real = match self.burst {
             None => self.t,
@@ -855,6 +867,9 @@ impl Arrivals {
 
     /// The key of the arrival: uniform, or Zipf by the cumulative table.
     fn key(&mut self) -> u32 {
+        if let Some((_, _, key)) = &self.trace {
+            return *key;
+        }
         if self.cdf.is_empty() {
             return self.rng.usize(..self.keys) as u32;
         }

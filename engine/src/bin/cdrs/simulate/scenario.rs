@@ -96,6 +96,84 @@ pub struct Arrivals {
     /// Zipf exponent of key popularity; 0 (default) draws keys uniformly.
     #[serde(default)]
     pub zipf: f64,
+    /// `--trace`: captured arrivals replace the drawn ones.
+    #[serde(skip)]
+    pub trace: Option<std::sync::Arc<Trace>>,
+}
+
+/// Arrivals read from a router capture (`cdrs simulate --trace`): each
+/// record's time (its Kafka timestamp, relative to the first) and key
+/// (renamed: distinct keys stay distinct, popularity is kept; a keyless
+/// record gets a key of its own). Replayed from the start again when the
+/// scenario runs longer than the trace.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// Arrival times, ns from the first record, ascending.
+    pub times_ns: Vec<u64>,
+    pub keys: Vec<u32>,
+    /// One replay's length, ns: the last arrival plus the mean gap.
+    pub span_ns: u64,
+}
+
+impl Trace {
+    /// The arrivals of captured batches, in timestamp order.
+    ///
+    /// # Errors
+    /// No records, or a record without a timestamp.
+    pub fn from_capture(batches: &[cdrs::plugin::testbed::CapturedBatch]) -> anyhow::Result<Trace> {
+        let mut ids: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        let mut next = 0u32;
+        let mut arrivals = Vec::new();
+        for r in batches.iter().flat_map(|b| &b.records) {
+            let ts = r.timestamp_ms.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "record at offset {} of {}[{}] has no timestamp_ms; a trace needs each record's time",
+                    r.offset,
+                    r.topic,
+                    r.partition
+                )
+            })?;
+            let key = match &r.key {
+                Some(k) => *ids.entry(k.clone()).or_insert_with(|| {
+                    next += 1;
+                    next - 1
+                }),
+                None => {
+                    next += 1;
+                    next - 1
+                }
+            };
+            arrivals.push((ts, key));
+        }
+        anyhow::ensure!(!arrivals.is_empty(), "the trace has no records");
+        arrivals.sort_by_key(|(ts, _)| *ts);
+        let first = arrivals[0].0;
+        let times_ns: Vec<u64> = arrivals
+            .iter()
+            .map(|(ts, _)| (ts - first).max(0) as u64 * 1_000_000)
+            .collect();
+        let last = *times_ns.last().expect("not empty");
+        let gap = (last / times_ns.len() as u64).max(1_000_000);
+        Ok(Trace {
+            keys: arrivals.iter().map(|(_, k)| *k).collect(),
+            span_ns: last + gap,
+            times_ns,
+        })
+    }
+
+    /// Mean records per second over one replay.
+    pub fn rate_per_s(&self) -> f64 {
+        self.times_ns.len() as f64 * 1e9 / self.span_ns as f64
+    }
+
+    /// Distinct keys (the keyless records each count as one).
+    pub fn distinct_keys(&self) -> usize {
+        self.keys
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |k| k as usize + 1)
+    }
 }
 
 fn d_burst_ms() -> f64 {
