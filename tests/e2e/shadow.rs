@@ -321,3 +321,51 @@ async fn a_capture_replays_in_plugin_test_and_simulate() {
     assert!(p2c["arrived"].as_u64().unwrap() > 0, "{p2c}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cdrs simulate --real` runs the scenario's arrivals through Tansu, a
+/// CDRS daemon and app servers with the scenario's service times, and
+/// reports the real sojourn beside the simulated one (every record
+/// delivered, or the run fails). The figure itself is a benchmark
+/// (docs/routing.md); a short run here checks the harness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_real_runs_the_scenario_on_the_pipeline() {
+    let dir = std::env::temp_dir().join(format!("cdrs-e2e-sim-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("real.json");
+    let tansu = cdrs::testkit::tansu::TansuProcess::binary(&cdrs_e2e::root());
+    let plugins = plugin_dir();
+    let run = tokio::process::Command::new(cdrs_e2e::cdrs_bin())
+        .args(["simulate", "--scenario", "sim-vs-real", "--real"])
+        .args(["--duration-ms", "15000"])
+        .arg("--router")
+        .arg(format!("p2c={}", plugins.join("p2c_router.wasm").display()))
+        .arg("--out")
+        .arg(&out)
+        .env("CDRS_TANSU", tansu)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!("{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let v = &report["sim_vs_real"];
+    let records = v["records"].as_u64().unwrap();
+    let per_server: u64 = v["per_server_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert!(records > 400, "{v}");
+    assert_eq!(per_server, records, "every record delivered once: {v}");
+    for k in ["sim_p50_ms", "sim_p99_ms", "real_p50_ms", "real_p99_ms"] {
+        assert!(v[k].as_f64().unwrap() > 50.0, "{k}: {v}");
+    }
+    assert_eq!(report["sim_vs_real_p99_error"], v["p99_error"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

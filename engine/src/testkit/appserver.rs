@@ -36,6 +36,11 @@ pub struct Received {
     pub offset: i64,
     /// Headers as received (values decoded).
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's Kafka timestamp, ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// When the server finished it (after its service time), ms since the
+    /// Unix epoch.
+    pub done_at_ms: i64,
 }
 
 /// Behaviour knobs, changeable while the server runs.
@@ -57,6 +62,15 @@ pub struct Behaviour {
     pub max_batch_records: AtomicU64,
     /// Requests answered with a failure so far (a counter, not a knob).
     pub refused: AtomicU64,
+    /// Mean service time of one record, µs; 0: none (answer at once).
+    /// Records are served `concurrency` at a time, the rest wait first in,
+    /// first out, as the simulator's servers do (`cdrs simulate`).
+    pub service_us: AtomicU64,
+    /// Service times constant instead of exponential.
+    pub constant_service: AtomicBool,
+    /// Records served at once while `service_us` is set, with the
+    /// semaphore that enforces it (0: unlimited).
+    pub concurrency: Mutex<(u32, Option<Arc<tokio::sync::Semaphore>>)>,
 }
 
 /// `POST /control` body: the knobs to change (absent ones stay).
@@ -69,6 +83,21 @@ pub struct Control {
     pub retry_after_s: Option<u64>,
     pub silent: Option<bool>,
     pub max_batch_records: Option<u64>,
+    /// Mean service time per record, ms (0: none).
+    pub service_ms: Option<f64>,
+    /// Records served at once (0: unlimited).
+    pub concurrency: Option<u32>,
+    /// `exponential` (default) or `constant` service times.
+    pub service_distribution: Option<ServiceDistribution>,
+}
+
+/// How service times are drawn around their mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceDistribution {
+    #[default]
+    Exponential,
+    Constant,
 }
 
 /// One line of a server's log file.
@@ -145,6 +174,11 @@ async fn receive(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    let done_at_ms: Vec<i64> = futures::future::join_all(batch.records.iter().map(|_| async {
+        s.behaviour.serve().await;
+        now_ms()
+    }))
+    .await;
     s.inflight
         .fetch_sub(batch.records.len() as u32, Ordering::Relaxed);
     let limit = s.behaviour.max_batch_records.load(Ordering::Relaxed);
@@ -190,12 +224,14 @@ async fn receive(
         // Killed while this request was handled: it was never received.
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    for r in &batch.records {
+    for (r, done_at_ms) in batch.records.iter().zip(done_at_ms) {
         log.push(Received {
             id: r.id.clone(),
             key: r.key_bytes(),
             partition: r.partition,
             offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            done_at_ms,
             headers: r
                 .headers
                 .iter()
@@ -204,6 +240,13 @@ async fn receive(
         });
     }
     StatusCode::OK.into_response()
+}
+
+/// Wall-clock now, ms since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn control(State(s): State<Arc<Shared>>, Json(c): Json<Control>) -> StatusCode {
@@ -232,6 +275,38 @@ impl Behaviour {
         if let Some(v) = c.max_batch_records {
             self.max_batch_records.store(v, Ordering::Relaxed);
         }
+        if let Some(ms) = c.service_ms {
+            self.service_us
+                .store((ms.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+        }
+        if let Some(d) = c.service_distribution {
+            self.constant_service
+                .store(d == ServiceDistribution::Constant, Ordering::Relaxed);
+        }
+        if let Some(n) = c.concurrency {
+            let sem = (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+            *self.concurrency.lock().expect("concurrency lock") = (n, sem);
+        }
+    }
+
+    /// Serves one record: waits for a slot (first in, first out), then its
+    /// service time. Returns at once while no service time is set.
+    async fn serve(&self) {
+        let mean_us = self.service_us.load(Ordering::Relaxed);
+        if mean_us == 0 {
+            return;
+        }
+        let sem = self.concurrency.lock().expect("concurrency lock").1.clone();
+        let _slot = match &sem {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
+        let us = if self.constant_service.load(Ordering::Relaxed) {
+            mean_us as f64
+        } else {
+            -(mean_us as f64) * (1.0 - fastrand::f64()).ln()
+        };
+        tokio::time::sleep(Duration::from_micros(us as u64)).await;
     }
 }
 

@@ -113,7 +113,7 @@ enum Command {
     /// side; --out writes JSON. Deterministic for a seed.
     Simulate {
         /// A scenario file (TOML) or a built-in name: heterogeneous,
-        /// herding, slowdown, sticky (repeatable).
+        /// herding, slowdown, sticky, sim-vs-real (repeatable).
         #[arg(long)]
         scenario: Vec<String>,
         /// A router plugin, NAME=PLUGIN.wasm (repeatable). Default: the
@@ -141,6 +141,12 @@ enum Command {
         /// records' times and keys replace the scenario's arrivals.
         #[arg(long, conflicts_with = "goals")]
         trace: Option<PathBuf>,
+        /// Also run the first scenario with the first router on the real
+        /// pipeline (Tansu, one app server per scenario server, a CDRS
+        /// daemon) and report how far its p50 and p99 are from the
+        /// simulation's.
+        #[arg(long, conflicts_with_all = ["goals", "trace"])]
+        real: bool,
         /// Folder with the default routers' plugins (p2c_router.wasm, ewma_router.wasm, prequal_router.wasm).
         #[arg(
             long,
@@ -249,6 +255,7 @@ fn main() -> ExitCode {
             duration_ms,
             out,
             trace,
+            real,
             plugin_dir,
         } => {
             init_logs("warn");
@@ -269,6 +276,7 @@ fn main() -> ExitCode {
                         duration_ms,
                         goals,
                         trace,
+                        real: real.then(|| plugin_dir.clone()),
                     })
                 })
         }

@@ -6,6 +6,7 @@
 //! re-routes and key moves are printed side by side ([`model`]).
 
 mod model;
+mod real;
 mod scenario;
 
 use anyhow::Context;
@@ -41,6 +42,9 @@ pub struct SimulateOptions {
     pub goals: bool,
     /// `--trace`: a router capture whose arrivals replace the scenarios'.
     pub trace: Option<PathBuf>,
+    /// `--real`: the first scenario also on the real pipeline, with the
+    /// first router (plugins from this folder).
+    pub real: Option<PathBuf>,
 }
 
 /// One scenario's run: the scenario as run and each policy's outcome.
@@ -75,6 +79,12 @@ pub struct Report {
     /// with the most even load.
     pub sticky_max_load_over_mean: f64,
     pub sticky_keys_moved_fraction: f64,
+    /// `--real`: |real − simulated| ÷ simulated sojourn p50 and p99 of the
+    /// first scenario and router (0 without `--real`).
+    pub sim_vs_real_p50_error: f64,
+    pub sim_vs_real_p99_error: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim_vs_real: Option<real::SimVsReal>,
     pub scenarios: Vec<ScenarioReport>,
 }
 
@@ -200,6 +210,7 @@ pub fn command(opts: SimulateOptions) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut report = Report::default();
+    let mut first_scenario = None;
     for name in &names {
         let mut s = Scenario::load(name)?;
         if let Some(t) = &trace {
@@ -216,9 +227,70 @@ pub fn command(opts: SimulateOptions) -> anyhow::Result<ExitCode> {
         }
         let r = run_scenario(&s, &opts.routers, &runtime)?;
         print!("{}", table(&r));
+        if first_scenario.is_none() {
+            first_scenario = Some(s);
+        }
         report.scenarios.push(r);
     }
     let _ = std::fs::remove_dir_all(&cache);
+    if let (Some(plugin_dir), Some(first), Some(router), Some(s)) = (
+        &opts.real,
+        report.scenarios.first(),
+        opts.routers.first(),
+        &first_scenario,
+    ) {
+        let sim = first
+            .outcomes
+            .iter()
+            .find(|o| o.policy == router.name)
+            .context("the first router's simulated outcome")?
+            .clone();
+        println!(
+            "real pipeline: {} with {} on Tansu, {} app servers, {:.0} s …",
+            s.name,
+            router.name,
+            s.servers.len(),
+            s.duration_ms as f64 / 1e3
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (p50, p99, records, per_server) = rt.block_on(real::run(s, router, plugin_dir))?;
+        let err = |real: f64, sim: f64| {
+            if sim > 0.0 {
+                (real - sim).abs() / sim
+            } else {
+                0.0
+            }
+        };
+        let v = real::SimVsReal {
+            scenario: s.name.clone(),
+            policy: router.name.clone(),
+            records,
+            sim_p50_ms: sim.p50_ms,
+            sim_p99_ms: sim.p99_ms,
+            real_p50_ms: p50,
+            real_p99_ms: p99,
+            p50_error: err(p50, sim.p50_ms),
+            p99_error: err(p99, sim.p99_ms),
+            per_server_records: per_server,
+        };
+        println!(
+            "| {} | p50 ms | p99 ms |\n|---|---|---|\n| simulated | {:.1} | {:.1} |\n| real ({} records) | {:.1} | {:.1} |\n| error | {:.1}% | {:.1}% |",
+            v.policy,
+            v.sim_p50_ms,
+            v.sim_p99_ms,
+            v.records,
+            v.real_p50_ms,
+            v.real_p99_ms,
+            100.0 * v.p50_error,
+            100.0 * v.p99_error
+        );
+        report.sim_vs_real_p50_error = v.p50_error;
+        report.sim_vs_real_p99_error = v.p99_error;
+        report.sim_vs_real = Some(v);
+    }
     if opts.goals {
         goals(&mut report, &opts.routers);
         println!(

@@ -791,6 +791,18 @@ fn fallback(view: &Snapshot, own: &[u32], rng: &mut fastrand::Rng) -> Option<usi
     cdrs::route::fallback_with(view, &extra, |n| rng.usize(..n))
 }
 
+/// The scenario's arrivals, as the simulation draws them: (time from the
+/// start, ns; key), up to `duration_ms`.
+pub fn schedule(scenario: &Scenario) -> Vec<(u64, u32)> {
+    let end = scenario.duration_ms * MS;
+    let mut a = Arrivals::new(scenario);
+    let mut out = Vec::new();
+    while let Some(t) = a.next().filter(|t| *t < end) {
+        out.push((t, a.key()));
+    }
+    out
+}
+
 /// Arrival times and keys, from the scenario's seed.
 struct Arrivals {
     rng: fastrand::Rng,

@@ -257,6 +257,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../../../../config/scenarios/herding.toml"),
     ),
     (
+        "sim-vs-real",
+        include_str!("../../../../../config/scenarios/sim-vs-real.toml"),
+    ),
+    (
         "slowdown",
         include_str!("../../../../../config/scenarios/slowdown.toml"),
     ),
