@@ -34,7 +34,8 @@
 //! Config (JSON): `{"seed": 1, "probe_half_life_records": 2048,
 //! "fresh_report_ms": 500}`.
 
-use cdrs_plugin_sdk::router::{Batch, Decision, Health, Router, RouterOptions, Target};
+use cdrs_plugin_sdk::router::{Batch, Decision, Router, RouterOptions, Target};
+use policy_kit::Fleet;
 use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::Distribution;
 use rand_xoshiro::rand_core::SeedableRng;
@@ -68,37 +69,11 @@ fn default_half_life() -> f64 {
     2048.0
 }
 
-/// One target as the policy sees it.
-#[derive(Debug, Clone)]
-struct Slot {
-    id: String,
-    capacity: f64,
-    health: Health,
-    /// Latency EWMA from the last snapshot, µs (0: not known).
-    latency_us: f64,
-    /// Records routed (to any target) since `latency_us` last changed.
-    since_change: f64,
-    /// Records this instance routed here recently (halving every
-    /// [`ASSIGNED_HALF_LIFE`] records routed).
-    assigned: f64,
-    /// In flight at the snapshot plus what this instance assigned since;
-    /// `None` when the target's last report is older than
-    /// `fresh_report_ms` (the count then is the fleet's of a while ago,
-    /// which all instances would avoid, then crowd, at once).
-    inflight: Option<f64>,
-}
-
-/// Records after which this instance's own assignment counts weigh half
-/// (as in `p2c-router`).
-const ASSIGNED_HALF_LIFE: f64 = 256.0;
-
 /// The router state of one instance.
 pub struct EwmaRouter {
     rng: Xoshiro256PlusPlus,
     half_life: f64,
-    fresh_report_ms: u64,
-    slots: Vec<Slot>,
-    eligible: Vec<u32>,
+    fleet: Fleet,
     alias: Option<WeightedAliasIndex<f64>>,
 }
 
@@ -121,9 +96,7 @@ impl EwmaRouter {
             EwmaRouter {
                 rng: Xoshiro256PlusPlus::seed_from_u64(c.seed),
                 half_life: c.probe_half_life_records,
-                fresh_report_ms: c.fresh_report_ms,
-                slots: Vec::new(),
-                eligible: Vec::new(),
+                fleet: Fleet::new(c.fresh_report_ms),
                 alias: None,
             },
             RouterOptions {
@@ -134,76 +107,26 @@ impl EwmaRouter {
     }
 
     fn set_targets(&mut self, targets: &[Target]) {
-        let old = std::mem::take(&mut self.slots);
-        self.slots = targets
-            .iter()
-            .map(|t| {
-                let latency_us = f64::from(t.latency_ewma_us);
-                let before = old.iter().find(|o| o.id == t.id);
-                let since_change = before
-                    .filter(|o| o.latency_us == latency_us)
-                    .map_or(0.0, |o| o.since_change);
-                Slot {
-                    id: t.id.clone(),
-                    capacity: f64::from(t.capacity).max(1.0),
-                    health: t.health,
-                    latency_us,
-                    since_change,
-                    assigned: before.map_or(0.0, |o| o.assigned),
-                    inflight: (u64::from(t.report_age_ms) <= self.fresh_report_ms)
-                        .then_some(f64::from(t.inflight)),
-                }
-            })
-            .collect();
-        let by = |h: Health| -> Vec<u32> {
-            (0..self.slots.len() as u32)
-                .filter(|&i| self.slots[i as usize].health == h)
-                .collect()
-        };
-        self.eligible = by(Health::Healthy);
-        if self.eligible.is_empty() {
-            self.eligible = by(Health::Degraded);
-        }
+        self.fleet.update(targets);
         self.alias = WeightedAliasIndex::new(
-            self.eligible
+            self.fleet
+                .eligible
                 .iter()
-                .map(|&i| self.slots[i as usize].capacity)
+                .map(|&i| self.fleet.slots[i as usize].capacity)
                 .collect(),
         )
         .ok();
     }
 
-    /// The median of the known latencies among the eligible targets (0:
-    /// none known).
-    fn median_latency(&self) -> f64 {
-        let mut known: Vec<f64> = self
-            .eligible
-            .iter()
-            .map(|&i| self.slots[i as usize].latency_us)
-            .filter(|l| *l > 0.0)
-            .collect();
-        if known.is_empty() {
-            return 0.0;
-        }
-        known.sort_by(f64::total_cmp);
-        known[known.len() / 2]
-    }
-
     fn cost(&self, i: u32, median: f64) -> f64 {
-        let s = &self.slots[i as usize];
-        let latency = if s.latency_us > 0.0 {
-            // Relax an old figure toward the median, so the target is
-            // tried again and its latency measured anew.
-            median + (s.latency_us - median) * 0.5f64.powf(s.since_change / self.half_life)
-        } else {
-            median
-        };
+        let s = &self.fleet.slots[i as usize];
+        let latency = self.fleet.latency(i, median, self.half_life);
         let penalty = if median > 0.0 {
             (latency / median).max(1.0)
         } else {
             1.0
         };
-        penalty * (s.inflight.unwrap_or(s.assigned) + 1.0) / s.capacity
+        penalty * (s.load() + 1.0) / s.capacity
     }
 
     fn pick(&mut self, except: Option<usize>) -> usize {
@@ -216,17 +139,17 @@ impl EwmaRouter {
                 return j;
             }
         }
-        except.map_or(0, |e| (e + 1) % self.eligible.len())
+        except.map_or(0, |e| (e + 1) % self.fleet.eligible.len())
     }
 
     fn decide(&mut self, median: f64) -> Decision {
-        let i = match self.eligible.len() {
+        let i = match self.fleet.eligible.len() {
             0 => return Decision::Default,
-            1 => self.eligible[0],
+            1 => self.fleet.eligible[0],
             _ => {
                 let a = self.pick(None);
                 let b = self.pick(Some(a));
-                let (a, b) = (self.eligible[a], self.eligible[b]);
+                let (a, b) = (self.fleet.eligible[a], self.fleet.eligible[b]);
                 if self.cost(a, median) <= self.cost(b, median) {
                     a
                 } else {
@@ -234,14 +157,7 @@ impl EwmaRouter {
                 }
             }
         };
-        let s = &mut self.slots[i as usize];
-        s.assigned += 1.0;
-        if let Some(n) = &mut s.inflight {
-            *n += 1.0;
-        }
-        for s in &mut self.slots {
-            s.since_change += 1.0;
-        }
+        self.fleet.assign(i);
         Decision::Route(i)
     }
 }
@@ -256,11 +172,8 @@ impl Router for EwmaRouter {
     }
 
     fn route(&mut self, batch: Batch) -> Vec<Decision> {
-        let decay = 0.5f64.powf(batch.len() as f64 / ASSIGNED_HALF_LIFE);
-        for s in &mut self.slots {
-            s.assigned *= decay;
-        }
-        let median = self.median_latency();
+        self.fleet.decay(batch.len());
+        let median = self.fleet.median_latency();
         (0..batch.len()).map(|_| self.decide(median)).collect()
     }
 }
@@ -270,28 +183,8 @@ cdrs_plugin_sdk::export_router!(EwmaRouter);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn target(id: &str, capacity: u32, latency_us: u32, inflight: u32) -> Target {
-        Target {
-            id: id.into(),
-            zone: None,
-            labels: vec![],
-            weight: 100,
-            capacity,
-            inflight,
-            queue_depth: 0,
-            cpu_permille: 0,
-            latency_ewma_us: latency_us,
-            error_rate_permille: 0,
-            health: Health::Healthy,
-            report_age_ms: 0,
-        }
-    }
-
-    fn batch(n: usize) -> Batch {
-        let records: Vec<_> = (0..n).map(|i| (i as i64, None, None, &[][..])).collect();
-        Batch::of("t", 0, &records)
-    }
+    use cdrs_plugin_sdk::router::Health;
+    use policy_kit::testing::{batch, target};
 
     /// Records per target over `rounds` batches of 100 (the snapshot pushed
     /// again before each, with nothing in flight).

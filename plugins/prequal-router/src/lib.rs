@@ -36,7 +36,8 @@
 //! Config (JSON): `{"seed": 1, "probes": 3, "q_rif": 0.75,
 //! "latency_tolerance": 0.1, "probe_half_life_records": 2048, "fresh_report_ms": 500}`.
 
-use cdrs_plugin_sdk::router::{Batch, Decision, Health, Router, RouterOptions, Target};
+use cdrs_plugin_sdk::router::{Batch, Decision, Router, RouterOptions, Target};
+use policy_kit::Fleet;
 use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Deserialize;
@@ -87,36 +88,6 @@ fn default_fresh() -> u64 {
     500
 }
 
-/// One target as the policy sees it.
-#[derive(Debug, Clone)]
-struct Slot {
-    id: String,
-    capacity: f64,
-    health: Health,
-    /// Latency EWMA from the last snapshot, µs (0: not known).
-    latency_us: f64,
-    /// Records routed (to any target) since `latency_us` last changed.
-    since_change: f64,
-    /// Records this instance routed here recently (halving every
-    /// [`ASSIGNED_HALF_LIFE`] records routed).
-    assigned: f64,
-    /// In flight at the snapshot plus what this instance assigned since;
-    /// `None` when the target's last report is older than
-    /// `fresh_report_ms`.
-    inflight: Option<f64>,
-}
-
-impl Slot {
-    /// Requests in flight per unit of capacity.
-    fn load(&self) -> f64 {
-        self.inflight.unwrap_or(self.assigned) / self.capacity
-    }
-}
-
-/// Records after which this instance's own assignment counts weigh half
-/// (as in `p2c-router`).
-const ASSIGNED_HALF_LIFE: f64 = 256.0;
-
 /// The router state of one instance.
 pub struct PrequalRouter {
     rng: Xoshiro256PlusPlus,
@@ -124,9 +95,7 @@ pub struct PrequalRouter {
     q_rif: f64,
     half_life: f64,
     tolerance: f64,
-    fresh_report_ms: u64,
-    slots: Vec<Slot>,
-    eligible: Vec<u32>,
+    fleet: Fleet,
 }
 
 impl PrequalRouter {
@@ -169,9 +138,7 @@ impl PrequalRouter {
                 q_rif: c.q_rif,
                 half_life: c.probe_half_life_records,
                 tolerance: c.latency_tolerance,
-                fresh_report_ms: c.fresh_report_ms,
-                slots: Vec::new(),
-                eligible: Vec::new(),
+                fleet: Fleet::new(c.fresh_report_ms),
             },
             RouterOptions {
                 headers: Vec::new(),
@@ -180,63 +147,16 @@ impl PrequalRouter {
         ))
     }
 
-    fn set_targets(&mut self, targets: &[Target]) {
-        let old = std::mem::take(&mut self.slots);
-        self.slots = targets
-            .iter()
-            .map(|t| {
-                let latency_us = f64::from(t.latency_ewma_us);
-                let before = old.iter().find(|o| o.id == t.id);
-                let since_change = before
-                    .filter(|o| o.latency_us == latency_us)
-                    .map_or(0.0, |o| o.since_change);
-                Slot {
-                    id: t.id.clone(),
-                    capacity: f64::from(t.capacity).max(1.0),
-                    health: t.health,
-                    latency_us,
-                    since_change,
-                    assigned: before.map_or(0.0, |o| o.assigned),
-                    inflight: (u64::from(t.report_age_ms) <= self.fresh_report_ms)
-                        .then_some(f64::from(t.inflight)),
-                }
-            })
-            .collect();
-        let by = |h: Health| -> Vec<u32> {
-            (0..self.slots.len() as u32)
-                .filter(|&i| self.slots[i as usize].health == h)
-                .collect()
-        };
-        self.eligible = by(Health::Healthy);
-        if self.eligible.is_empty() {
-            self.eligible = by(Health::Degraded);
-        }
-    }
-
-    /// The median of the known latencies among the eligible targets (0:
-    /// none known).
-    fn median_latency(&self) -> f64 {
-        let mut known: Vec<f64> = self
-            .eligible
-            .iter()
-            .map(|&i| self.slots[i as usize].latency_us)
-            .filter(|l| *l > 0.0)
-            .collect();
-        if known.is_empty() {
-            return 0.0;
-        }
-        known.sort_by(f64::total_cmp);
-        known[known.len() / 2]
+    /// Target `i`'s requests in flight per unit of capacity.
+    fn load(&self, i: u32) -> f64 {
+        let s = &self.fleet.slots[i as usize];
+        s.load() / s.capacity
     }
 
     /// The `q_rif` quantile of the eligible targets' in-flight counts per
     /// unit of capacity.
     fn hot_threshold(&self) -> f64 {
-        let mut rif: Vec<f64> = self
-            .eligible
-            .iter()
-            .map(|&i| self.slots[i as usize].load())
-            .collect();
+        let mut rif: Vec<f64> = self.fleet.eligible.iter().map(|&i| self.load(i)).collect();
         if rif.is_empty() {
             return 0.0;
         }
@@ -245,46 +165,36 @@ impl PrequalRouter {
         rif[at.min(rif.len() - 1)]
     }
 
-    /// The latency estimate: an unrefreshed figure relaxes toward the
-    /// median, so the target is tried again and measured anew; the median
-    /// for a target not measured yet.
-    fn latency(&self, i: u32, median: f64) -> f64 {
-        let s = &self.slots[i as usize];
-        if s.latency_us > 0.0 {
-            median + (s.latency_us - median) * 0.5f64.powf(s.since_change / self.half_life)
-        } else {
-            median
-        }
-    }
-
     /// Draws `probes` distinct eligible positions (a partial Fisher-Yates
     /// shuffle of `eligible`, which is reordered in place).
     fn draw(&mut self) -> usize {
-        let n = self.eligible.len();
+        let n = self.fleet.eligible.len();
         let d = self.probes.min(n);
         for k in 0..d {
             let j = k + (self.rng.next_u64() % (n - k) as u64) as usize;
-            self.eligible.swap(k, j);
+            self.fleet.eligible.swap(k, j);
         }
         d
     }
 
     fn decide(&mut self, median: f64, hot: f64) -> Decision {
-        if self.eligible.is_empty() {
+        if self.fleet.eligible.is_empty() {
             return Decision::Default;
         }
         let d = self.draw();
         let mut best_cold: Option<(f64, u32)> = None;
         let mut least_hot: Option<(f64, u32)> = None;
         for k in 0..d {
-            let i = self.eligible[k];
-            let load = self.slots[i as usize].load();
+            let i = self.fleet.eligible[k];
+            let load = self.load(i);
             if load <= hot {
-                let l = self.latency(i, median);
+                // An unrefreshed figure relaxes toward the median, so the
+                // target is tried again and measured anew.
+                let l = self.fleet.latency(i, median, self.half_life);
                 let better = match best_cold {
                     None => true,
                     Some((b, j)) if (l - b).abs() <= self.tolerance * l.min(b) => {
-                        load < self.slots[j as usize].load()
+                        load < self.load(j)
                     }
                     Some((b, _)) => l < b,
                 };
@@ -295,19 +205,10 @@ impl PrequalRouter {
                 least_hot = Some((load, i));
             }
         }
-        let i = best_cold.or(least_hot).map_or(self.eligible[0], |(_, i)| i);
-        self.assign(i)
-    }
-
-    fn assign(&mut self, i: u32) -> Decision {
-        let s = &mut self.slots[i as usize];
-        s.assigned += 1.0;
-        if let Some(n) = &mut s.inflight {
-            *n += 1.0;
-        }
-        for s in &mut self.slots {
-            s.since_change += 1.0;
-        }
+        let i = best_cold
+            .or(least_hot)
+            .map_or(self.fleet.eligible[0], |(_, i)| i);
+        self.fleet.assign(i);
         Decision::Route(i)
     }
 }
@@ -318,15 +219,12 @@ impl Router for PrequalRouter {
     }
 
     fn update_targets(&mut self, _version: u64, targets: Vec<Target>) {
-        self.set_targets(&targets);
+        self.fleet.update(&targets);
     }
 
     fn route(&mut self, batch: Batch) -> Vec<Decision> {
-        let decay = 0.5f64.powf(batch.len() as f64 / ASSIGNED_HALF_LIFE);
-        for s in &mut self.slots {
-            s.assigned *= decay;
-        }
-        let median = self.median_latency();
+        self.fleet.decay(batch.len());
+        let median = self.fleet.median_latency();
         (0..batch.len())
             .map(|_| {
                 let hot = self.hot_threshold();
@@ -341,28 +239,8 @@ cdrs_plugin_sdk::export_router!(PrequalRouter);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn target(id: &str, capacity: u32, latency_us: u32, inflight: u32) -> Target {
-        Target {
-            id: id.into(),
-            zone: None,
-            labels: vec![],
-            weight: 100,
-            capacity,
-            inflight,
-            queue_depth: 0,
-            cpu_permille: 0,
-            latency_ewma_us: latency_us,
-            error_rate_permille: 0,
-            health: Health::Healthy,
-            report_age_ms: 0,
-        }
-    }
-
-    fn batch(n: usize) -> Batch {
-        let records: Vec<_> = (0..n).map(|i| (i as i64, None, None, &[][..])).collect();
-        Batch::of("t", 0, &records)
-    }
+    use cdrs_plugin_sdk::router::Health;
+    use policy_kit::testing::{batch, target};
 
     /// Records per target over `rounds` batches of `size` (the snapshot
     /// pushed again before each).
