@@ -434,7 +434,8 @@ fn simulate_is_deterministic_accounts_for_every_record_and_names_bad_scenarios()
     }
     let (ok, text) = cdrs(&["simulate", "--scenario", "nonesuch"]);
     assert!(
-        !ok && text.contains("built-in one (heterogeneous, herding, sim-vs-real, slowdown, sticky)"),
+        !ok && text
+            .contains("built-in one (heterogeneous, herding, sim-vs-real, slowdown, sticky)"),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,7 +21,6 @@
 //! swap, and the shadow stops.
 
 use super::router::{Route, RouterPlugin};
-use super::slot::PluginStatus;
 use super::{PluginError, Runtime};
 use crate::capacity::{Health, Snapshot};
 use crate::config::ShadowConfig;
@@ -189,34 +188,6 @@ impl Shadow {
                 .with_label_values(&[&running.cfg.name, "skipped"])
                 .inc();
         }
-    }
-
-    /// The running shadow as `GET /v1/plugins` lists it (`kind` "shadow").
-    pub fn status(&self) -> Option<PluginStatus> {
-        let r = self.current.load_full()?;
-        let m = &r.plugin.meta;
-        let (p50, p99) = m.call_percentiles_us();
-        Some(PluginStatus {
-            name: m.name.to_string(),
-            kind: "shadow",
-            version: m.hash.clone(),
-            loaded_at_ms: m.loaded_at_ms,
-            load_ms: m.load_ms,
-            from_cache: m.cached,
-            source: "config".into(),
-            calls: m.calls.load(Ordering::Relaxed),
-            faults: m.faults.load(Ordering::Relaxed),
-            traps: m.traps.load(Ordering::Relaxed),
-            deadline_misses: m.deadline_misses.load(Ordering::Relaxed),
-            memory_faults: m.memory_faults.load(Ordering::Relaxed),
-            call_p50_us: p50,
-            call_p99_us: p99,
-            previous_version: None,
-            last_error: None,
-            last_event: None,
-            recent_logs: Vec::new(),
-            shadow: Some(r.status()),
-        })
     }
 }
 

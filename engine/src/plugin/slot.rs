@@ -393,7 +393,7 @@ impl PluginManager {
     pub fn status(&self) -> Vec<PluginStatus> {
         let mut out: Vec<PluginStatus> = self.chain().iter().map(|s| s.status("filter")).collect();
         out.push(self.router.status("router"));
-        out.extend(self.shadow.status());
+        out.extend(self.shadow.running().map(|r| shadow_status(&r)));
         for p in &mut out {
             p.recent_logs = self.runtime.logs.recent(&p.name);
         }
@@ -720,6 +720,34 @@ impl PluginManager {
         }
         *self.router_config.lock().expect("router lock") = config.router.clone();
         Ok(changes)
+    }
+}
+
+/// The running shadow router as `GET /v1/plugins` lists it (`kind`
+/// "shadow", with its comparison).
+fn shadow_status(r: &super::shadow::Running) -> PluginStatus {
+    let m = &r.plugin.meta;
+    let (p50, p99) = m.call_percentiles_us();
+    PluginStatus {
+        name: m.name.to_string(),
+        kind: "shadow",
+        version: m.hash.clone(),
+        loaded_at_ms: m.loaded_at_ms,
+        load_ms: m.load_ms,
+        from_cache: m.cached,
+        source: "config".into(),
+        calls: m.calls.load(Ordering::Relaxed),
+        faults: m.faults.load(Ordering::Relaxed),
+        traps: m.traps.load(Ordering::Relaxed),
+        deadline_misses: m.deadline_misses.load(Ordering::Relaxed),
+        memory_faults: m.memory_faults.load(Ordering::Relaxed),
+        call_p50_us: p50,
+        call_p99_us: p99,
+        previous_version: None,
+        last_error: None,
+        last_event: None,
+        recent_logs: Vec::new(),
+        shadow: Some(r.status()),
     }
 }
 

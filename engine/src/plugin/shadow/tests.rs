@@ -148,7 +148,13 @@ fn sampling_and_a_trapping_shadow() {
     let st = compared(&shadow, 10);
     assert_eq!((st.batches, st.skipped_batches), (10, 0), "{st:?}");
     assert_eq!(st.records, 80, "{st:?}");
-    let faults = shadow.status().unwrap().faults;
+    let faults = shadow
+        .running()
+        .unwrap()
+        .plugin
+        .meta
+        .faults
+        .load(Ordering::Relaxed);
     assert!(faults >= 10, "a trap per compared batch: {faults}");
     // The trapped record counts as `default` (the host's fallback), as for
     // a live router; the fault router's other answers are its own.
