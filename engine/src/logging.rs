@@ -1,14 +1,21 @@
 //! Logging: `tracing` to stderr with a filter that a config reload can
 //! change (`[log] level`). `RUST_LOG`, when set, wins at startup.
 //!
-//! `[log] format = "json"` writes one JSON object per line (tracing-subscriber's
-//! JSON formatter): `timestamp` (RFC 3339), `level`, `target`, `message`
-//! and the event's fields at the top level, and `span` with the fields of
-//! the span the event happened in, if any.
+//! `[log] format = "json"` writes one JSON object per line (json-subscriber's
+//! layout of tracing-subscriber's JSON format): `timestamp` (RFC 3339),
+//! `level`, `target`, `message`, the event's fields and the fields of the
+//! span it happened in, all at the top level. A line about a traced record
+//! is written inside its `record` span (`telemetry::RecordTrace::log_span`),
+//! so it carries the record's `trace_id` and `span_id` (32 and 16 hex
+//! digits, as in its `traceparent`): the OpenTelemetry log data model's
+//! correlation fields.
 
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
@@ -43,18 +50,25 @@ pub fn init(level: &str, format: LogFormat) {
                 fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
             .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt.json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     if installed.is_ok() {
         let _ = HANDLE.set(handle);
     }
+}
+
+/// The layer of `[log] format = "json"`, writing one object per line to
+/// `make_writer`.
+pub fn json_layer<S, W>(make_writer: W) -> json_subscriber::fmt::Layer<S, W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    json_subscriber::fmt::layer()
+        .with_writer(make_writer)
+        .flatten_event(true)
+        .flatten_current_span_on_top_level(true)
+        .with_span_list(false)
 }
 
 /// Checks a filter directive; the error says what is wrong.

@@ -128,7 +128,10 @@ impl Pipeline {
                         dropped += 1;
                         part.finish_unrouted(r.offset);
                     }
-                    Verdict::DeadLetter(reason) => dead.push((r, reason)),
+                    Verdict::DeadLetter(reason) => {
+                        let trace = traces.remove(&r.offset);
+                        dead.push((r, reason, trace));
+                    }
                 }
             }
             self.metrics
@@ -145,7 +148,7 @@ impl Pipeline {
                 let (dispatch, part, f, stop) =
                     (self.dispatch.clone(), part.clone(), f.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let writes = dead.iter().map(|(r, reason)| {
+                    let writes = dead.iter().map(|(r, reason, trace)| {
                         let why = DeadLetter {
                             stage: "filter",
                             plugin: Some((&f.meta.name, &f.meta.hash)),
@@ -155,6 +158,12 @@ impl Pipeline {
                         let (dispatch, part, stop) = (&dispatch, &part, &stop);
                         async move {
                             if dispatch.dead_letter(r, &why, stop).await.is_ok() {
+                                if let Some(t) = trace {
+                                    t.dead_lettered("filter", reason);
+                                    let _in = t.log_span().entered();
+                                    tracing::debug!(record = %r.id(), reason,
+                                        "traced record dead-lettered by a filter");
+                                }
                                 part.finish_unrouted(r.offset);
                             }
                         }

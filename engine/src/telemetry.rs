@@ -74,6 +74,18 @@ impl RecordTrace {
         self.traceparent.get(36..52).unwrap_or_default()
     }
 
+    /// A `tracing` span named `record` with this record's `trace_id` and
+    /// `span_id` (the `deliver` span's): log lines written inside it carry
+    /// both, at the top level of a JSON log line. Its level is ERROR only so
+    /// that no log level filters the span out while it lets the line through.
+    pub fn log_span(&self) -> tracing::Span {
+        tracing::error_span!(
+            "record",
+            trace_id = self.trace_id(),
+            span_id = self.span_id()
+        )
+    }
+
     /// A copy was delivered to `target`.
     pub fn delivered(&self, target: &str) {
         let mut span = self.span.lock().expect("span lock");
@@ -128,6 +140,8 @@ impl Telemetry {
         let Some(endpoint) = &cfg.otlp_endpoint else {
             return Ok(None);
         };
+        // The exporter's reqwest client takes rustls's process default.
+        crate::tls::provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpJson)
@@ -247,6 +261,10 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::json_layer;
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::EnvFilter;
 
     #[test]
     fn a_sampled_traceparent_continues_its_trace_and_others_pass_as_they_are() {
@@ -295,5 +313,81 @@ mod tests {
             traces_url("https://c/otlp/v1/traces"),
             "https://c/otlp/v1/traces"
         );
+    }
+
+    /// Collects what the layer writes.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_a_traced_records_ids_at_the_top_level() {
+        let cfg = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:9".into()),
+            ..TelemetryConfig::default()
+        };
+        let telemetry = Telemetry::new(&cfg, "g").unwrap().unwrap();
+        let mut r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: vec![(
+                "traceparent".into(),
+                Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+            )],
+        };
+        let (_process, trace) = telemetry.start(&mut r).expect("sampled");
+        let out = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("warn"))
+            .with(json_layer(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(record = "t/0/1", "outside any span");
+            let _in = trace.log_span().entered();
+            tracing::warn!(
+                record = "t/0/1",
+                reason = "gone",
+                "inside the record's span"
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for l in &lines {
+            assert_eq!(l["level"], "WARN", "{l}");
+            assert_eq!(l["target"], module_path!(), "{l}");
+            assert_eq!(l["record"], "t/0/1", "event fields at the top level: {l}");
+            assert!(l["timestamp"].is_string(), "{l}");
+        }
+        assert_eq!(lines[0]["message"], "outside any span");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        assert_eq!(lines[1]["message"], "inside the record's span");
+        assert_eq!(lines[1]["reason"], "gone");
+        assert_eq!(lines[1]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(lines[1]["span_id"], trace.span_id());
+        assert_eq!(trace.span_id().len(), 16);
+        telemetry.shutdown();
     }
 }

@@ -1,10 +1,13 @@
 //! The real `cdrs run` binary against a Tansu broker process: config file,
-//! admin API with a bearer token, capacity pushes, SIGTERM drain and commit.
+//! admin API with a bearer token, capacity pushes, JSON logs (a traced
+//! record's lines carrying its trace and span ids), SIGTERM drain and
+//! commit.
 
 use crate::flow::ends;
 use cdrs::testkit::appserver::AppServer;
-use cdrs::testkit::{account, produce, read_dead_letters, Fate};
+use cdrs::testkit::{account, produce, producer, read_dead_letters, Fate};
 use cdrs_e2e::{cdrs_bin, committed, create_topics, free_port, plugin_dir, wait_for, Tansu};
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ async fn cdrs_run_binary_delivers_and_commits_on_sigterm() {
         .map(|(id, cap)| AppServer::start(id, *cap).unwrap())
         .collect();
     let admin_port = free_port();
+    let (otlp, otlp_bodies) = crate::tracing::otlp_receiver().await;
     let dir = std::env::temp_dir().join(format!("cdrs-e2e-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let plugins = plugin_dir();
@@ -56,6 +60,9 @@ token = "${{CDRS_E2E_ADMIN_TOKEN}}"
 [log]
 format = "json"
 
+[telemetry]
+otlp_endpoint = "http://{otlp}"
+
 [[filters]]
 name = "drop-heartbeats"
 path = "{filter}"
@@ -69,6 +76,7 @@ path = "{router}"
 config = {{ sticky = true }}
 "#,
         brokers = tansu.brokers,
+        otlp = otlp,
         filter = plugins.join("field_filter.wasm").display(),
         router = plugins.join("p2c_router.wasm").display(),
     );
@@ -144,7 +152,42 @@ config = {{ sticky = true }}
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
 
-    let ledger = produce(&tansu.brokers, topic, 5_000, 300).await.unwrap();
+    // First, records the filter dead-letters that carry a sampled
+    // `traceparent` (their log lines must name their trace); then the demo
+    // events, behind them in each partition.
+    let mut ledger = cdrs::testkit::Ledger::default();
+    let p = producer(&tansu.brokers).unwrap();
+    let mut traced: HashMap<String, String> = HashMap::new();
+    for i in 0..12u64 {
+        let trace_id = format!(
+            "{:032x}",
+            0x7e57_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i)
+        );
+        let tp = format!("00-{trace_id}-{:016x}-01", 0xabc0 + i);
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "traceparent",
+            value: Some(&tp),
+        });
+        let key = format!("traced-{i}");
+        let d = p
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(&key)
+                    .payload("not json {")
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let id = format!("{topic}/{}/{}", d.partition, d.offset);
+        ledger.fates.insert(id.clone(), Fate::DeadLettered);
+        ledger.keys.insert(id.clone(), key);
+        traced.insert(trace_id, id);
+    }
+    let events = produce(&tansu.brokers, topic, 5_000, 300).await.unwrap();
+    ledger.fates.extend(events.fates);
+    ledger.keys.extend(events.keys);
     let refs: Vec<&AppServer> = servers.iter().collect();
     let want = ledger.count(Fate::Delivered);
     assert!(
@@ -335,6 +378,35 @@ config = {{ sticky = true }}
         .find(|l| l["message"] == "plugin swapped")
         .unwrap();
     assert_eq!(swap["plugin"], "p2c", "fields at the top level: {swap}");
+    // Each traced record's dead-letter line carries its trace id and CDRS's
+    // span id at the top level; its spans reached the OTLP receiver.
+    let traced_lines: HashMap<String, &serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "traced record dead-lettered by a filter")
+        .map(|l| (l["trace_id"].as_str().unwrap_or_default().to_string(), l))
+        .collect();
+    for (trace_id, id) in &traced {
+        let l = traced_lines
+            .get(trace_id)
+            .unwrap_or_else(|| panic!("no line with trace_id {trace_id} ({id}): {text}"));
+        assert_eq!(l["record"], id.as_str(), "{l}");
+        let span_id = l["span_id"].as_str().unwrap_or_default();
+        assert!(
+            span_id.len() == 16 && span_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{l}"
+        );
+    }
+    assert_eq!(traced_lines.len(), traced.len(), "{traced_lines:?}");
+    let exported: Vec<String> = crate::tracing::spans(&otlp_bodies.lock().unwrap())
+        .iter()
+        .filter_map(|(s, _)| s["traceId"].as_str().map(str::to_string))
+        .collect();
+    for trace_id in traced.keys() {
+        assert!(
+            exported.contains(trace_id),
+            "no span of {trace_id} exported"
+        );
+    }
 
     let a = account(&ledger, &refs);
     assert_eq!((a.lost, a.unexpected), (0, 0), "{a:?}");

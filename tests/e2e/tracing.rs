@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// An OTLP/HTTP receiver on 127.0.0.1: every JSON body posted to
 /// `/v1/traces`.
-async fn otlp_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+pub(crate) async fn otlp_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
     let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
     let app = axum::Router::new()
         .route(
@@ -38,7 +38,7 @@ async fn otlp_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
 }
 
 /// The spans of OTLP JSON bodies, with their resource's attributes.
-fn spans(bodies: &[Value]) -> Vec<(Value, Value)> {
+pub(crate) fn spans(bodies: &[Value]) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
     for b in bodies {
         for rs in b["resourceSpans"].as_array().into_iter().flatten() {
@@ -54,7 +54,7 @@ fn spans(bodies: &[Value]) -> Vec<(Value, Value)> {
 
 /// An attribute's value as text (`stringValue`, or `intValue`, which OTLP
 /// JSON writes as a string).
-fn attr(attributes: &Value, key: &str) -> Option<String> {
+pub(crate) fn attr(attributes: &Value, key: &str) -> Option<String> {
     let a = attributes.as_array()?.iter().find(|a| a["key"] == key)?;
     let v = &a["value"];
     v["stringValue"]

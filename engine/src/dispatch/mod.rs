@@ -867,10 +867,11 @@ impl Dispatcher {
         }
         finish_jobs(jobs);
         for (j, why) in dead {
-            let trace = j.trace.as_deref();
-            tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
-                trace_id = trace.map(|t| t.trace_id()), span_id = trace.map(|t| t.span_id()),
-                "record refused by the sink for good; dead-lettering it");
+            {
+                let _in = j.trace.as_ref().map(|t| t.log_span().entered());
+                tracing::warn!(target_id = %id, record = %j.record.id(), reason = %why,
+                    "record refused by the sink for good; dead-lettering it");
+            }
             self.dead_letter_job(j, "delivery", &why).await;
         }
     }
@@ -955,8 +956,8 @@ impl Dispatcher {
         {
             if let Some(t) = &j.trace {
                 t.dead_lettered(stage, reason);
-                tracing::debug!(record = %j.record.id(), stage, reason, trace_id = t.trace_id(),
-                    span_id = t.span_id(), "traced record dead-lettered");
+                let _in = t.log_span().entered();
+                tracing::debug!(record = %j.record.id(), stage, reason, "traced record dead-lettered");
             }
             j.finish();
         }
