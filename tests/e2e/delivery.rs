@@ -145,13 +145,16 @@ fn stream_target(topic: &str) -> TargetConfig {
 /// A `kafka://` target: records are produced to that topic, key and value
 /// byte for byte, with the `cdrs-idempotency-key` header; records that
 /// carry headers (a null one, binary bytes) and a timestamp keep them, in
-/// order.
+/// order; a record with a sampled `traceparent` leaves with one naming
+/// CDRS's exported `deliver` span in the producer's trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     let (topic, dlq, out) = ("trades", "trades-dlq", "blotter-stream");
     let brokers = mock_cluster(&[(topic, 2), (dlq, 1), (out, 1)]);
+    let (otlp, otlp_bodies) = crate::tracing::otlp_receiver().await;
     let s = start(&brokers, topic, dlq, "cdrs-e2e-kafka-sink", |c| {
         c.targets = vec![stream_target(out)];
+        c.telemetry.otlp_endpoint = Some(format!("http://{otlp}"));
     })
     .await;
     let ledger = produce(&brokers, topic, 2_000, 100).await.unwrap();
@@ -185,6 +188,30 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
         let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
         with_headers.insert(format!("{topic}/{}/{}", d.partition, d.offset), key);
     }
+    // Traced records: id -> (the producer's trace id, its span id).
+    let mut traced: HashMap<String, (String, String)> = HashMap::new();
+    for i in 0..5u64 {
+        let (trace_id, span_id) = (
+            format!("{:032x}", 0xcafe_0000 + i),
+            format!("{:016x}", 0xf00d + i),
+        );
+        let tp = format!("00-{trace_id}-{span_id}-01");
+        let key = format!("client-t{i}");
+        let value = format!(r#"{{"type":"trade","seq":{i}}}"#);
+        let hs = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some(&tp),
+        });
+        let rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(hs);
+        let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        traced.insert(
+            format!("{topic}/{}/{}", d.partition, d.offset),
+            (trace_id, span_id),
+        );
+    }
     let want: HashMap<&String, &String> = ledger
         .fates
         .iter()
@@ -201,8 +228,10 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
     let mut got: HashMap<String, (String, Option<String>)> = HashMap::new();
     type Seen = (Vec<(String, Option<Vec<u8>>)>, Option<i64>);
     let mut got_headed: HashMap<String, Seen> = HashMap::new();
+    let mut got_traceparent: HashMap<String, String> = HashMap::new();
+    let expected = want.len() + with_headers.len() + traced.len();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < want.len() + with_headers.len() && Instant::now() < deadline {
+    while got.len() < expected && Instant::now() < deadline {
         let Some(Ok(m)) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(100)))
         else {
             continue;
@@ -227,15 +256,43 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
                 .unwrap_or_default();
             got_headed.insert(id.clone(), (hs, m.timestamp().to_millis()));
         }
+        if traced.contains_key(&id) {
+            let tp = m
+                .headers()
+                .and_then(|h| h.iter().find(|x| x.key == "traceparent"))
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            got_traceparent.insert(id.clone(), tp);
+        }
         got.insert(id, (key, value));
     }
     let delivered = s.daemon.metrics.get("delivery", "delivered");
+    // Stopping exports the last spans.
     s.daemon.stop().await.unwrap();
     assert_eq!(
         got.len(),
-        want.len() + with_headers.len(),
+        expected,
         "every kept record reached the topic once or more"
     );
+    let deliver_spans: HashMap<String, serde_json::Value> =
+        crate::tracing::spans(&otlp_bodies.lock().unwrap())
+            .into_iter()
+            .filter(|(sp, _)| sp["name"] == "deliver")
+            .map(|(sp, _)| (sp["spanId"].as_str().unwrap_or_default().to_string(), sp))
+            .collect();
+    for (id, (trace_id, span_id)) in &traced {
+        let tp = &got_traceparent[id];
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{id}: traceparent {tp:?}");
+        assert_eq!(parts[1], trace_id, "{id}: the producer's trace");
+        assert_ne!(parts[2], span_id, "{id}: CDRS's span, not the producer's");
+        let span = deliver_spans
+            .get(parts[2])
+            .unwrap_or_else(|| panic!("{id}: deliver span {} not exported", parts[2]));
+        assert_eq!(span["traceId"], trace_id.as_str(), "{span}");
+        assert_eq!(span["status"]["code"], 1, "delivered: {span}");
+    }
     for (id, key) in &with_headers {
         assert_eq!(&got[id].0, key, "{id}: key");
         let (hs, ts) = &got_headed[id];
