@@ -13,15 +13,20 @@
 //!   dropped, with the target it went to;
 //! - its `traceparent` header rewritten to name the `deliver` span, so the
 //!   app server (record headers in the HTTP body; the Kafka record of a
-//!   `kafka://` target) continues the same trace below CDRS. An HTTP
-//!   request also carries the `traceparent` of its first traced record.
+//!   `kafka://` target) continues the same trace below CDRS;
+//! - per HTTP delivery request that carries traced records, a `POST` span
+//!   (kind client, child of the first one's `deliver` span, linked to the
+//!   others') whose `traceparent` the request carries.
 //!
 //! Attributes follow the OpenTelemetry semantic conventions for messaging,
 //! version 1.30.0 (`messaging.system`, `messaging.operation.type`,
 //! `messaging.destination.name`, `messaging.destination.partition.id`,
 //! `messaging.kafka.offset`, `messaging.kafka.message.key`,
-//! `messaging.consumer.group.name`). Records without a `traceparent`, or
-//! not sampled, cost one header scan.
+//! `messaging.consumer.group.name`), and for the request span those of HTTP
+//! client spans, same version (`http.request.method`, `server.address`,
+//! `server.port`, `url.full` without credentials, `http.response.status_code`,
+//! `error.type`). Records without a `traceparent`, or not sampled, cost one
+//! header scan.
 
 use crate::config::TelemetryConfig;
 use crate::record::Record;
@@ -61,6 +66,83 @@ pub struct RecordTrace {
     /// The `traceparent` naming the `deliver` span.
     pub traceparent: String,
     span: Mutex<Span>,
+    tracer: SdkTracer,
+}
+
+/// The `POST` span of one HTTP delivery request (kind client).
+pub struct RequestSpan {
+    /// The `traceparent` naming this span, for the request's header.
+    pub traceparent: String,
+    span: Span,
+}
+
+/// The W3C `traceparent` of a span context.
+fn traceparent_of(sc: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
+}
+
+impl RequestSpan {
+    /// Starts the span of a request to `url` carrying `traces`, the traced
+    /// records of its batch: the first is its parent, the others (up to
+    /// the SDK's 128 links) are linked. `None` when `traces` is empty.
+    pub fn start<'a>(
+        url: &str,
+        mut traces: impl Iterator<Item = &'a RecordTrace>,
+    ) -> Option<RequestSpan> {
+        let first = traces.next()?;
+        let parent = first.span.lock().expect("span lock").span_context().clone();
+        let links: Vec<Link> = traces
+            .take(127)
+            .map(|t| Link::with_context(t.span.lock().expect("span lock").span_context().clone()))
+            .collect();
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.full", crate::redact::url(url).into_owned()),
+        ];
+        if let Ok(u) = url::Url::parse(url) {
+            if let Some(host) = u.host_str() {
+                attributes.push(KeyValue::new("server.address", host.to_string()));
+            }
+            if let Some(port) = u.port_or_known_default() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        let cx = opentelemetry::Context::new().with_remote_span_context(parent);
+        let span = first
+            .tracer
+            .span_builder("POST")
+            .with_kind(SpanKind::Client)
+            .with_links(links)
+            .with_attributes(attributes)
+            .start_with_context(&first.tracer, &cx);
+        Some(RequestSpan {
+            traceparent: traceparent_of(span.span_context()),
+            span,
+        })
+    }
+
+    /// Ends the span of a request answered with a 2xx status.
+    pub fn succeeded(mut self) {
+        self.span.set_status(Status::Ok);
+    }
+
+    /// Ends the span of a failed request: `status` is the answer's HTTP
+    /// status, `None` when none came (`error_type` then names why, e.g.
+    /// `timeout`); `message` is the error's text.
+    pub fn failed(mut self, status: Option<u16>, error_type: &str, message: &str) {
+        if let Some(code) = status {
+            self.span
+                .set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+        }
+        self.span
+            .set_attribute(KeyValue::new("error.type", error_type.to_string()));
+        self.span.set_status(Status::error(message.to_string()));
+    }
 }
 
 impl RecordTrace {
@@ -228,13 +310,7 @@ impl Telemetry {
                 KeyValue::new("messaging.operation.type", "send"),
             ])
             .start_with_context(&self.tracer, &cx);
-        let sc = deliver.span_context();
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        );
+        let traceparent = traceparent_of(deliver.span_context());
         r.headers
             .retain(|(k, _)| !k.eq_ignore_ascii_case(TRACEPARENT));
         r.headers.push((
@@ -246,6 +322,7 @@ impl Telemetry {
             Arc::new(RecordTrace {
                 traceparent,
                 span: Mutex::new(deliver),
+                tracer: self.tracer.clone(),
             }),
         ))
     }

@@ -115,6 +115,18 @@ async fn traced_records_continue_the_producers_trace_to_the_app_server() {
         .iter()
         .flat_map(|a| a.request_traceparents())
         .collect();
+    let s_ports: Vec<String> = s
+        .servers
+        .iter()
+        .map(|a| {
+            a.url()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches("/records")
+                .to_string()
+        })
+        .collect();
     // `finish` stops CDRS (which exports the last spans) and asserts that
     // every record was delivered and none lost.
     let (a, _, _, _) = s.finish(&ledger).await;
@@ -205,13 +217,43 @@ async fn traced_records_continue_the_producers_trace_to_the_app_server() {
         attr(&resource["attributes"], "service.name").as_deref(),
         Some("cdrs")
     );
-    // Unsampled records made no spans: two per traced record.
-    assert_eq!(got.len(), 2 * deliver_span_of.len(), "spans exported");
-    // Each request with a traced record carries one of CDRS's spans.
+    // Each request with a traced record carries its own `POST` span (kind
+    // client), a child of one of the batch's `deliver` spans, with the HTTP
+    // client conventions' attributes.
     let ours: std::collections::HashSet<&String> = deliver_span_of.values().collect();
     assert!(!requests.is_empty());
+    let ports: Vec<String> = s_ports;
     for tp in &requests {
-        let span = tp.split('-').nth(2).unwrap().to_string();
-        assert!(ours.contains(&span), "request traceparent {tp}");
+        let parts: Vec<&str> = tp.split('-').collect();
+        let request = by_id
+            .get(parts[2])
+            .unwrap_or_else(|| panic!("request span of {tp} not exported"));
+        assert_eq!(request["name"], "POST", "{request}");
+        assert_eq!(request["kind"], 3, "client: {request}");
+        assert_eq!(request["traceId"], parts[1], "{request}");
+        assert_eq!(request["status"]["code"], 1, "ok: {request}");
+        let parent = request["parentSpanId"].as_str().unwrap().to_string();
+        assert!(
+            ours.contains(&parent),
+            "{request}: parent is a deliver span"
+        );
+        let at = &request["attributes"];
+        assert_eq!(attr(at, "http.request.method").as_deref(), Some("POST"));
+        assert_eq!(attr(at, "server.address").as_deref(), Some("127.0.0.1"));
+        let port = attr(at, "server.port").unwrap();
+        assert!(ports.contains(&port), "{port} not an app server's");
+        assert!(
+            attr(at, "url.full").is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+            "{request}"
+        );
     }
+    // Unsampled records made no spans: two per traced record, one per
+    // request that carried traced records.
+    let posts = got.iter().filter(|(sp, _)| sp["name"] == "POST").count();
+    assert!(posts >= requests.len(), "{posts} POST spans");
+    assert_eq!(
+        got.len(),
+        2 * deliver_span_of.len() + posts,
+        "spans exported"
+    );
 }

@@ -39,7 +39,7 @@ use crate::record::Record;
 use crate::sink::http::{DeliveryError, HttpSink};
 use crate::sink::kafka::{DeadLetter, DeadLetterSink, TargetProducer};
 use crate::sink::sse::Streams;
-use crate::telemetry::RecordTrace;
+use crate::telemetry::{RecordTrace, RequestSpan};
 use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 use breaker::{Admit, Breakers};
@@ -751,10 +751,20 @@ impl Dispatcher {
             let n = refs.len() as u32;
             self.registry.begin_delivery(&id, n);
             let started = Instant::now();
-            let traceparent = jobs
-                .iter()
-                .find_map(|j| j.trace.as_ref().map(|t| t.traceparent.as_str()));
+            // A request that carries traced records has a span of its own.
+            let request_span = if url.starts_with("http") {
+                RequestSpan::start(&url, jobs.iter().filter_map(|j| j.trace.as_deref()))
+            } else {
+                None
+            };
+            let traceparent = request_span.as_ref().map(|s| s.traceparent.as_str());
             let result = self.send(cfg, &id, &url, &refs, traceparent).await;
+            if let Some(span) = request_span {
+                match &result {
+                    Ok(()) => span.succeeded(),
+                    Err(e) => span.failed(e.status(), &e.kind(), &e.to_string()),
+                }
+            }
             let latency = started.elapsed();
             self.metrics
                 .delivery_seconds

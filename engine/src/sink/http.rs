@@ -187,6 +187,28 @@ impl DeliveryError {
         }
     }
 
+    /// The HTTP status the target answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The kind of failure as OpenTelemetry's `error.type`: the status code
+    /// for an answer, else `timeout`, `tls`, `request`, `rejected` or
+    /// `no_subscriber`.
+    pub fn kind(&self) -> String {
+        match self {
+            DeliveryError::Status { status, .. } => status.to_string(),
+            DeliveryError::Timeout { .. } => "timeout".into(),
+            DeliveryError::Tls { .. } => "tls".into(),
+            DeliveryError::Request { .. } => "request".into(),
+            DeliveryError::Rejected { .. } => "rejected".into(),
+            DeliveryError::NoSubscriber { .. } => "no_subscriber".into(),
+        }
+    }
+
     /// Whether the target answered with a redirect (3xx), which CDRS does
     /// not follow.
     pub fn is_redirect(&self) -> bool {
@@ -391,6 +413,33 @@ async fn error_excerpt(mut resp: reqwest::Response) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_its_status_and_kind_for_the_request_span() {
+        let answered = DeliveryError::Status {
+            url: "u".into(),
+            status: 503,
+            body: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(
+            (answered.status(), answered.kind().as_str()),
+            (Some(503), "503")
+        );
+        let timeout = DeliveryError::Timeout {
+            url: "u".into(),
+            ms: 1,
+        };
+        assert_eq!(
+            (timeout.status(), timeout.kind().as_str()),
+            (None, "timeout")
+        );
+        let refused = DeliveryError::Request {
+            url: "u".into(),
+            msg: "refused".into(),
+        };
+        assert_eq!(refused.kind(), "request");
+    }
 
     #[test]
     fn utf8_travels_as_text_and_binary_as_base64() {
