@@ -32,7 +32,7 @@ use crate::config::TelemetryConfig;
 use crate::record::Record;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Link, Span as _, SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -248,28 +248,33 @@ impl Telemetry {
         })))
     }
 
+    /// Whether `telemetry.sample_ratio` keeps the trace `id`.
+    fn keeps(&self, id: TraceId) -> bool {
+        self.sampler
+            .should_sample(None, id, "", &SpanKind::Consumer, &[], &[])
+            .decision
+            == SamplingDecision::RecordAndSample
+    }
+
     /// Starts the spans of `r` if it carries a sampled `traceparent` that
     /// the ratio keeps, and rewrites its header to name the `deliver` span.
     /// Returns the `process` span (it ends when dropped) and the record's
     /// trace.
     pub fn start(&self, r: &mut Record) -> Option<(Span, Arc<RecordTrace>)> {
-        if !r
-            .headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case(TRACEPARENT))
-        {
-            return None;
+        let headers = Headers(&r.headers);
+        let header = headers.get(TRACEPARENT)?;
+        // The ratio decides by trace id alone (`00-<trace id>-…`): asked
+        // first, it spares the records it leaves out the propagator's parse
+        // and its context (about 0.2 µs a record). What it keeps, or a
+        // header of another shape, the propagator checks in full below.
+        if let Some(id) = header.get(3..35).and_then(|h| TraceId::from_hex(h).ok()) {
+            if !self.keeps(id) {
+                return None;
+            }
         }
-        let parent = TraceContextPropagator::new().extract(&Headers(&r.headers));
+        let parent = TraceContextPropagator::new().extract(&headers);
         let remote = parent.span().span_context().clone();
-        if !remote.is_valid() || !remote.is_sampled() {
-            return None;
-        }
-        let decision = self
-            .sampler
-            .should_sample(None, remote.trace_id(), "", &SpanKind::Consumer, &[], &[])
-            .decision;
-        if decision != SamplingDecision::RecordAndSample {
+        if !remote.is_valid() || !remote.is_sampled() || !self.keeps(remote.trace_id()) {
             return None;
         }
         let mut attributes = vec![
