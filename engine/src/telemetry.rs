@@ -348,14 +348,18 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::EnvFilter;
 
-    #[test]
-    fn a_sampled_traceparent_continues_its_trace_and_others_pass_as_they_are() {
+    /// A tracer exporting to a port nobody listens on.
+    fn telemetry() -> Arc<Telemetry> {
         let cfg = TelemetryConfig {
             otlp_endpoint: Some("http://127.0.0.1:9".into()),
             ..TelemetryConfig::default()
         };
-        let t = Telemetry::new(&cfg, "g").unwrap().unwrap();
-        let mut r = Record {
+        Telemetry::new(&cfg, "g").unwrap().unwrap()
+    }
+
+    /// A record of topic "t" whose header `name` is a sampled traceparent.
+    fn traced_record(name: &str) -> Record {
+        Record {
             topic: "t".into(),
             partition: 0,
             offset: 7,
@@ -363,10 +367,16 @@ mod tests {
             key: None,
             value: None,
             headers: vec![(
-                "TraceParent".into(),
+                name.into(),
                 Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
             )],
-        };
+        }
+    }
+
+    #[test]
+    fn a_sampled_traceparent_continues_its_trace_and_others_pass_as_they_are() {
+        let t = telemetry();
+        let mut r = traced_record("TraceParent");
         let (_process, trace) = t.start(&mut r).expect("sampled");
         assert_eq!(trace.trace_id(), "0af7651916cd43dd8448eb211c80319c");
         assert_ne!(trace.span_id(), "b7ad6b7169203331");
@@ -420,23 +430,8 @@ mod tests {
 
     #[test]
     fn json_lines_carry_a_traced_records_ids_at_the_top_level() {
-        let cfg = TelemetryConfig {
-            otlp_endpoint: Some("http://127.0.0.1:9".into()),
-            ..TelemetryConfig::default()
-        };
-        let telemetry = Telemetry::new(&cfg, "g").unwrap().unwrap();
-        let mut r = Record {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            timestamp_ms: None,
-            key: None,
-            value: None,
-            headers: vec![(
-                "traceparent".into(),
-                Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
-            )],
-        };
+        let telemetry = telemetry();
+        let mut r = traced_record("traceparent");
         let (_process, trace) = telemetry.start(&mut r).expect("sampled");
         let out = Buffer::default();
         let subscriber = tracing_subscriber::registry()
