@@ -159,10 +159,7 @@ impl Pipeline {
                         async move {
                             if dispatch.dead_letter(r, &why, stop).await.is_ok() {
                                 if let Some(t) = trace {
-                                    t.dead_lettered("filter", reason);
-                                    let _in = t.log_span().entered();
-                                    tracing::debug!(record = %r.id(), reason,
-                                        "traced record dead-lettered by a filter");
+                                    t.dead_lettered(&r.id(), "filter", reason);
                                 }
                                 part.finish_unrouted(r.offset);
                             }

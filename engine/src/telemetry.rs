@@ -178,11 +178,17 @@ impl RecordTrace {
         span.set_status(Status::Ok);
     }
 
-    /// The record was dead-lettered (`stage`, `reason`).
-    pub fn dead_lettered(&self, stage: &str, reason: &str) {
-        let mut span = self.span.lock().expect("span lock");
-        span.set_attribute(KeyValue::new("cdrs.dead_letter.stage", stage.to_string()));
-        span.set_status(Status::error(reason.to_string()));
+    /// The record `record` (its `topic/partition/offset`) was dead-lettered
+    /// at `stage` for `reason`: the `deliver` span ends in error, and a
+    /// DEBUG line inside [`RecordTrace::log_span`] says so.
+    pub fn dead_lettered(&self, record: &str, stage: &str, reason: &str) {
+        {
+            let mut span = self.span.lock().expect("span lock");
+            span.set_attribute(KeyValue::new("cdrs.dead_letter.stage", stage.to_string()));
+            span.set_status(Status::error(reason.to_string()));
+        }
+        let _in = self.log_span().entered();
+        tracing::debug!(record, stage, reason, "traced record dead-lettered");
     }
 }
 
@@ -267,14 +273,16 @@ impl Telemetry {
         // first, it spares the records it leaves out the propagator's parse
         // and its context (about 0.2 µs a record). What it keeps, or a
         // header of another shape, the propagator checks in full below.
-        if let Some(id) = header.get(3..35).and_then(|h| TraceId::from_hex(h).ok()) {
-            if !self.keeps(id) {
-                return None;
-            }
+        let asked = header.get(3..35).and_then(|h| TraceId::from_hex(h).ok());
+        if asked.is_some_and(|id| !self.keeps(id)) {
+            return None;
         }
         let parent = TraceContextPropagator::new().extract(&headers);
         let remote = parent.span().span_context().clone();
-        if !remote.is_valid() || !remote.is_sampled() || !self.keeps(remote.trace_id()) {
+        if !remote.is_valid()
+            || !remote.is_sampled()
+            || (asked != Some(remote.trace_id()) && !self.keeps(remote.trace_id()))
+        {
             return None;
         }
         let mut attributes = vec![

@@ -382,7 +382,7 @@ config = {{ sticky = true }}
     // span id at the top level; its spans reached the OTLP receiver.
     let traced_lines: HashMap<String, &serde_json::Value> = lines
         .iter()
-        .filter(|l| l["message"] == "traced record dead-lettered by a filter")
+        .filter(|l| l["message"] == "traced record dead-lettered" && l["stage"] == "filter")
         .map(|l| (l["trace_id"].as_str().unwrap_or_default().to_string(), l))
         .collect();
     for (trace_id, id) in &traced {

@@ -965,9 +965,7 @@ impl Dispatcher {
             .is_ok()
         {
             if let Some(t) = &j.trace {
-                t.dead_lettered(stage, reason);
-                let _in = t.log_span().entered();
-                tracing::debug!(record = %j.record.id(), stage, reason, "traced record dead-lettered");
+                t.dead_lettered(&j.record.id(), stage, reason);
             }
             j.finish();
         }
