@@ -5,7 +5,7 @@
 
 use crate::flow::ends;
 use cdrs::testkit::appserver::AppServer;
-use cdrs::testkit::{account, produce, producer, read_dead_letters, Fate};
+use cdrs::testkit::{account, produce, producer, read_dead_letters, send_traced, Fate};
 use cdrs_e2e::{cdrs_bin, committed, create_topics, free_port, plugin_dir, wait_for, Tansu};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -164,23 +164,10 @@ config = {{ sticky = true }}
             0x7e57_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i)
         );
         let tp = format!("00-{trace_id}-{:016x}-01", 0xabc0 + i);
-        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: "traceparent",
-            value: Some(&tp),
-        });
         let key = format!("traced-{i}");
-        let d = p
-            .send(
-                rdkafka::producer::FutureRecord::to(topic)
-                    .key(&key)
-                    .payload("not json {")
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
+        let id = send_traced(&p, topic, &key, "not json {", &tp)
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
-        let id = format!("{topic}/{}/{}", d.partition, d.offset);
         ledger.fates.insert(id.clone(), Fate::DeadLettered);
         ledger.keys.insert(id.clone(), key);
         traced.insert(trace_id, id);

@@ -198,19 +198,10 @@ async fn kafka_target_gets_each_record_with_its_idempotency_key() {
         let tp = format!("00-{trace_id}-{span_id}-01");
         let key = format!("client-t{i}");
         let value = format!(r#"{{"type":"trade","seq":{i}}}"#);
-        let hs = OwnedHeaders::new().insert(Header {
-            key: "traceparent",
-            value: Some(&tp),
-        });
-        let rec = FutureRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .headers(hs);
-        let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
-        traced.insert(
-            format!("{topic}/{}/{}", d.partition, d.offset),
-            (trace_id, span_id),
-        );
+        let id = cdrs::testkit::send_traced(&producer, topic, &key, &value, &tp)
+            .await
+            .unwrap();
+        traced.insert(id, (trace_id, span_id));
     }
     let want: HashMap<&String, &String> = ledger
         .fates

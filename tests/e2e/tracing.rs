@@ -4,10 +4,8 @@
 //! producer's trace id and CDRS's span id, in the record and on the request.
 
 use crate::common::start;
-use cdrs::testkit::{producer, Fate, Ledger};
+use cdrs::testkit::{producer, send_traced, Fate, Ledger};
 use cdrs_e2e::mock_cluster;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,20 +88,7 @@ async fn traced_records_continue_the_producers_trace_to_the_app_server() {
         );
         let key = format!("client-{}", i % 20);
         let value = format!(r#"{{"type":"trade","seq":{i}}}"#);
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "traceparent",
-            value: Some(&tp),
-        });
-        let rec = FutureRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .headers(headers);
-        let d = p
-            .send(rec, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        let id = format!("{topic}/{}/{}", d.partition, d.offset);
+        let id = send_traced(&p, topic, &key, &value, &tp).await.unwrap();
         ledger.fates.insert(id.clone(), Fate::Delivered);
         ledger.keys.insert(id.clone(), key);
         producer_span.insert(id, (trace_id, span_id, sampled));

@@ -97,6 +97,33 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
+/// Produces one record with a W3C `traceparent` header and returns its id
+/// (`topic/partition/offset`).
+///
+/// # Errors
+/// The record is not acknowledged within 30 s.
+pub async fn send_traced(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &str,
+    traceparent: &str,
+) -> anyhow::Result<String> {
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: "traceparent",
+        value: Some(traceparent),
+    });
+    let rec = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    let d = producer
+        .send(rec, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(format!("{topic}/{}/{}", d.partition, d.offset))
+}
+
 /// Produces `(key, value, fate)` events to `topic` in order and returns the
 /// ledger of their ids (from the broker's acks) and fates.
 ///
